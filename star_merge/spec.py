@@ -1,0 +1,269 @@
+"""Permutation specs: which axes of which tensors may be reordered without changing a network's function.
+
+A :class:`PermutationSpec` maps every tensor of a state dict (parameters and persistent buffers) to one
+entry per axis: ``None`` (the axis is never permuted) or an :class:`AxisPerm` naming a permutation.
+One permutation name shared by several tensors ties them together: permuting the hidden units of a
+layer moves the rows of its weight, its bias, its BatchNorm statistics and the columns of the next
+layer's weight, all by the same permutation.
+
+An axis need not be permuted element by element. ``AxisPerm(name, block=B, repeat=R)`` says the axis
+has size ``R * P * B`` where ``P`` is the permutation's size: it is ``R`` consecutive copies of ``P``
+blocks of ``B`` contiguous elements, and the permutation moves whole blocks inside each copy. This
+covers attention heads (``block=head_dim``), fused q/k/v projections (``repeat=3``), and a flattened
+``channels x length`` feature map (``block=length``).
+
+Convention: ``apply_permutation(spec, perm, sd)[k]`` indexes old positions, ``new[i] = old[perm[i]]``
+along each permuted axis (as in git re-basin).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Union
+
+import torch
+
+__all__ = [
+    "AxisPerm",
+    "PermutationSpec",
+    "SpecError",
+    "random_permutation",
+    "identity_permutation",
+    "apply_permutation",
+    "inverse_permutation",
+    "compose_permutations",
+    "expand_index",
+]
+
+
+class SpecError(ValueError):
+    """A permutation spec does not fit a state dict (missing tensor, unknown name, size mismatch)."""
+
+
+@dataclass(frozen=True)
+class AxisPerm:
+    """One axis permuted by permutation ``perm``; the axis has ``repeat * size(perm) * block`` entries."""
+
+    perm: str
+    block: int = 1
+    repeat: int = 1
+
+    def __post_init__(self):
+        if self.block < 1 or self.repeat < 1:
+            raise SpecError(f"AxisPerm({self.perm!r}): block and repeat must be >= 1")
+
+
+AxisEntry = Union[AxisPerm, str, None]
+
+
+def _as_axis(entry: AxisEntry) -> AxisPerm | None:
+    if entry is None or isinstance(entry, AxisPerm):
+        return entry
+    if isinstance(entry, str):
+        return AxisPerm(entry)
+    raise SpecError(f"axis entry must be None, a permutation name or an AxisPerm, got {entry!r}")
+
+
+@dataclass
+class PermutationSpec:
+    """Tensor name -> one :class:`AxisPerm` or ``None`` per axis, plus the size of every permutation.
+
+    Build it with :meth:`from_axes` from the tensors' shapes (or a state dict); the constructor checks
+    that every axis of a permutation has a consistent size.
+    """
+
+    axes_to_perm: dict[str, tuple[AxisPerm | None, ...]]
+    shapes: dict[str, tuple[int, ...]]
+    perm_sizes: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.axes_to_perm = {k: tuple(_as_axis(a) for a in v) for k, v in self.axes_to_perm.items()}
+        self.shapes = {k: tuple(int(s) for s in v) for k, v in self.shapes.items()}
+        missing = [k for k in self.axes_to_perm if k not in self.shapes]
+        if missing:
+            raise SpecError(f"spec names tensor {missing[0]!r} but no shape was given for it")
+        sizes: dict[str, int] = dict(self.perm_sizes)
+        where: dict[str, str] = {}
+        for name, axes in self.axes_to_perm.items():
+            shape = self.shapes[name]
+            if len(axes) != len(shape):
+                raise SpecError(
+                    f"tensor {name!r} has {len(shape)} axes {shape} but the spec gives {len(axes)} entries; "
+                    "give one permutation name or None per axis"
+                )
+            for axis, ap in enumerate(axes):
+                if ap is None:
+                    continue
+                n, r = divmod(shape[axis], ap.block * ap.repeat)
+                if r or n == 0:
+                    raise SpecError(
+                        f"tensor {name!r} axis {axis} has size {shape[axis]}, not a multiple of "
+                        f"block*repeat={ap.block * ap.repeat} for permutation {ap.perm!r}"
+                    )
+                if ap.perm in sizes and sizes[ap.perm] != n:
+                    raise SpecError(
+                        f"permutation {ap.perm!r} has size {sizes[ap.perm]} ({where.get(ap.perm, 'given')}) but "
+                        f"size {n} on tensor {name!r} axis {axis}; tensors sharing a permutation must agree"
+                    )
+                sizes[ap.perm] = n
+                where.setdefault(ap.perm, f"from {name!r} axis {axis}")
+        self.perm_sizes = sizes
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_axes(
+        cls,
+        axes_to_perm: Mapping[str, tuple[AxisEntry, ...]],
+        shapes_or_state_dict: Mapping[str, torch.Tensor | tuple[int, ...]],
+    ) -> "PermutationSpec":
+        shapes = {
+            k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v)
+            for k, v in shapes_or_state_dict.items()
+        }
+        unknown = [k for k in axes_to_perm if k not in shapes]
+        if unknown:
+            raise SpecError(f"spec names tensor {unknown[0]!r}, which the model does not have")
+        return cls(dict(axes_to_perm), {k: shapes[k] for k in axes_to_perm})
+
+    # ------------------------------------------------------------------ views
+    @property
+    def perm_to_axes(self) -> dict[str, list[tuple[str, int, AxisPerm]]]:
+        """Permutation name -> every (tensor name, axis, AxisPerm) it acts on."""
+        out: dict[str, list[tuple[str, int, AxisPerm]]] = {p: [] for p in self.perm_sizes}
+        for name, axes in self.axes_to_perm.items():
+            for axis, ap in enumerate(axes):
+                if ap is not None:
+                    out[ap.perm].append((name, axis, ap))
+        return out
+
+    @property
+    def permuted_tensors(self) -> list[str]:
+        return [k for k, axes in self.axes_to_perm.items() if any(a is not None for a in axes)]
+
+    def num_permuted_elements(self) -> int:
+        return sum(math.prod(self.shapes[k]) for k in self.permuted_tensors)
+
+    def subset(self, names) -> "PermutationSpec":
+        """The spec restricted to ``names`` (e.g. a checkpoint that stores a tied weight once)."""
+        names = set(names)
+        return PermutationSpec(
+            {k: v for k, v in self.axes_to_perm.items() if k in names},
+            {k: v for k, v in self.shapes.items() if k in names},
+            {},
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"PermutationSpec({len(self.axes_to_perm)} tensors, {len(self.perm_sizes)} permutations: "
+            + ", ".join(f"{p}[{n}]" for p, n in list(self.perm_sizes.items())[:8])
+            + (", ..." if len(self.perm_sizes) > 8 else "")
+            + ")"
+        )
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, state_dict: Mapping[str, torch.Tensor], *, check_finite: bool = False) -> None:
+        """Raise :class:`SpecError` unless ``state_dict`` has exactly this spec's tensors with its shapes."""
+        for k in state_dict:
+            if k not in self.axes_to_perm:
+                raise SpecError(
+                    f"the permutation spec does not cover tensor {k!r}; add it to the adapter "
+                    "(one permutation name or None per axis)"
+                )
+        for k, shape in self.shapes.items():
+            if k not in state_dict:
+                raise SpecError(f"state dict has no tensor {k!r}, which the spec names; is it the same architecture?")
+            got = tuple(state_dict[k].shape)
+            if got != shape:
+                raise SpecError(f"tensor {k!r} has shape {got}, the spec expects {shape}")
+            if check_finite and state_dict[k].is_floating_point() and not torch.isfinite(state_dict[k]).all():
+                raise SpecError(f"tensor {k!r} contains NaN or inf values")
+
+    def check_permutation(self, perm: Mapping[str, torch.Tensor]) -> None:
+        for p, n in self.perm_sizes.items():
+            if p not in perm:
+                raise SpecError(f"permutation {p!r} is missing")
+            v = perm[p]
+            if v.ndim != 1 or v.numel() != n or not torch.equal(torch.sort(v.cpu()).values, torch.arange(n)):
+                raise SpecError(f"permutation {p!r} is not a permutation of range({n})")
+        extra = set(perm) - set(self.perm_sizes)
+        if extra:
+            raise SpecError(f"unknown permutation name(s): {sorted(extra)}")
+
+
+# ---------------------------------------------------------------------- operations
+def expand_index(perm: torch.Tensor, ap: AxisPerm) -> torch.Tensor:
+    """Element index along an axis of size ``repeat * len(perm) * block`` for a permutation of blocks."""
+    n = perm.numel()
+    idx = perm
+    if ap.block > 1:
+        idx = (perm[:, None] * ap.block + torch.arange(ap.block, device=perm.device)[None, :]).reshape(-1)
+    if ap.repeat > 1:
+        stride = n * ap.block
+        idx = (torch.arange(ap.repeat, device=perm.device)[:, None] * stride + idx[None, :]).reshape(-1)
+    return idx
+
+
+def identity_permutation(spec: PermutationSpec) -> dict[str, torch.Tensor]:
+    return {p: torch.arange(n) for p, n in spec.perm_sizes.items()}
+
+
+def random_permutation(spec: PermutationSpec, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A uniformly random permutation for every permutation name of ``spec``, reproducible from ``seed``."""
+    g = torch.Generator().manual_seed(int(seed))
+    return {p: torch.randperm(n, generator=g) for p, n in sorted(spec.perm_sizes.items())}
+
+
+def inverse_permutation(perm: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {p: torch.argsort(v) for p, v in perm.items()}
+
+
+def compose_permutations(
+    outer: Mapping[str, torch.Tensor], inner: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The permutation equal to applying ``inner`` first, then ``outer``.
+
+    ``apply_permutation(spec, compose_permutations(p, q), sd) == apply(spec, p, apply(spec, q, sd))``.
+    """
+    if set(outer) != set(inner):
+        raise SpecError("cannot compose permutations with different names")
+    return {p: inner[p][outer[p].to(inner[p].device)] for p in outer}
+
+
+def permute_tensor(
+    w: torch.Tensor,
+    axes: tuple[AxisPerm | None, ...],
+    perm: Mapping[str, torch.Tensor],
+    except_axis: int | None = None,
+) -> torch.Tensor:
+    for axis, ap in enumerate(axes):
+        if ap is None or axis == except_axis:
+            continue
+        w = torch.index_select(w, axis, expand_index(perm[ap.perm].to(w.device), ap))
+    return w
+
+
+def apply_permutation(
+    spec: PermutationSpec,
+    perm: Mapping[str, torch.Tensor],
+    state_dict: Mapping[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """A new state dict with every tensor permuted per ``spec``; ``state_dict`` is left untouched.
+
+    Tensors that share storage (tied weights) are permuted once and stay shared in the output.
+    Tensors the spec does not name are an error (use ``spec.subset`` for partial checkpoints).
+    """
+    out: dict[str, torch.Tensor] = {}
+    done: dict[tuple, torch.Tensor] = {}
+    for k, w in state_dict.items():
+        if k not in spec.axes_to_perm:
+            raise SpecError(f"the permutation spec does not cover tensor {k!r}")
+        axes = spec.axes_to_perm[k]
+        if all(a is None for a in axes):
+            out[k] = w
+            continue
+        key = (w.untyped_storage().data_ptr(), w.storage_offset(), tuple(w.shape), tuple(w.stride()), w.device)
+        if w.device.type == "meta" or key not in done:
+            done[key] = permute_tensor(w, axes, perm)
+        out[k] = done[key]
+    return out
