@@ -1,0 +1,211 @@
+"""The run directory written by ``recipes/star.py`` and read by evaluation, BMA export and publishing.
+
+Layout (see docs/run_directory.md)::
+
+    starlight.json                    manifest: settings, dataset arguments, members with sources
+    population/anchor-XX, held-out-XX HF checkpoints trained by the recipe (when not given as Hub ids)
+    star/                             HF checkpoint of the star model
+    anchor_permutations.safetensors   "<member>::<perm name>" -> permutation aligning that anchor to the star
+    checkpoints/                      Accelerate state for --resume_from_checkpoint
+    report.json, report.md, *.png     evaluation
+    bma/                              BMA wrapper
+    README.md                         model card
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import torch
+
+__all__ = ["RunDirectory", "Member", "MANIFEST_NAME", "atomic_write_text", "atomic_write_json", "load_checkpoint"]
+
+MANIFEST_NAME = "starlight.json"
+PERMUTATIONS_NAME = "anchor_permutations.safetensors"
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to a temp file in the same folder, then rename it over ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def load_checkpoint(path: str, device="cpu"):
+    """Load an HF checkpoint folder with the class named in its config (safetensors only, no remote code)."""
+    import transformers
+    from transformers import AutoConfig
+
+    from .models import BUILTIN_CLASSES, register_builtin_models
+
+    register_builtin_models()
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path} is not a model checkpoint (no config.json)")
+    has_st = any(f.endswith(".safetensors") for f in os.listdir(path))
+    if not has_st:
+        pickles = [f for f in os.listdir(path) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        if pickles:
+            raise ValueError(
+                f"{path} holds only pickle weights ({pickles[0]}); star-merge loads safetensors only. "
+                "Convert it (load it yourself if you trust it, then save_pretrained) and retry"
+            )
+        raise FileNotFoundError(f"{path} has no model.safetensors")
+    config = AutoConfig.from_pretrained(path)
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    if arch in BUILTIN_CLASSES:
+        cls = BUILTIN_CLASSES[arch]
+    elif arch is not None and hasattr(transformers, arch):
+        cls = getattr(transformers, arch)
+    else:
+        cls = transformers.AutoModel
+    try:
+        model = cls.from_pretrained(path, use_safetensors=True)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"could not load weights from {path}: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+@dataclass
+class Member:
+    """One population member: ``name`` (anchor-00, held-out-03), ``role`` (anchor | held-out), where it came from."""
+
+    name: str
+    role: str
+    path: str
+    source: str
+    repo_id: str | None = None
+    revision: str | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class RunDirectory:
+    """Read access to a Starlight run directory."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        manifest = os.path.join(self.path, MANIFEST_NAME)
+        if not os.path.isfile(manifest):
+            raise FileNotFoundError(
+                f"{self.path} is not a star-merge run directory (no {MANIFEST_NAME}); "
+                "create one with `accelerate launch recipes/star.py --output_dir ...`"
+            )
+        with open(manifest) as f:
+            self.manifest: dict[str, Any] = json.load(f)
+
+    # ---------------------------------------------------------------- members
+    @cached_property
+    def members(self) -> list[Member]:
+        out = []
+        for m in self.manifest["members"]:
+            m = dict(m)
+            if not os.path.isabs(m["path"]):
+                m["path"] = os.path.join(self.path, m["path"])
+            out.append(Member(**m))
+        return out
+
+    @property
+    def anchors(self) -> list[Member]:
+        return [m for m in self.members if m.role == "anchor"]
+
+    @property
+    def held_out(self) -> list[Member]:
+        return [m for m in self.members if m.role == "held-out"]
+
+    def member(self, name: str) -> Member:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise KeyError(f"run {self.path} has no member {name!r}")
+
+    # ---------------------------------------------------------------- models
+    @property
+    def star_path(self) -> str:
+        return os.path.join(self.path, "star")
+
+    def load_star(self, device="cpu"):
+        return load_checkpoint(self.star_path, device)
+
+    def load_member(self, name: str, device="cpu"):
+        return load_checkpoint(self.member(name).path, device)
+
+    @cached_property
+    def spec(self):
+        from transformers import AutoConfig
+
+        from .adapters import spec_for
+
+        return spec_for(AutoConfig.from_pretrained(self.star_path))
+
+    def anchor_permutations(self) -> dict[str, dict[str, torch.Tensor]]:
+        """member name -> the permutation aligning that anchor to the final star."""
+        from safetensors.torch import load_file
+
+        flat = load_file(os.path.join(self.path, PERMUTATIONS_NAME))
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for k, v in flat.items():
+            member, perm = k.split("::", 1)
+            out.setdefault(member, {})[perm] = v
+        return out
+
+    def aligned_anchor_state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Anchor state dicts permuted into the star's frame, in manifest order."""
+        from .spec import apply_permutation
+
+        perms = self.anchor_permutations()
+        out = {}
+        for m in self.anchors:
+            sd = load_checkpoint(m.path).state_dict()
+            out[m.name] = apply_permutation(self.spec.subset(sd), perms[m.name], sd)
+        return out
+
+    # ---------------------------------------------------------------- data
+    @property
+    def data_args(self):
+        from .data import DataArguments
+
+        return DataArguments(**self.manifest["data"])
+
+    def load_dataset(self):
+        from .data import load_task_dataset
+
+        return load_task_dataset(self.data_args, self.manifest.get("model_input_name"))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.manifest["config"]
+
+
+def save_permutations(path: str, perms: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Atomically write member -> permutation dicts as one safetensors file."""
+    from safetensors.torch import save_file
+
+    flat = {f"{member}::{p}": v.contiguous().to(torch.int64).cpu() for member, perm in perms.items() for p, v in perm.items()}
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".perms.", suffix=".safetensors", dir=folder)
+    os.close(fd)
+    try:
+        save_file(flat, tmp, metadata={"format": "star-merge-permutations"})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

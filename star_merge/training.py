@@ -1,0 +1,127 @@
+"""Ordinary (non-Starlight) training of population members: one model per seed, saved as an HF checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .connectivity import evaluate_loss_accuracy, reset_bn_stats
+from .data import make_dataloader
+
+__all__ = ["TrainArguments", "train_classifier", "build_model", "save_checkpoint", "set_seed", "make_optimizer"]
+
+
+def set_seed(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainArguments:
+    """Recipe for training one ordinary model (the anchors' and held-out models' recipe)."""
+
+    num_train_epochs: int = field(default=20, metadata={"help": "Epochs per population member."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate."})
+    per_device_train_batch_size: int = field(default=128, metadata={"help": "Training batch size."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Decoupled weight decay."})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw | sgd (Nesterov, momentum 0.9)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "cosine | constant."})
+
+    def __post_init__(self):
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.lr_scheduler_type not in ("cosine", "constant"):
+            raise ValueError(f"lr_scheduler_type must be 'cosine' or 'constant', got {self.lr_scheduler_type!r}")
+
+
+def make_optimizer(params, name: str, lr: float, weight_decay: float):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def make_scheduler(optimizer, kind: str, total_steps: int):
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    total = max(1, total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+
+
+def build_model(config, seed: int):
+    """A freshly initialised model of ``config``'s architecture, reproducible from ``seed``."""
+    from .adapters.registry import build_meta_model  # noqa: F401  (registers built-in models)
+    import transformers
+
+    from .models import BUILTIN_CLASSES
+
+    set_seed(seed)
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    if arch in BUILTIN_CLASSES:
+        return BUILTIN_CLASSES[arch](config)
+    if arch is not None and hasattr(transformers, arch):
+        return getattr(transformers, arch)(config)
+    return transformers.AutoModelForSequenceClassification.from_config(config)
+
+
+def train_classifier(model, dataset, args: TrainArguments, seed: int, device=None, progress: bool = True, desc=None):
+    """Train ``model`` on ``dataset['train']`` with cross-entropy; returns (model, metrics dict)."""
+    device = torch.device(device or "cpu")
+    model.to(device).train()
+    loader = make_dataloader(dataset["train"], args.per_device_train_batch_size, shuffle=True, seed=seed)
+    opt = make_optimizer(model.parameters(), args.optimizer, args.learning_rate, args.weight_decay)
+    sched = make_scheduler(opt, args.lr_scheduler_type, args.num_train_epochs * len(loader))
+    bar = tqdm(total=args.num_train_epochs * len(loader), desc=desc or f"training seed {seed}", disable=not progress, leave=False)
+    for _ in range(args.num_train_epochs):
+        model.train()
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = model(**batch).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+    bar.close()
+    test_loader = make_dataloader(dataset["test"], 512)
+    reset_bn_stats(model, make_dataloader(dataset["train"], 512), device=device)  # exact stats for eval
+    test_loss, test_acc = evaluate_loss_accuracy(model, test_loader, device)
+    return model.eval(), {"test_loss": test_loss, "test_accuracy": test_acc, "seed": seed}
+
+
+def save_checkpoint(model, output_dir: str, extra_json: dict | None = None, overwrite: bool = False) -> str:
+    """``save_pretrained`` into a temp folder beside ``output_dir``, then rename it into place (atomic)."""
+    output_dir = os.path.abspath(output_dir)
+    if os.path.exists(output_dir):
+        if not overwrite:
+            raise FileExistsError(f"{output_dir} already exists; pass overwrite=True to replace it")
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
+    try:
+        model.save_pretrained(tmp)
+        if extra_json:
+            with open(os.path.join(tmp, "training_info.json"), "w") as f:
+                json.dump(extra_json, f, indent=2)
+        if os.path.exists(output_dir):
+            shutil.rmtree(output_dir)
+        os.replace(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def train_args_dict(args: TrainArguments) -> dict:
+    return asdict(args)
