@@ -8,7 +8,7 @@ checks that the adapter covered every tensor of the concrete model, so a tensor 
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from ..spec import AxisEntry, AxisPerm, PermutationSpec, SpecError
 
@@ -81,6 +81,20 @@ class AxesCollector:
         """``nn.Linear``: weight ``[out, in]``, optional bias ``[out]``."""
         self.add(f"{name}.weight", out, in_, absolute=absolute)
         self.add_if_present(f"{name}.bias", out, absolute=absolute)
+
+    def attention(
+        self, projections: tuple[str, ...], output: str, heads: AxisEntry, stream: AxisEntry
+    ) -> None:
+        """Self-attention with separate projections: each reads ``stream`` into ``heads``; ``output`` writes back."""
+        for name in projections:
+            self.linear(name, heads, stream)
+        self.linear(output, stream, heads)
+
+    def mlp(self, inputs: tuple[str, ...], output: str, hidden: AxisEntry, stream: AxisEntry) -> None:
+        """Feed-forward block: ``inputs`` (e.g. gate and up) read ``stream`` into ``hidden``; ``output`` writes back."""
+        for name in inputs:
+            self.linear(name, hidden, stream)
+        self.linear(output, stream, hidden)
 
     def conv1d_transposed(self, name: str, in_: AxisEntry, out: AxisEntry) -> None:
         """GPT-2's ``Conv1D``: weight stored ``[in, out]``, optional bias ``[out]``."""

@@ -1,0 +1,45 @@
+"""Adapter for GPT-2 (``GPT2Model``, ``GPT2LMHeadModel``, ``GPT2ForSequenceClassification``).
+
+GPT-2's ``Conv1D`` layers store weights as ``[in, out]``. The fused ``c_attn`` output is
+``[q | k | v]``, each ``n_head * head_dim`` wide, so heads permute with ``AxisPerm(heads, block=head_dim,
+repeat=3)``. ``lm_head`` is tied to ``wte``; both read the residual stream.
+"""
+
+from __future__ import annotations
+
+from ..spec import AxisPerm, PermutationSpec
+from .layout import AxesCollector, find_prefix
+from .registry import register_adapter
+
+__all__ = ["build_gpt2_spec"]
+
+
+@register_adapter("gpt2")
+def build_gpt2_spec(
+    config, shapes, *, permute_residual: bool = True, permute_heads: bool = True
+) -> PermutationSpec:
+    """Permutation spec of a GPT-2 base model, LM head model or sequence classifier."""
+    axes = AxesCollector("gpt2", shapes, find_prefix(shapes, "wte.weight", "gpt2"))
+    res = "residual" if permute_residual else None
+    head_dim = config.n_embd // config.n_head
+
+    axes.embedding("wte", res)
+    axes.embedding("wpe", res)
+    for i in range(config.n_layer):
+        layer = f"h.{i}"
+        heads = f"{layer}.heads" if permute_heads else None
+        qkv = AxisPerm(heads, block=head_dim, repeat=3) if heads else None
+        attn_out = AxisPerm(heads, block=head_dim) if heads else None
+        mlp = f"{layer}.mlp"
+
+        axes.norm(f"{layer}.ln_1", res)
+        axes.conv1d_transposed(f"{layer}.attn.c_attn", res, qkv)
+        axes.conv1d_transposed(f"{layer}.attn.c_proj", attn_out, res)
+        axes.norm(f"{layer}.ln_2", res)
+        axes.conv1d_transposed(f"{layer}.mlp.c_fc", res, mlp)
+        axes.conv1d_transposed(f"{layer}.mlp.c_proj", mlp, res)
+    axes.norm("ln_f", res)
+    for head in ("lm_head", "score"):
+        if axes.has(f"{head}.weight", absolute=True):
+            axes.linear(head, None, res, absolute=True)
+    return axes.build()

@@ -1,0 +1,59 @@
+"""Adapters for Llama-style decoders: Llama, Mistral and Qwen2 (RMSNorm, rotary attention, GQA, gated MLP).
+
+Permutations: ``residual`` (the hidden stream, shared by the embeddings, every block's projections and
+norms, the final norm and the head), ``layers.{i}.kv_heads`` (whole key/value heads of layer ``i``; the
+group of query heads that reads a key/value head moves with it) and ``layers.{i}.mlp`` (the gated MLP's
+intermediate units). Rotary embeddings act inside each head, so heads are only ever moved whole.
+"""
+
+from __future__ import annotations
+
+from ..spec import AxisPerm, PermutationSpec, SpecError
+from .layout import AxesCollector, find_prefix
+from .registry import register_adapter
+
+__all__ = ["build_llama_spec"]
+
+#: Task heads that read the final hidden state: ``lm_head`` (causal LM) and ``score`` (sequence classification).
+_RESIDUAL_READERS = ("lm_head", "score")
+
+
+def build_llama_spec(
+    config, shapes, *, permute_residual: bool = True, permute_heads: bool = True
+) -> PermutationSpec:
+    """Permutation spec of a Llama, Mistral or Qwen2 base model, causal LM or sequence classifier."""
+    model_type = config.model_type
+    axes = AxesCollector(model_type, shapes, find_prefix(shapes, "embed_tokens.weight", model_type))
+    res = "residual" if permute_residual else None
+    n_heads = config.num_attention_heads
+    n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+    if n_heads % n_kv:
+        raise SpecError(
+            f"{model_type}: num_attention_heads={n_heads} is not a multiple of num_key_value_heads={n_kv}"
+        )
+
+    axes.embedding("embed_tokens", res)
+    for i in range(config.num_hidden_layers):
+        layer = f"layers.{i}"
+        head_dim = axes.shape(f"{layer}.self_attn.k_proj.weight")[0] // n_kv
+        group_width = head_dim * (n_heads // n_kv)  # one key/value head's query heads, contiguous in q rows
+        kv = AxisPerm(f"{layer}.kv_heads", block=head_dim) if permute_heads else None
+        q = AxisPerm(f"{layer}.kv_heads", block=group_width) if permute_heads else None
+        mlp = f"{layer}.mlp"
+
+        axes.norm(f"{layer}.input_layernorm", res)
+        axes.linear(f"{layer}.self_attn.q_proj", q, res)
+        axes.linear(f"{layer}.self_attn.k_proj", kv, res)
+        axes.linear(f"{layer}.self_attn.v_proj", kv, res)
+        axes.linear(f"{layer}.self_attn.o_proj", res, q)
+        axes.norm(f"{layer}.post_attention_layernorm", res)
+        axes.mlp((f"{layer}.mlp.gate_proj", f"{layer}.mlp.up_proj"), f"{layer}.mlp.down_proj", mlp, res)
+    axes.norm("norm", res)
+    for head in _RESIDUAL_READERS:
+        if axes.has(f"{head}.weight", absolute=True):
+            axes.linear(head, None, res, absolute=True)
+    return axes.build()
+
+
+for _model_type in ("llama", "mistral", "qwen2"):
+    register_adapter(_model_type, build_llama_spec)
