@@ -1,0 +1,212 @@
+"""Align checkpoint B to checkpoint A modulo permutation and save B's aligned copy as a Hugging Face checkpoint.
+
+The aligned copy computes the same function as B (up to float rounding), with its units reordered to
+line up with A's, so that A and the copy can be interpolated or averaged. It is saved with
+``save_pretrained`` (safetensors) together with B's tokenizer / preprocessor files, and loads like any
+checkpoint of its architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+
+from .adapters import spec_for
+from .matching import MatchingResult, activation_matching, weight_matching
+from .spec import SpecError, apply_permutation
+
+__all__ = ["ALIGNMENT_FILE", "align_checkpoints", "load_checkpoint", "resolve_checkpoint"]
+
+#: Written next to the weights: what B was aligned to and how.
+ALIGNMENT_FILE = "star_merge_alignment.json"
+
+#: Files of a checkpoint that are not weights or model config but belong with the model (tokenizers,
+#: image/audio processors, chat templates). ``config.json`` and generation config come from save_pretrained.
+PREPROCESSING_PATTERNS = (
+    "tokenizer*.json",
+    "tokenizer.model",
+    "vocab*",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece*.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.*",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "image_processor*.json",
+    "feature_extractor*.json",
+    "video_preprocessor*.json",
+)
+
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "chat_template.*", "vocab*"]
+
+
+def resolve_checkpoint(name_or_path: str) -> Path:
+    """A local checkpoint folder for ``name_or_path``: the folder itself, or a Hub snapshot.
+
+    Hub ids may pin a revision as ``owner/name@revision``; only safetensors weights are fetched.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise NotADirectoryError(
+            f"{name_or_path!r} is a file; give the checkpoint's folder (with config.json)"
+        )
+    repo_id, _, revision = name_or_path.partition("@")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=_HUB_PATTERNS))
+    except Exception as e:  # offline, unknown repo, gated repo, invalid id ...
+        raise FileNotFoundError(
+            f"{name_or_path!r} is neither a local folder nor a downloadable Hub model ({type(e).__name__}: {e}); "
+            "check the path, or the repo id, revision and network/HF_TOKEN"
+        ) from e
+
+
+def load_checkpoint(path: Path) -> torch.nn.Module:
+    """Load a checkpoint folder with the class named in its config (``architectures[0]``), safetensors only."""
+    import transformers
+
+    from .models import BUILTIN_CLASSES, register_builtin_models
+
+    register_builtin_models()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{str(path)!r} has no config.json; is it a Hugging Face checkpoint folder?")
+    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    if cls is None and arch in BUILTIN_CLASSES:
+        cls = BUILTIN_CLASSES[arch]
+    if cls is not None:
+        model = cls.from_pretrained(path, config=config, use_safetensors=True)
+    else:
+        model = transformers.AutoModel.from_pretrained(
+            path, config=config, use_safetensors=True, trust_remote_code=False
+        )
+    return model.eval()
+
+
+def _check_output_dir(output_dir: Path, overwrite: bool, *inputs: Path) -> None:
+    for p in inputs:
+        if output_dir.resolve() == p.resolve():
+            raise ValueError(f"output_dir {str(output_dir)!r} is an input checkpoint; choose another folder")
+    if output_dir.exists():
+        if not output_dir.is_dir():
+            raise FileExistsError(f"output_dir {str(output_dir)!r} exists and is not a folder")
+        if any(output_dir.iterdir()) and not overwrite:
+            raise FileExistsError(
+                f"output_dir {str(output_dir)!r} is not empty; choose an empty or new folder, or pass overwrite=True"
+            )
+
+
+def _as_batches(dataset) -> Iterable[Mapping[str, torch.Tensor]]:
+    """``dataset`` as an iterable of input batches: a DataLoader-like iterable, or a map-style dataset."""
+    if isinstance(dataset, torch.utils.data.Dataset) or hasattr(dataset, "column_names"):
+        return torch.utils.data.DataLoader(dataset, batch_size=256)
+    return dataset
+
+
+def _match(spec, model_a, model_b, method: str, dataset, seed: int) -> MatchingResult:
+    if method == "weight":
+        return weight_matching(spec, model_a.state_dict(), model_b.state_dict(), seed=seed)
+    if method == "activation":
+        sites = getattr(model_a, "activation_sites", None)
+        try:
+            sites = sites() if callable(sites) else None
+        except NotImplementedError:
+            sites = None
+        if sites is None:
+            raise ValueError(
+                f"method='activation' needs a model that exposes activation_sites() (the built-in star models); "
+                f"{type(model_a).__name__} does not. Use method='weight'"
+            )
+        if dataset is None:
+            raise ValueError("method='activation' needs data: pass dataset= (batches of model inputs)")
+        return activation_matching(spec, model_a, model_b, _as_batches(dataset), sites=sites, progress=False)
+    raise ValueError(f"unknown alignment method {method!r}; use 'weight' or 'activation'")
+
+
+def _copy_preprocessing_files(src: Path, dst: Path) -> list[str]:
+    copied = []
+    for pattern in PREPROCESSING_PATTERNS:
+        for f in sorted(src.glob(pattern)):
+            if f.is_file() and not (dst / f.name).exists():
+                shutil.copy2(f, dst / f.name)
+                copied.append(f.name)
+    return copied
+
+
+def align_checkpoints(
+    a: str,
+    b: str,
+    output_dir: str,
+    method: str = "weight",
+    dataset=None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> MatchingResult:
+    """Align checkpoint ``b`` to checkpoint ``a`` and save the aligned copy of ``b`` in ``output_dir``.
+
+    ``a`` and ``b`` are local folders or Hub ids (``owner/name[@revision]``) of the same architecture.
+    ``method``: ``"weight"`` (weight matching, any model with an adapter) or ``"activation"`` (models
+    with ``activation_sites()``; ``dataset`` then yields input batches). ``output_dir`` must be new or
+    empty unless ``overwrite``; it is replaced in one rename once the copy is complete. Returns the
+    matching result (``perm`` maps B to A's frame).
+    """
+    out = Path(output_dir).expanduser()
+    path_a, path_b = resolve_checkpoint(a), resolve_checkpoint(b)
+    _check_output_dir(out, overwrite, path_a, path_b)
+    model_a, model_b = load_checkpoint(path_a), load_checkpoint(path_b)
+    if type(model_a) is not type(model_b):
+        raise SpecError(
+            f"A is a {type(model_a).__name__} and B a {type(model_b).__name__}; align checkpoints of one architecture"
+        )
+    spec = spec_for(model_a)
+    result = _match(spec, model_a, model_b, method, dataset, seed)
+    aligned = apply_permutation(spec, result.perm, model_b.state_dict())
+    model_b.load_state_dict(aligned)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model_b.save_pretrained(tmp)
+        _copy_preprocessing_files(path_b, tmp)
+        record = {
+            "reference": a,
+            "source": b,
+            "method": method,
+            "seed": seed,
+            "objective": result.objective,
+            "iterations": result.iterations,
+        }
+        (tmp / ALIGNMENT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move folder ``new`` to ``target``; an existing ``target`` is set aside first and removed after."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, old / target.name)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old / target.name, target)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
