@@ -81,6 +81,11 @@ def load_checkpoint(path: Path) -> torch.nn.Module:
     register_builtin_models()
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{str(path)!r} has no config.json; is it a Hugging Face checkpoint folder?")
+    if not any(path.glob("*.safetensors")):
+        raise FileNotFoundError(
+            f"{str(path)!r} has no .safetensors weights; star-merge loads safetensors only (pickled .bin files "
+            "can run code). Convert it once with from_pretrained(...).save_pretrained(folder) in a trusted session"
+        )
     config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
     arch = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None

@@ -564,4 +564,36 @@ def test_align_checkpoints_rejects_bad_requests(two_checkpoints, tmp_path, monke
         align_checkpoints(str(root / "a"), str(root / "b"), str(tmp_path / "x"), method="sinkhorn")
     with pytest.raises(FileNotFoundError, match="neither a local folder"):
         align_checkpoints(str(root / "a"), "no-such-owner/no-such-model", str(tmp_path / "x"))
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "config.json").write_text((root / "a" / "config.json").read_text())
+    (tmp_path / "pickled" / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="safetensors only"):
+        align_checkpoints(str(root / "a"), str(tmp_path / "pickled"), str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()
+
+
+def test_align_checkpoints_activation_method_on_builtin_mlp(tmp_path, monkeypatch):
+    from star_merge.align_cmd import align_checkpoints
+    from star_merge.models import StarMLPConfig, StarMLPForClassification
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    model = StarMLPForClassification(
+        StarMLPConfig(input_size=12, hidden_sizes=(16, 10), num_labels=10)
+    ).eval()
+    model.save_pretrained(tmp_path / "a")
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    spec = spec_for(model)
+    model.load_state_dict(apply_permutation(spec, random_permutation(spec, 3), reference))
+    model.save_pretrained(tmp_path / "b")
+    g = torch.Generator().manual_seed(0)
+    batches = [{"input_values": torch.randn(64, 12, generator=g)} for _ in range(4)]
+    align_checkpoints(
+        str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "out"), method="activation", dataset=batches
+    )
+    aligned = StarMLPForClassification.from_pretrained(tmp_path / "out").state_dict()
+    assert all(torch.equal(aligned[k], reference[k]) for k in reference)
+    with pytest.raises(ValueError, match="needs data"):
+        align_checkpoints(
+            str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "out2"), method="activation"
+        )
