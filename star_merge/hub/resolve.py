@@ -1,0 +1,528 @@
+"""Resolve a population (Hub ids, ``id@revision``, local folders, population files) to local checkpoints.
+
+Order of work, so a bad population fails in seconds, not after gigabytes:
+
+1. parse every source (``org/name``, ``org/name@rev``, a folder, a population file);
+2. pin every Hub source to a commit sha and list its files (Hub API online, the cache offline) — a repo
+   without ``*.safetensors`` fails here;
+3. fetch only ``config.json`` of every member and check one model type and identical tensor shapes
+   (the architecture is built on the meta device, no weights);
+4. download the weights (safetensors only), members in parallel, with one progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence, TypeVar
+
+__all__ = [
+    "PopulationError",
+    "ResolvedMember",
+    "ResolvedMembers",
+    "resolve_members",
+    "parse_source",
+    "read_population_file",
+    "DOWNLOAD_PATTERNS",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Files fetched for a Hub member: config, safetensors weights, tokenizer / preprocessor files.
+#: Never pickles (``*.bin``, ``*.pt``) and never code (star-merge does not run remote code).
+DOWNLOAD_PATTERNS = [
+    "*.json",
+    "*.safetensors",
+    "*.txt",
+    "*.model",
+    "*.tiktoken",
+    "*.jinja",
+]
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+ROLE_KEYS = {"anchor": ("anchors", "anchor"), "held-out": ("held_out", "held-out", "heldout")}
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class PopulationError(ValueError):
+    """A population member cannot be used: unknown id or revision, no safetensors, mixed architectures."""
+
+
+@dataclass(frozen=True)
+class ResolvedMember:
+    """One population member on local disk.
+
+    ``source`` is what the user wrote; ``repo_id``/``revision`` are set for Hub members, ``revision``
+    always being the full commit sha the member was pinned to; ``path`` is the local checkpoint folder
+    (a snapshot in the Hugging Face cache for Hub members).
+    """
+
+    source: str
+    repo_id: str | None
+    revision: str | None
+    path: str
+    model_type: str
+    role: str = "anchor"
+
+    @property
+    def display(self) -> str:
+        return f"{self.repo_id}@{self.revision[:10]}" if self.repo_id and self.revision else self.source
+
+
+class ResolvedMembers(list):
+    """A list of :class:`ResolvedMember` that also carries the population's ``model_type``."""
+
+    def __init__(self, members: Iterable[ResolvedMember], model_type: str):
+        super().__init__(members)
+        self.model_type = model_type
+
+
+@dataclass
+class _Source:
+    source: str
+    repo_id: str | None = None
+    revision: str | None = None  # as written (branch, tag or sha); None = default branch
+    path: str | None = None  # local folder
+    # filled while resolving
+    sha: str | None = None
+    files: list[str] | None = None
+    config_path: str | None = None
+    config: dict | None = None
+
+    @property
+    def label(self) -> str:
+        return self.source
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+def parse_source(source: str, base_dir: str | None = None) -> tuple[str | None, str | None, str | None]:
+    """``(repo_id, revision, local_path)`` for one source; exactly one of repo_id / local_path is set.
+
+    A source naming an existing folder (relative to ``base_dir`` when given) is local; one that looks like
+    a path (``./x``, ``/x``, ``~/x``) but does not exist is an error; anything else is ``org/name[@revision]``.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(source, str) or not source.strip():
+        raise PopulationError(f"population entries must be non-empty strings, got {source!r}")
+    source = source.strip()
+    candidates = [os.path.expanduser(source)]
+    if base_dir is not None and not os.path.isabs(candidates[0]):
+        candidates.insert(0, os.path.join(base_dir, candidates[0]))
+    for cand in candidates:
+        if os.path.isdir(cand):
+            return None, None, os.path.abspath(cand)
+    looks_like_path = source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1
+    repo_id, _, revision = source.partition("@")
+    if looks_like_path and "@" not in source:
+        raise PopulationError(f"population member {source!r}: no such folder; give an existing checkpoint folder or a Hub id org/name[@revision]")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise PopulationError(
+            f"population member {source!r} is neither an existing folder nor a valid Hub id; "
+            "write org/name, org/name@revision or a path to a checkpoint folder"
+        ) from None
+    if "@" in source and not revision:
+        raise PopulationError(f"population member {source!r} has an empty revision after '@'; write org/name@<branch, tag or commit sha>")
+    return repo_id, revision or None, None
+
+
+def read_population_file(path: str, role: str = "anchor") -> list[str]:
+    """The sources listed in a population file, for ``role``.
+
+    Accepted forms: a YAML list; a YAML mapping with ``anchors:`` and/or ``held_out:`` lists (the key
+    for ``role`` is read); or plain text with one source per line (``#`` starts a comment).
+    Relative folder paths are taken relative to the file's folder.
+    """
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        data = None
+    if isinstance(data, dict):
+        keys = ROLE_KEYS.get(role, (role,))
+        found = [k for k in keys if k in data]
+        if not found:
+            raise PopulationError(
+                f"population file {path} has no `{keys[0]}:` list (its keys: {', '.join(map(str, data))}); "
+                f"add `{keys[0]}:` with one Hub id or folder per item"
+            )
+        data = data[found[0]]
+        if data is None:
+            data = []
+    if isinstance(data, list):
+        entries = data
+    else:  # one source per line
+        entries = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+        entries = [e for e in entries if e]
+    bad = [e for e in entries if not isinstance(e, str)]
+    if bad:
+        raise PopulationError(f"population file {path}: entries must be strings (org/name[@revision] or a folder), got {bad[0]!r}")
+    return [e.strip() for e in entries]
+
+
+def _expand(sources: Sequence[str] | str, role: str) -> list[_Source]:
+    if isinstance(sources, str):
+        sources = [sources]
+    out: list[_Source] = []
+    for src in sources:
+        if isinstance(src, os.PathLike):
+            src = os.fspath(src)
+        if isinstance(src, str) and os.path.isfile(os.path.expanduser(src)):
+            pop_file = os.path.abspath(os.path.expanduser(src))
+            base = os.path.dirname(pop_file)
+            for entry in read_population_file(pop_file, role):
+                repo_id, revision, path = parse_source(entry, base)
+                out.append(_Source(entry, repo_id, revision, path))
+        else:
+            repo_id, revision, path = parse_source(src)
+            out.append(_Source(src.strip(), repo_id, revision, path))
+    if not out:
+        raise PopulationError(f"no {role} models given; pass Hub ids, folders or a population file")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _parallel(fn: Callable[[T], R], items: Sequence[T], max_workers: int) -> list[R]:
+    """``[fn(x) for x in items]`` on a thread pool; the first failure (in input order) is raised."""
+    if len(items) <= 1 or max_workers <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(items))) as pool:
+        futures = [pool.submit(fn, x) for x in items]
+        return [f.result() for f in futures]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _check_weight_files(label: str, files: Iterable[str]) -> None:
+    files = list(files)
+    if any(f.endswith(".safetensors") for f in files):
+        return
+    pickles = sorted(os.path.basename(f) for f in files if f.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise PopulationError(
+            f"{label} holds only {pickles[0]}; star-merge loads safetensors only. Convert it (load it yourself "
+            "if you trust it, then save_pretrained, or use the Hub's safetensors conversion bot) and retry"
+        )
+    raise PopulationError(f"{label} has no *.safetensors weights; give a transformers checkpoint saved with save_pretrained")
+
+
+def _offline_hint(repo_id: str) -> str:
+    return (
+        f"check the id, run once with network access (unset HF_HUB_OFFLINE), or pre-download it with "
+        f"`hf download {repo_id}`"
+    )
+
+
+def _cache_root(cache_dir: str | None) -> str:
+    from huggingface_hub import constants
+
+    return os.path.abspath(os.path.expanduser(str(cache_dir or constants.HF_HUB_CACHE)))
+
+
+# ---------------------------------------------------------------------------------------------- pinning
+def _pin_online(src: _Source, token, cache_dir) -> bool:
+    """Resolve ``src`` to a commit sha and its file list with the Hub API. False: Hub unreachable."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        import httpx2 as httpx  # the HTTP client of huggingface_hub 2.x
+    except ImportError:  # pragma: no cover - older huggingface_hub
+        import httpx
+
+    try:
+        info = HfApi(token=token).model_info(src.repo_id, revision=src.revision)
+    except (OfflineModeIsEnabled, httpx.ConnectError, httpx.TimeoutException):
+        return False
+    except GatedRepoError:
+        raise PopulationError(
+            f"{src.repo_id} is gated; accept its conditions on https://huggingface.co/{src.repo_id} and log in "
+            "(`hf auth login` or HF_TOKEN)"
+        ) from None
+    except RevisionNotFoundError:
+        raise PopulationError(f"{src.repo_id} has no revision {src.revision!r}; check the branch, tag or commit sha") from None
+    except RepositoryNotFoundError:
+        raise PopulationError(
+            f"Hub model {src.repo_id!r} not found (or private without access); check the id, or log in "
+            "(`hf auth login` or HF_TOKEN) if it is private"
+        ) from None
+    except HfHubHTTPError as e:
+        if e.response is not None and e.response.status_code >= 500:
+            return False  # Hub down: fall back to the cache like huggingface_hub does
+        raise PopulationError(f"could not look up {src.source} on the Hub ({_first_line(e)})") from None
+    src.sha = info.sha
+    src.files = [s.rfilename for s in (info.siblings or [])]
+    return True
+
+
+def _pin_from_cache(src: _Source, cache_dir, offline: bool) -> None:
+    """Resolve ``src`` to a commit sha and its file list from the local Hugging Face cache."""
+    from huggingface_hub import get_cached_repo_tree
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError
+    from huggingface_hub.file_download import repo_folder_name
+
+    why = "the Hub is offline (HF_HUB_OFFLINE=1)" if offline else "the Hub cannot be reached"
+    root = _cache_root(cache_dir)
+    storage = os.path.join(root, repo_folder_name(repo_id=src.repo_id, repo_type="model"))
+    if not os.path.isdir(storage):
+        raise PopulationError(f"{src.repo_id} is not in the Hugging Face cache ({root}) and {why}; {_offline_hint(src.repo_id)}")
+    revision = src.revision or "main"
+    snapshots = os.path.join(storage, "snapshots")
+    sha = None
+    if _COMMIT_SHA.fullmatch(revision):
+        sha = revision
+    elif os.path.isfile(os.path.join(storage, "refs", revision)):
+        with open(os.path.join(storage, "refs", revision)) as f:
+            sha = f.read().strip()
+    elif len(revision) >= 7 and all(c in "0123456789abcdef" for c in revision) and os.path.isdir(snapshots):
+        matches = [s for s in os.listdir(snapshots) if s.startswith(revision)]  # a short sha
+        if len(matches) == 1:
+            sha = matches[0]
+    if sha is None or not os.path.isdir(os.path.join(snapshots, sha)):
+        cached = sorted(_cached_refs(storage))
+        have = f" (cached: {', '.join(cached)})" if cached else ""
+        raise PopulationError(
+            f"{src.repo_id}@{revision} is not in the Hugging Face cache{have} and {why}; {_offline_hint(f'{src.repo_id} --revision {revision}')}"
+        )
+    snapshot = os.path.join(snapshots, sha)
+    present = []
+    for folder, _, names in os.walk(snapshot):
+        present += [os.path.relpath(os.path.join(folder, n), snapshot).replace(os.sep, "/") for n in names]
+    try:
+        listed = [f.path for f in get_cached_repo_tree(src.repo_id, revision=sha, cache_dir=root)]
+    except CachedRepoTreeNotFoundError:
+        listed = present
+    src.sha = sha
+    src.files = listed
+    _check_weight_files(f"{src.repo_id}@{revision}", listed)
+    if not any(f.endswith(".safetensors") for f in present):
+        raise PopulationError(
+            f"{src.repo_id}@{revision} is only partly cached (no *.safetensors in {snapshot}) and {why}; "
+            f"{_offline_hint(f'{src.repo_id} --revision {revision}')}"
+        )
+
+
+def _cached_refs(storage: str) -> list[str]:
+    refs = os.path.join(storage, "refs")
+    out = []
+    for folder, _, names in os.walk(refs):
+        out += [os.path.relpath(os.path.join(folder, n), refs).replace(os.sep, "/") for n in names]
+    return out
+
+
+def _pin(src: _Source, token, cache_dir) -> _Source:
+    from huggingface_hub import constants
+
+    if src.path is not None:  # local folder
+        if not os.path.isfile(os.path.join(src.path, "config.json")):
+            raise PopulationError(f"{src.source} has no config.json; give a folder written by save_pretrained")
+        _check_weight_files(src.source, os.listdir(src.path))
+        src.config_path = os.path.join(src.path, "config.json")
+        return src
+    offline = constants.HF_HUB_OFFLINE
+    if offline or not _pin_online(src, token, cache_dir):
+        _pin_from_cache(src, cache_dir, offline)
+    else:
+        _check_weight_files(src.repo_id if not src.revision else f"{src.repo_id}@{src.revision}", src.files)
+    if src.files is not None and "config.json" not in src.files:
+        raise PopulationError(f"{src.repo_id} has no config.json at its root; star-merge needs a transformers checkpoint")
+    return src
+
+
+def _fetch_config(src: _Source, token, cache_dir) -> _Source:
+    from huggingface_hub import hf_hub_download
+
+    if src.config_path is None:
+        try:
+            src.config_path = hf_hub_download(
+                src.repo_id, "config.json", revision=src.sha, cache_dir=cache_dir, token=token
+            )
+        except Exception as e:  # noqa: BLE001 - any failure here is reported as one line
+            raise PopulationError(f"could not fetch config.json of {src.repo_id}@{src.sha[:10]} ({_first_line(e)}); {_offline_hint(src.repo_id)}") from None
+    try:
+        with open(src.config_path, encoding="utf-8") as f:
+            src.config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise PopulationError(f"config.json of {src.source} is unreadable ({_first_line(e)})") from None
+    if not isinstance(src.config, dict) or not src.config.get("model_type"):
+        raise PopulationError(f"config.json of {src.source} names no model_type; give a transformers checkpoint")
+    return src
+
+
+# ---------------------------------------------------------------------------------------------- checks
+_IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "id2label", "label2id", "_commit_hash"}
+
+
+def _shapes(src: _Source) -> dict[str, tuple[int, ...]]:
+    from transformers import AutoConfig
+
+    from ..adapters import model_shapes
+    from ..models import register_builtin_models
+
+    register_builtin_models()
+    folder = os.path.dirname(src.config_path)
+    try:
+        config = AutoConfig.from_pretrained(folder)  # never trust_remote_code
+    except Exception as e:  # noqa: BLE001
+        raise PopulationError(
+            f"{src.source}: transformers cannot read its config (model_type {src.config['model_type']!r}; "
+            f"{_first_line(e)}); star-merge never runs remote code, so the architecture must be in transformers "
+            "or registered with AutoConfig.register"
+        ) from None
+    try:
+        return model_shapes(config)
+    except Exception as e:  # noqa: BLE001
+        raise PopulationError(f"{src.source}: cannot build its architecture on the meta device ({_first_line(e)})") from None
+
+
+def _check_compatible(sources: list[_Source], reference: _Source | None = None) -> str:
+    """One model type and identical tensor shapes across ``sources`` (and ``reference``); returns the type."""
+    everyone = ([reference] if reference is not None else []) + sources
+    first = everyone[0]
+    model_type = first.config["model_type"]
+    for other in everyone[1:]:
+        if other.config["model_type"] != model_type:
+            raise PopulationError(
+                f"population mixes model types: {first.label} is {model_type!r} but {other.label} is "
+                f"{other.config['model_type']!r}; anchors and held-out models must share one architecture"
+            )
+    shapes_by_config: dict[str, dict] = {}
+    ref_shapes = None
+    for src in everyone:
+        key = json.dumps({k: v for k, v in src.config.items() if k not in _IGNORED_CONFIG_KEYS}, sort_keys=True, default=str)
+        if key not in shapes_by_config:
+            shapes_by_config[key] = _shapes(src)
+        shapes = shapes_by_config[key]
+        if ref_shapes is None:
+            ref_shapes = shapes
+            continue
+        if shapes != ref_shapes:
+            missing = sorted(set(ref_shapes) ^ set(shapes))
+            if missing:
+                detail = f"tensor {missing[0]!r} is in only one of them"
+            else:
+                name = next(k for k in ref_shapes if ref_shapes[k] != shapes[k])
+                detail = f"{name} has shape {tuple(shapes[name])} vs {tuple(ref_shapes[name])}"
+            raise PopulationError(
+                f"{src.label} does not match {first.label}: {detail}; a population needs identical architectures"
+            )
+    return model_type
+
+
+# ---------------------------------------------------------------------------------------------- download
+def _download(src: _Source, token, cache_dir) -> str:
+    from huggingface_hub import snapshot_download
+    from tqdm.auto import tqdm
+
+    class _Quiet(tqdm):  # the member-level bar below replaces the per-repo "Fetching n files" bar
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    try:
+        path = snapshot_download(
+            src.repo_id,
+            revision=src.sha,
+            cache_dir=cache_dir,
+            token=token,
+            allow_patterns=DOWNLOAD_PATTERNS,
+            tqdm_class=_Quiet,
+        )
+    except Exception as e:  # noqa: BLE001
+        raise PopulationError(
+            f"downloading {src.repo_id}@{src.sha[:10]} failed ({_first_line(e)}); files already downloaded stay "
+            "in the cache, rerun to resume"
+        ) from None
+    _check_weight_files(f"{src.repo_id}@{src.sha[:10]}", os.listdir(path))
+    return path
+
+
+def resolve_members(
+    sources: Sequence[str] | str,
+    *,
+    role: str = "anchor",
+    token: str | bool | None = None,
+    cache_dir: str | None = None,
+    max_workers: int = 8,
+    progress: bool = True,
+    like: Sequence[ResolvedMember] | None = None,
+) -> ResolvedMembers:
+    """Resolve population sources to local checkpoint folders, pinned to commit shas.
+
+    ``sources``: Hub ids (``org/name``, ``org/name@branch|tag|sha``), checkpoint folders, or population
+    files (a single string naming a file is one). ``token=None`` lets huggingface_hub use ``HF_TOKEN`` or
+    the stored login; ``cache_dir=None`` is the Hugging Face cache; ``HF_HUB_OFFLINE=1`` resolves from the
+    cache only. ``like``: an already resolved population these members must match (e.g. the anchors,
+    when resolving held-out models). Every config is checked before any weights are downloaded.
+
+    Returns the members in the order given, with ``.model_type`` on the returned list.
+    """
+    from tqdm.auto import tqdm
+
+    if role not in ROLE_KEYS:
+        raise PopulationError(f"role must be one of {', '.join(ROLE_KEYS)}, got {role!r}")
+    srcs = _expand(sources, role)
+    _parallel(lambda s: _pin(s, token, cache_dir), srcs, max_workers)
+    seen: dict[tuple, str] = {}
+    for s in srcs:
+        key = (s.repo_id, s.sha) if s.repo_id else (None, os.path.realpath(s.path))
+        if key in seen:
+            raise PopulationError(f"{s.source} and {seen[key]} are the same model; list each population member once")
+        seen[key] = s.source
+    _parallel(lambda s: _fetch_config(s, token, cache_dir), srcs, max_workers)
+    reference = None
+    if like:
+        ref = like[0]
+        reference = _fetch_config(_Source(ref.source, ref.repo_id, ref.revision, ref.path, sha=ref.revision,
+                                          config_path=os.path.join(ref.path, "config.json")), token, cache_dir)
+    model_type = _check_compatible(srcs, reference)
+
+    remote = [s for s in srcs if s.repo_id is not None]
+    paths: dict[int, str] = {}
+    if remote:
+        bar = tqdm(total=len(remote), desc=f"downloading {role} models", unit="model", disable=not progress)
+
+        def fetch(s: _Source) -> str:
+            path = _download(s, token, cache_dir)
+            bar.update(1)
+            return path
+
+        try:
+            for s, path in zip(remote, _parallel(fetch, remote, max_workers)):
+                paths[id(s)] = path
+        finally:
+            bar.close()
+    members = [
+        ResolvedMember(
+            source=s.source,
+            repo_id=s.repo_id,
+            revision=s.sha,
+            path=paths.get(id(s), s.path),
+            model_type=model_type,
+            role=role,
+        )
+        for s in srcs
+    ]
+    for m in members:
+        logger.info("%s %s -> %s", role, m.display, m.path)
+    return ResolvedMembers(members, model_type)
