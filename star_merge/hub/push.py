@@ -1,0 +1,279 @@
+"""Publish a run: the star (weights, config, card, plots, report) and optionally the BMA wrapper, one commit per repo.
+
+Nothing in RUN_DIR is written: each repo's files are staged in a temporary folder (symlinks to the run's
+files plus the freshly rendered model card) and uploaded with one ``upload_folder`` call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from typing import NamedTuple
+
+from ..model_card import build_bma_card, build_model_card
+from ..rundir import MANIFEST_NAME
+from .resolve import PICKLE_SUFFIXES
+
+__all__ = ["PushError", "PlannedFile", "upload_plan", "push_run", "add_parser", "run"]
+
+logger = logging.getLogger(__name__)
+
+#: Run-level files published beside the star (besides ``*.png``).
+RUN_FILES = ("report.json", "report.md")
+
+
+class PushError(RuntimeError):
+    """Publishing a run failed or cannot start; the message says what to fix or how to retry."""
+
+
+class PlannedFile(NamedTuple):
+    """One file of an upload: ``local_path`` is None for a model card rendered at push time."""
+
+    repo_id: str
+    path_in_repo: str
+    local_path: str | None
+    size: int
+
+
+def _check_repo_id(repo_id: str, flag: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise PushError(f"{flag} {repo_id!r} is not a valid Hub repo id; write org/name (or name for your own namespace)") from None
+
+
+def _folder_files(folder: str) -> list[tuple[str, str]]:
+    """(path relative to folder, absolute path) of the files to publish from ``folder``: no hidden files,
+    no pickles, no model card (rendered separately)."""
+    out = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+        for name in sorted(names):
+            rel = os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
+            if name.startswith(".") or rel == "README.md":
+                continue
+            if name.endswith(PICKLE_SUFFIXES):
+                logger.warning("not publishing %s: star-merge publishes safetensors only", os.path.join(folder, rel))
+                continue
+            out.append((rel, os.path.join(root, name)))
+    return out
+
+
+def _checkpoint_files(folder: str, what: str, fix: str) -> list[tuple[str, str]]:
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise PushError(f"{folder} has no config.json, so there is no {what} to publish; {fix}")
+    files = _folder_files(folder)
+    if not any(rel.endswith(".safetensors") for rel, _ in files):
+        raise PushError(f"{folder} has no *.safetensors weights, so there is no {what} to publish; {fix}")
+    return files
+
+
+def _render_cards(run_dir: str, repo_id: str, bma_repo_id: str | None, license: str) -> dict[str, str]:
+    cards = {
+        repo_id: str(build_model_card(run_dir, repo_id=repo_id, license=license, existing=os.path.join(run_dir, "README.md")))
+    }
+    if bma_repo_id:
+        cards[bma_repo_id] = str(
+            build_bma_card(
+                run_dir,
+                repo_id=bma_repo_id,
+                star_repo_id=repo_id,
+                license=license,
+                existing=os.path.join(run_dir, "bma", "README.md"),
+            )
+        )
+    return cards
+
+
+def _plan(run_dir: str, repo_id: str, bma_repo_id: str | None, license: str) -> tuple[list[PlannedFile], dict[str, str]]:
+    run_dir = os.path.abspath(run_dir)
+    if not os.path.isfile(os.path.join(run_dir, MANIFEST_NAME)):
+        raise PushError(
+            f"{run_dir} is not a star-merge run directory (no {MANIFEST_NAME}); "
+            "create one with `accelerate launch recipes/star.py --output_dir ...`"
+        )
+    _check_repo_id(repo_id, "--repo-id")
+    if bma_repo_id is not None:
+        _check_repo_id(bma_repo_id, "--bma-repo-id")
+        if bma_repo_id == repo_id:
+            raise PushError(f"--bma-repo-id must differ from --repo-id ({repo_id}); e.g. {repo_id}-bma")
+    star = _checkpoint_files(
+        os.path.join(run_dir, "star"), "star model", "train one with `accelerate launch recipes/star.py`"
+    )
+    extra = [(f, os.path.join(run_dir, f)) for f in sorted(os.listdir(run_dir))
+             if (f in RUN_FILES or f.lower().endswith(".png")) and not f.startswith(".")
+             and os.path.isfile(os.path.join(run_dir, f))]
+    cards = _render_cards(run_dir, repo_id, bma_repo_id, license)
+    plan = [PlannedFile(repo_id, rel, path, os.path.getsize(path)) for rel, path in star + extra]
+    plan.append(PlannedFile(repo_id, "README.md", None, len(cards[repo_id].encode("utf-8"))))
+    if bma_repo_id is not None:
+        bma = _checkpoint_files(
+            os.path.join(run_dir, "bma"), "BMA wrapper", f"export it with `star-merge export-bma {run_dir}` or drop --bma-repo-id"
+        )
+        plan += [PlannedFile(bma_repo_id, rel, path, os.path.getsize(path)) for rel, path in bma]
+        plan.append(PlannedFile(bma_repo_id, "README.md", None, len(cards[bma_repo_id].encode("utf-8"))))
+    names = {}
+    for f in plan:
+        if (f.repo_id, f.path_in_repo) in names:
+            raise PushError(f"two files would land at {f.repo_id}:{f.path_in_repo} ({names[f.repo_id, f.path_in_repo]} and {f.local_path}); rename one")
+        names[f.repo_id, f.path_in_repo] = f.local_path
+    return plan, cards
+
+
+def upload_plan(
+    run_dir: str, repo_id: str, *, bma_repo_id: str | None = None, license: str = "apache-2.0"
+) -> list[PlannedFile]:
+    """Exactly the files :func:`push_run` would upload, as ``(repo_id, path_in_repo, local_path, size)``.
+
+    Star repo: ``star/`` contents at the root, ``*.png``, ``report.json``/``report.md`` and the model card
+    ``README.md`` (``local_path=None``: rendered at push time from the run, updating ``RUN_DIR/README.md``
+    when present). BMA repo: ``bma/`` contents (weights, config, code files) and its card.
+    """
+    return _plan(run_dir, repo_id, bma_repo_id, license)[0]
+
+
+def _stage(files: list[PlannedFile], card: str, folder: str) -> None:
+    for f in files:
+        target = os.path.join(folder, *f.path_in_repo.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if f.local_path is None:
+            with open(target, "w", encoding="utf-8") as out:
+                out.write(card)
+            continue
+        try:
+            os.symlink(os.path.abspath(f.local_path), target)
+        except OSError:  # no symlinks (some Windows setups): copy
+            shutil.copy2(f.local_path, target)
+
+
+def _retry_hint(run_dir: str, repo_id: str, bma_repo_id: str | None, private: bool) -> str:
+    cmd = f"star-merge push {run_dir} --repo-id {repo_id}"
+    if bma_repo_id:
+        cmd += f" --bma-repo-id {bma_repo_id}"
+    if private:
+        cmd += " --private"
+    return cmd
+
+
+def push_run(
+    run_dir: str,
+    repo_id: str,
+    *,
+    bma_repo_id: str | None = None,
+    private: bool = False,
+    dry_run: bool = False,
+    token: str | None = None,
+    revision: str | None = None,
+    license: str = "apache-2.0",
+    commit_message: str | None = None,
+) -> dict:
+    """Publish RUN_DIR's star to ``repo_id`` (and its BMA wrapper to ``bma_repo_id``), one commit per repo.
+
+    Repos are created if missing (``private=True`` makes new repos private; an existing repo keeps its
+    visibility). ``revision``: a branch to commit to (created from the default branch if missing).
+    ``token=None`` uses ``HF_TOKEN`` or the stored login. Call it on the main process only.
+
+    Returns ``{"dry_run", "files": [PlannedFile...], "commits": {repo_id: commit url}}``; with ``dry_run``
+    nothing is contacted and ``commits`` is empty.
+    """
+    plan, cards = _plan(run_dir, repo_id, bma_repo_id, license)
+    result = {"dry_run": dry_run, "files": plan, "commits": {}}
+    if dry_run:
+        return result
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    run_name = os.path.basename(os.path.abspath(run_dir))
+    retry = _retry_hint(run_dir, repo_id, bma_repo_id, private)
+    for target in [repo_id] + ([bma_repo_id] if bma_repo_id else []):
+        what = "star model" if target == repo_id else "BMA wrapper"
+        staging = tempfile.mkdtemp(prefix="star-merge-push-")
+        try:
+            _stage([f for f in plan if f.repo_id == target], cards[target], staging)
+            api.create_repo(target, repo_type="model", private=True if private else None, exist_ok=True)
+            if revision is not None:
+                api.create_branch(target, branch=revision, repo_type="model", exist_ok=True)
+            info = api.upload_folder(
+                repo_id=target,
+                folder_path=staging,
+                repo_type="model",
+                revision=revision,
+                commit_message=commit_message or f"Upload {what} of star-merge run {run_name}",
+            )
+        except Exception as e:  # noqa: BLE001 - every failure becomes one actionable line
+            done = "" if not result["commits"] else f" ({', '.join(result['commits'])} was pushed)"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise PushError(
+                f"upload of the {what} to {target} failed ({type(e).__name__}: {first}){done}; "
+                f"{run_dir} is unchanged, retry with `{retry}`"
+            ) from e
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        result["commits"][target] = getattr(info, "commit_url", None) or str(info)
+        logger.info("pushed %s to %s", what, result["commits"][target])
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``star-merge push`` to an ``argparse`` subparsers object."""
+    p = subparsers.add_parser(
+        "push",
+        help="publish a run's star model (and BMA wrapper) to the Hugging Face Hub",
+        description="Upload RUN_DIR/star with its model card, plots and report.json to --repo-id (one commit), and "
+        "RUN_DIR/bma to --bma-repo-id. Authenticate with `hf auth login` or HF_TOKEN.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by recipes/star.py")
+    p.add_argument("--repo-id", "--repo_id", dest="repo_id", required=True, help="Hub repo for the star, org/name")
+    p.add_argument("--bma-repo-id", "--bma_repo_id", dest="bma_repo_id", default=None, help="Hub repo for the BMA wrapper")
+    p.add_argument("--private", action="store_true", help="create new repos as private")
+    p.add_argument("--revision", default=None, help="branch to commit to (created if missing)")
+    p.add_argument("--license", default="apache-2.0", help="license in the model card metadata")
+    p.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true", help="print what would be uploaded; upload nothing")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``star-merge push``; returns the exit code."""
+    try:
+        result = push_run(
+            args.run_dir,
+            args.repo_id,
+            bma_repo_id=args.bma_repo_id,
+            private=args.private,
+            dry_run=args.dry_run,
+            revision=args.revision,
+            license=args.license,
+        )
+    except (PushError, FileNotFoundError, ValueError) as e:
+        print(f"star-merge push: error: {e}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        repos = sorted({f.repo_id for f in result["files"]}, key=[f.repo_id for f in result["files"]].index)
+        for repo in repos:
+            files = [f for f in result["files"] if f.repo_id == repo]
+            total = sum(f.size for f in files)
+            print(f"{repo}: {len(files)} files, {_human(total)} (dry run, nothing uploaded)")
+            for f in files:
+                source = f.local_path if f.local_path is not None else "(model card, generated)"
+                print(f"  {f.path_in_repo:<40} {_human(f.size):>10}  {source}")
+        return 0
+    for repo, url in result["commits"].items():
+        print(f"pushed {repo}: {url}")
+    return 0
