@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 
-__all__ = ["build_hf_cache", "repo_cache_folder", "offline_env", "offline_hub", "fake_sha"]
+__all__ = ["build_hf_cache", "fake_sha", "offline_env", "offline_hub", "repo_cache_folder"]
 
 
 def fake_sha(*parts: str) -> str:

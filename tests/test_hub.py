@@ -7,14 +7,15 @@ import hashlib
 import json
 import os
 import sys
+from typing import ClassVar
 
 import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from hf_cache import build_hf_cache, fake_sha, offline_hub, repo_cache_folder  # noqa: E402
+from hf_cache import build_hf_cache, fake_sha, offline_hub, repo_cache_folder
 
-from star_merge.hub import (  # noqa: E402
+from star_merge.hub import (
     PlannedFile,
     PopulationError,
     PushError,
@@ -24,12 +25,12 @@ from star_merge.hub import (  # noqa: E402
     run,
     upload_plan,
 )
-from star_merge.model_card import END_MARKER, write_model_card  # noqa: E402
-from star_merge.models import StarCNN1dConfig, StarMLPConfig  # noqa: E402
-from star_merge.rundir import load_checkpoint  # noqa: E402
-from star_merge.training import build_model, save_checkpoint  # noqa: E402
+from star_merge.model_card import END_MARKER, write_model_card
+from star_merge.models import StarCNN1dConfig, StarMLPConfig
+from star_merge.rundir import load_checkpoint
+from star_merge.training import build_model, save_checkpoint
 
-MLP = dict(input_size=8, hidden_sizes=[6], num_labels=10)
+MLP = {"input_size": 8, "hidden_sizes": [6], "num_labels": 10}
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -212,6 +213,42 @@ def test_same_model_listed_twice_is_an_error(hub, checkpoints):
     _one_line_error(excinfo, "same model")
 
 
+def test_online_lookup_maps_hub_errors_and_refuses_pickles_before_downloading(hub, monkeypatch):
+    """With the Hub reachable, pinning uses HfApi.model_info; its answers decide before any download."""
+    import httpx2
+    import huggingface_hub
+    import huggingface_hub.constants
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    def not_found(cls, url):
+        return cls("404", response=httpx2.Response(404, request=httpx2.Request("GET", url)))
+
+    class OnlineApi:
+        def __init__(self, token=None):
+            pass
+
+        def model_info(self, repo_id, revision=None):
+            if repo_id == "org/missing":
+                raise not_found(RepositoryNotFoundError, f"https://huggingface.co/api/models/{repo_id}")
+            if revision == "nope":
+                raise not_found(RevisionNotFoundError, f"https://huggingface.co/api/models/{repo_id}/revision/nope")
+            files = ["config.json", "pytorch_model.bin"]
+            return argparse.Namespace(sha=fake_sha(repo_id), siblings=[argparse.Namespace(rfilename=f) for f in files])
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "HfApi", OnlineApi)
+    cases = {
+        "org/missing": ("Hub model 'org/missing' not found", "check the id"),
+        "org/legacy@nope": ("org/legacy has no revision 'nope'",),
+        "org/legacy": ("org/legacy holds only pytorch_model.bin", "safetensors only"),
+    }
+    for source, needles in cases.items():
+        with pytest.raises(PopulationError) as excinfo:
+            resolve_members([source], progress=False)
+        _one_line_error(excinfo, *needles)
+    assert hub.downloads == []
+
+
 # ------------------------------------------------------------------------------------------ run dir
 def _barriers(mean):
     return {f"{split}_{kind}_barrier": {"mean": mean if kind == "loss" else 0.0, "std": 0.01}
@@ -371,8 +408,8 @@ def test_model_card_update_keeps_user_text_and_refreshes_metrics(run_dir):
 class FakeHfApi:
     """Records create_repo / upload_folder calls and what the staged folder held at upload time."""
 
-    instances: list["FakeHfApi"] = []
-    fail_on: str | None = None
+    instances: ClassVar[list[FakeHfApi]] = []
+    fail_on: ClassVar[str | None] = None
 
     def __init__(self, token=None):
         self.token = token

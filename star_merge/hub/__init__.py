@@ -12,17 +12,17 @@ from .resolve import (
 )
 
 __all__ = [
-    "resolve_members",
+    "DOWNLOAD_PATTERNS",
+    "PlannedFile",
+    "PopulationError",
+    "PushError",
     "ResolvedMember",
     "ResolvedMembers",
-    "PopulationError",
-    "parse_source",
-    "read_population_file",
-    "DOWNLOAD_PATTERNS",
-    "push_run",
-    "upload_plan",
-    "PlannedFile",
-    "PushError",
     "add_parser",
+    "parse_source",
+    "push_run",
+    "read_population_file",
+    "resolve_members",
     "run",
+    "upload_plan",
 ]

@@ -18,7 +18,7 @@ from ..model_card import build_bma_card, build_model_card
 from ..rundir import MANIFEST_NAME
 from .resolve import PICKLE_SUFFIXES
 
-__all__ = ["PushError", "PlannedFile", "upload_plan", "push_run", "add_parser", "run"]
+__all__ = ["PlannedFile", "PushError", "add_parser", "push_run", "run", "upload_plan"]
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def push_run(
                 revision=revision,
                 commit_message=commit_message or f"Upload {what} of star-merge run {run_name}",
             )
-        except Exception as e:  # noqa: BLE001 - every failure becomes one actionable line
+        except Exception as e:
             done = "" if not result["commits"] else f" ({', '.join(result['commits'])} was pushed)"
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise PushError(

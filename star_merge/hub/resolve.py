@@ -16,18 +16,19 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import TypeVar
 
 __all__ = [
+    "DOWNLOAD_PATTERNS",
     "PopulationError",
     "ResolvedMember",
     "ResolvedMembers",
-    "resolve_members",
     "parse_source",
     "read_population_file",
-    "DOWNLOAD_PATTERNS",
+    "resolve_members",
 ]
 
 logger = logging.getLogger(__name__)
