@@ -1,0 +1,41 @@
+"""Bayesian model averaging over the star domain of a Starlight run (STARLIGHT.md, "BMA").
+
+Importing this package registers ``star-bma`` with ``AutoConfig``, ``AutoModelForSequenceClassification`` and
+``AutoModelForImageClassification``, so ``AutoModelFor….from_pretrained(RUN_DIR/bma)`` works without remote code.
+Exported folders also carry self-contained code (``auto_map``) for ``trust_remote_code=True`` where star-merge
+is not installed. See docs/bma.md.
+"""
+
+from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
+
+from .configuration_star_bma import StarBMAConfig, draw_samples, parse_t_distribution
+from .export import add_parser, bma_predict_proba, build_bma, export_bma, load_bma, run, save_bma
+from .modeling_star_bma import (
+    HEAD_CLASSES,
+    StarBMAForImageClassification,
+    StarBMAForSequenceClassification,
+    StarBMAOutput,
+    StarBMAPreTrainedModel,
+)
+
+AutoConfig.register(StarBMAConfig.model_type, StarBMAConfig, exist_ok=True)
+AutoModelForSequenceClassification.register(StarBMAConfig, StarBMAForSequenceClassification, exist_ok=True)
+AutoModelForImageClassification.register(StarBMAConfig, StarBMAForImageClassification, exist_ok=True)
+
+__all__ = [
+    "StarBMAConfig",
+    "StarBMAPreTrainedModel",
+    "StarBMAForSequenceClassification",
+    "StarBMAForImageClassification",
+    "StarBMAOutput",
+    "HEAD_CLASSES",
+    "build_bma",
+    "save_bma",
+    "export_bma",
+    "load_bma",
+    "bma_predict_proba",
+    "draw_samples",
+    "parse_t_distribution",
+    "add_parser",
+    "run",
+]

@@ -1,0 +1,248 @@
+"""Build, save, export and load star-domain BMA wrappers; the ``star-merge export-bma`` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .. import models as _builtin_models  # registers star-mlp / star-cnn1d with the Auto classes
+from .configuration_star_bma import StarBMAConfig
+from .modeling_star_bma import HEAD_AUTO_SUFFIX, HEAD_CLASSES, StarBMAPreTrainedModel, head_of
+
+__all__ = ["build_bma", "save_bma", "export_bma", "load_bma", "bma_predict_proba", "add_parser", "run"]
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# Code saved beside the weights for trust_remote_code=True: the wrapper, and the built-in member models that
+# modeling_star_bma.py imports relatively (always shipped: transformers copies every relative import).
+_CODE_FILES = (
+    os.path.join(_HERE, "configuration_star_bma.py"),
+    os.path.join(_HERE, "modeling_star_bma.py"),
+    *(os.path.join(os.path.dirname(os.path.abspath(_builtin_models.__file__)), f) for f in ("common.py", "mlp.py", "cnn1d.py")),
+)
+# Tokenizer / image-processor files copied from the star checkpoint so pipelines find them in the BMA folder.
+_PROCESSOR_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "preprocessor_config.json",
+    "processor_config.json",
+)
+
+
+def build_bma(
+    star: nn.Module,
+    anchors: Mapping[str, Mapping[str, torch.Tensor]],
+    num_samples: int = 16,
+    seed: int = 0,
+    t_distribution: str = "uniform",
+    bn_dataloader: Iterable | None = None,
+    bn_max_batches: int | None = None,
+) -> StarBMAPreTrainedModel:
+    """A BMA wrapper (in memory) over the star model ``star`` and ``anchors`` (name -> state dict aligned to it).
+
+    BatchNorm members need ``bn_dataloader`` (training data): each sample's statistics are recomputed over it.
+    """
+    from ..connectivity import has_batchnorm, reset_bn_stats
+
+    if int(num_samples) < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if not anchors:
+        raise ValueError("a BMA needs at least one aligned anchor; the run has none")
+    member_config = star.config.to_dict()
+    member_config["architectures"] = [type(star).__name__]
+    head = head_of(type(star).__name__)
+    config = StarBMAConfig(
+        member_config=member_config,
+        num_anchors=len(anchors),
+        num_samples=num_samples,
+        t_distribution=t_distribution,
+        seed=seed,
+        member_names=list(anchors),
+    )
+    model = HEAD_CLASSES[head](config)
+    model.star.fill(star.state_dict(), "the star")
+    for i, (name, state_dict) in enumerate(anchors.items()):
+        model.anchors[i].fill(state_dict, f"anchor {name!r}")
+    if model.bn_buffer_names:
+        if bn_dataloader is None:
+            raise ValueError(
+                f"{type(star).__name__} has BatchNorm: pass bn_dataloader (training data) so the statistics of every "
+                "sampled point are recomputed"
+            )
+        work = model.member_class(model.member_config)
+        for s in range(config.num_samples):
+            work.load_state_dict(model.sample_state_dict(s))
+            reset_bn_stats(work, bn_dataloader, max_batches=bn_max_batches)
+            state = work.state_dict()
+            model.bn_stats[s].fill({name: state[name] for name in model.bn_buffer_names}, f"BatchNorm statistics of sample {s}")
+    return model.eval()
+
+
+def _replace_dir(tmp: str, output_dir: str) -> None:
+    """Move the finished ``tmp`` folder to ``output_dir``; an existing ``output_dir`` is removed only afterwards."""
+    old = None
+    if os.path.exists(output_dir):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-", dir=os.path.dirname(output_dir))
+        os.rmdir(old)
+        os.replace(output_dir, old)
+    os.replace(tmp, output_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_bma(
+    model: StarBMAPreTrainedModel,
+    output_dir: str,
+    overwrite: bool = False,
+    processor=None,
+    processor_files_from: str | None = None,
+) -> str:
+    """Write ``model`` to ``output_dir`` atomically: config.json (with ``auto_map``), model.safetensors, the code
+    for ``trust_remote_code=True``, and the tokenizer / image processor (``processor`` or files copied from
+    ``processor_files_from``, e.g. the star checkpoint)."""
+    output_dir = os.path.abspath(output_dir)
+    if os.path.exists(output_dir) and not overwrite:
+        raise FileExistsError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it")
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
+    try:
+        model.config.auto_map = {
+            "AutoConfig": "configuration_star_bma.StarBMAConfig",
+            f"AutoModelFor{HEAD_AUTO_SUFFIX[model.head]}": f"modeling_star_bma.{type(model).__name__}",
+        }
+        model.save_pretrained(tmp, safe_serialization=True)
+        for path in _CODE_FILES:
+            shutil.copyfile(path, os.path.join(tmp, os.path.basename(path)))
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        elif processor_files_from is not None:
+            for name in _PROCESSOR_FILES:
+                src = os.path.join(processor_files_from, name)
+                if os.path.isfile(src):
+                    shutil.copyfile(src, os.path.join(tmp, name))
+        _replace_dir(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def export_bma(
+    run_dir: str,
+    output_dir: str | None = None,
+    num_samples: int = 16,
+    seed: int = 0,
+    t_distribution: str = "uniform",
+    overwrite: bool = False,
+    bn_max_batches: int | None = None,
+    batch_size: int = 256,
+) -> str:
+    """Export the BMA of a Starlight run (star + aligned anchors) to ``output_dir`` (default RUN_DIR/bma).
+
+    BatchNorm statistics are recomputed per sample over the run's train split. Returns the output folder.
+    """
+    from ..connectivity import has_batchnorm
+    from ..data import make_dataloader
+    from ..rundir import RunDirectory
+
+    from .configuration_star_bma import parse_t_distribution
+
+    if int(num_samples) < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}; use --samples 16 or more")
+    parse_t_distribution(t_distribution)  # fail before loading anything
+    run_dir_ = RunDirectory(run_dir)
+    output_dir = os.path.abspath(output_dir or os.path.join(run_dir_.path, "bma"))
+    if os.path.exists(output_dir) and not overwrite:
+        raise FileExistsError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it")
+    star = run_dir_.load_star()
+    anchors = run_dir_.aligned_anchor_state_dicts()
+    bn_loader = None
+    if has_batchnorm(star):
+        bn_loader = make_dataloader(run_dir_.load_dataset()["train"], batch_size)
+    model = build_bma(star, anchors, num_samples, seed, t_distribution, bn_loader, bn_max_batches)
+    return save_bma(model, output_dir, overwrite=overwrite, processor_files_from=run_dir_.star_path)
+
+
+def load_bma(path: str, device="cpu") -> StarBMAPreTrainedModel:
+    """Load an exported BMA folder with the head class named in its config (no remote code)."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path} is not a BMA folder (no config.json); create one with `star-merge export-bma RUN_DIR`")
+    config = StarBMAConfig.from_pretrained(path)
+    arch = (config.architectures or [None])[0]
+    classes = {cls.__name__: cls for cls in HEAD_CLASSES.values()}
+    if arch not in classes:
+        raise ValueError(f"{path}: architecture {arch!r} is not a star-merge BMA class ({sorted(classes)})")
+    return classes[arch].from_pretrained(path, config=config, use_safetensors=True).to(device).eval()
+
+
+@torch.no_grad()
+def bma_predict_proba(model: nn.Module, dataloader: Iterable, device=None) -> torch.Tensor:
+    """BMA class probabilities [num_examples, num_labels] (float32) over ``dataloader`` (batches of dicts;
+    ``labels`` are ignored)."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    probs = []
+    for batch in dataloader:
+        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        probs.append(model(**inputs).logits.float().softmax(-1).cpu())
+    if not probs:
+        raise ValueError("cannot predict: the dataloader yielded no batches")
+    return torch.cat(probs)
+
+
+# ---------------------------------------------------------------- CLI
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``export-bma`` to a ``star-merge`` subparsers object; ``args.func`` is :func:`run`."""
+    p = subparsers.add_parser(
+        "export-bma",
+        help="export the star-domain BMA wrapper of a run directory (RUN_DIR/bma)",
+        description="Write RUN_DIR/bma: the star, the aligned anchors and S sampled points (n, t), loadable with "
+        "AutoModelFor….from_pretrained (import star_merge.bma) or trust_remote_code=True.",
+    )
+    p.add_argument("run_dir", help="run directory written by recipes/star.py")
+    p.add_argument("--output_dir", "--output-dir", default=None, help="output folder (default RUN_DIR/bma)")
+    p.add_argument("--samples", type=int, default=16, help="number S of star-domain points averaged (>= 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the (anchor, t) draw")
+    p.add_argument(
+        "--t_distribution", "--t-distribution", default="uniform",
+        help="t ~ uniform | uniform(low,high) | beta(a,b) | constant(t)",
+    )
+    p.add_argument("--bn_max_batches", "--bn-max-batches", type=int, default=None, help="cap on BatchNorm reset batches")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``star-merge export-bma``; returns the process exit code."""
+    try:
+        out = export_bma(
+            args.run_dir,
+            output_dir=args.output_dir,
+            num_samples=args.samples,
+            seed=args.seed,
+            t_distribution=args.t_distribution,
+            overwrite=args.overwrite,
+            bn_max_batches=args.bn_max_batches,
+        )
+    except (ValueError, FileExistsError, FileNotFoundError, KeyError) as e:
+        print(f"star-merge export-bma: error: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
