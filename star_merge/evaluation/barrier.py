@@ -1,0 +1,285 @@
+"""``star-merge barrier A B``: the loss/accuracy barrier between two checkpoints, modulo permutation."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..connectivity import InterpolationCurve
+
+__all__ = [
+    "ALIGN_METHODS",
+    "ArchitectureMismatchError",
+    "BarrierResult",
+    "load_model",
+    "check_same_architecture",
+    "align_state_dict",
+    "measure_barrier",
+    "barrier_between",
+    "add_parser",
+    "run",
+]
+
+ALIGN_METHODS = ("weight", "activation", "none")
+
+
+class ArchitectureMismatchError(ValueError):
+    """Two checkpoints that must share an architecture do not."""
+
+
+def load_model(ref: str, device="cpu") -> nn.Module:
+    """Load a checkpoint from a local folder or a Hub id (``org/name[@revision]``; the cache when offline).
+
+    Resolved by :func:`star_merge.hub.resolve_members` (safetensors only, never remote code).
+    """
+    from ..hub import resolve_members
+    from ..rundir import load_checkpoint
+
+    if os.path.isdir(ref):
+        return load_checkpoint(ref, device)
+    (member,) = resolve_members([ref], progress=False)
+    return load_checkpoint(member.path, device)
+
+
+def _describe(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    arch = (getattr(config, "architectures", None) or [type(model).__name__])[0]
+    return f"{getattr(config, 'model_type', '?')}/{arch}"
+
+
+def check_same_architecture(model_a: nn.Module, model_b: nn.Module, names: Sequence[str] = ("A", "B")) -> None:
+    """Raise ArchitectureMismatchError unless both models have the same model type and tensor shapes."""
+    a, b = model_a.state_dict(), model_b.state_dict()
+    type_a = getattr(getattr(model_a, "config", None), "model_type", None)
+    type_b = getattr(getattr(model_b, "config", None), "model_type", None)
+    problem = None
+    if type_a != type_b:
+        problem = f"model types {type_a!r} and {type_b!r} differ"
+    elif set(a) != set(b):
+        key = sorted(set(a) ^ set(b))[0]
+        problem = f"tensor {key!r} is in only one of them"
+    else:
+        for k in a:
+            if a[k].shape != b[k].shape:
+                problem = f"tensor {k!r} has shape {tuple(a[k].shape)} vs {tuple(b[k].shape)}"
+                break
+    if problem:
+        raise ArchitectureMismatchError(
+            f"checkpoints {names[0]} ({_describe(model_a)}) and {names[1]} ({_describe(model_b)}) have different "
+            f"architectures: {problem}; compare two models of one architecture"
+        )
+
+
+def align_state_dict(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    method: str = "weight",
+    *,
+    seed: int = 0,
+    dataloader=None,
+    spec=None,
+    init_perm: Mapping[str, torch.Tensor] | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """B's state dict permuted into A's frame, and a JSON-ready record of the matching.
+
+    ``method``: ``weight`` (weight matching, seeded), ``activation`` (activation matching over
+    ``dataloader``; needs ``model.activation_sites()``) or ``none``.
+    """
+    from .. import activation_matching, apply_permutation, spec_for, weight_matching
+
+    sd_b = {k: v.detach().cpu() for k, v in model_b.state_dict().items()}
+    if method == "none":
+        return sd_b, {"method": "none"}
+    if method not in ALIGN_METHODS:
+        raise ValueError(f"unknown alignment {method!r}; use one of {', '.join(ALIGN_METHODS)}")
+    spec = spec if spec is not None else spec_for(model_a)
+    if method == "weight":
+        sd_a = {k: v.detach().cpu() for k, v in model_a.state_dict().items()}
+        res = weight_matching(spec, sd_a, sd_b, seed=seed, init_perm=init_perm)
+    else:
+        if not callable(getattr(model_a, "activation_sites", None)):
+            raise ValueError(
+                f"--align activation needs a model with activation_sites(); {_describe(model_a)} has none, "
+                "use --align weight"
+            )
+        if dataloader is None:
+            raise ValueError("activation matching needs a dataloader")
+        try:
+            res = activation_matching(spec, model_a, model_b, dataloader, progress=progress)
+        except NotImplementedError:
+            raise ValueError(
+                f"{_describe(model_a)} does not define activation sites; use --align weight"
+            ) from None
+    return apply_permutation(spec, res.perm, sd_b), {
+        "method": method,
+        "objective": res.objective,
+        "iterations": res.iterations,
+    }
+
+
+@dataclass
+class BarrierResult:
+    """Interpolation curves from A (t=0) to aligned B (t=1), one per split, and how B was aligned."""
+
+    a: str
+    b: str
+    curves: dict[str, InterpolationCurve]
+    alignment: dict[str, Any] = field(default_factory=dict)
+    bn_reset: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "alignment": self.alignment,
+            "bn_reset": self.bn_reset,
+            **{split: curve.to_dict() for split, curve in self.curves.items()},
+        }
+
+
+def measure_barrier(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    dataset,
+    *,
+    align: str = "weight",
+    num_points: int = 11,
+    seed: int = 0,
+    splits: Sequence[str] = ("train", "test"),
+    batch_size: int = 512,
+    accelerator=None,
+    names: Sequence[str] = ("A", "B"),
+    progress: bool = True,
+) -> BarrierResult:
+    """Align B to A, then measure loss/accuracy along the line A -> B on ``splits`` of ``dataset``.
+
+    ``dataset``: a DatasetDict with ``train`` (used for BN statistics and activation matching) and the
+    ``splits``, columns = model input + ``labels``. ``model_a`` is used as the interpolation container
+    (its weights are restored afterwards).
+    """
+    from accelerate import Accelerator
+
+    from ..connectivity import has_batchnorm
+    from .predict import EvalData, interpolation_curves
+
+    check_same_architecture(model_a, model_b, names)
+    accelerator = accelerator or Accelerator()
+    data = EvalData(dataset, accelerator, batch_size, splits)
+    model_a.to(accelerator.device)
+    model_b.to(accelerator.device)
+    sd_a = {k: v.detach().cpu().clone() for k, v in model_a.state_dict().items()}
+    sd_b, alignment = align_state_dict(
+        model_a, model_b, align, seed=seed, dataloader=data.bn_loader, progress=progress
+    )
+    try:
+        curves = interpolation_curves(model_a, sd_a, sd_b, data, num_points, progress=progress)
+    finally:
+        model_a.load_state_dict(sd_a)
+    return BarrierResult(names[0], names[1], curves, alignment, has_batchnorm(model_a))
+
+
+def barrier_between(
+    checkpoint_a: str,
+    checkpoint_b: str,
+    data_args=None,
+    **kwargs,
+) -> BarrierResult:
+    """Load two checkpoints (folders or Hub ids) and :func:`measure_barrier` on ``data_args`` (default MNIST-1D)."""
+    from ..data import DataArguments, check_labels, load_task_dataset
+
+    model_a = load_model(checkpoint_a)
+    model_b = load_model(checkpoint_b)
+    check_same_architecture(model_a, model_b, (checkpoint_a, checkpoint_b))
+    data_args = data_args or DataArguments()
+    dataset = load_task_dataset(data_args, getattr(model_a, "main_input_name", None))
+    check_labels(dataset, model_a.config.num_labels)
+    kwargs.setdefault("names", (checkpoint_a, checkpoint_b))
+    return measure_barrier(model_a, model_b, dataset, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--<field>`` flag per DataArguments field (``--dataset`` is short for ``--dataset_name``)."""
+    from ..data import DataArguments
+
+    group = parser.add_argument_group("data")
+    for f in dataclasses.fields(DataArguments):
+        flags = ["--dataset", f"--{f.name}"] if f.name == "dataset_name" else [f"--{f.name}"]
+        kind = int if str(f.type).replace(" | None", "") in ("int", "<class 'int'>") else str
+        group.add_argument(*flags, dest=f.name, type=kind, default=f.default, help=(f.metadata.get("help") or "").replace("%", "%%"))
+
+
+def data_args_from(args: argparse.Namespace):
+    from ..data import DataArguments
+
+    return DataArguments(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataArguments)})
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``barrier`` on an ``argparse`` subparsers object; ``run`` is its handler."""
+    p = subparsers.add_parser(
+        "barrier",
+        help="loss/accuracy barrier between two checkpoints, modulo permutation",
+        description="Align B to A, interpolate, and print loss/accuracy barriers on each split.",
+    )
+    p.add_argument("checkpoint_a", metavar="A", help="checkpoint folder or Hub repo id (t=0)")
+    p.add_argument("checkpoint_b", metavar="B", help="checkpoint folder or Hub repo id (t=1)")
+    p.add_argument("--align", choices=ALIGN_METHODS, default="weight", help="how B is aligned to A")
+    p.add_argument("--num_points", type=int, default=11, help="interpolation points, ends included")
+    p.add_argument("--seed", type=int, default=0, help="seed of weight matching")
+    p.add_argument("--splits", nargs="+", default=["train", "test"], choices=["train", "test"])
+    p.add_argument("--batch_size", type=int, default=512)
+    p.add_argument("--plot", metavar="PNG", help="write the interpolation curves to this PNG")
+    p.add_argument("--output_json", metavar="JSON", help="write the curves and barriers to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --plot / --output_json files")
+    p.add_argument("--no_progress", action="store_true", help="hide progress bars")
+    add_data_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def _refuse_existing(paths: Sequence[str | None], overwrite: bool) -> None:
+    for path in paths:
+        if path and os.path.exists(path) and not overwrite:
+            raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``star-merge barrier``: prints one line per split; errors propagate as exceptions."""
+    from ..rundir import atomic_write_json
+    from .plots import plot_barrier_curves
+
+    _refuse_existing([args.plot, args.output_json], args.overwrite)
+    result = barrier_between(
+        args.checkpoint_a,
+        args.checkpoint_b,
+        data_args_from(args),
+        align=args.align,
+        num_points=args.num_points,
+        seed=args.seed,
+        splits=args.splits,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    print(f"A = {args.checkpoint_a}\nB = {args.checkpoint_b} (aligned: {args.align})")
+    for split, curve in result.curves.items():
+        print(
+            f"{split:>5}: loss barrier {curve.loss_barrier:.4f}  accuracy barrier {100 * curve.accuracy_barrier:.2f} pts"
+            f"  (loss A {curve.losses[0]:.4f}, B {curve.losses[-1]:.4f}; "
+            f"accuracy A {100 * curve.accuracies[0]:.2f}%, B {100 * curve.accuracies[-1]:.2f}%)"
+        )
+    if args.output_json:
+        atomic_write_json(args.output_json, result.to_dict())
+    if args.plot:
+        plot_barrier_curves(result, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
