@@ -45,72 +45,64 @@ class Case:
     options: dict = field(default_factory=dict)
 
 
-def llama_like(config_cls, **kw):
-    base = {
-        "vocab_size": VOCAB,
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "intermediate_size": 37,
-        "pad_token_id": 0,
-        "num_labels": 3,
-    }
-    return lambda: config_cls(**{**base, **kw})
+def tiny_configs(config_cls, **defaults):
+    """Config factories: ``tiny_configs(Cls, **defaults)(**overrides)`` returns a zero-argument builder."""
+    return lambda **overrides: lambda: config_cls(**{**defaults, **overrides})
 
 
-def gpt2(**kw):
-    base = {
-        "vocab_size": VOCAB,
-        "n_embd": 24,
-        "n_layer": 2,
-        "n_head": 3,
-        "n_inner": 37,
-        "n_positions": 16,
-        "pad_token_id": 0,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "num_labels": 3,
-    }
-    return lambda: T.GPT2Config(**{**base, **kw})
-
-
-def bert_like(config_cls, **kw):
-    base = {
-        "vocab_size": VOCAB,
-        "hidden_size": 24,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 3,
-        "intermediate_size": 37,
-        "max_position_embeddings": 40,
-        "num_labels": 3,
-    }
-    return lambda: config_cls(**{**base, **kw})
-
-
-def vit(**kw):
-    base = {
-        "hidden_size": 24,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 3,
-        "intermediate_size": 37,
-        "image_size": 8,
-        "patch_size": 4,
-        "num_labels": 3,
-    }
-    return lambda: T.ViTConfig(**{**base, **kw})
-
-
-def resnet(**kw):
-    base = {
-        "num_channels": 3,
-        "embedding_size": 8,
-        "hidden_sizes": [8, 12],
-        "depths": [2, 2],
-        "layer_type": "basic",
-        "num_labels": 3,
-    }
-    return lambda: T.ResNetConfig(**{**base, **kw})
+_LLAMA = {
+    "vocab_size": VOCAB,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 37,
+    "pad_token_id": 0,
+    "num_labels": 3,
+}
+_BERT = {
+    "vocab_size": VOCAB,
+    "hidden_size": 24,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 3,
+    "intermediate_size": 37,
+    "max_position_embeddings": 40,
+    "num_labels": 3,
+}
+llama, mistral, qwen2 = (tiny_configs(c, **_LLAMA) for c in (T.LlamaConfig, T.MistralConfig, T.Qwen2Config))
+bert, roberta = (tiny_configs(c, **_BERT) for c in (T.BertConfig, T.RobertaConfig))
+gpt2 = tiny_configs(
+    T.GPT2Config,
+    vocab_size=VOCAB,
+    n_embd=24,
+    n_layer=2,
+    n_head=3,
+    n_inner=37,
+    n_positions=16,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    num_labels=3,
+)
+vit = tiny_configs(
+    T.ViTConfig,
+    hidden_size=24,
+    num_hidden_layers=2,
+    num_attention_heads=3,
+    intermediate_size=37,
+    image_size=8,
+    patch_size=4,
+    num_labels=3,
+)
+resnet = tiny_configs(
+    T.ResNetConfig,
+    num_channels=3,
+    embedding_size=8,
+    hidden_sizes=[8, 12],
+    depths=[2, 2],
+    layer_type="basic",
+    num_labels=3,
+)
 
 
 def last_resnet_bn(c):
@@ -124,15 +116,14 @@ CASES = [
     Case(
         "llama-causal-gqa2-tied",
         T.LlamaForCausalLM,
-        llama_like(T.LlamaConfig, tie_word_embeddings=True),
+        llama(tie_word_embeddings=True),
         "tokens",
         LM,
     ),
     Case(
         "llama-causal-mqa-untied-bias",
         T.LlamaForCausalLM,
-        llama_like(
-            T.LlamaConfig,
+        llama(
             num_key_value_heads=1,
             tie_word_embeddings=False,
             attention_bias=True,
@@ -144,15 +135,15 @@ CASES = [
     Case(
         "llama-causal-mha-headdim12",
         T.LlamaForCausalLM,
-        llama_like(T.LlamaConfig, num_key_value_heads=4, head_dim=12, hidden_size=36),
+        llama(num_key_value_heads=4, head_dim=12, hidden_size=36),
         "tokens",
         LM,
     ),
-    Case("llama-seqcls", T.LlamaForSequenceClassification, llama_like(T.LlamaConfig), "tokens", LM),
+    Case("llama-seqcls", T.LlamaForSequenceClassification, llama(), "tokens", LM),
     Case(
         "llama-base",
         T.LlamaModel,
-        llama_like(T.LlamaConfig, num_key_value_heads=1),
+        llama(num_key_value_heads=1),
         "tokens",
         (),
         {"last_hidden_state": ("norm.weight", -1)},
@@ -160,36 +151,36 @@ CASES = [
     Case(
         "mistral-causal",
         T.MistralForCausalLM,
-        llama_like(T.MistralConfig, num_attention_heads=6, hidden_size=36),
+        mistral(num_attention_heads=6, hidden_size=36),
         "tokens",
         LM,
     ),
     Case(
         "mistral-seqcls-mqa",
         T.MistralForSequenceClassification,
-        llama_like(T.MistralConfig, num_key_value_heads=1),
+        mistral(num_key_value_heads=1),
         "tokens",
         LM,
     ),
     Case(
         "qwen2-causal-tied",
         T.Qwen2ForCausalLM,
-        llama_like(T.Qwen2Config, tie_word_embeddings=True),
+        qwen2(tie_word_embeddings=True),
         "tokens",
         LM,
     ),
     Case(
         "qwen2-causal-untied-mqa",
         T.Qwen2ForCausalLM,
-        llama_like(T.Qwen2Config, tie_word_embeddings=False, num_key_value_heads=1),
+        qwen2(tie_word_embeddings=False, num_key_value_heads=1),
         "tokens",
         LM,
     ),
-    Case("qwen2-seqcls", T.Qwen2ForSequenceClassification, llama_like(T.Qwen2Config), "tokens", LM),
+    Case("qwen2-seqcls", T.Qwen2ForSequenceClassification, qwen2(), "tokens", LM),
     Case(
         "qwen2-base",
         T.Qwen2Model,
-        llama_like(T.Qwen2Config),
+        qwen2(),
         "tokens",
         (),
         {"last_hidden_state": ("norm.weight", -1)},
@@ -206,28 +197,28 @@ CASES = [
     Case("gpt2-seqcls", T.GPT2ForSequenceClassification, gpt2(), "tokens", LM),
     Case("gpt2-base", T.GPT2Model, gpt2(), "tokens", (), {"last_hidden_state": ("ln_f.weight", -1)}),
     # BERT / RoBERTa: pooler, classifier heads.
-    Case("bert-seqcls", T.BertForSequenceClassification, bert_like(T.BertConfig), "tokens", LM),
+    Case("bert-seqcls", T.BertForSequenceClassification, bert(), "tokens", LM),
     Case(
         "bert-seqcls-odd",
         T.BertForSequenceClassification,
-        bert_like(T.BertConfig, hidden_size=15, num_attention_heads=5, intermediate_size=23),
+        bert(hidden_size=15, num_attention_heads=5, intermediate_size=23),
         "tokens",
         LM,
     ),
-    Case("bert-tokencls", T.BertForTokenClassification, bert_like(T.BertConfig), "tokens", LM),
+    Case("bert-tokencls", T.BertForTokenClassification, bert(), "tokens", LM),
     Case(
         "bert-base",
         T.BertModel,
-        bert_like(T.BertConfig),
+        bert(),
         "tokens",
         ("pooler_output",),
         {"last_hidden_state": ("encoder.layer.1.output.LayerNorm.weight", -1)},
     ),
-    Case("roberta-seqcls", T.RobertaForSequenceClassification, bert_like(T.RobertaConfig), "tokens", LM),
+    Case("roberta-seqcls", T.RobertaForSequenceClassification, roberta(), "tokens", LM),
     Case(
         "roberta-base",
         T.RobertaModel,
-        bert_like(T.RobertaConfig, hidden_size=21),
+        roberta(hidden_size=21),
         "tokens",
         ("pooler_output",),
         {"last_hidden_state": ("encoder.layer.1.output.LayerNorm.weight", -1)},
@@ -277,7 +268,7 @@ CASES = [
     Case(
         "llama-no-residual",
         T.LlamaForCausalLM,
-        llama_like(T.LlamaConfig),
+        llama(),
         "tokens",
         LM,
         options={"permute_residual": False},
@@ -286,7 +277,7 @@ CASES = [
     Case(
         "bert-no-residual-no-heads",
         T.BertForSequenceClassification,
-        bert_like(T.BertConfig),
+        bert(),
         "tokens",
         LM,
         options={"permute_residual": False, "permute_heads": False},
@@ -415,7 +406,7 @@ def test_weight_matching_recovers_the_original(case_id, seed):
 
 # ---------------------------------------------------------------------- spec structure
 def test_options_remove_their_permutations():
-    config = llama_like(T.LlamaConfig)()
+    config = llama()()
     with torch.device("meta"):
         model = T.LlamaForCausalLM(config)
     full = spec_for(model)
@@ -494,7 +485,7 @@ def two_checkpoints(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ckpts")
     torch.manual_seed(0)
-    model = T.BertForSequenceClassification(bert_like(T.BertConfig)()).eval()
+    model = T.BertForSequenceClassification(bert()()).eval()
     randomise_(model, make_inputs("tokens", model.config))
     model.save_pretrained(root / "a")
     spec = spec_for(model)
