@@ -28,7 +28,9 @@ class StarCNN1dConfig(PreTrainedConfig):
         if self.kernel_size % 2 == 0:
             raise ValueError("star-cnn1d needs an odd kernel_size")
         kwargs.setdefault("architectures", ["StarCNN1dForClassification"])
-        super().__init__(num_labels=num_labels, **kwargs)
+        if kwargs.get("id2label") is None:  # a saved config carries id2label instead of num_labels
+            kwargs["num_labels"] = num_labels
+        super().__init__(**kwargs)
 
     @property
     def feature_length(self) -> int:

@@ -20,7 +20,9 @@ class StarMLPConfig(PreTrainedConfig):
         if self.input_size < 1 or not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ValueError("star-mlp needs input_size >= 1 and at least one hidden size >= 1")
         kwargs.setdefault("architectures", ["StarMLPForClassification"])
-        super().__init__(num_labels=num_labels, **kwargs)
+        if kwargs.get("id2label") is None:  # a saved config carries id2label instead of num_labels
+            kwargs["num_labels"] = num_labels
+        super().__init__(**kwargs)
 
 
 class StarMLPForClassification(StarPreTrainedModel):

@@ -1,0 +1,85 @@
+"""``StarlightConfig``: every setting of a Starlight run, in the ``TrainingArguments`` naming style."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class StarlightConfig:
+    """Settings of the Starlight trainer. HfArgumentParser-compatible; validated in ``__post_init__``."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "Run directory (default outputs/<config name>)."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace the results in a non-empty output_dir (population/ is reused)."}
+    )
+    num_train_epochs: int = field(default=20, metadata={"help": "Epochs of Starlight training."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate."})
+    per_device_train_batch_size: int = field(default=128, metadata={"help": "Batch size per process."})
+    per_device_eval_batch_size: int = field(default=512, metadata={"help": "Evaluation batch size per process."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw | sgd (Nesterov, momentum 0.9)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay, on the star's weights only."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "cosine | constant."})
+    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16 (Accelerate autocast)."})
+    seed: int = field(default=0, metadata={"help": "Seed of every random choice (init, data order, anchor and t)."})
+    report_to: str = field(default="none", metadata={"help": "none | tensorboard | wandb | all."})
+    logging_steps: int = field(default=10, metadata={"help": "Log the loss every N optimizer steps."})
+    checkpointing_steps: int | None = field(
+        default=None, metadata={"help": "Also save Accelerate state every N optimizer steps (always each epoch)."}
+    )
+    checkpoints_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "'latest' or a checkpoint folder to continue from."}
+    )
+    # Starlight's own settings
+    align_every: int = field(
+        default=1, metadata={"help": "Epochs between anchor re-alignments (1 = every epoch incl. epoch 0; 0 = never)."}
+    )
+    t_sampling: str = field(default="uniform", metadata={"help": "uniform | beta | constant."})
+    t_beta: float = field(default=2.0, metadata={"help": "Beta(a, a) parameter when t_sampling=beta."})
+    t_constant: float = field(default=0.5, metadata={"help": "t when t_sampling=constant."})
+    star_ce_weight: float = field(default=0.0, metadata={"help": "μ of 'star + CE': adds μ·CE(f(θ))."})
+    init: str = field(
+        default="random", metadata={"help": "random | anchor (anchor 0) | anchor:K | a checkpoint folder."}
+    )
+    anchor_device: str = field(
+        default="cpu", metadata={"help": "cpu (only the sampled anchor moves) | accelerator (all on the device)."}
+    )
+    matching_max_iter: int = field(default=100, metadata={"help": "Weight matching sweep limit."})
+    bn_reset_batches: int | None = field(
+        default=None, metadata={"help": "Batches used to recompute BatchNorm statistics (default: all)."}
+    )
+
+    def __post_init__(self):
+        choices = {
+            "optimizer": ("adamw", "sgd"),
+            "lr_scheduler_type": ("cosine", "constant"),
+            "mixed_precision": ("no", "fp16", "bf16"),
+            "report_to": ("none", "tensorboard", "wandb", "all"),
+            "t_sampling": ("uniform", "beta", "constant"),
+            "anchor_device": ("cpu", "accelerator"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        positive = ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
+                    "gradient_accumulation_steps", "logging_steps", "matching_max_iter")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.align_every < 0:
+            raise ValueError("align_every must be >= 0 (0 = never re-align)")
+        if self.learning_rate <= 0:
+            raise ValueError("learning_rate must be > 0")
+        if self.star_ce_weight < 0:
+            raise ValueError("star_ce_weight must be >= 0")
+        if not 0.0 <= self.t_constant <= 1.0:
+            raise ValueError("t_constant must lie in [0, 1]")
+        if self.t_beta <= 0:
+            raise ValueError("t_beta must be > 0")
+        if self.checkpointing_steps is not None and self.checkpointing_steps < 1:
+            raise ValueError("checkpointing_steps must be >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

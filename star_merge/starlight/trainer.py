@@ -1,0 +1,343 @@
+"""The Starlight training loop (Sonthalia et al., ICLR 2025) on Accelerate.
+
+Per minibatch: one anchor n and one t, forward at ``(1-t)·θ + t·π_n(θ_n)``, cross-entropy, gradient to θ
+only (through the interpolation, factor 1-t). Anchors are re-aligned to θ by weight matching at the
+start of every ``align_every``-th epoch (epoch 0 included). BatchNorm runs in train mode during steps and
+the star's running statistics are recomputed over the training data after each epoch.
+
+θ lives in one flat parameter (:class:`FlatStar`), so the interpolation is one fused ``lerp`` over the
+whole model and only ``FlatStar`` is wrapped for data parallelism; the architecture itself runs through
+``torch.func.functional_call`` with views into the interpolated vector.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from ..adapters import spec_for
+from ..connectivity import has_batchnorm, reset_bn_stats
+from ..data import make_dataloader
+from ..matching import weight_matching
+from ..spec import apply_permutation
+from ..training import build_model, make_optimizer, make_scheduler
+from .config import StarlightConfig
+from .flat import FlatLayout, FlatStar
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["StarlightTrainer", "StarlightResult", "StarlightState", "find_latest_checkpoint"]
+
+
+class StarlightState:
+    """Progress and anchor alignments, saved with ``accelerator.save_state`` (registered for checkpointing)."""
+
+    def __init__(self):
+        self.epoch = 0  # epochs completed
+        self.batches_in_epoch = 0  # micro-batches of the current epoch already consumed
+        self.global_step = 0  # optimizer steps
+        self.aligned_epoch = -1  # the epoch whose start alignment is in ``perms``
+        self.perms: dict[str, dict[str, torch.Tensor]] = {}
+        self.history: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": torch.tensor(self.epoch),
+            "batches_in_epoch": torch.tensor(self.batches_in_epoch),
+            "global_step": torch.tensor(self.global_step),
+            "aligned_epoch": torch.tensor(self.aligned_epoch),
+            "perms": {m: {p: v.clone() for p, v in d.items()} for m, d in self.perms.items()},
+            "history": [{k: float(v) for k, v in h.items()} for h in self.history],
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.epoch = int(sd["epoch"])
+        self.batches_in_epoch = int(sd["batches_in_epoch"])
+        self.global_step = int(sd["global_step"])
+        self.aligned_epoch = int(sd["aligned_epoch"])
+        self.perms = {m: dict(d) for m, d in sd["perms"].items()}
+        self.history = list(sd["history"])
+
+
+@dataclass
+class StarlightResult:
+    """The trained star (model in eval mode) and the permutations aligning each anchor to it."""
+
+    model: nn.Module
+    perms: dict[str, dict[str, torch.Tensor]]
+    history: list[dict] = field(default_factory=list)
+
+
+def find_latest_checkpoint(checkpoint_dir: str) -> str | None:
+    if not os.path.isdir(checkpoint_dir):
+        return None
+    found = [(int(m.group(1)), d) for d in os.listdir(checkpoint_dir) if (m := re.fullmatch(r"checkpoint_(\d+)", d))]
+    return os.path.join(checkpoint_dir, max(found)[1]) if found else None
+
+
+def _mix_seed(*parts: int) -> int:
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h * 6364136223846793005 + int(p) + 1442695040888963407) % (2**63)
+    return h
+
+
+class StarlightTrainer:
+    """Learn a star model linearly connected to every anchor.
+
+    ``anchors``: (name, state dict) pairs of one architecture (``model_config``); ``dataset``: a
+    DatasetDict whose ``train`` split has the model input column and ``labels``.
+    """
+
+    def __init__(
+        self,
+        config: StarlightConfig,
+        model_config,
+        anchors: Sequence[tuple[str, Mapping[str, torch.Tensor]]],
+        dataset,
+        accelerator=None,
+    ):
+        if len(anchors) < 1:
+            raise ValueError("Starlight needs at least one anchor model")
+        self.config = config
+        self.model_config = model_config
+        self.anchor_names = [n for n, _ in anchors]
+        self.dataset = dataset
+        self.accelerator = accelerator if accelerator is not None else self.make_accelerator(config)
+        self.model = build_model(model_config, seed=config.seed)
+        self.spec = spec_for(self.model)
+        self.layout = FlatLayout.of(self.model)
+        names = set(self.layout.names)
+        # Matching uses the parameters only (BN running statistics are recomputed, not matched).
+        self.match_spec = self.spec.subset(names)
+        self.anchor_params = []
+        for name, sd in anchors:
+            try:
+                self.spec.subset(sd.keys()).validate(sd)
+            except ValueError as e:
+                raise ValueError(f"anchor {name}: {e}") from None
+            missing = names - set(sd)
+            if missing:
+                raise ValueError(f"anchor {name} lacks parameter {sorted(missing)[0]!r}; is it the same architecture?")
+            self.anchor_params.append({k: sd[k].detach().to("cpu", torch.float32).contiguous() for k in self.layout.names})
+        self._init_star()
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def make_accelerator(config: StarlightConfig):
+        from accelerate import Accelerator
+        from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+
+        project = ProjectConfiguration(
+            project_dir=config.output_dir,
+            logging_dir=os.path.join(config.output_dir, "logs") if config.output_dir else None,
+            automatic_checkpoint_naming=True,
+            total_limit=config.checkpoints_total_limit,
+        )
+        log_with = None if config.report_to == "none" else config.report_to
+        return Accelerator(
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            mixed_precision=config.mixed_precision,
+            log_with=log_with,
+            project_config=project,
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+        )
+
+    def _init_star(self) -> None:
+        init = self.config.init
+        if init == "random":
+            return
+        if init == "anchor" or init.startswith("anchor:"):
+            k = int(init.split(":", 1)[1]) if ":" in init else 0
+            if not 0 <= k < len(self.anchor_params):
+                raise ValueError(f"init={init!r}: there are only {len(self.anchor_params)} anchors")
+            self.model.load_state_dict(self.anchor_params[k], strict=False)
+            return
+        from ..rundir import load_checkpoint
+
+        if not os.path.isdir(init):
+            raise ValueError(f"init={init!r} is neither 'random', 'anchor[:K]' nor a checkpoint folder")
+        self.model.load_state_dict(load_checkpoint(init).state_dict())
+
+    # ------------------------------------------------------------------ pieces of a step
+    def sample_anchor_and_t(self, epoch: int, batch: int, rank: int) -> tuple[int, float]:
+        """One anchor index and one t per minibatch, a pure function of (seed, epoch, batch, rank)."""
+        g = torch.Generator().manual_seed(_mix_seed(self.config.seed, epoch, batch, rank))
+        n = int(torch.randint(len(self.anchor_params), (1,), generator=g))
+        c = self.config
+        if c.t_sampling == "uniform":
+            t = float(torch.rand((), generator=g))
+        elif c.t_sampling == "beta":
+            # Beta(a, a) by inverting its CDF at a uniform from the seeded generator.
+            t = _beta_from_uniform(float(torch.rand((), generator=g)), c.t_beta)
+        else:
+            t = c.t_constant
+        return n, t
+
+    @torch.no_grad()
+    def star_state_dict(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        views = self.layout.views(theta.detach().float().cpu())
+        sd = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        sd.update({k: v.clone() for k, v in views.items()})
+        return sd
+
+    def align_anchors(self, theta: torch.Tensor, state: StarlightState, progress: bool) -> None:
+        """Weight-match every anchor to θ; each process aligns a slice, then permutations are exchanged."""
+        from accelerate.utils import gather_object
+
+        acc = self.accelerator
+        star = {k: v.clone() for k, v in self.layout.views(theta.detach().float().cpu()).items()}
+        mine = []
+        indices = list(range(acc.process_index, len(self.anchor_params), acc.num_processes))
+        for i in tqdm(indices, desc="aligning anchors", disable=not progress, leave=False):
+            name = self.anchor_names[i]
+            res = weight_matching(
+                self.match_spec, star, self.anchor_params[i], seed=self.config.seed + i,
+                init_perm=state.perms.get(name), max_iter=self.config.matching_max_iter, validate=False,
+            )
+            mine.append((name, res.perm))
+        gathered = gather_object(mine) if acc.num_processes > 1 else mine
+        state.perms.update({name: perm for name, perm in gathered})
+
+    def aligned_anchor_flats(self, state: StarlightState, device) -> torch.Tensor:
+        flats = []
+        for name, params in zip(self.anchor_names, self.anchor_params):
+            p = apply_permutation(self.match_spec, state.perms[name], params) if name in state.perms else params
+            flats.append(self.layout.flatten(p))
+        out = torch.stack(flats)
+        if device.type != "cpu":
+            out = out.to(device) if self.config.anchor_device == "accelerator" else out.pin_memory()
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> StarlightResult:
+        c, acc = self.config, self.accelerator
+        progress = acc.is_local_main_process
+        device = acc.device
+        self.model.to(device)
+        flat_star = FlatStar(self.layout.flatten(self.model.state_dict()).to(device))
+        optimizer = make_optimizer([flat_star.theta], c.optimizer, c.learning_rate, c.weight_decay)
+        train_loader = make_dataloader(self.dataset["train"], c.per_device_train_batch_size, shuffle=True, seed=c.seed)
+        flat_star, optimizer, train_loader = acc.prepare(flat_star, optimizer, train_loader)
+        steps_per_epoch = math.ceil(len(train_loader) / c.gradient_accumulation_steps)
+        raw_opt = getattr(optimizer, "optimizer", optimizer)
+        scheduler = make_scheduler(raw_opt, c.lr_scheduler_type, steps_per_epoch * c.num_train_epochs)
+        state = StarlightState()
+        acc.register_for_checkpointing(scheduler, state)
+        input_name = self.model.main_input_name
+        bn = has_batchnorm(self.model)
+        bn_loader = make_dataloader(self.dataset["train"], c.per_device_eval_batch_size) if bn else None
+        if c.report_to != "none":
+            acc.init_trackers("starlight", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                                                   for k, v in c.to_dict().items()})
+
+        if c.resume_from_checkpoint:
+            path = c.resume_from_checkpoint
+            if path == "latest":
+                path = find_latest_checkpoint(os.path.join(c.output_dir, "checkpoints"))
+                if path is None:
+                    raise FileNotFoundError(
+                        f"--resume_from_checkpoint latest: no checkpoint under {c.output_dir}/checkpoints; "
+                        "start without --resume_from_checkpoint"
+                    )
+            acc.load_state(path)
+            acc.print(f"resumed from {path} at epoch {state.epoch}, step {state.global_step}")
+            if bn:
+                self._load_theta_into_model(flat_star)
+
+        theta_param = acc.unwrap_model(flat_star).theta
+        aligned = self.aligned_anchor_flats(state, device) if state.perms else None
+        bar = tqdm(total=steps_per_epoch * c.num_train_epochs, initial=state.global_step, desc="starlight",
+                   disable=not progress)
+        for epoch in range(state.epoch, c.num_train_epochs):
+            align_due = c.align_every > 0 and epoch % c.align_every == 0
+            if state.batches_in_epoch == 0 and align_due and state.aligned_epoch != epoch:
+                self.align_anchors(theta_param, state, progress)
+                state.aligned_epoch = epoch
+                aligned = None
+            if aligned is None:
+                aligned = self.aligned_anchor_flats(state, device)
+            train_loader.set_epoch(epoch)
+            loader = acc.skip_first_batches(train_loader, state.batches_in_epoch) if state.batches_in_epoch else train_loader
+            flat_star.train()
+            self.model.train()
+            running, count = 0.0, 0
+            for batch in loader:
+                n, t = self.sample_anchor_and_t(epoch, state.batches_in_epoch, acc.process_index)
+                with acc.accumulate(flat_star):
+                    anchor = aligned[n].to(device, non_blocking=True)
+                    labels = batch["labels"]
+                    inputs = {input_name: batch[input_name]}
+                    with acc.autocast():
+                        interp, theta = flat_star(anchor, t)
+                        logits = functional_call(self.model, self.layout.views(interp), args=(), kwargs=inputs).logits
+                        loss = nn.functional.cross_entropy(logits.float(), labels)
+                        if c.star_ce_weight > 0:
+                            star_logits = functional_call(self.model, self.layout.views(theta), args=(), kwargs=inputs).logits
+                            loss = loss + c.star_ce_weight * nn.functional.cross_entropy(star_logits.float(), labels)
+                    acc.backward(loss)
+                    optimizer.step()
+                    if acc.sync_gradients:
+                        scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state.batches_in_epoch += 1
+                running += float(loss.detach())
+                count += 1
+                if acc.sync_gradients:
+                    state.global_step += 1
+                    bar.update(1)
+                    if state.global_step % c.logging_steps == 0:
+                        acc.log({"train/loss": running / count, "train/lr": scheduler.get_last_lr()[0],
+                                 "train/epoch": epoch}, step=state.global_step)
+                        bar.set_postfix(loss=f"{running / count:.4f}", epoch=epoch)
+                    if c.checkpointing_steps and state.global_step % c.checkpointing_steps == 0:
+                        self._save_state()
+            # End of epoch: the star's own BatchNorm statistics, recomputed over the training data.
+            if bn:
+                self._load_theta_into_model(flat_star)
+                reset_bn_stats(self.model, bn_loader, c.bn_reset_batches, device)
+            state.history.append({"epoch": epoch, "train_loss": running / max(count, 1)})
+            state.epoch = epoch + 1
+            state.batches_in_epoch = 0
+            self._save_state()
+        bar.close()
+
+        # Final alignment of every anchor to the trained star (for BMA export and evaluation).
+        self.align_anchors(theta_param, state, progress)
+        self._load_theta_into_model(flat_star)
+        if bn:
+            reset_bn_stats(self.model, bn_loader, c.bn_reset_batches, device)
+        if c.report_to != "none":
+            acc.end_training()
+        star = self.model.to("cpu").eval()
+        return StarlightResult(model=star, perms={k: dict(v) for k, v in state.perms.items()}, history=state.history)
+
+    # ------------------------------------------------------------------ helpers
+    @torch.no_grad()
+    def _load_theta_into_model(self, flat_star) -> None:
+        theta = self.accelerator.unwrap_model(flat_star).theta.detach()
+        params = dict(self.model.named_parameters())
+        for name, view in self.layout.views(theta).items():
+            params[name].copy_(view)
+
+    def _save_state(self) -> None:
+        if self.config.output_dir is None:
+            return
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(safe_serialization=True)
+
+
+def _beta_from_uniform(u: float, a: float) -> float:
+    """A Beta(a, a) draw: the inverse CDF (scipy's ``betaincinv``) at a uniform ``u``."""
+    from scipy.special import betaincinv
+
+    return float(betaincinv(a, a, u))
