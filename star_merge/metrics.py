@@ -8,24 +8,25 @@ Optional extra metrics from the Hugging Face ``evaluate`` package are loaded by 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
 __all__ = [
-    "MetricError",
-    "check_predictions",
-    "accuracy",
-    "negative_log_likelihood",
-    "brier_score",
-    "expected_calibration_error",
-    "reliability_bins",
-    "predictive_entropy",
-    "confidence_auroc",
-    "classification_metrics",
-    "load_evaluate_metrics",
-    "compute_evaluate_metrics",
     "ECE_BINS",
+    "MetricError",
+    "accuracy",
+    "brier_score",
+    "check_predictions",
+    "classification_metrics",
+    "compute_evaluate_metrics",
+    "confidence_auroc",
+    "expected_calibration_error",
+    "load_evaluate_metrics",
+    "negative_log_likelihood",
+    "predictive_entropy",
+    "reliability_bins",
 ]
 
 ECE_BINS = 15

@@ -4,17 +4,18 @@ import copy
 import json
 import os
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from datasets import Value
+from PIL import Image
 from torch import nn
 
 from star_merge import apply_permutation, random_permutation, spec_for, weight_matching
-from star_merge.data import DataArguments, DatasetError, load_task_dataset
+from star_merge.data import DataArguments, load_task_dataset
 from star_merge.evaluation import (
     ArchitectureMismatchError,
     EvalData,
@@ -93,10 +94,13 @@ def _png_size(path):
 
 def test_barrier_of_model_with_itself_is_zero(trained, dataset):
     model = trained[1]
-    result = measure_barrier(model, copy.deepcopy(model), dataset, num_points=5, progress=False)
-    for curve in result.curves.values():
-        assert curve.loss_barrier == 0.0 and curve.accuracy_barrier == 0.0
-        assert max(curve.losses) - min(curve.losses) < 1e-6
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for other, align in ((copy.deepcopy(model), "weight"), (model, "none")):  # a copy, and the very same object
+        result = measure_barrier(model, other, dataset, align=align, num_points=5, progress=False)
+        for curve in result.curves.values():
+            assert curve.loss_barrier == 0.0 and curve.accuracy_barrier == 0.0
+            assert max(curve.losses) - min(curve.losses) < 1e-6
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # A's weights restored
 
 
 def test_barrier_of_permuted_copy_is_zero_after_matching(trained, dataset):
@@ -175,7 +179,7 @@ def test_barrier_cli_prints_plots_and_refuses_overwrite(trained, tmp_path, capsy
     assert "train: loss barrier" in out and "test: loss barrier" in out
     width, height = _png_size(png)
     assert 800 <= width <= 1600 and 300 <= height <= 800
-    result = json.load(open(js))
+    result = json.loads(Path(js).read_text())
     assert result["alignment"]["method"] == "weight" and len(result["test"]["losses"]) == 5
     printed = float(out.split("test: loss barrier ")[1].split()[0])
     assert printed == pytest.approx(result["test"]["loss_barrier"], abs=1e-4)
@@ -243,7 +247,7 @@ def test_evaluate_run_writes_reports_and_plots(run_dir, trained, dataset, monkey
         return predict(trained[0], loader, Accelerator(), progress=False).probs
 
     out = evaluate_run(run_dir, num_points=5, extra_models={"star copy": star_again}, progress=False)
-    report = json.load(open(run_dir / "report.json"))
+    report = json.loads(Path(run_dir / "report.json").read_text())
     assert report["config"] == {"lr": 0.001} and report["training"] == {"epochs": 4}  # trainer keys kept
     for key in ("barriers", "models", "ensembles", "summary"):
         assert report[key] == json.loads(json.dumps(out[key]))
@@ -287,4 +291,4 @@ def test_evaluate_run_writes_reports_and_plots(run_dir, trained, dataset, monkey
     again = evaluate_run(run_dir, pairs=2, seed=1, num_points=3, overwrite=True, progress=False)
     pairs = [(r["a"], r["b"]) for r in again["barriers"]["anchor_vs_held_out"]]
     assert pairs == select_pairs(["anchor-00", "anchor-01", "anchor-02"], ["held-out-00", "held-out-01"], 2, 1)
-    assert json.load(open(run_dir / "report.json"))["config"] == {"lr": 0.001}
+    assert json.loads(Path(run_dir / "report.json").read_text())["config"] == {"lr": 0.001}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,12 +18,12 @@ __all__ = [
     "ALIGN_METHODS",
     "ArchitectureMismatchError",
     "BarrierResult",
-    "load_model",
-    "check_same_architecture",
-    "align_state_dict",
-    "measure_barrier",
-    "barrier_between",
     "add_parser",
+    "align_state_dict",
+    "barrier_between",
+    "check_same_architecture",
+    "load_model",
+    "measure_barrier",
     "run",
 ]
 
@@ -62,7 +63,7 @@ def check_same_architecture(model_a: nn.Module, model_b: nn.Module, names: Seque
     if type_a != type_b:
         problem = f"model types {type_a!r} and {type_b!r} differ"
     elif set(a) != set(b):
-        key = sorted(set(a) ^ set(b))[0]
+        key = min(set(a) ^ set(b))
         problem = f"tensor {key!r} is in only one of them"
     else:
         for k in a:
@@ -94,7 +95,7 @@ def align_state_dict(
     """
     from .. import activation_matching, apply_permutation, spec_for, weight_matching
 
-    sd_b = {k: v.detach().cpu() for k, v in model_b.state_dict().items()}
+    sd_b = {k: v.detach().cpu().clone() for k, v in model_b.state_dict().items()}
     if method == "none":
         return sd_b, {"method": "none"}
     if method not in ALIGN_METHODS:

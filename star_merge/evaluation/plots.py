@@ -5,16 +5,16 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 __all__ = [
-    "save_figure",
     "plot_barrier_curves",
-    "plot_interpolation_bands",
     "plot_barrier_distribution",
+    "plot_interpolation_bands",
     "plot_reliability",
+    "save_figure",
 ]
 
 GROUP_COLORS = {

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ..connectivity import InterpolationCurve, has_batchnorm, interpolate_state_dicts, reset_bn_stats
 from ..data import make_dataloader
 
-__all__ = ["Predictions", "EvalData", "predict", "interpolation_curves"]
+__all__ = ["EvalData", "Predictions", "interpolation_curves", "predict"]
 
 
 @dataclass

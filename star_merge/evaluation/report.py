@@ -19,22 +19,23 @@ import json
 import os
 import random
 import statistics
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 __all__ = [
-    "REPORT_KEYS",
     "PLOT_NAMES",
+    "REPORT_KEYS",
     "ExtraModel",
+    "add_parser",
     "evaluate_run",
+    "render_markdown",
+    "run",
     "select_pairs",
     "summarize_barriers",
-    "render_markdown",
-    "add_parser",
-    "run",
 ]
 
 REPORT_KEYS = ("barriers", "models", "ensembles", "summary")
@@ -165,9 +166,9 @@ def evaluate_run(
     from ..adapters import spec_for
     from ..connectivity import has_batchnorm
     from ..data import check_labels
+    from ..matching import weight_matching
     from ..metrics import classification_metrics, compute_evaluate_metrics, load_evaluate_metrics
     from ..rundir import RunDirectory
-    from ..matching import weight_matching
     from ..spec import apply_permutation
     from .barrier import check_same_architecture
     from .predict import EvalData, interpolation_curves, predict
@@ -345,10 +346,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines = [
         "# Starlight evaluation report",
         "",
-        f"Barriers after weight matching, {settings['num_points']} interpolation points, "
+        (f"Barriers after weight matching, {settings['num_points']} interpolation points, "
         f"BatchNorm statistics {'recomputed at every point' if settings['bn_reset'] else 'n/a (no BatchNorm)'}; "
         f"anchor ↔ held-out pairs: {settings['pairs']} (seed {settings['seed']}). "
-        "Barriers are mean ± std (n-1) over pairs; accuracy barriers in percentage points.",
+         "Barriers are mean ± std (n-1) over pairs; accuracy barriers in percentage points."),
         "",
         "## Summary",
         "",
@@ -365,9 +366,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += [
         "",
         f"- star / ordinary loss-barrier ratio: train {_fmt(ratio['train'])}, test {_fmt(ratio['test'])}",
-        f"- star test accuracy {_fmt(s['star_test_accuracy'], True)}% vs mean anchor "
+        (f"- star test accuracy {_fmt(s['star_test_accuracy'], True)}% vs mean anchor "
         f"{_fmt(s['mean_anchor_test_accuracy'], True)}%; star train loss {_fmt(s['star_train_loss'])} vs mean anchor "
-        f"{_fmt(s['mean_anchor_train_loss'])} (a poor star shows low barriers for a bad reason)",
+         f"{_fmt(s['mean_anchor_train_loss'])} (a poor star shows low barriers for a bad reason)"),
         "",
         "## Models and ensembles (test split)",
         "",
