@@ -1,0 +1,48 @@
+"""Learn a star model with Starlight, from a population on the Hub, in local folders, or trained here.
+
+    # the built-in demo: MNIST-1D, star-mlp, 10 anchors + 5 held-out models, ~5 minutes on 2 CPU cores
+    accelerate launch recipes/star.py
+
+    # a named configuration; flags override its values
+    accelerate launch recipes/star.py --config recipes/configs/mnist1d_cnn1d.yaml --num_train_epochs 5
+
+    # your own population (Hub ids with optional @revision, local folders, or a population file)
+    accelerate launch recipes/star.py --anchors org/seed-0 org/seed-1@main ./seed-2 \
+        --held_out org/seed-9 --dataset_name mnist1d --output_dir outputs/mine
+
+    # two processes on CPU (data parallel), resuming after a crash
+    torchrun --nproc_per_node 2 recipes/star.py --resume_from_checkpoint latest --output_dir outputs/mnist1d_mlp
+
+Writes the run directory described in docs/run_directory.md.
+"""
+
+import os
+import sys
+
+
+def main(argv=None) -> int:
+    from star_merge.argparsing import ConfigError, parse_dataclasses_with_config
+    from star_merge.data import DataArguments, DatasetError
+    from star_merge.starlight import StarlightConfig
+    from star_merge.starlight.pipeline import PopulationArguments, RunArguments, run_starlight_pipeline
+
+    try:
+        (config, data_args, pop, run_args), name = parse_dataclasses_with_config(
+            [StarlightConfig, DataArguments, PopulationArguments, RunArguments], argv, prog="recipes/star.py"
+        )
+        if config.output_dir is None:
+            config.output_dir = os.path.join("outputs", name or "mnist1d_mlp")
+        report = run_starlight_pipeline(config, data_args, pop, run_args)
+    except (ValueError, FileNotFoundError, FileExistsError, ConfigError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from star_merge.evaluation.report import render_markdown
+
+    if report:
+        print(render_markdown(report).split("\n## ", 2)[0 if "summary" not in report else 1][:4000])
+    print(f"run directory: {os.path.abspath(config.output_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
