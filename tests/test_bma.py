@@ -1,8 +1,9 @@
 """Star-domain BMA wrapper: exact agreement with members built by hand, storage, BatchNorm, three load paths.
 
-Fixture run directories are built here: a few tiny star-mlp / star-cnn1d models trained for 2 epochs on a small
-MNIST-1D; the "star" is one more trained model; anchors after the first carry random permutations, so the BMA
-must use the aligned anchors to reproduce the hand-computed members.
+Fixture run directories are built here (cheaper than tests/fixtures.py's full pipeline): three tiny star-mlp /
+star-cnn1d anchors trained for 2 epochs on a small MNIST-1D, the "star" one more trained model, and anchors after
+the first carrying random permutations, so the BMA must use the aligned anchors to reproduce the members
+computed by hand.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -35,7 +36,12 @@ from star_merge.bma import (
 )
 from star_merge.connectivity import interpolate_state_dicts, reset_bn_stats
 from star_merge.data import DataArguments, make_dataloader
-from star_merge.models import StarCNN1dConfig, StarCNN1dForClassification, StarMLPConfig, StarMLPForClassification
+from star_merge.models import (
+    StarCNN1dConfig,
+    StarCNN1dForClassification,
+    StarMLPConfig,
+    StarMLPForClassification,
+)
 from star_merge.rundir import MANIFEST_NAME, RunDirectory, atomic_write_json, save_permutations
 from star_merge.training import TrainArguments, build_model, save_checkpoint, train_classifier
 
@@ -50,15 +56,27 @@ def _make_run_dir(path, config, seed0: int):
     ds = load_task_dataset(DATA)
     train_args = TrainArguments(num_train_epochs=2, per_device_train_batch_size=64)
     members = []
-    for i, (name, role) in enumerate([*((f"anchor-{k:02d}", "anchor") for k in range(NUM_ANCHORS)), ("held-out-00", "held-out")]):
-        model, _ = train_classifier(build_model(config, seed0 + i), ds, train_args, seed=seed0 + i, progress=False)
+    for i, (name, role) in enumerate(
+        [*((f"anchor-{k:02d}", "anchor") for k in range(NUM_ANCHORS)), ("held-out-00", "held-out")]
+    ):
+        model, _ = train_classifier(
+            build_model(config, seed0 + i), ds, train_args, seed=seed0 + i, progress=False
+        )
         save_checkpoint(model, os.path.join(path, "population", name))
         members.append({"name": name, "role": role, "path": f"population/{name}", "source": "trained"})
-    star, _ = train_classifier(build_model(config, seed0 + 100), ds, train_args, seed=seed0 + 100, progress=False)
+    star, _ = train_classifier(
+        build_model(config, seed0 + 100), ds, train_args, seed=seed0 + 100, progress=False
+    )
     save_checkpoint(star, os.path.join(path, "star"))
     atomic_write_json(
         os.path.join(path, MANIFEST_NAME),
-        {"config": {}, "data": DATA.to_dict(), "model_type": config.model_type, "model_input_name": "input_values", "members": members},
+        {
+            "config": {},
+            "data": DATA.to_dict(),
+            "model_type": config.model_type,
+            "model_input_name": "input_values",
+            "members": members,
+        },
     )
     spec = RunDirectory(path).spec
     perms = {m["name"]: random_permutation(spec, seed=k) for k, m in enumerate(members[:NUM_ANCHORS])}
@@ -69,7 +87,9 @@ def _make_run_dir(path, config, seed0: int):
 
 @pytest.fixture(scope="module")
 def mlp_run(tmp_path_factory):
-    return _make_run_dir(str(tmp_path_factory.mktemp("mlp-run")), StarMLPConfig(hidden_sizes=[32, 32]), seed0=0)
+    return _make_run_dir(
+        str(tmp_path_factory.mktemp("mlp-run")), StarMLPConfig(hidden_sizes=[32, 32]), seed0=0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +131,9 @@ def test_logits_are_log_mean_softmax_of_the_sampled_members(mlp_run, test_inputs
     assert len({n for n, _ in bma.config.samples}) > 1, "the draw should visit several anchors"
     run_ = RunDirectory(mlp_run)
     member_config = run_.load_star().config
-    expected, _ = _hand_members(mlp_run, bma.config.samples, StarMLPForClassification, member_config, test_inputs)
+    expected, _ = _hand_members(
+        mlp_run, bma.config.samples, StarMLPForClassification, member_config, test_inputs
+    )
     with torch.no_grad():
         got = bma(input_values=test_inputs, return_member_logits=True)
     torch.testing.assert_close(got.member_logits, expected, rtol=1e-5, atol=1e-5)
@@ -140,7 +162,10 @@ def test_same_seed_same_bma_other_seed_other_samples(mlp_run, test_inputs, tmp_p
         la, lb, lc = (m(input_values=test_inputs).logits for m in (a, b, c))
     assert torch.equal(la, lb)
     assert not torch.allclose(la, lc)
-    assert load_file(str(tmp_path / "a" / "model.safetensors")).keys() == load_file(str(tmp_path / "c" / "model.safetensors")).keys()
+    assert (
+        load_file(str(tmp_path / "a" / "model.safetensors")).keys()
+        == load_file(str(tmp_path / "c" / "model.safetensors")).keys()
+    )
 
 
 def test_t_distributions():
@@ -150,7 +175,9 @@ def test_t_distributions():
     beta = StarBMAConfig(member_config=cfg, num_anchors=2, num_samples=64, t_distribution="beta(2,2)", seed=1)
     ts = torch.tensor([t for _, t in beta.samples])
     assert 0 < ts.min() and ts.max() < 1 and len(set(ts.tolist())) == 64
-    narrow = StarBMAConfig(member_config=cfg, num_anchors=2, num_samples=32, t_distribution="uniform(0.2,0.4)")
+    narrow = StarBMAConfig(
+        member_config=cfg, num_anchors=2, num_samples=32, t_distribution="uniform(0.2,0.4)"
+    )
     assert all(0.2 <= t <= 0.4 for _, t in narrow.samples)
 
 
@@ -161,7 +188,9 @@ def _tensor_bytes(state_dict) -> int:
 def test_each_tensor_is_stored_once(cnn_run, tmp_path):
     out = export_bma(cnn_run, str(tmp_path / "bma"), num_samples=4, seed=0)
     star_sd = RunDirectory(cnn_run).load_star().state_dict()
-    bn_names = [k for k in star_sd if k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")]
+    bn_names = [
+        k for k in star_sd if k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")
+    ]
     assert bn_names
     with safe_open(os.path.join(out, "model.safetensors"), "pt") as f:
         keys = set(f.keys())
@@ -169,7 +198,9 @@ def test_each_tensor_is_stored_once(cnn_run, tmp_path):
     expected |= {f"anchors.{i}.{k}" for i in range(NUM_ANCHORS) for k in star_sd}
     expected |= {f"bn_stats.{s}.{k}" for s in range(4) for k in bn_names}
     assert keys == expected
-    payload = (1 + NUM_ANCHORS) * _tensor_bytes(star_sd) + 4 * _tensor_bytes({k: star_sd[k] for k in bn_names})
+    payload = (1 + NUM_ANCHORS) * _tensor_bytes(star_sd) + 4 * _tensor_bytes(
+        {k: star_sd[k] for k in bn_names}
+    )
     size = os.path.getsize(os.path.join(out, "model.safetensors"))
     assert payload <= size <= payload + 32_000  # + the JSON header
     assert not any(f.endswith((".bin", ".pt", ".pth")) for f in os.listdir(out))
@@ -182,7 +213,9 @@ def test_batchnorm_statistics_are_recomputed_per_sample(cnn_run, tmp_path):
     bn_loader = make_dataloader(run_.load_dataset()["train"], 128)
     x = torch.tensor(run_.load_dataset()["test"][:32]["input_values"])
     config = run_.load_star().config
-    expected, states = _hand_members(cnn_run, bma.config.samples, StarCNN1dForClassification, config, x, bn_loader)
+    expected, states = _hand_members(
+        cnn_run, bma.config.samples, StarCNN1dForClassification, config, x, bn_loader
+    )
     for s, state in enumerate(states):
         for name, stored in bma.bn_stats[s].tensors().items():
             torch.testing.assert_close(stored, state[name], rtol=1e-5, atol=1e-6)
@@ -196,7 +229,14 @@ def test_batchnorm_statistics_are_recomputed_per_sample(cnn_run, tmp_path):
 
 
 # ---------------------------------------------------------------- three load paths
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"the a star model is good bad very not movie great awful".split()]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    *["the", "a", "star", "model", "is", "good", "bad", "very", "not", "movie", "great", "awful"],
+]
 TEXTS = ["the movie is great", "very bad model", "a star is not awful"]
 
 
@@ -207,23 +247,41 @@ def _bert_bma(path):
     (path / "vocab" / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab" / "vocab.txt"))
     config = BertConfig(
-        vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=32, num_labels=3, initializer_range=0.5,
+        vocab_size=len(VOCAB),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        num_labels=3,
+        initializer_range=0.5,
     )
     torch.manual_seed(0)
     star = BertForSequenceClassification(config)
     anchors = {f"anchor-{i:02d}": BertForSequenceClassification(config).state_dict() for i in range(2)}
-    return save_bma(build_bma(star, anchors, num_samples=3, seed=0), str(path / "bma-bert"), processor=tokenizer)
+    return save_bma(
+        build_bma(star, anchors, num_samples=3, seed=0), str(path / "bma-bert"), processor=tokenizer
+    )
 
 
 def _resnet_bma(path):
     from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
 
-    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=3)
+    config = ResNetConfig(
+        num_channels=3,
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+        layer_type="basic",
+        num_labels=3,
+    )
     torch.manual_seed(0)
     star = ResNetForImageClassification(config)
     anchors = {f"anchor-{i:02d}": ResNetForImageClassification(config).state_dict() for i in range(2)}
-    loader = [{"pixel_values": torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(i))} for i in range(2)]
+    loader = [
+        {"pixel_values": torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(i))}
+        for i in range(2)
+    ]
     model = build_bma(star, anchors, num_samples=3, seed=0, bn_dataloader=loader)
     assert isinstance(model, StarBMAForImageClassification)
     processor = ViTImageProcessor(size={"height": 16, "width": 16})
@@ -288,7 +346,13 @@ def _run_fresh(script: str, tmp_path, **constants) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "hf-modules"))
     proc = subprocess.run(
-        [sys.executable, "-c", header + script], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", header + script],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return load_file(constants["OUT"])
@@ -320,19 +384,33 @@ def test_three_load_paths_give_identical_predictions(mlp_run, cnn_run, test_inpu
         proc = AutoProcessor.from_pretrained(dirs["resnet"])
         pixels = proc([Image.fromarray(a) for a in images.numpy()], return_tensors="pt")["pixel_values"]
         ref["resnet"] = load_bma(dirs["resnet"])(pixel_values=pixels).logits
-    common = dict(DIRS=dirs, INPUTS=inputs, TEXTS=TEXTS)
+    common = {"DIRS": dirs, "INPUTS": inputs, "TEXTS": TEXTS}
 
     installed = _run_fresh(
-        "import star_merge.bma\n" + _INPUTS + _AUTO + _FINISH, tmp_path, KW={}, OUT=str(tmp_path / "p1.safetensors"),
-        EXPECT_STAR_MERGE=True, EXPECT_MODULE="star_merge", **common,
+        "import star_merge.bma\n" + _INPUTS + _AUTO + _FINISH,
+        tmp_path,
+        KW={},
+        OUT=str(tmp_path / "p1.safetensors"),
+        EXPECT_STAR_MERGE=True,
+        EXPECT_MODULE="star_merge",
+        **common,
     )
     remote = _run_fresh(
-        _HIDE_STAR_MERGE + _INPUTS + _AUTO + _FINISH, tmp_path, KW={"trust_remote_code": True},
-        OUT=str(tmp_path / "p2.safetensors"), EXPECT_STAR_MERGE=False, EXPECT_MODULE="transformers_modules", **common,
+        _HIDE_STAR_MERGE + _INPUTS + _AUTO + _FINISH,
+        tmp_path,
+        KW={"trust_remote_code": True},
+        OUT=str(tmp_path / "p2.safetensors"),
+        EXPECT_STAR_MERGE=False,
+        EXPECT_MODULE="transformers_modules",
+        **common,
     )
     piped = _run_fresh(
-        _HIDE_STAR_MERGE + _INPUTS + _PIPELINE + _FINISH, tmp_path, OUT=str(tmp_path / "p3.safetensors"),
-        EXPECT_STAR_MERGE=False, EXPECT_MODULE="transformers_modules", **common,
+        _HIDE_STAR_MERGE + _INPUTS + _PIPELINE + _FINISH,
+        tmp_path,
+        OUT=str(tmp_path / "p3.safetensors"),
+        EXPECT_STAR_MERGE=False,
+        EXPECT_MODULE="transformers_modules",
+        **common,
     )
     for key, expected in ref.items():
         torch.testing.assert_close(installed[key], expected, rtol=0, atol=0, msg=f"{key}: path 1")
@@ -362,9 +440,21 @@ def test_bad_inputs_raise_clear_errors(mlp_run, tmp_path):
         build_bma(star, {"a": star.state_dict(), "b": deeper})
     with pytest.raises(ValueError, match="at least one aligned anchor"):
         build_bma(star, {})
+    regressor = StarMLPForClassification(StarMLPConfig(hidden_sizes=[8], num_labels=1))
+    with pytest.raises(ValueError, match="not single-label classifiers"):
+        build_bma(regressor, {"a": regressor.state_dict()})
     cnn = StarCNN1dForClassification(StarCNN1dConfig(channels=[4]))
     with pytest.raises(ValueError, match="has BatchNorm: pass bn_dataloader"):
         build_bma(cnn, {"a": cnn.state_dict()})
+
+    unaligned = str(tmp_path / "unaligned-run")
+    shutil.copytree(mlp_run, unaligned, ignore=shutil.ignore_patterns("bma", "checkpoints"))
+    perms = RunDirectory(unaligned).anchor_permutations()
+    del perms["anchor-02"]
+    save_permutations(os.path.join(unaligned, "anchor_permutations.safetensors"), perms)
+    with pytest.raises(ValueError, match="no permutation for anchor 'anchor-02'"):
+        export_bma(unaligned)
+    assert not os.path.exists(os.path.join(unaligned, "bma"))
 
     out = export_bma(mlp_run, str(tmp_path / "bma"), num_samples=2)
     with pytest.raises(FileExistsError, match="already exists; pass overwrite=True"):
@@ -375,14 +465,18 @@ def test_bad_inputs_raise_clear_errors(mlp_run, tmp_path):
     weights = os.path.join(out, "model.safetensors")
     tensors = load_file(weights)
     save_file({k: v for k, v in tensors.items() if k != "anchors.2.classifier.bias"}, weights)
-    with pytest.raises(ValueError, match="not a complete star-merge BMA: missing keys 'anchors.2.classifier.bias'"):
+    with pytest.raises(
+        ValueError, match="not a complete star-merge BMA: missing keys 'anchors.2.classifier.bias'"
+    ):
         load_bma(out)
     save_file(tensors, weights)
     load_bma(out)  # intact again
     config_path = os.path.join(out, "config.json")
-    config = json.loads(open(config_path).read())
+    with open(config_path) as f:
+        config = json.load(f)
     config["num_anchors"], config["member_names"] = 4, [*config["member_names"], "anchor-99"]
-    open(config_path, "w").write(json.dumps(config))
+    with open(config_path, "w") as f:
+        json.dump(config, f)
     with pytest.raises(ValueError, match="missing keys 'anchors.3.*num_anchors=4"):
         load_bma(out)
 
@@ -391,7 +485,20 @@ def test_cli_export_bma(mlp_run, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="star-merge")
     add_parser(parser.add_subparsers(dest="command"))
     out = str(tmp_path / "cli-bma")
-    args = parser.parse_args(["export-bma", mlp_run, "--output_dir", out, "--samples", "3", "--seed", "5", "--t_distribution", "beta(2,2)"])
+    args = parser.parse_args(
+        [
+            "export-bma",
+            mlp_run,
+            "--output_dir",
+            out,
+            "--samples",
+            "3",
+            "--seed",
+            "5",
+            "--t_distribution",
+            "beta(2,2)",
+        ]
+    )
     assert args.func is run and run(args) == 0
     assert capsys.readouterr().out.strip() == out
     config = StarBMAConfig.from_pretrained(out)
@@ -401,5 +508,8 @@ def test_cli_export_bma(mlp_run, tmp_path, capsys):
     assert "already exists" in err and "--overwrite" in err and len(err.splitlines()) == 1
     bad = parser.parse_args(["export-bma", mlp_run, "--output_dir", str(tmp_path / "y"), "--samples", "0"])
     assert run(bad) == 2 and "num_samples must be >= 1" in capsys.readouterr().err
-    assert run(parser.parse_args(["export-bma", mlp_run, "--output_dir", out, "--samples", "2", "--overwrite"])) == 0
+    assert (
+        run(parser.parse_args(["export-bma", mlp_run, "--output_dir", out, "--samples", "2", "--overwrite"]))
+        == 0
+    )
     assert StarBMAConfig.from_pretrained(out).num_samples == 2

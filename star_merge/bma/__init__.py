@@ -23,19 +23,19 @@ AutoModelForSequenceClassification.register(StarBMAConfig, StarBMAForSequenceCla
 AutoModelForImageClassification.register(StarBMAConfig, StarBMAForImageClassification, exist_ok=True)
 
 __all__ = [
-    "StarBMAConfig",
-    "StarBMAPreTrainedModel",
-    "StarBMAForSequenceClassification",
-    "StarBMAForImageClassification",
-    "StarBMAOutput",
     "HEAD_CLASSES",
+    "StarBMAConfig",
+    "StarBMAForImageClassification",
+    "StarBMAForSequenceClassification",
+    "StarBMAOutput",
+    "StarBMAPreTrainedModel",
+    "add_parser",
+    "bma_predict_proba",
     "build_bma",
-    "save_bma",
+    "draw_samples",
     "export_bma",
     "load_bma",
-    "bma_predict_proba",
-    "draw_samples",
     "parse_t_distribution",
-    "add_parser",
     "run",
+    "save_bma",
 ]

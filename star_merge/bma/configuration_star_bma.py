@@ -29,10 +29,14 @@ def parse_t_distribution(spec: str, parameters=None) -> tuple[str, list[float]]:
         try:
             parameters = [float(p) for p in inline.split(",")]
         except ValueError:
-            raise ValueError(f"t distribution {spec!r}: parameters must be numbers, e.g. 'beta(2,2)'") from None
+            raise ValueError(
+                f"t distribution {spec!r}: parameters must be numbers, e.g. 'beta(2,2)'"
+            ) from None
     params = [float(p) for p in (parameters if parameters is not None else T_DISTRIBUTIONS[name])]
     if len(params) != len(T_DISTRIBUTIONS[name]):
-        raise ValueError(f"t distribution {name!r} takes {len(T_DISTRIBUTIONS[name])} parameters, got {params}")
+        raise ValueError(
+            f"t distribution {name!r} takes {len(T_DISTRIBUTIONS[name])} parameters, got {params}"
+        )
     if name == "uniform" and not 0.0 <= params[0] <= params[1] <= 1.0:
         raise ValueError(f"uniform(low, high) needs 0 <= low <= high <= 1, got {params}")
     if name == "beta" and min(params) <= 0:
@@ -42,7 +46,9 @@ def parse_t_distribution(spec: str, parameters=None) -> tuple[str, list[float]]:
     return name, params
 
 
-def draw_samples(num_anchors: int, num_samples: int, t_distribution: str, t_parameters, seed: int) -> list[list]:
+def draw_samples(
+    num_anchors: int, num_samples: int, t_distribution: str, t_parameters, seed: int
+) -> list[list]:
     """``num_samples`` points of the star domain as ``[anchor index n, t]``, reproducible from ``seed``."""
     rng = np.random.default_rng(int(seed))
     anchors = rng.integers(0, num_anchors, size=num_samples)
@@ -96,16 +102,26 @@ class StarBMAConfig(PreTrainedConfig):
         self.num_anchors = int(num_anchors)
         self.num_samples = int(num_samples)
         if self.num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}; a BMA averages at least one point")
+            raise ValueError(
+                f"num_samples must be >= 1, got {num_samples}; a BMA averages at least one point"
+            )
         if self.num_anchors < 1:
             raise ValueError(f"num_anchors must be >= 1, got {num_anchors}; the star domain needs anchors")
         self.t_distribution, self.t_parameters = parse_t_distribution(t_distribution, t_parameters)
         self.seed = int(seed)
-        self.member_names = list(member_names) if member_names is not None else [f"anchor-{i:02d}" for i in range(self.num_anchors)]
+        self.member_names = (
+            list(member_names)
+            if member_names is not None
+            else [f"anchor-{i:02d}" for i in range(self.num_anchors)]
+        )
         if len(self.member_names) != self.num_anchors:
-            raise ValueError(f"member_names has {len(self.member_names)} names for num_anchors={self.num_anchors}")
+            raise ValueError(
+                f"member_names has {len(self.member_names)} names for num_anchors={self.num_anchors}"
+            )
         if samples is None:
-            samples = draw_samples(self.num_anchors, self.num_samples, self.t_distribution, self.t_parameters, self.seed)
+            samples = draw_samples(
+                self.num_anchors, self.num_samples, self.t_distribution, self.t_parameters, self.seed
+            )
         self.samples = [[int(n), float(t)] for n, t in samples]
         if len(self.samples) != self.num_samples:
             raise ValueError(
@@ -114,9 +130,13 @@ class StarBMAConfig(PreTrainedConfig):
             )
         for n, t in self.samples:
             if not 0 <= n < self.num_anchors or not (0.0 <= t <= 1.0) or math.isnan(t):
-                raise ValueError(f"sample (n={n}, t={t}) is outside anchors [0, {self.num_anchors}) x t in [0, 1]")
+                raise ValueError(
+                    f"sample (n={n}, t={t}) is outside anchors [0, {self.num_anchors}) x t in [0, 1]"
+                )
         self.return_member_logits = bool(return_member_logits)
         if "id2label" not in kwargs and "num_labels" not in kwargs and self.member_config.get("id2label"):
             kwargs["id2label"] = {int(k): v for k, v in self.member_config["id2label"].items()}
-            kwargs["label2id"] = dict(self.member_config.get("label2id") or {v: k for k, v in kwargs["id2label"].items()})
+            kwargs["label2id"] = dict(
+                self.member_config.get("label2id") or {v: k for k, v in kwargs["id2label"].items()}
+            )
         super().__init__(**kwargs)

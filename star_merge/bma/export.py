@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from .. import models as _builtin_models  # registers star-mlp / star-cnn1d with
 from .configuration_star_bma import StarBMAConfig
 from .modeling_star_bma import HEAD_AUTO_SUFFIX, HEAD_CLASSES, StarBMAPreTrainedModel, head_of
 
-__all__ = ["build_bma", "save_bma", "export_bma", "load_bma", "bma_predict_proba", "add_parser", "run"]
+__all__ = ["add_parser", "bma_predict_proba", "build_bma", "export_bma", "load_bma", "run", "save_bma"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # Code saved beside the weights for trust_remote_code=True: the wrapper, and the built-in member models that
@@ -24,7 +24,10 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _CODE_FILES = (
     os.path.join(_HERE, "configuration_star_bma.py"),
     os.path.join(_HERE, "modeling_star_bma.py"),
-    *(os.path.join(os.path.dirname(os.path.abspath(_builtin_models.__file__)), f) for f in ("common.py", "mlp.py", "cnn1d.py")),
+    *(
+        os.path.join(os.path.dirname(os.path.abspath(_builtin_models.__file__)), f)
+        for f in ("common.py", "mlp.py", "cnn1d.py")
+    ),
 )
 # Tokenizer / image-processor files copied from the star checkpoint so pipelines find them in the BMA folder.
 _PROCESSOR_FILES = (
@@ -57,7 +60,7 @@ def build_bma(
 
     BatchNorm members need ``bn_dataloader`` (training data): each sample's statistics are recomputed over it.
     """
-    from ..connectivity import has_batchnorm, reset_bn_stats
+    from ..connectivity import reset_bn_stats
 
     if int(num_samples) < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -89,7 +92,9 @@ def build_bma(
             work.load_state_dict(model.sample_state_dict(s))
             reset_bn_stats(work, bn_dataloader, max_batches=bn_max_batches)
             state = work.state_dict()
-            model.bn_stats[s].fill({name: state[name] for name in model.bn_buffer_names}, f"BatchNorm statistics of sample {s}")
+            model.bn_stats[s].fill(
+                {name: state[name] for name in model.bn_buffer_names}, f"BatchNorm statistics of sample {s}"
+            )
     return model.eval()
 
 
@@ -97,7 +102,9 @@ def _replace_dir(tmp: str, output_dir: str) -> None:
     """Move the finished ``tmp`` folder to ``output_dir``; an existing ``output_dir`` is removed only afterwards."""
     old = None
     if os.path.exists(output_dir):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-", dir=os.path.dirname(output_dir))
+        old = tempfile.mkdtemp(
+            prefix=f".{os.path.basename(output_dir)}.old-", dir=os.path.dirname(output_dir)
+        )
         os.rmdir(old)
         os.replace(output_dir, old)
     os.replace(tmp, output_dir)
@@ -159,8 +166,7 @@ def export_bma(
     """
     from ..connectivity import has_batchnorm
     from ..data import make_dataloader
-    from ..rundir import RunDirectory
-
+    from ..rundir import PERMUTATIONS_NAME, RunDirectory
     from .configuration_star_bma import parse_t_distribution
 
     if int(num_samples) < 1:
@@ -170,6 +176,16 @@ def export_bma(
     output_dir = os.path.abspath(output_dir or os.path.join(run_dir_.path, "bma"))
     if os.path.exists(output_dir) and not overwrite:
         raise FileExistsError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it")
+    perms_path = os.path.join(run_dir_.path, PERMUTATIONS_NAME)
+    if not os.path.isfile(perms_path):
+        raise FileNotFoundError(
+            f"{perms_path} is missing; the BMA needs the anchors aligned to the star (rerun recipes/star.py)"
+        )
+    unaligned = [m.name for m in run_dir_.anchors if m.name not in run_dir_.anchor_permutations()]
+    if unaligned:
+        raise ValueError(
+            f"{perms_path} has no permutation for anchor {unaligned[0]!r}; rerun recipes/star.py"
+        )
     star = run_dir_.load_star()
     anchors = run_dir_.aligned_anchor_state_dicts()
     bn_loader = None
@@ -182,7 +198,9 @@ def export_bma(
 def load_bma(path: str, device="cpu") -> StarBMAPreTrainedModel:
     """Load an exported BMA folder with the head class named in its config (no remote code)."""
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"{path} is not a BMA folder (no config.json); create one with `star-merge export-bma RUN_DIR`")
+        raise FileNotFoundError(
+            f"{path} is not a BMA folder (no config.json); create one with `star-merge export-bma RUN_DIR`"
+        )
     config = StarBMAConfig.from_pretrained(path)
     arch = (config.architectures or [None])[0]
     classes = {cls.__name__: cls for cls in HEAD_CLASSES.values()}
@@ -220,10 +238,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=16, help="number S of star-domain points averaged (>= 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the (anchor, t) draw")
     p.add_argument(
-        "--t_distribution", "--t-distribution", default="uniform",
+        "--t_distribution",
+        "--t-distribution",
+        default="uniform",
         help="t ~ uniform | uniform(low,high) | beta(a,b) | constant(t)",
     )
-    p.add_argument("--bn_max_batches", "--bn-max-batches", type=int, default=None, help="cap on BatchNorm reset batches")
+    p.add_argument(
+        "--bn_max_batches", "--bn-max-batches", type=int, default=None, help="cap on BatchNorm reset batches"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=run)
     return p

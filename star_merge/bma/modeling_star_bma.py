@@ -36,7 +36,9 @@ try:  # in an exported folder star-merge's built-in member models are saved besi
         StarMLPConfig.model_type: (StarMLPConfig, StarMLPForClassification),
         StarCNN1dConfig.model_type: (StarCNN1dConfig, StarCNN1dForClassification),
     }
-except ImportError:  # inside the star_merge package the built-in models are registered with the Auto classes
+except ModuleNotFoundError as e:  # inside star_merge the built-in models are registered with the Auto classes
+    if not (e.name or "").startswith(f"{__package__}."):
+        raise
     SHIPPED_MEMBERS = {}
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -64,10 +66,12 @@ def resolve_member_classes(member_config: dict) -> tuple[type, type]:
         transformers.AutoModelForImageClassification,
         transformers.AutoModelForAudioClassification,
     ):
-        model_cls = auto._model_mapping[config_cls] if config_cls in auto._model_mapping else None
+        model_cls = auto._model_mapping.get(config_cls, None)
         if model_cls is not None and (arch is None or model_cls.__name__ == arch):
             return config_cls, model_cls
-    raise ValueError(f"cannot find the member class {arch!r} for model_type {model_type!r}; register it first")
+    raise ValueError(
+        f"cannot find the member class {arch!r} for model_type {model_type!r}; register it first"
+    )
 
 
 def head_of(architecture: str) -> str:
@@ -118,7 +122,10 @@ class TensorStore(nn.Module):
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """name -> stored tensor, in layout order."""
-        return {name: self.get_parameter(name) if self._is_param(name) else self.get_buffer(name) for name in self.tensor_names}
+        return {
+            name: self.get_parameter(name) if self._is_param(name) else self.get_buffer(name)
+            for name in self.tensor_names
+        }
 
     def _is_param(self, name: str) -> bool:
         *path, leaf = name.split(".")
@@ -163,7 +170,9 @@ class StarBMAPreTrainedModel(PreTrainedModel):
     def __init__(self, config: StarBMAConfig):
         super().__init__(config)
         if not config.member_config:
-            raise ValueError("StarBMAConfig.member_config is empty; build the BMA with star_merge.bma.build_bma")
+            raise ValueError(
+                "StarBMAConfig.member_config is empty; build the BMA with star_merge.bma.build_bma"
+            )
         member_config_cls, member_cls = resolve_member_classes(config.member_config)
         arch = member_cls.__name__
         if head_of(arch) != self.head:
@@ -172,6 +181,12 @@ class StarBMAPreTrainedModel(PreTrainedModel):
                 f"e.g. {HEAD_CLASS_NAMES[head_of(arch)]} / AutoModelFor{HEAD_AUTO_SUFFIX[head_of(arch)]}"
             )
         self.member_config = member_config_cls.from_dict(dict(config.member_config))
+        problem = getattr(self.member_config, "problem_type", None)
+        if problem in ("regression", "multi_label_classification") or self.member_config.num_labels < 2:
+            raise ValueError(
+                f"star-domain BMA averages softmax probabilities; members with problem_type={problem!r} and "
+                f"num_labels={self.member_config.num_labels} are not single-label classifiers"
+            )
         self.member_class = member_cls
         self.main_input_name = member_cls.main_input_name
         with torch.device("meta"):
@@ -193,7 +208,9 @@ class StarBMAPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """``PreTrainedModel.from_pretrained`` that refuses a BMA folder whose weights are incomplete."""
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+        )
         model.requires_grad_(False)  # stored tensors are data, not trainable weights
         for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
             keys = sorted(info.get(kind) or [], key=str)
@@ -229,7 +246,13 @@ class StarBMAPreTrainedModel(PreTrainedModel):
             out.update(self.bn_stats[s].tensors())
         return out
 
-    def forward(self, labels: torch.Tensor | None = None, return_member_logits: bool | None = None, return_dict=None, **inputs):
+    def forward(
+        self,
+        labels: torch.Tensor | None = None,
+        return_member_logits: bool | None = None,
+        return_dict=None,
+        **inputs,
+    ):
         """Run every sample on ``inputs`` (the member's own inputs) and return ``log(mean_s softmax(logits_s))``.
 
         Members always run in eval mode (BatchNorm uses the per-sample statistics, dropout is off).
@@ -241,7 +264,9 @@ class StarBMAPreTrainedModel(PreTrainedModel):
         member = self.member_module()
         log_total, member_logits = None, []
         for s in range(self.config.num_samples):
-            out = torch.func.functional_call(member, self.sample_state_dict(s), args=(), kwargs={**inputs, "return_dict": True})
+            out = torch.func.functional_call(
+                member, self.sample_state_dict(s), args=(), kwargs={**inputs, "return_dict": True}
+            )
             logits = out.logits
             log_p = torch.log_softmax(logits.float(), dim=-1)
             log_total = log_p if log_total is None else torch.logaddexp(log_total, log_p)
@@ -275,4 +300,7 @@ HEAD_CLASSES = {
     "image-classification": StarBMAForImageClassification,
 }
 HEAD_CLASS_NAMES = {k: v.__name__ for k, v in HEAD_CLASSES.items()}
-HEAD_AUTO_SUFFIX = {"sequence-classification": "SequenceClassification", "image-classification": "ImageClassification"}
+HEAD_AUTO_SUFFIX = {
+    "sequence-classification": "SequenceClassification",
+    "image-classification": "ImageClassification",
+}
