@@ -28,8 +28,12 @@ class FlatLayout:
         return torch.cat([state_dict[n].reshape(-1).to(device=device, dtype=dtype) for n in self.names])
 
     def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Name -> view into ``flat`` (no copies; gradients flow back to ``flat``)."""
-        return {n: flat.narrow(0, o, k).view(s) for n, o, k, s in zip(self.names, self.offsets, self.numels, self.shapes)}
+        """Name -> view into ``flat`` (no copies; gradients flow back to ``flat``).
+
+        One ``split`` rather than a ``narrow`` per tensor: autograd then assembles ``flat``'s gradient with
+        one concatenation instead of summing a zero-padded full-size buffer per tensor.
+        """
+        return {n: v.view(s) for n, v, s in zip(self.names, flat.split(self.numels), self.shapes)}
 
 
 class FlatStar(nn.Module):
