@@ -209,13 +209,13 @@ class StarlightTrainer:
         state.perms.update({name: perm for name, perm in gathered})
 
     def aligned_anchor_flats(self, state: StarlightState, device) -> torch.Tensor:
-        flats = []
-        for name, params in zip(self.anchor_names, self.anchor_params):
+        """[N, P] aligned anchors, filled row by row (one transient model copy, not N) where they will live."""
+        on_device = device.type != "cpu" and self.config.anchor_device == "accelerator"
+        out = torch.empty(len(self.anchor_params), self.layout.total, device=device if on_device else "cpu",
+                          pin_memory=device.type != "cpu" and not on_device)
+        for row, name, params in zip(out, self.anchor_names, self.anchor_params):
             p = apply_permutation(self.match_spec, state.perms[name], params) if name in state.perms else params
-            flats.append(self.layout.flatten(p))
-        out = torch.stack(flats)
-        if device.type != "cpu":
-            out = out.to(device) if self.config.anchor_device == "accelerator" else out.pin_memory()
+            row.copy_(self.layout.flatten(p))
         return out
 
     # ------------------------------------------------------------------ the loop
