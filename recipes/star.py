@@ -10,8 +10,11 @@
     accelerate launch recipes/star.py --anchors org/seed-0 org/seed-1@main ./seed-2 \
         --held_out org/seed-9 --dataset_name mnist1d --output_dir outputs/mine
 
-    # two processes on CPU (data parallel), resuming after a crash
-    torchrun --nproc_per_node 2 recipes/star.py --resume_from_checkpoint latest --output_dir outputs/mnist1d_mlp
+    # data parallel: two processes (GPUs, or CPU processes on a machine without GPUs)
+    accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/star.py
+
+    # resume after a crash
+    accelerate launch recipes/star.py --resume_from_checkpoint latest --output_dir outputs/mnist1d_mlp
 
 Writes the run directory described in docs/run_directory.md.
 """
@@ -36,8 +39,12 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, ConfigError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from accelerate import PartialState
+
     from star_merge.evaluation.report import render_markdown
 
+    if not PartialState().is_main_process:
+        return 0
     if report:
         print(render_markdown(report).split("\n## ", 2)[0 if "summary" not in report else 1][:4000])
     print(f"run directory: {os.path.abspath(config.output_dir)}")

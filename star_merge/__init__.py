@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from . import bma  # noqa: F401  (registers the BMA classes with the transformers Auto classes)
 from .adapters import UnsupportedModelError, register_adapter, spec_for, supported_model_types
 from .matching import MatchingResult, activation_matching, align_population, weight_matching
 from .spec import (

@@ -180,9 +180,9 @@ def run_starlight_pipeline(
 
     # ---- the population
     if pop.anchors:
-        if pop.held_out is None:
-            logger.warning("no --held_out models: star<->held-out barriers cannot be measured")
         members = _resolve_given(pop, accelerator)
+        if not pop.held_out:
+            logger.warning("no --held_out models: star<->held-out barriers cannot be measured")
         model_config = _load_config(members[0].path)
     else:
         if pop.held_out:
@@ -247,7 +247,8 @@ def finish_run(run_dir: str, run_args: RunArguments, seed: int = 0, accelerator=
     if state.is_main_process and not run_args.skip_bma:
         export_bma(run_dir, num_samples=run_args.bma_samples, seed=seed, overwrite=True)
     state.wait_for_everyone()
-    evaluate_run(run_dir, pairs=run_args.eval_pairs, seed=seed, overwrite=True, num_points=run_args.eval_num_points,
+    pairs = int(run_args.eval_pairs) if str(run_args.eval_pairs).isdigit() else run_args.eval_pairs
+    evaluate_run(run_dir, pairs=pairs, seed=seed, overwrite=True, num_points=run_args.eval_num_points,
                  accelerator=accelerator, progress=state.is_local_main_process)
     if state.is_main_process:
         write_model_card(run_dir, license=run_args.license)

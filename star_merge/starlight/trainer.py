@@ -144,7 +144,10 @@ class StarlightTrainer:
             total_limit=config.checkpoints_total_limit,
         )
         log_with = None if config.report_to == "none" else config.report_to
+        # On a machine without an accelerator, cpu=True lets torchrun / `accelerate launch --multi_gpu`
+        # processes form one gloo group (MULTI_CPU); without it each process would train alone.
         return Accelerator(
+            cpu=not _has_accelerator(),
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             mixed_precision=config.mixed_precision,
             log_with=log_with,
@@ -250,6 +253,10 @@ class StarlightTrainer:
                         "start without --resume_from_checkpoint"
                     )
             acc.load_state(path)
+            # Continue automatic checkpoint numbering after the newest existing checkpoint.
+            latest = find_latest_checkpoint(os.path.join(c.output_dir, "checkpoints")) if c.output_dir else None
+            if latest is not None:
+                acc.project_configuration.iteration = int(latest.rsplit("_", 1)[1]) + 1
             acc.print(f"resumed from {path} at epoch {state.epoch}, step {state.global_step}")
             if bn:
                 self._load_theta_into_model(flat_star)
@@ -334,6 +341,14 @@ class StarlightTrainer:
             return
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(safe_serialization=True)
+
+
+def _has_accelerator() -> bool:
+    if torch.cuda.is_available():
+        return True
+    xpu = getattr(torch, "xpu", None)
+    mps = getattr(torch.backends, "mps", None)
+    return bool((xpu is not None and xpu.is_available()) or (mps is not None and mps.is_available()))
 
 
 def _beta_from_uniform(u: float, a: float) -> float:

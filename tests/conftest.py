@@ -1,0 +1,16 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mnist1d():
+    """The MNIST-1D DatasetDict at its package defaults (5000 samples, seed 42)."""
+    from star_merge.data import DataArguments, load_task_dataset
+
+    return load_task_dataset(DataArguments())
