@@ -22,6 +22,8 @@ Writes the run directory described in docs/run_directory.md.
 import os
 import sys
 
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "mnist1d_mlp.yaml")
+
 
 def main(argv=None) -> int:
     from star_merge.argparsing import ConfigError, parse_dataclasses_with_config
@@ -29,6 +31,9 @@ def main(argv=None) -> int:
     from star_merge.starlight import StarlightConfig
     from star_merge.starlight.pipeline import PopulationArguments, RunArguments, run_starlight_pipeline
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" not in argv:  # no config named: the built-in demo's values are the defaults
+        argv = ["--config", DEFAULT_CONFIG, *argv]
     try:
         (config, data_args, pop, run_args), name = parse_dataclasses_with_config(
             [StarlightConfig, DataArguments, PopulationArguments, RunArguments], argv, prog="recipes/star.py"

