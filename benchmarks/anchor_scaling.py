@@ -1,0 +1,183 @@
+"""Peak host memory, device memory and Starlight step time as the number of anchors grows (5, 20, 50).
+
+    python benchmarks/anchor_scaling.py                     # star-mlp [512, 512], batch 128, CPU
+    python benchmarks/anchor_scaling.py --quick             # 5 and 20 anchors
+    python benchmarks/anchor_scaling.py --device cuda --model resnet18
+
+Memory: one fresh subprocess per (N, anchor_device) setting. Each builds the star's model, N anchor state
+dicts (random inits: what ``load_checkpoint(...).state_dict()`` hands the trainer in the pipeline), a real
+``StarlightTrainer``, the trainer's ``aligned_anchor_flats`` after a (random) alignment, and runs a few
+Starlight steps; it reports its peak resident set (``VmHWM`` of /proc/self/status) above the resident set
+before the anchors existed, and ``torch.cuda.max_memory_allocated`` on CUDA. The slope between the
+smallest and largest N, divided by the model's size, is the number of model copies each anchor costs.
+
+Step time: in one process, one anchor stack per N (built by the trainer), steps timed in interleaved
+rounds; ratios are to the smallest N. On a CPU-only machine anchor_device=cpu and =accelerator are the
+same thing (the anchors stay where the model is), so only cpu is measured there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def build_trainer(model: str, num_anchors: int, device: str, anchor_device: str, batch_size=None):
+    """A real StarlightTrainer over ``num_anchors`` random-init anchors, and its model setup."""
+    import numpy as np
+    import torch
+    from datasets import Dataset, DatasetDict
+    from starlight_step import make_accelerator, model_setup
+
+    from star_merge.starlight import StarlightConfig, StarlightTrainer
+    from star_merge.training import build_model
+
+    cfg, batch, input_name, shape = model_setup(model, batch_size)
+    x = np.zeros((batch, *shape), dtype=np.float32)
+    data = DatasetDict(train=Dataset.from_dict({input_name: x, "labels": np.zeros(batch, dtype=np.int64)}))
+    anchors = [(f"anchor-{i:02d}", build_model(cfg, seed=1 + i).state_dict()) for i in range(num_anchors)]
+    config = StarlightConfig(anchor_device=anchor_device, per_device_train_batch_size=batch, num_train_epochs=1)
+    trainer = StarlightTrainer(config, cfg, anchors, data, accelerator=make_accelerator(device))
+    del anchors  # the trainer's anchor_params alias these tensors (as the pipeline's anchor_sds)
+    return trainer, torch.device(trainer.accelerator.device)
+
+
+def aligned_flats(trainer, device):
+    """The trainer's anchor stack after an alignment (random permutations stand in for matching)."""
+    from star_merge.spec import random_permutation
+    from star_merge.starlight.trainer import StarlightState
+
+    state = StarlightState()
+    state.perms = {n: random_permutation(trainer.match_spec, seed=i) for i, n in enumerate(trainer.anchor_names)}
+    return trainer.aligned_anchor_flats(state, device)
+
+
+def worker(args) -> None:
+    """One memory measurement; prints one JSON line."""
+    import torch
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    from starlight_step import Bench, model_setup
+
+    from star_merge.training import build_model
+
+    cfg, *_ = model_setup(args.model, args.batch_size)
+    model_bytes = sum(p.numel() for p in build_model(cfg, seed=0).parameters()) * 4
+    import accelerate  # noqa: F401
+    import transformers  # noqa: F401  (imports done before the baseline)
+
+    if torch.cuda.is_available() and args.device == "cuda":
+        torch.cuda.init()
+    base_kib = _status_kib("VmRSS")
+    trainer, device = build_trainer(args.model, args.worker, args.device, args.anchor_device, args.batch_size)
+    aligned = aligned_flats(trainer, device)
+    bench = Bench(args.model, 0, args.device, args.batch_size, anchors=aligned)
+    step, _ = bench.starlight()
+    for i in range(5):
+        step(i)
+    out = {
+        "N": args.worker, "anchor_device": args.anchor_device, "model_mb": model_bytes / 2**20,
+        "host_peak_mb": (_status_kib("VmHWM") - base_kib) / 1024, "host_now_mb": (_status_kib("VmRSS") - base_kib) / 1024,
+        "device_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan"),
+    }
+    print("RESULT " + json.dumps(out))
+
+
+def run_worker(n: int, anchor_device: str, args) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(n), "--anchor-device", anchor_device,
+           "--model", args.model, "--device", args.device, "--threads", str(args.threads)]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"worker N={n} anchor_device={anchor_device} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mlp", choices=["mlp", "cnn1d", "resnet", "resnet18"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--anchors", type=int, nargs="+", default=[5, 20, 50], help="anchor counts to compare")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved step-timing rounds")
+    parser.add_argument("--steps", type=int, default=20, help="steps per round")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's default)")
+    parser.add_argument("--quick", action="store_true", help="5 and 20 anchors, 5 rounds")
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--anchor-device", default="cpu", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker is not None:
+        return worker(args)
+    if args.quick:
+        args.anchors, args.rounds = [5, 20], min(args.rounds, 5)
+
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from starlight_step import Bench, time_variants
+
+    placements = ["cpu", "accelerator"] if args.device == "cuda" else ["cpu"]
+    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} thread(s); model {args.model}")
+    if args.device == "cpu":
+        print("CPU only: anchor_device=cpu and =accelerator coincide (anchors live where the model runs); measuring cpu.")
+
+    mem = []
+    for placement in placements:
+        for n in args.anchors:
+            print(f"[memory] N={n} anchor_device={placement} (fresh process) ...", flush=True)
+            mem.append(run_worker(n, placement, args))
+
+    timings = {}
+    for placement in placements:
+        steps = {}
+        for n in args.anchors:
+            print(f"[steps] building {n} aligned anchors, anchor_device={placement} ...", flush=True)
+            trainer, device = build_trainer(args.model, n, args.device, placement, args.batch_size)
+            bench = Bench(args.model, 0, args.device, args.batch_size, anchors=aligned_flats(trainer, device))
+            steps[n] = bench.starlight()[0]
+            del trainer
+        times = time_variants(steps, args.rounds, args.steps, device)
+        base = args.anchors[0]
+        for n in args.anchors:
+            timings[(placement, n)] = (1e3 * statistics.median(times[n]),
+                                       statistics.median(a / b for a, b in zip(times[n], times[base])))
+
+    model_mb = mem[0]["model_mb"]
+    print()
+    print(f"model: {model_mb:.2f} MiB of float32 parameters")
+    print(f"{'anchor_device':<13} {'N':>3} {'host peak MiB':>14} {'/ N / model':>12} {'host now MiB':>13} "
+          f"{'device peak MiB':>16} {'ms/step':>8} {'x N=' + str(args.anchors[0]):>8}")
+    for m in mem:
+        ms, ratio = timings[(m["anchor_device"], m["N"])]
+        print(f"{m['anchor_device']:<13} {m['N']:>3} {m['host_peak_mb']:>14.1f} {m['host_peak_mb'] / m['N'] / model_mb:>12.2f} "
+              f"{m['host_now_mb']:>13.1f} {m['device_peak_mb']:>16.1f} {ms:>8.3f} {ratio:>8.3f}")
+    for placement in placements:
+        rows = [m for m in mem if m["anchor_device"] == placement]
+        lo, hi = rows[0], rows[-1]
+        for key, label in (("host_peak_mb", "peak"), ("host_now_mb", "resident after the steps")):
+            slope = (hi[key] - lo[key]) / (hi["N"] - lo["N"]) / model_mb
+            print(f"anchor_device={placement}: host memory {label}, slope N={lo['N']}..{hi['N']}: "
+                  f"{slope:.2f} model copies per anchor")
+
+
+if __name__ == "__main__":
+    main()
