@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .. import __version__
 from ..data import DataArguments, check_labels, load_task_dataset
 from ..rundir import (
     MANIFEST_NAME,
@@ -232,6 +233,14 @@ def run_starlight_pipeline(
         save_permutations(os.path.join(config.output_dir, PERMUTATIONS_NAME), result.perms)
         manifest.update(status="trained", history=result.history, train_seconds=round(train_seconds, 1))
         atomic_write_json(os.path.join(config.output_dir, MANIFEST_NAME), manifest)
+        # report.json starts with every setting and each member's source; evaluation adds its keys.
+        atomic_write_json(os.path.join(config.output_dir, "report.json"), {
+            "star_merge_version": __version__,
+            "config": manifest["config"], "data": manifest["data"], "population": manifest["population"],
+            "run": manifest["run"], "model_type": manifest["model_type"], "members": manifest["members"],
+            "training": {"history": result.history, "train_seconds": round(train_seconds, 1),
+                         "num_processes": accelerator.num_processes},
+        })
     return finish_run(config.output_dir, run_args, seed=config.seed, accelerator=accelerator)
 
 
