@@ -188,3 +188,49 @@ def test_labels_that_do_not_fit_the_model(tmp_path, capsys):
     _run_expecting_error(capsys, ["--output_dir", str(out), "--num_samples", "200", "--anchors", narrow],
                          "num_labels=5")
     assert not out.exists()
+
+
+def test_at_t_equal_one_the_star_gets_no_gradient():
+    """The loss at (1-t)·θ + t·anchor depends on θ with factor (1-t): at t=1, θ must stay at its init."""
+    from star_merge.data import load_task_dataset
+
+    config, data_args, pop, _ = tiny_arguments(None, num_train_epochs=1, t_sampling="constant", t_constant=1.0,
+                                               star_ce_weight=0.0)
+    dataset = load_task_dataset(data_args)
+    model_config = pop.build_config()
+    anchors = [(f"anchor-{i}", build_model(model_config, 10 + i).state_dict()) for i in range(2)]
+    trainer = StarlightTrainer(config, model_config, anchors, dataset)
+    init = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    star = trainer.train().model.state_dict()
+    assert all(torch.equal(star[k], init[k]) for k in init)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate's state is a per-process singleton fixed at first use; tests changing it start afresh."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_options_tensorboard_bf16_accumulation_sgd_beta(tmp_path, fresh_accelerate_state):
+    from star_merge.data import load_task_dataset
+
+    config, data_args, pop, _ = tiny_arguments(str(tmp_path / "opts"), "star-cnn1d", num_train_epochs=1,
+                                               report_to="tensorboard", mixed_precision="bf16",
+                                               gradient_accumulation_steps=2, optimizer="sgd", t_sampling="beta",
+                                               anchor_device="accelerator", logging_steps=1, init="anchor:1")
+    dataset = load_task_dataset(data_args)
+    model_config = pop.build_config()
+    anchors = [(f"anchor-{i}", build_model(model_config, 10 + i).state_dict()) for i in range(2)]
+    trainer = StarlightTrainer(config, model_config, anchors, dataset)
+    result = trainer.train()
+    star = result.model.state_dict()
+    assert all(torch.isfinite(v).all() for v in star.values() if v.is_floating_point())
+    assert not torch.equal(star["convs.0.weight"], anchors[1][1]["convs.0.weight"])  # trained away from init
+    events = [f for _, _, fs in os.walk(tmp_path / "opts" / "logs") for f in fs if "tfevents" in f]
+    assert events, "tensorboard wrote no event file"
+    # 1000 samples * 0.8 / 64 per batch = 13 micro-batches -> 7 optimizer steps with accumulation 2
+    assert trainer.accelerator.gradient_accumulation_steps == 2
