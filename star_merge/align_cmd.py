@@ -19,9 +19,10 @@ import torch
 
 from .adapters import spec_for
 from .matching import MatchingResult, activation_matching, weight_matching
+from .rundir import load_checkpoint
 from .spec import SpecError, apply_permutation
 
-__all__ = ["ALIGNMENT_FILE", "align_checkpoints", "load_checkpoint", "resolve_checkpoint"]
+__all__ = ["ALIGNMENT_FILE", "align_checkpoints", "resolve_checkpoint"]
 
 #: Written next to the weights: what B was aligned to and how.
 ALIGNMENT_FILE = "star_merge_alignment.json"
@@ -45,13 +46,12 @@ PREPROCESSING_PATTERNS = (
     "video_preprocessor*.json",
 )
 
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "chat_template.*", "vocab*"]
-
 
 def resolve_checkpoint(name_or_path: str) -> Path:
     """A local checkpoint folder for ``name_or_path``: the folder itself, or a Hub snapshot.
 
-    Hub ids may pin a revision as ``owner/name@revision``; only safetensors weights are fetched.
+    Hub ids may pin a revision as ``owner/name@revision``; they are resolved (and pinned to a commit) by
+    :func:`star_merge.hub.resolve_members`, which fetches safetensors weights only.
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -60,44 +60,15 @@ def resolve_checkpoint(name_or_path: str) -> Path:
         raise NotADirectoryError(
             f"{name_or_path!r} is a file; give the checkpoint's folder (with config.json)"
         )
-    repo_id, _, revision = name_or_path.partition("@")
-    from huggingface_hub import snapshot_download
+    from .hub import PopulationError, resolve_members
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=_HUB_PATTERNS))
-    except Exception as e:  # offline, unknown repo, gated repo, invalid id ...
+        (member,) = resolve_members([name_or_path], progress=False)
+    except PopulationError as e:
         raise FileNotFoundError(
-            f"{name_or_path!r} is neither a local folder nor a downloadable Hub model ({type(e).__name__}: {e}); "
-            "check the path, or the repo id, revision and network/HF_TOKEN"
-        ) from e
-
-
-def load_checkpoint(path: Path) -> torch.nn.Module:
-    """Load a checkpoint folder with the class named in its config (``architectures[0]``), safetensors only."""
-    import transformers
-
-    from .models import BUILTIN_CLASSES, register_builtin_models
-
-    register_builtin_models()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{str(path)!r} has no config.json; is it a Hugging Face checkpoint folder?")
-    if not any(path.glob("*.safetensors")):
-        raise FileNotFoundError(
-            f"{str(path)!r} has no .safetensors weights; star-merge loads safetensors only (pickled .bin files "
-            "can run code). Convert it once with from_pretrained(...).save_pretrained(folder) in a trusted session"
-        )
-    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
-    arch = (getattr(config, "architectures", None) or [None])[0]
-    cls = getattr(transformers, arch, None) if arch else None
-    if cls is None and arch in BUILTIN_CLASSES:
-        cls = BUILTIN_CLASSES[arch]
-    if cls is not None:
-        model = cls.from_pretrained(path, config=config, use_safetensors=True)
-    else:
-        model = transformers.AutoModel.from_pretrained(
-            path, config=config, use_safetensors=True, trust_remote_code=False
-        )
-    return model.eval()
+            f"{name_or_path!r} is neither a local folder nor a downloadable Hub model ({e})"
+        ) from None
+    return Path(member.path)
 
 
 def _check_output_dir(output_dir: Path, overwrite: bool, *inputs: Path) -> None:
@@ -170,7 +141,7 @@ def align_checkpoints(
     out = Path(output_dir).expanduser()
     path_a, path_b = resolve_checkpoint(a), resolve_checkpoint(b)
     _check_output_dir(out, overwrite, path_a, path_b)
-    model_a, model_b = load_checkpoint(path_a), load_checkpoint(path_b)
+    model_a, model_b = load_checkpoint(str(path_a)), load_checkpoint(str(path_b))
     if type(model_a) is not type(model_b):
         raise SpecError(
             f"A is a {type(model_a).__name__} and B a {type(model_b).__name__}; align checkpoints of one architecture"

@@ -558,7 +558,7 @@ def test_align_checkpoints_rejects_bad_requests(two_checkpoints, tmp_path, monke
     (tmp_path / "pickled").mkdir()
     (tmp_path / "pickled" / "config.json").write_text((root / "a" / "config.json").read_text())
     (tmp_path / "pickled" / "pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match="safetensors only"):
+    with pytest.raises(ValueError, match="safetensors only"):
         align_checkpoints(str(root / "a"), str(tmp_path / "pickled"), str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()
 
