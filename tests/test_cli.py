@@ -1,0 +1,44 @@
+"""The `star-merge` console entry point: subcommands wired, one-line errors with exit status 2."""
+
+import subprocess
+import sys
+
+import torch
+
+import star_merge as sm
+from star_merge.cli import main
+from star_merge.models import StarMLPConfig
+from star_merge.rundir import load_checkpoint
+from star_merge.training import build_model, save_checkpoint
+
+
+def test_adapters_lists_every_family(capsys):
+    assert main(["adapters"]) == 0
+    listed = capsys.readouterr().out.split()
+    for t in ("bert", "gpt2", "llama", "mistral", "qwen2", "resnet", "roberta", "star-cnn1d", "star-mlp", "vit"):
+        assert t in listed
+
+
+def test_align_writes_b_aligned_to_a(tmp_path, capsys):
+    config = StarMLPConfig(hidden_sizes=[12, 10])
+    a = build_model(config, 0)
+    spec = sm.spec_for(a)
+    perm = sm.random_permutation(spec, 3)
+    b = build_model(config, 0)
+    b.load_state_dict(sm.apply_permutation(spec, perm, a.state_dict()))
+    pa, pb = save_checkpoint(a, str(tmp_path / "a")), save_checkpoint(b, str(tmp_path / "b"))
+    assert main(["align", pa, pb, "--output_dir", str(tmp_path / "c")]) == 0
+    aligned = load_checkpoint(str(tmp_path / "c")).state_dict()
+    assert all(torch.equal(aligned[k], a.state_dict()[k]) for k in aligned)
+    # a second run into the same folder is refused with one line on stderr
+    capsys.readouterr()
+    assert main(["align", pa, pb, "--output_dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("star-merge align: error:") and "overwrite" in err[0]
+
+
+def test_console_script_reports_bad_run_dir(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "star_merge.cli", "evaluate", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "not a star-merge run directory" in proc.stderr
