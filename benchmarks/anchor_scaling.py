@@ -6,7 +6,7 @@
 
 Memory: one fresh subprocess per (N, anchor_device) setting. Each builds the star's model, N anchor state
 dicts (random inits: what ``load_checkpoint(...).state_dict()`` hands the trainer in the pipeline), a real
-``StarlightTrainer``, the trainer's ``aligned_anchor_flats`` after a (random) alignment, and runs a few
+``StarlightTrainer``, the trainer's anchor matrix after a (random) alignment, and runs a few
 Starlight steps; it reports its peak resident set (``VmHWM`` of /proc/self/status) above the resident set
 before the anchors existed, and ``torch.cuda.max_memory_allocated`` on CUDA. The slope between the
 smallest and largest N, divided by the model's size, is the number of model copies each anchor costs.
@@ -19,6 +19,7 @@ same thing (the anchors stay where the model is), so only cpu is measured there.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -49,21 +50,21 @@ def build_trainer(model: str, num_anchors: int, device: str, anchor_device: str,
     cfg, batch, input_name, shape = model_setup(model, batch_size)
     x = np.zeros((batch, *shape), dtype=np.float32)
     data = DatasetDict(train=Dataset.from_dict({input_name: x, "labels": np.zeros(batch, dtype=np.int64)}))
-    anchors = [(f"anchor-{i:02d}", build_model(cfg, seed=1 + i).state_dict()) for i in range(num_anchors)]
+    # As the pipeline does: each anchor is built (loaded) on demand and copied into the trainer's matrix.
+    anchors = [(f"anchor-{i:02d}", functools.partial(lambda s: build_model(cfg, seed=s).state_dict(), 1 + i))
+               for i in range(num_anchors)]
     config = StarlightConfig(anchor_device=anchor_device, per_device_train_batch_size=batch, num_train_epochs=1)
     trainer = StarlightTrainer(config, cfg, anchors, data, accelerator=make_accelerator(device))
-    del anchors  # the trainer's anchor_params alias these tensors (as the pipeline's anchor_sds)
     return trainer, torch.device(trainer.accelerator.device)
 
 
 def aligned_flats(trainer, device):
     """The trainer's anchor stack after an alignment (random permutations stand in for matching)."""
     from star_merge.spec import random_permutation
-    from star_merge.starlight.trainer import StarlightState
 
-    state = StarlightState()
-    state.perms = {n: random_permutation(trainer.match_spec, seed=i) for i, n in enumerate(trainer.anchor_names)}
-    return trainer.aligned_anchor_flats(state, device)
+    for i in range(len(trainer.anchor_names)):
+        trainer.permute_row(i, random_permutation(trainer.match_spec, seed=i))
+    return trainer.anchors
 
 
 def worker(args) -> None:

@@ -70,7 +70,7 @@ class Bench:
 
     def __init__(self, name: str, num_anchors: int, device: str, batch_size: int | None = None, seed: int = 0,
                  anchor_device: str = "cpu", anchors=None):
-        """``anchors``: a ready [N, P] stack (e.g. the trainer's ``aligned_anchor_flats``); default N random inits."""
+        """``anchors``: a ready [N, P] stack (e.g. the trainer's ``anchors`` matrix); default N random inits."""
         import torch
 
         from star_merge.starlight.flat import FlatLayout
@@ -88,7 +88,7 @@ class Bench:
         if anchors is None:
             anchors = torch.stack([self.layout.flatten(build_model(self.config, seed=seed + 1 + i).state_dict())
                                    for i in range(num_anchors)])
-            if self.device.type != "cpu":  # as the trainer's aligned_anchor_flats
+            if self.device.type != "cpu":  # as the trainer's anchor matrix
                 anchors = anchors.to(self.device) if anchor_device == "accelerator" else anchors.pin_memory()
         self.anchors = anchors
         self.num_params = self.layout.total

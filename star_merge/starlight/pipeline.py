@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -200,10 +201,8 @@ def run_starlight_pipeline(
             members = train_population(model_config, dataset, population_dir, pop.num_anchors, pop.num_held_out,
                                        pop.train_args(), seed=pop.population_seed, progress=False)
     check_labels(dataset, model_config.num_labels)
-    anchors = [m for m in members if m.role == "anchor"]
-    anchor_sds = []
-    for m in anchors:
-        anchor_sds.append((m.name, load_checkpoint(m.path).state_dict()))
+    # Anchors are read one at a time into the trainer's anchor matrix (one copy per anchor in memory).
+    anchor_sds = [(m.name, functools.partial(_load_state_dict, m.path)) for m in members if m.role == "anchor"]
 
     if accelerator.is_main_process and config.overwrite_output_dir and not config.resume_from_checkpoint:
         _clear_results(config.output_dir)
@@ -269,6 +268,10 @@ def finish_run(run_dir: str, run_args: RunArguments, seed: int = 0, accelerator=
     state.wait_for_everyone()
     with open(os.path.join(run_dir, "report.json")) as f:
         return json.load(f)
+
+
+def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path).state_dict()
 
 
 def _load_config(path: str):

@@ -28,7 +28,7 @@ from ..adapters import spec_for
 from ..connectivity import has_batchnorm, reset_bn_stats
 from ..data import make_dataloader
 from ..matching import weight_matching
-from ..spec import apply_permutation
+from ..spec import apply_permutation, compose_permutations
 from ..training import build_model, make_optimizer, make_scheduler
 from .config import StarlightConfig
 from .flat import FlatLayout, FlatStar
@@ -94,7 +94,8 @@ def _mix_seed(*parts: int) -> int:
 class StarlightTrainer:
     """Learn a star model linearly connected to every anchor.
 
-    ``anchors``: (name, state dict) pairs of one architecture (``model_config``); ``dataset``: a
+    ``anchors``: (name, state dict) pairs of one architecture (``model_config``) — or (name, callable
+    returning the state dict), loaded one at a time; ``dataset``: a
     DatasetDict whose ``train`` split has the model input column and ``labels``.
     """
 
@@ -119,8 +120,16 @@ class StarlightTrainer:
         names = set(self.layout.names)
         # Matching uses the parameters only (BN running statistics are recomputed, not matched).
         self.match_spec = self.spec.subset(names)
-        self.anchor_params = []
-        for name, sd in anchors:
+        # The anchors live in ONE [N, P] float32 matrix, always in the star's current frame: re-alignment
+        # permutes rows in place and composes the permutation into ``state.perms`` (the permutation from
+        # each original anchor), so host memory holds one copy per anchor and no more.
+        device = self.accelerator.device
+        on_device = device.type != "cpu" and config.anchor_device == "accelerator"
+        self.anchors = torch.empty(len(anchors), self.layout.total, device=device if on_device else "cpu",
+                                   pin_memory=device.type == "cuda" and not on_device)
+        for row, (name, sd) in zip(self.anchors, anchors):
+            if callable(sd):  # loaded on demand, so a caller need not hold all N state dicts at once
+                sd = sd()
             try:
                 self.spec.subset(sd.keys()).validate(sd)
             except ValueError as e:
@@ -128,7 +137,7 @@ class StarlightTrainer:
             missing = names - set(sd)
             if missing:
                 raise ValueError(f"anchor {name} lacks parameter {sorted(missing)[0]!r}; is it the same architecture?")
-            self.anchor_params.append({k: sd[k].detach().to("cpu", torch.float32).contiguous() for k in self.layout.names})
+            row.copy_(self.layout.flatten(sd))
         self._init_star()
 
     # ------------------------------------------------------------------ setup
@@ -161,9 +170,9 @@ class StarlightTrainer:
             return
         if init == "anchor" or init.startswith("anchor:"):
             k = int(init.split(":", 1)[1]) if ":" in init else 0
-            if not 0 <= k < len(self.anchor_params):
-                raise ValueError(f"init={init!r}: there are only {len(self.anchor_params)} anchors")
-            self.model.load_state_dict(self.anchor_params[k], strict=False)
+            if not 0 <= k < len(self.anchors):
+                raise ValueError(f"init={init!r}: there are only {len(self.anchors)} anchors")
+            self.model.load_state_dict(self.layout.views(self.anchors[k].cpu()), strict=False)
             return
         from ..rundir import load_checkpoint
 
@@ -175,7 +184,7 @@ class StarlightTrainer:
     def sample_anchor_and_t(self, epoch: int, batch: int, rank: int) -> tuple[int, float]:
         """One anchor index and one t per minibatch, a pure function of (seed, epoch, batch, rank)."""
         g = torch.Generator().manual_seed(_mix_seed(self.config.seed, epoch, batch, rank))
-        n = int(torch.randint(len(self.anchor_params), (1,), generator=g))
+        n = int(torch.randint(len(self.anchors), (1,), generator=g))
         c = self.config
         if c.t_sampling == "uniform":
             t = float(torch.rand((), generator=g))
@@ -194,32 +203,38 @@ class StarlightTrainer:
         return sd
 
     def align_anchors(self, theta: torch.Tensor, state: StarlightState, progress: bool) -> None:
-        """Weight-match every anchor to θ; each process aligns a slice, then permutations are exchanged."""
+        """Weight-match every anchor to θ; each process aligns a slice, then permutations are exchanged.
+
+        Rows are already in the previous alignment's frame, so matching starts from the identity (a warm
+        start) and finds the change since then; that change is applied to the rows and composed into
+        ``state.perms``.
+        """
         from accelerate.utils import gather_object
 
         acc = self.accelerator
         star = {k: v.clone() for k, v in self.layout.views(theta.detach().float().cpu()).items()}
         mine = []
-        indices = list(range(acc.process_index, len(self.anchor_params), acc.num_processes))
+        indices = list(range(acc.process_index, len(self.anchors), acc.num_processes))
         for i in tqdm(indices, desc="aligning anchors", disable=not progress, leave=False):
-            name = self.anchor_names[i]
             res = weight_matching(
-                self.match_spec, star, self.anchor_params[i], seed=self.config.seed + i,
-                init_perm=state.perms.get(name), max_iter=self.config.matching_max_iter, validate=False,
+                self.match_spec, star, self.layout.views(self.anchors[i].cpu()), seed=self.config.seed + i,
+                max_iter=self.config.matching_max_iter, validate=False,
             )
-            mine.append((name, res.perm))
+            mine.append((i, res.perm))
         gathered = gather_object(mine) if acc.num_processes > 1 else mine
-        state.perms.update({name: perm for name, perm in gathered})
+        for i, delta in gathered:
+            name = self.anchor_names[i]
+            self.permute_row(i, delta)
+            state.perms[name] = compose_permutations(delta, state.perms[name]) if name in state.perms else delta
 
-    def aligned_anchor_flats(self, state: StarlightState, device) -> torch.Tensor:
-        """[N, P] aligned anchors, filled row by row (one transient model copy, not N) where they will live."""
-        on_device = device.type != "cpu" and self.config.anchor_device == "accelerator"
-        out = torch.empty(len(self.anchor_params), self.layout.total, device=device if on_device else "cpu",
-                          pin_memory=device.type != "cpu" and not on_device)
-        for row, name, params in zip(out, self.anchor_names, self.anchor_params):
-            p = apply_permutation(self.match_spec, state.perms[name], params) if name in state.perms else params
-            row.copy_(self.layout.flatten(p))
-        return out
+    @torch.no_grad()
+    def permute_row(self, i: int, perm: dict[str, torch.Tensor]) -> None:
+        """Permute anchor row ``i`` in place (through one transient model copy)."""
+        if all(torch.equal(v, torch.arange(v.numel())) for v in perm.values()):
+            return
+        row = self.anchors[i]
+        permuted = apply_permutation(self.match_spec, perm, self.layout.views(row.cpu()))
+        row.copy_(self.layout.flatten(permuted).to(row.device))
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> StarlightResult:
@@ -260,9 +275,11 @@ class StarlightTrainer:
             acc.print(f"resumed from {path} at epoch {state.epoch}, step {state.global_step}")
             if bn:
                 self._load_theta_into_model(flat_star)
+            for i, name in enumerate(self.anchor_names):  # rows are in the original frames until now
+                if name in state.perms:
+                    self.permute_row(i, state.perms[name])
 
         theta_param = acc.unwrap_model(flat_star).theta
-        aligned = self.aligned_anchor_flats(state, device) if state.perms else None
         bar = tqdm(total=steps_per_epoch * c.num_train_epochs, initial=state.global_step, desc="starlight",
                    disable=not progress)
         for epoch in range(state.epoch, c.num_train_epochs):
@@ -270,9 +287,6 @@ class StarlightTrainer:
             if state.batches_in_epoch == 0 and align_due and state.aligned_epoch != epoch:
                 self.align_anchors(theta_param, state, progress)
                 state.aligned_epoch = epoch
-                aligned = None
-            if aligned is None:
-                aligned = self.aligned_anchor_flats(state, device)
             train_loader.set_epoch(epoch)
             loader = acc.skip_first_batches(train_loader, state.batches_in_epoch) if state.batches_in_epoch else train_loader
             flat_star.train()
@@ -281,7 +295,7 @@ class StarlightTrainer:
             for batch in loader:
                 n, t = self.sample_anchor_and_t(epoch, state.batches_in_epoch, acc.process_index)
                 with acc.accumulate(flat_star):
-                    anchor = aligned[n].to(device, non_blocking=True)
+                    anchor = self.anchors[n].to(device, non_blocking=True)
                     labels = batch["labels"]
                     inputs = {input_name: batch[input_name]}
                     with acc.autocast():
