@@ -1,6 +1,6 @@
 """Time the per-epoch re-alignment of N anchors to the star against the epoch it precedes (N = 5, 20, 50).
 
-    python benchmarks/alignment.py            # the default demo: star-mlp [512, 512], batch 128, μ=1,
+    python benchmarks/alignment.py            # the default demo: star-mlp [512, 512], batch 128, μ=0,
                                               # MNIST-1D with 4000 training samples, 3 epochs per N
     python benchmarks/alignment.py --quick    # 5 and 20 anchors, 2 epochs
 
@@ -8,7 +8,8 @@ Anchors are trained here first (``--anchor-epochs`` epochs of AdamW each, seeds 
 demo's 20 epochs, so they are closer to their inits than real anchors). Then, per N, a real
 ``StarlightTrainer`` runs ``--epochs`` epochs with ``align_every=1``; ``align_anchors`` and every
 ``weight_matching`` call inside it are timed by wrappers. Epoch 0 aligns from the identity (the star is
-its random init); later epochs warm-start from last epoch's permutation (``init_perm``). The trainer's
+its random init); later epochs start from the anchors as last aligned (the trainer keeps them in the
+star's frame, so matching warm-starts from the identity). The trainer's
 final alignment after the last epoch is reported separately.
 
 Two processes: the trainer gives process r the anchors r, r+2, ...; the column "2 procs" is the larger of
@@ -107,7 +108,7 @@ def main(argv=None) -> None:
     parser.add_argument("--anchor-epochs", type=int, default=3, help="training epochs of each anchor")
     parser.add_argument("--hidden", type=int, nargs="+", default=[512, 512], help="star-mlp hidden sizes")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--mu", type=float, default=1.0, help="star_ce_weight (the demo's 1.0)")
+    parser.add_argument("--mu", type=float, default=0.0, help="star_ce_weight (the demo's 0.0)")
     parser.add_argument("--num-samples", type=int, default=5000, help="MNIST-1D samples (80%% train)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--quick", action="store_true", help="5 and 20 anchors, 2 epochs")
