@@ -500,8 +500,9 @@ def test_cli_dry_run_prints_the_plan_and_uploads_nothing(run_dir, fake_api, caps
             assert f.local_path in out
     assert "me/star: 5 files" in out and "me/star-bma: 5 files" in out
 
-    args = parser.parse_args(["push", run_dir + "-missing", "--repo-id", "me/star"])
-    assert run(args) == 1
+    from star_merge.cli import main
+
+    assert main(["push", run_dir + "-missing", "--repo-id", "me/star"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a star-merge run directory" in err
 

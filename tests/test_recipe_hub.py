@@ -29,7 +29,7 @@ def test_population_from_hub_ids_end_to_end(tmp_path):
     env = dict(os.environ, **offline_env(hf_home), OMP_NUM_THREADS="1")
     env.pop("HF_TOKEN", None)
     cmd = [sys.executable, os.path.join(ROOT, "recipes", "star.py"),
-           "--anchors", "org/mlp-seed0", f"org/mlp-seed1@v2", "--held_out", f"org/mlp-heldout@{shas['org/mlp-heldout']}",
+           "--anchors", "org/mlp-seed0", "org/mlp-seed1@v2", "--held_out", f"org/mlp-heldout@{shas['org/mlp-heldout']}",
            "--num_samples", "600", "--num_train_epochs", "1", "--bma_samples", "2", "--output_dir", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

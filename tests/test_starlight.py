@@ -13,7 +13,6 @@ from transformers import AutoModelForSequenceClassification
 
 import star_merge  # noqa: F401  (registers the built-in models with the Auto classes)
 from star_merge.starlight import StarlightTrainer
-from star_merge.starlight.pipeline import run_starlight_pipeline
 from star_merge.training import build_model, save_checkpoint
 
 from fixtures import tiny_arguments

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 
@@ -252,19 +251,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``star-merge export-bma``; returns the process exit code."""
-    try:
-        out = export_bma(
-            args.run_dir,
-            output_dir=args.output_dir,
-            num_samples=args.samples,
-            seed=args.seed,
-            t_distribution=args.t_distribution,
-            overwrite=args.overwrite,
-            bn_max_batches=args.bn_max_batches,
-        )
-    except (ValueError, FileExistsError, FileNotFoundError, KeyError) as e:
-        print(f"star-merge export-bma: error: {e}", file=sys.stderr)
-        return 2
+    """Handler of ``star-merge export-bma``; errors propagate (star_merge.cli prints them as one line)."""
+    out = export_bma(
+        args.run_dir,
+        output_dir=args.output_dir,
+        num_samples=args.samples,
+        seed=args.seed,
+        t_distribution=args.t_distribution,
+        overwrite=args.overwrite,
+        bn_max_batches=args.bn_max_batches,
+    )
     print(out)
     return 0

@@ -10,7 +10,6 @@ import argparse
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from typing import NamedTuple
 
@@ -250,20 +249,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``star-merge push``; returns the exit code."""
-    try:
-        result = push_run(
-            args.run_dir,
-            args.repo_id,
-            bma_repo_id=args.bma_repo_id,
-            private=args.private,
-            dry_run=args.dry_run,
-            revision=args.revision,
-            license=args.license,
-        )
-    except (PushError, FileNotFoundError, ValueError) as e:
-        print(f"star-merge push: error: {e}", file=sys.stderr)
-        return 1
+    """Handler of ``star-merge push``; errors propagate (star_merge.cli prints them as one line)."""
+    result = push_run(
+        args.run_dir,
+        args.repo_id,
+        bma_repo_id=args.bma_repo_id,
+        private=args.private,
+        dry_run=args.dry_run,
+        revision=args.revision,
+        license=args.license,
+    )
     if args.dry_run:
         repos = sorted({f.repo_id for f in result["files"]}, key=[f.repo_id for f in result["files"]].index)
         for repo in repos:
