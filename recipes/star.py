@@ -1,6 +1,6 @@
 """Learn a star model with Starlight, from a population on the Hub, in local folders, or trained here.
 
-    # the built-in demo: MNIST-1D, star-mlp, 10 anchors + 5 held-out models, ~5 minutes on 2 CPU cores
+    # the built-in demo: MNIST-1D, star-mlp, 10 anchors + 5 held-out models, ~6 minutes on 2 CPU cores
     accelerate launch recipes/star.py
 
     # a named configuration; flags override its values
