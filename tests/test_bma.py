@@ -503,11 +503,13 @@ def test_cli_export_bma(mlp_run, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == out
     config = StarBMAConfig.from_pretrained(out)
     assert (config.num_samples, config.seed, config.t_distribution) == (3, 5, "beta")
-    assert run(args) == 2  # exists, no --overwrite
+    from star_merge.cli import main  # the console entry point turns errors into one line and exit 2
+
+    assert main(["export-bma", mlp_run, "--output_dir", out]) == 2  # exists, no --overwrite
     err = capsys.readouterr().err.strip()
     assert "already exists" in err and "--overwrite" in err and len(err.splitlines()) == 1
-    bad = parser.parse_args(["export-bma", mlp_run, "--output_dir", str(tmp_path / "y"), "--samples", "0"])
-    assert run(bad) == 2 and "num_samples must be >= 1" in capsys.readouterr().err
+    assert main(["export-bma", mlp_run, "--output_dir", str(tmp_path / "y"), "--samples", "0"]) == 2
+    assert "num_samples must be >= 1" in capsys.readouterr().err
     assert (
         run(parser.parse_args(["export-bma", mlp_run, "--output_dir", out, "--samples", "2", "--overwrite"]))
         == 0
