@@ -91,12 +91,14 @@ def weight_matching(
     init_perm: Mapping[str, torch.Tensor] | None = None,
     tol: float = 1e-12,
     validate: bool = True,
+    cache_elements: int = 2**27,
 ) -> MatchingResult:
     """Find the permutation of B's units that best aligns B to A (maximises Σ <A, π(B)>).
 
     Cost matrices are built with torch on the tensors' device (a GPU when they are there) in float32,
     or float64 for float64 weights, whatever the stored dtype (bf16 works). ``init_perm`` warm-starts
-    the search (e.g. last epoch's alignment). Deterministic for a given ``seed``.
+    the search (e.g. last epoch's alignment). Deterministic for a given ``seed``. Per-tensor terms of the
+    cost matrices are cached between sweeps up to ``cache_elements`` numbers (512 MiB in float32).
     """
     if validate:
         check_state_dicts(spec, sd_a, sd_b)
@@ -127,6 +129,8 @@ def weight_matching(
     }
     version = {p: 0 for p in spec.perm_sizes}
     solved_at: dict[str, tuple] = {}
+    terms: dict[tuple[str, int], tuple[tuple, torch.Tensor]] = {}
+    cache_budget = [int(cache_elements)]
     order_gen = torch.Generator().manual_seed(int(seed))
     perm_names = sorted(spec.perm_sizes)
     history: list[float] = []
@@ -142,8 +146,19 @@ def weight_matching(
             n = spec.perm_sizes[p]
             cost = torch.zeros((n, n), dtype=dtype, device=device)
             for k, ax, ap in perm_to_axes[p]:
-                wb = permute_tensor(B[k], spec.axes_to_perm[k], perm, except_axis=ax)
-                cost += a_blocks[(k, ax)] @ _to_blocks(wb, ax, ap, n).T
+                # One tensor's term changes only when a permutation on its other axes changes: cached.
+                key = tuple(version[a.perm] for i, a in enumerate(spec.axes_to_perm[k]) if a is not None and i != ax)
+                cached = terms.get((k, ax))
+                if cached is None or cached[0] != key:
+                    wb = permute_tensor(B[k], spec.axes_to_perm[k], perm, except_axis=ax)
+                    term = a_blocks[(k, ax)] @ _to_blocks(wb, ax, ap, n).T
+                    if cached is not None:  # replace the stale entry (same size)
+                        terms[(k, ax)] = (key, term)
+                    elif cache_budget[0] >= term.numel():
+                        cache_budget[0] -= term.numel()
+                        terms[(k, ax)] = (key, term)
+                    cached = (key, term)
+                cost += cached[1]
             if torch.equal(cost.argmax(dim=1), perm[p]):
                 continue  # every row already takes its own maximum: optimal, no assignment problem needed
             cost_np = cost.double().cpu().numpy()
