@@ -157,14 +157,7 @@ class RunDirectory:
 
     def anchor_permutations(self) -> dict[str, dict[str, torch.Tensor]]:
         """member name -> the permutation aligning that anchor to the final star."""
-        from safetensors.torch import load_file
-
-        flat = load_file(os.path.join(self.path, PERMUTATIONS_NAME))
-        out: dict[str, dict[str, torch.Tensor]] = {}
-        for k, v in flat.items():
-            member, perm = k.split("::", 1)
-            out.setdefault(member, {})[perm] = v
-        return out
+        return load_permutations(os.path.join(self.path, PERMUTATIONS_NAME))
 
     def aligned_anchor_state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
         """Anchor state dicts permuted into the star's frame, in manifest order."""
@@ -192,6 +185,17 @@ class RunDirectory:
     @property
     def config(self) -> dict[str, Any]:
         return self.manifest["config"]
+
+
+def load_permutations(path: str) -> dict[str, dict[str, torch.Tensor]]:
+    """Read a file written by :func:`save_permutations`: member -> permutation name -> LongTensor."""
+    from safetensors.torch import load_file
+
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in load_file(path).items():
+        member, perm = k.split("::", 1)
+        out.setdefault(member, {})[perm] = v
+    return out
 
 
 def save_permutations(path: str, perms: dict[str, dict[str, torch.Tensor]]) -> None:

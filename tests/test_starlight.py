@@ -102,6 +102,10 @@ def test_resume_after_crash_gives_the_same_star(tmp_path, monkeypatch, model_typ
     monkeypatch.setattr(StarlightTrainer, "_save_state", original)
     config.resume_from_checkpoint = "latest"
     resumed = StarlightTrainer(config, model_config, anchors, dataset).train()
+    # Starlight's own state is JSON + safetensors: nothing Accelerate would unpickle with weights_only=False
+    for folder in os.listdir(tmp_path / "b" / "checkpoints"):
+        files = os.listdir(tmp_path / "b" / "checkpoints" / folder)
+        assert "starlight_state.json" in files and not any(f.startswith("custom_checkpoint") for f in files)
     a, b = _final_star(full), _final_star(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed star differs from the uninterrupted one"
     assert all(torch.equal(full.perms[m][p], resumed.perms[m][p]) for m in full.perms for p in full.perms[m])
@@ -233,3 +237,15 @@ def test_options_tensorboard_bf16_accumulation_sgd_beta(tmp_path, fresh_accelera
     assert events, "tensorboard wrote no event file"
     # 1000 samples * 0.8 / 64 per batch = 13 micro-batches -> 7 optimizer steps with accumulation 2
     assert trainer.accelerator.gradient_accumulation_steps == 2
+
+
+def test_latest_checkpoint_skips_an_incomplete_one(tmp_path):
+    from star_merge.starlight import find_latest_checkpoint
+
+    for n, complete in ((1, True), (2, True), (3, False)):  # 3: a crash hit between the two writes
+        folder = tmp_path / f"checkpoint_{n}"
+        folder.mkdir()
+        if complete:
+            (folder / "starlight_state.json").write_text("{}")
+    assert find_latest_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint_2")
+    assert find_latest_checkpoint(str(tmp_path / "none")) is None

@@ -39,7 +39,13 @@ __all__ = ["StarlightTrainer", "StarlightResult", "StarlightState", "find_latest
 
 
 class StarlightState:
-    """Progress and anchor alignments, saved with ``accelerator.save_state`` (registered for checkpointing)."""
+    """Progress and anchor alignments of a run, saved beside Accelerate's state in every checkpoint.
+
+    Written as JSON + safetensors (never pickles, so resuming never unpickles a file).
+    """
+
+    JSON_NAME = "starlight_state.json"
+    PERMS_NAME = "starlight_permutations.safetensors"
 
     def __init__(self):
         self.epoch = 0  # epochs completed
@@ -49,23 +55,32 @@ class StarlightState:
         self.perms: dict[str, dict[str, torch.Tensor]] = {}
         self.history: list[dict] = []
 
-    def state_dict(self) -> dict:
-        return {
-            "epoch": torch.tensor(self.epoch),
-            "batches_in_epoch": torch.tensor(self.batches_in_epoch),
-            "global_step": torch.tensor(self.global_step),
-            "aligned_epoch": torch.tensor(self.aligned_epoch),
-            "perms": {m: {p: v.clone() for p, v in d.items()} for m, d in self.perms.items()},
-            "history": [{k: float(v) for k, v in h.items()} for h in self.history],
-        }
+    def save(self, folder: str, scheduler) -> None:
+        from ..rundir import atomic_write_json, save_permutations
 
-    def load_state_dict(self, sd: dict) -> None:
-        self.epoch = int(sd["epoch"])
-        self.batches_in_epoch = int(sd["batches_in_epoch"])
-        self.global_step = int(sd["global_step"])
-        self.aligned_epoch = int(sd["aligned_epoch"])
-        self.perms = {m: dict(d) for m, d in sd["perms"].items()}
-        self.history = list(sd["history"])
+        save_permutations(os.path.join(folder, self.PERMS_NAME), self.perms)
+        sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+        atomic_write_json(os.path.join(folder, self.JSON_NAME), {
+            "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch, "global_step": self.global_step,
+            "aligned_epoch": self.aligned_epoch, "history": self.history, "scheduler": sched,
+        })
+
+    def load(self, folder: str, scheduler) -> None:
+        import json
+
+        from ..rundir import load_permutations
+
+        path = os.path.join(folder, self.JSON_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{folder} is not a complete Starlight checkpoint (no {self.JSON_NAME})")
+        with open(path) as f:
+            d = json.load(f)
+        self.epoch, self.batches_in_epoch = int(d["epoch"]), int(d["batches_in_epoch"])
+        self.global_step, self.aligned_epoch = int(d["global_step"]), int(d["aligned_epoch"])
+        self.history = list(d["history"])
+        perms_path = os.path.join(folder, self.PERMS_NAME)
+        self.perms = load_permutations(perms_path) if os.path.isfile(perms_path) else {}
+        scheduler.load_state_dict({**scheduler.state_dict(), **d["scheduler"]})
 
 
 @dataclass
@@ -78,9 +93,14 @@ class StarlightResult:
 
 
 def find_latest_checkpoint(checkpoint_dir: str) -> str | None:
+    """The newest complete ``checkpoint_N`` folder (one a crash interrupted mid-write is skipped)."""
     if not os.path.isdir(checkpoint_dir):
         return None
-    found = [(int(m.group(1)), d) for d in os.listdir(checkpoint_dir) if (m := re.fullmatch(r"checkpoint_(\d+)", d))]
+    found = [
+        (int(m.group(1)), d) for d in os.listdir(checkpoint_dir)
+        if (m := re.fullmatch(r"checkpoint_(\d+)", d))
+        and os.path.isfile(os.path.join(checkpoint_dir, d, StarlightState.JSON_NAME))
+    ]
     return os.path.join(checkpoint_dir, max(found)[1]) if found else None
 
 
@@ -250,7 +270,7 @@ class StarlightTrainer:
         raw_opt = getattr(optimizer, "optimizer", optimizer)
         scheduler = make_scheduler(raw_opt, c.lr_scheduler_type, steps_per_epoch * c.num_train_epochs)
         state = StarlightState()
-        acc.register_for_checkpointing(scheduler, state)
+        self._state, self._scheduler = state, scheduler  # saved by _save_state beside Accelerate's state
         input_name = self.model.main_input_name
         bn = has_batchnorm(self.model)
         bn_loader = make_dataloader(self.dataset["train"], c.per_device_eval_batch_size) if bn else None
@@ -268,6 +288,7 @@ class StarlightTrainer:
                         "start without --resume_from_checkpoint"
                     )
             acc.load_state(path)
+            state.load(path, scheduler)
             # Continue automatic checkpoint numbering after the newest existing checkpoint.
             latest = find_latest_checkpoint(os.path.join(c.output_dir, "checkpoints")) if c.output_dir else None
             if latest is not None:
@@ -353,8 +374,12 @@ class StarlightTrainer:
     def _save_state(self) -> None:
         if self.config.output_dir is None:
             return
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(safe_serialization=True)
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        folder = acc.save_state(safe_serialization=True)
+        if acc.is_main_process:
+            self._state.save(folder, self._scheduler)
+        acc.wait_for_everyone()
 
 
 def _has_accelerator() -> bool:
