@@ -137,16 +137,18 @@ class Bench:
 
     def starlight(self, mu: float = 0.0):
         """The inner loop of ``StarlightTrainer.train`` (trainer.py), line for line."""
+        import torch
         from torch import nn
-        from torch.func import functional_call
 
-        from star_merge.starlight.flat import FlatStar
+        from star_merge.starlight.flat import FlatBoundModel, FlatStar
 
         acc, batch, layout, device, anchors = self.acc, self.batch, self.layout, self.device, self.anchors
         model = self._model()
         flat_star = FlatStar(layout.flatten(model.state_dict()).to(device))
+        bound = FlatBoundModel(model, layout, device)
         opt, sched = self._opt_sched([flat_star.theta])
-        flat_star, opt = acc.prepare(flat_star, opt)
+        opt = acc.prepare(opt)
+        theta_param = flat_star.theta
         inputs = {self.input_name: batch[self.input_name]}
         labels = batch["labels"]
 
@@ -154,20 +156,29 @@ class Bench:
             n, t = self.draw(i)
             with acc.accumulate(flat_star):
                 anchor = anchors[n].to(device, non_blocking=True)
+                with torch.no_grad():
+                    torch.lerp(theta_param, anchor, t, out=bound.weights)
+                bound.grads.zero_()
                 with acc.autocast():
-                    interp, theta = flat_star(anchor, t)
-                    logits = functional_call(model, layout.views(interp), args=(), kwargs=inputs).logits
-                    loss = nn.functional.cross_entropy(logits.float(), labels)
-                    if mu > 0:
-                        star_logits = functional_call(model, layout.views(theta), args=(), kwargs=inputs).logits
-                        loss = loss + mu * nn.functional.cross_entropy(star_logits.float(), labels)
+                    loss = nn.functional.cross_entropy(model(**inputs).logits.float(), labels)
                 acc.backward(loss)
+                grad = bound.grads.mul(1.0 - t)
+                if mu > 0:
+                    with torch.no_grad():
+                        bound.weights.copy_(theta_param)
+                    bound.grads.zero_()
+                    with acc.autocast():
+                        star_loss = mu * nn.functional.cross_entropy(model(**inputs).logits.float(), labels)
+                    acc.backward(star_loss)
+                    grad += bound.grads
+                    loss = loss + star_loss
+                theta_param.grad = grad if theta_param.grad is None else theta_param.grad.add_(grad)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
             return float(loss.detach())
 
-        return step, lambda: acc.unwrap_model(flat_star).theta.detach().clone()
+        return step, lambda: theta_param.detach().clone()
 
     def dict_lerp(self):
         """θ as ordinary parameters, one lerp per tensor, functional_call."""

@@ -249,3 +249,36 @@ def test_latest_checkpoint_skips_an_incomplete_one(tmp_path):
             (folder / "starlight_state.json").write_text("{}")
     assert find_latest_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint_2")
     assert find_latest_checkpoint(str(tmp_path / "none")) is None
+
+
+RANK_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from fixtures import tiny_arguments
+from star_merge.data import load_task_dataset
+from star_merge.training import build_model
+from star_merge.starlight import StarlightTrainer
+config, data_args, pop, _ = tiny_arguments(None, "star-cnn1d", num_train_epochs=2, star_ce_weight=0.5,
+                                           gradient_accumulation_steps=2)
+dataset = load_task_dataset(data_args)
+model_config = pop.build_config()
+anchors = [(f"a{{i}}", build_model(model_config, 10 + i).state_dict()) for i in range(3)]
+trainer = StarlightTrainer(config, model_config, anchors, dataset)
+star = trainer.train().model.state_dict()
+rank = trainer.accelerator.process_index
+torch.save({{k: v for k, v in star.items()}}, {out!r} + f"/rank{{rank}}-of-{{trainer.accelerator.num_processes}}.pt")
+"""
+
+
+def test_two_processes_train_one_star(tmp_path):
+    """Data parallelism all-reduces θ's gradient: both processes end with the bit-identical star."""
+    script = tmp_path / "train.py"
+    script.write_text(RANK_SCRIPT.format(tests=os.path.join(ROOT, "tests"), out=str(tmp_path)))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--main_process_port", "29533", str(script)]
+    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = torch.load(tmp_path / "rank0-of-2.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1-of-2.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)

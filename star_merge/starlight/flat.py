@@ -37,17 +37,39 @@ class FlatLayout:
 
 
 class FlatStar(nn.Module):
-    """Holds θ (the star) as one parameter; ``forward(anchor, t)`` returns ``(lerp(θ, anchor, t), θ)``.
-
-    Wrapping this tiny module (not the architecture) in DistributedDataParallel makes the gradient
-    all-reduce of θ exact while the architecture runs with ``torch.func.functional_call``.
-    """
+    """Holds θ (the star) as one flat parameter — the only tensor the optimizer updates."""
 
     def __init__(self, flat: torch.Tensor):
         super().__init__()
         self.theta = nn.Parameter(flat.clone())
 
-    def forward(self, anchor: torch.Tensor | None = None, t: float | torch.Tensor = 0.0):
-        if anchor is None:
-            return self.theta, self.theta
-        return torch.lerp(self.theta, anchor.to(self.theta.dtype), t), self.theta
+
+class FlatBoundModel:
+    """Rebinds a model's parameters to views of one flat weight buffer and one flat gradient buffer.
+
+    A Starlight step then writes the interpolated weights with a single fused ``lerp`` into ``weights``,
+    runs the model as it is (no per-parameter reparametrisation) and reads its whole gradient from
+    ``grads``, into which autograd accumulates in place. :meth:`release` gives every parameter its own
+    storage back (so the model saves and loads like any other).
+    """
+
+    def __init__(self, model: nn.Module, layout: FlatLayout, device):
+        self.model = model
+        self.weights = torch.empty(layout.total, device=device)
+        self.grads = torch.zeros(layout.total, device=device)
+        params = dict(model.named_parameters())
+        if list(params) != layout.names:
+            raise ValueError("the flat layout does not match the model's parameters")
+        with torch.no_grad():
+            for (name, w), g in zip(layout.views(self.weights).items(), layout.views(self.grads).values()):
+                p = params[name]
+                w.copy_(p.detach())
+                p.data = w
+                p.grad = g
+
+    def release(self) -> nn.Module:
+        with torch.no_grad():
+            for p in self.model.parameters():
+                p.data = p.data.clone()
+                p.grad = None
+        return self.model

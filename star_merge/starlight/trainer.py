@@ -5,9 +5,10 @@ only (through the interpolation, factor 1-t). Anchors are re-aligned to θ by we
 start of every ``align_every``-th epoch (epoch 0 included). BatchNorm runs in train mode during steps and
 the star's running statistics are recomputed over the training data after each epoch.
 
-θ lives in one flat parameter (:class:`FlatStar`), so the interpolation is one fused ``lerp`` over the
-whole model and only ``FlatStar`` is wrapped for data parallelism; the architecture itself runs through
-``torch.func.functional_call`` with views into the interpolated vector.
+θ lives in one flat parameter (:class:`FlatStar`); the architecture's parameters are views of one flat
+weight buffer (:class:`FlatBoundModel`), so the interpolation is one fused ``lerp`` into that buffer, the
+model runs as it is, and its whole gradient lands in one flat buffer: dL/dθ = (1-t)·grad. Processes
+all-reduce θ's gradient at each optimizer step (the only gradient there is).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from ..adapters import spec_for
@@ -31,7 +31,7 @@ from ..matching import weight_matching
 from ..spec import apply_permutation, compose_permutations
 from ..training import build_model, make_optimizer, make_scheduler
 from .config import StarlightConfig
-from .flat import FlatLayout, FlatStar
+from .flat import FlatBoundModel, FlatLayout, FlatStar
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +41,13 @@ __all__ = ["StarlightTrainer", "StarlightResult", "StarlightState", "find_latest
 class StarlightState:
     """Progress and anchor alignments of a run, saved beside Accelerate's state in every checkpoint.
 
-    Written as JSON + safetensors (never pickles, so resuming never unpickles a file).
+    Written as JSON + safetensors (never pickles, so resuming never unpickles a file): θ, the anchors'
+    permutations, the position in training and the LR scheduler.
     """
 
     JSON_NAME = "starlight_state.json"
     PERMS_NAME = "starlight_permutations.safetensors"
+    THETA_NAME = "starlight_theta.safetensors"
 
     def __init__(self):
         self.epoch = 0  # epochs completed
@@ -55,9 +57,12 @@ class StarlightState:
         self.perms: dict[str, dict[str, torch.Tensor]] = {}
         self.history: list[dict] = []
 
-    def save(self, folder: str, scheduler) -> None:
+    def save(self, folder: str, scheduler, theta: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
         from ..rundir import atomic_write_json, save_permutations
 
+        save_file({"theta": theta.detach().contiguous().cpu()}, os.path.join(folder, self.THETA_NAME))
         save_permutations(os.path.join(folder, self.PERMS_NAME), self.perms)
         sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
         atomic_write_json(os.path.join(folder, self.JSON_NAME), {
@@ -65,8 +70,10 @@ class StarlightState:
             "aligned_epoch": self.aligned_epoch, "history": self.history, "scheduler": sched,
         })
 
-    def load(self, folder: str, scheduler) -> None:
+    def load(self, folder: str, scheduler, theta: torch.Tensor) -> None:
         import json
+
+        from safetensors.torch import load_file
 
         from ..rundir import load_permutations
 
@@ -81,6 +88,11 @@ class StarlightState:
         perms_path = os.path.join(folder, self.PERMS_NAME)
         self.perms = load_permutations(perms_path) if os.path.isfile(perms_path) else {}
         scheduler.load_state_dict({**scheduler.state_dict(), **d["scheduler"]})
+        saved = load_file(os.path.join(folder, self.THETA_NAME))["theta"]
+        if saved.shape != theta.shape:
+            raise ValueError(f"{folder} holds a star of {saved.numel()} parameters, this model has {theta.numel()}")
+        with torch.no_grad():
+            theta.copy_(saved)
 
 
 @dataclass
@@ -263,9 +275,11 @@ class StarlightTrainer:
         device = acc.device
         self.model.to(device)
         flat_star = FlatStar(self.layout.flatten(self.model.state_dict()).to(device))
+        bound = FlatBoundModel(self.model, self.layout, device)
         optimizer = make_optimizer([flat_star.theta], c.optimizer, c.learning_rate, c.weight_decay)
         train_loader = make_dataloader(self.dataset["train"], c.per_device_train_batch_size, shuffle=True, seed=c.seed)
-        flat_star, optimizer, train_loader = acc.prepare(flat_star, optimizer, train_loader)
+        optimizer, train_loader = acc.prepare(optimizer, train_loader)
+        self._flat_star = flat_star
         steps_per_epoch = math.ceil(len(train_loader) / c.gradient_accumulation_steps)
         raw_opt = getattr(optimizer, "optimizer", optimizer)
         scheduler = make_scheduler(raw_opt, c.lr_scheduler_type, steps_per_epoch * c.num_train_epochs)
@@ -288,7 +302,7 @@ class StarlightTrainer:
                         "start without --resume_from_checkpoint"
                     )
             acc.load_state(path)
-            state.load(path, scheduler)
+            state.load(path, scheduler, flat_star.theta)
             # Continue automatic checkpoint numbering after the newest existing checkpoint.
             latest = find_latest_checkpoint(os.path.join(c.output_dir, "checkpoints")) if c.output_dir else None
             if latest is not None:
@@ -300,7 +314,7 @@ class StarlightTrainer:
                 if name in state.perms:
                     self.permute_row(i, state.perms[name])
 
-        theta_param = acc.unwrap_model(flat_star).theta
+        theta_param = flat_star.theta
         bar = tqdm(total=steps_per_epoch * c.num_train_epochs, initial=state.global_step, desc="starlight",
                    disable=not progress)
         for epoch in range(state.epoch, c.num_train_epochs):
@@ -310,7 +324,6 @@ class StarlightTrainer:
                 state.aligned_epoch = epoch
             train_loader.set_epoch(epoch)
             loader = acc.skip_first_batches(train_loader, state.batches_in_epoch) if state.batches_in_epoch else train_loader
-            flat_star.train()
             self.model.train()
             running, count = 0.0, 0
             for batch in loader:
@@ -319,14 +332,27 @@ class StarlightTrainer:
                     anchor = self.anchors[n].to(device, non_blocking=True)
                     labels = batch["labels"]
                     inputs = {input_name: batch[input_name]}
+                    with torch.no_grad():
+                        torch.lerp(theta_param, anchor, t, out=bound.weights)  # (1-t)·θ + t·π_n(θ_n)
+                    bound.grads.zero_()
                     with acc.autocast():
-                        interp, theta = flat_star(anchor, t)
-                        logits = functional_call(self.model, self.layout.views(interp), args=(), kwargs=inputs).logits
-                        loss = nn.functional.cross_entropy(logits.float(), labels)
-                        if c.star_ce_weight > 0:
-                            star_logits = functional_call(self.model, self.layout.views(theta), args=(), kwargs=inputs).logits
-                            loss = loss + c.star_ce_weight * nn.functional.cross_entropy(star_logits.float(), labels)
+                        loss = nn.functional.cross_entropy(self.model(**inputs).logits.float(), labels)
                     acc.backward(loss)
+                    grad = bound.grads.mul(1.0 - t)  # through the interpolation
+                    if c.star_ce_weight > 0:  # "star + CE": μ·CE(f(θ))
+                        with torch.no_grad():
+                            bound.weights.copy_(theta_param)
+                        bound.grads.zero_()
+                        with acc.autocast():
+                            star_loss = c.star_ce_weight * nn.functional.cross_entropy(
+                                self.model(**inputs).logits.float(), labels)
+                        acc.backward(star_loss)
+                        grad += bound.grads
+                        loss = loss + star_loss
+                    theta_param.grad = grad if theta_param.grad is None else theta_param.grad.add_(grad)
+                    if acc.sync_gradients and acc.num_processes > 1:
+                        torch.distributed.all_reduce(theta_param.grad)
+                        theta_param.grad.div_(acc.num_processes)
                     optimizer.step()
                     if acc.sync_gradients:
                         scheduler.step()
@@ -360,13 +386,13 @@ class StarlightTrainer:
             reset_bn_stats(self.model, bn_loader, c.bn_reset_batches, device)
         if c.report_to != "none":
             acc.end_training()
-        star = self.model.to("cpu").eval()
+        star = bound.release().to("cpu").eval()
         return StarlightResult(model=star, perms={k: dict(v) for k, v in state.perms.items()}, history=state.history)
 
     # ------------------------------------------------------------------ helpers
     @torch.no_grad()
     def _load_theta_into_model(self, flat_star) -> None:
-        theta = self.accelerator.unwrap_model(flat_star).theta.detach()
+        theta = flat_star.theta.detach()
         params = dict(self.model.named_parameters())
         for name, view in self.layout.views(theta).items():
             params[name].copy_(view)
@@ -378,7 +404,7 @@ class StarlightTrainer:
         acc.wait_for_everyone()
         folder = acc.save_state(safe_serialization=True)
         if acc.is_main_process:
-            self._state.save(folder, self._scheduler)
+            self._state.save(folder, self._scheduler, self._flat_star.theta)
         acc.wait_for_everyone()
 
 
