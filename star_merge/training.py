@@ -7,7 +7,7 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -61,7 +61,6 @@ def make_scheduler(optimizer, kind: str, total_steps: int):
 
 def build_model(config, seed: int):
     """A freshly initialised model of ``config``'s architecture, reproducible from ``seed``."""
-    from .adapters.registry import build_meta_model  # noqa: F401  (registers built-in models)
     import transformers
 
     from .models import BUILTIN_CLASSES
@@ -122,6 +121,3 @@ def save_checkpoint(model, output_dir: str, extra_json: dict | None = None, over
         raise
     return output_dir
 
-
-def train_args_dict(args: TrainArguments) -> dict:
-    return asdict(args)
