@@ -1,12 +1,10 @@
-"""Real, tiny run directories for tests: a star-mlp population trained on MNIST-1D plus a Starlight star."""
+"""Arguments for real, tiny Starlight runs in tests (MNIST-1D subsets, a few epochs)."""
 
 from __future__ import annotations
 
-import os
-
 from star_merge.data import DataArguments
 from star_merge.starlight import StarlightConfig
-from star_merge.starlight.pipeline import PopulationArguments, RunArguments, run_starlight_pipeline
+from star_merge.starlight.pipeline import PopulationArguments, RunArguments
 
 TINY_DATA = dict(dataset_name="mnist1d", num_samples=1000)
 
@@ -33,9 +31,3 @@ def tiny_arguments(output_dir: str, model_type: str = "star-mlp", **overrides):
         groups[group][k] = v
     return (StarlightConfig(**groups["config"]), DataArguments(**groups["data"]),
             PopulationArguments(**groups["pop"]), RunArguments(**groups["run"]))
-
-
-def make_run_dir(path: str, model_type: str = "star-mlp", **overrides) -> str:
-    """Run the whole Starlight pipeline at toy size into ``path`` (population, star, BMA, report, card)."""
-    run_starlight_pipeline(*tiny_arguments(str(path), model_type, **overrides))
-    return os.path.abspath(str(path))
