@@ -9,9 +9,7 @@ checkpoint of its architecture.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import torch
 
 from .adapters import spec_for
 from .matching import MatchingResult, activation_matching, weight_matching
-from .rundir import load_checkpoint
+from .rundir import atomic_folder, load_checkpoint
 from .spec import SpecError, apply_permutation
 
 __all__ = ["ALIGNMENT_FILE", "align_checkpoints", "resolve_checkpoint"]
@@ -151,9 +149,8 @@ def align_checkpoints(
     aligned = apply_permutation(spec, result.perm, model_b.state_dict())
     model_b.load_state_dict(aligned)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(str(out)) as tmp_dir:
+        tmp = Path(tmp_dir)
         model_b.save_pretrained(tmp)
         _copy_preprocessing_files(path_b, tmp)
         record = {
@@ -165,24 +162,4 @@ def align_checkpoints(
             "iterations": result.iterations,
         }
         (tmp / ALIGNMENT_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move folder ``new`` to ``target``; an existing ``target`` is set aside first and removed after."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, old / target.name)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(old / target.name, target)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)

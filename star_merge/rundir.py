@@ -14,8 +14,10 @@ Layout (see docs/run_directory.md)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,7 +25,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["RunDirectory", "Member", "MANIFEST_NAME", "atomic_write_text", "atomic_write_json", "load_checkpoint"]
+__all__ = [
+    "RunDirectory", "Member", "MANIFEST_NAME", "atomic_folder", "atomic_write_text", "atomic_write_json",
+    "load_checkpoint",
+]
 
 MANIFEST_NAME = "starlight.json"
 PERMUTATIONS_NAME = "anchor_permutations.safetensors"
@@ -42,6 +47,36 @@ def atomic_write_text(path: str, text: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(output_dir: str):
+    """Yield a temp folder beside ``output_dir``; on success it replaces ``output_dir`` by rename.
+
+    An existing ``output_dir`` is set aside first and deleted only once the new folder is in place (it is
+    put back if the swap fails); on an exception the temp folder is removed and ``output_dir`` is untouched.
+    Callers decide beforehand whether replacing an existing folder is allowed.
+    """
+    output_dir = os.path.abspath(output_dir)
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
+    try:
+        yield tmp
+        if not os.path.exists(output_dir):
+            os.replace(tmp, output_dir)
+            return
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-", dir=parent)
+        os.replace(output_dir, os.path.join(old, "dir"))
+        try:
+            os.replace(tmp, output_dir)
+        except BaseException:
+            os.replace(os.path.join(old, "dir"), output_dir)
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_json(path: str, obj: Any) -> None:

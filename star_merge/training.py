@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 
 import torch
@@ -105,19 +103,12 @@ def save_checkpoint(model, output_dir: str, extra_json: dict | None = None, over
     if os.path.exists(output_dir):
         if not overwrite:
             raise FileExistsError(f"{output_dir} already exists; pass overwrite=True to replace it")
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
-    try:
+    from .rundir import atomic_folder
+
+    with atomic_folder(output_dir) as tmp:
         model.save_pretrained(tmp)
         if extra_json:
             with open(os.path.join(tmp, "training_info.json"), "w") as f:
                 json.dump(extra_json, f, indent=2)
-        if os.path.exists(output_dir):
-            shutil.rmtree(output_dir)
-        os.replace(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output_dir
 

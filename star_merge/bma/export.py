@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -13,6 +12,7 @@ from torch import nn
 
 from .. import models as _builtin_models  # registers star-mlp / star-cnn1d with the Auto classes
 from .configuration_star_bma import StarBMAConfig
+from ..rundir import atomic_folder
 from .modeling_star_bma import HEAD_AUTO_SUFFIX, HEAD_CLASSES, StarBMAPreTrainedModel, head_of
 
 __all__ = ["add_parser", "bma_predict_proba", "build_bma", "export_bma", "load_bma", "run", "save_bma"]
@@ -97,20 +97,6 @@ def build_bma(
     return model.eval()
 
 
-def _replace_dir(tmp: str, output_dir: str) -> None:
-    """Move the finished ``tmp`` folder to ``output_dir``; an existing ``output_dir`` is removed only afterwards."""
-    old = None
-    if os.path.exists(output_dir):
-        old = tempfile.mkdtemp(
-            prefix=f".{os.path.basename(output_dir)}.old-", dir=os.path.dirname(output_dir)
-        )
-        os.rmdir(old)
-        os.replace(output_dir, old)
-    os.replace(tmp, output_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def save_bma(
     model: StarBMAPreTrainedModel,
     output_dir: str,
@@ -124,10 +110,7 @@ def save_bma(
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir) and not overwrite:
         raise FileExistsError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it")
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
-    try:
+    with atomic_folder(output_dir) as tmp:
         model.config.auto_map = {
             "AutoConfig": "configuration_star_bma.StarBMAConfig",
             f"AutoModelFor{HEAD_AUTO_SUFFIX[model.head]}": f"modeling_star_bma.{type(model).__name__}",
@@ -142,10 +125,6 @@ def save_bma(
                 src = os.path.join(processor_files_from, name)
                 if os.path.isfile(src):
                     shutil.copyfile(src, os.path.join(tmp, name))
-        _replace_dir(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output_dir
 
 
