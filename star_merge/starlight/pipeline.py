@@ -176,6 +176,8 @@ def run_starlight_pipeline(
     prepare_output_dir(config)  # before any work or write
     accelerator = accelerator or StarlightTrainer.make_accelerator(config)
     started = time.time()
+    if pop.held_out and not pop.anchors:
+        raise RunError("--held_out without --anchors: give both, or neither to train the built-in population")
 
     with accelerator.main_process_first():
         dataset = load_task_dataset(data_args)
@@ -186,9 +188,8 @@ def run_starlight_pipeline(
         if not pop.held_out:
             logger.warning("no --held_out models: star<->held-out barriers cannot be measured")
         model_config = _load_config(members[0].path)
+        check_labels(dataset, model_config.num_labels)
     else:
-        if pop.held_out:
-            raise RunError("--held_out without --anchors: give both, or neither to train the built-in population")
         model_config = pop.build_config(num_labels=dataset["train"].features["labels"].num_classes
                                         if hasattr(dataset["train"].features["labels"], "num_classes") else None)
         check_labels(dataset, model_config.num_labels)
@@ -200,7 +201,6 @@ def run_starlight_pipeline(
         if not accelerator.is_main_process:
             members = train_population(model_config, dataset, population_dir, pop.num_anchors, pop.num_held_out,
                                        pop.train_args(), seed=pop.population_seed, progress=False)
-    check_labels(dataset, model_config.num_labels)
     # Anchors are read one at a time into the trainer's anchor matrix (one copy per anchor in memory).
     anchor_sds = [(m.name, functools.partial(_load_state_dict, m.path)) for m in members if m.role == "anchor"]
 
