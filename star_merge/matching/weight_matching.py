@@ -1,21 +1,28 @@
 """Weight matching (Ainsworth et al., git re-basin): align model B to model A modulo permutation.
 
 Coordinate descent over the spec's permutations, visited in a seeded random order; each visit solves
-one linear assignment problem (scipy's ``linear_sum_assignment``) that maximises the summed inner
-product of every tensor touching that permutation, the others held fixed. Stops after a full sweep in
-which no permutation improves the objective.
+one linear assignment problem (``solvers.py``: scipy, lapjv or a CUDA batch solver, all exact) that
+maximises the summed inner product of every tensor touching that permutation, the others held fixed.
+Stops after a full sweep in which no permutation improves the objective.
+
+Coordinate descent can stop in a local optimum. When the result is a near copy of A (its objective is
+at least ``restart_similarity`` of the Cauchy-Schwarz bound ||A||·||B||, which only an exact copy
+reaches) but not an exact one, it restarts: first from the sorted-rows start (each permutation solved
+alone on its units' weights sorted, which no other permutation can change), then from the best result
+with one permutation re-drawn at random; the best objective wins.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from ..spec import AxisPerm, PermutationSpec, SpecError, identity_permutation, permute_tensor
+from .solvers import check_solver, pick_solver, solve
 
 __all__ = ["MatchingResult", "weight_matching", "check_state_dicts", "perm_objective"]
 
@@ -25,13 +32,15 @@ class MatchingResult:
     """``perm``: permutation name -> LongTensor; ``apply_permutation(spec, perm, sd_b)`` is B aligned to A.
 
     ``objective``: sum over the permuted tensors of <A, perm(B)> after alignment (tied tensors counted
-    once). ``iterations``: full sweeps made. ``history``: the objective after each sweep.
+    once). ``iterations``: full sweeps made (all runs). ``history``: the objective after each sweep.
+    ``restarts``: descents run after the first (0: no restart was needed or allowed).
     """
 
     perm: dict[str, torch.Tensor]
     objective: float
     iterations: int
     history: list[float] = field(default_factory=list)
+    restarts: int = 0
 
 
 def check_state_dicts(spec: PermutationSpec, *state_dicts: Mapping[str, torch.Tensor], names=("A", "B")) -> None:
@@ -81,57 +90,44 @@ def perm_objective(spec, perm, sd_a, sd_b, names=None, dtype=torch.float32) -> f
     return total
 
 
-@torch.no_grad()
-def weight_matching(
-    spec: PermutationSpec,
-    sd_a: Mapping[str, torch.Tensor],
-    sd_b: Mapping[str, torch.Tensor],
-    seed: int = 0,
-    max_iter: int = 100,
-    init_perm: Mapping[str, torch.Tensor] | None = None,
-    tol: float = 1e-12,
-    validate: bool = True,
-    cache_elements: int = 2**27,
-) -> MatchingResult:
-    """Find the permutation of B's units that best aligns B to A (maximises Σ <A, π(B)>).
-
-    Cost matrices are built with torch on the tensors' device (a GPU when they are there) in float32,
-    or float64 for float64 weights, whatever the stored dtype (bf16 works). ``init_perm`` warm-starts
-    the search (e.g. last epoch's alignment). Deterministic for a given ``seed``. Per-tensor terms of the
-    cost matrices are cached between sweeps up to ``cache_elements`` numbers (512 MiB in float32).
-    """
-    if validate:
-        check_state_dicts(spec, sd_a, sd_b)
-    if max_iter < 1:
-        raise ValueError("max_iter must be >= 1")
-    names = _unique_tensors(spec, sd_a)
-    name_set = set(names)
-    dtype = torch.float64 if any(sd_a[k].dtype == torch.float64 for k in names) else torch.float32
-    A = {k: sd_a[k].to(dtype) for k in names}
-    B = {k: sd_b[k].to(device=A[k].device, dtype=dtype) for k in names}
-    perm_to_axes = {
-        p: [(k, ax, ap) for k, ax, ap in axes if k in name_set] for p, axes in spec.perm_to_axes.items()
-    }
-    device = next(iter(A.values())).device if A else torch.device("cpu")
-    perm = {p: v.clone().to(device) for p, v in (init_perm or identity_permutation(spec)).items()}
-    if set(perm) != set(spec.perm_sizes):
-        raise SpecError("init_perm must name exactly the spec's permutations")
-    # Cached ``A_blocks`` per (tensor, axis): A's tensor reshaped with the axis's blocks in front.
-    a_blocks = {
-        (k, ax): _to_blocks(A[k], ax, ap, spec.perm_sizes[p]) for p, axes in perm_to_axes.items() for k, ax, ap in axes
-    }
-    # The cost matrix of permutation p depends only on the permutations sharing a tensor with it. When
-    # none of those changed since p was last solved, its matrix is the same and p is already optimal
-    # for it: the solve is skipped (same result, fewer assignment problems near convergence).
-    neighbours = {
+def _neighbours(spec: PermutationSpec, perm_to_axes) -> dict[str, list[str]]:
+    """Permutation -> the other permutations sharing a tensor with it (its cost matrix depends on them)."""
+    return {
         p: sorted({a.perm for k, ax, _ in axes for i, a in enumerate(spec.axes_to_perm[k]) if a is not None and i != ax} - {p})
         for p, axes in perm_to_axes.items()
     }
+
+
+def sorted_rows_start(spec, perm_to_axes, A, B, solver: str = "scipy") -> dict[str, torch.Tensor]:
+    """Each permutation solved alone on its units' weights sorted within each unit.
+
+    Sorting a unit's weights removes every other permutation's effect, so this needs no order. By the
+    rearrangement inequality <sort a, sort b> >= <a, π b>, with equality for an exact copy at the true
+    permutation: on a permuted copy with distinct units this start is already the answer.
+    """
+    out = {}
+    for p, axes in perm_to_axes.items():
+        n = spec.perm_sizes[p]
+        cost = sum(
+            torch.sort(_to_blocks(A[k], ax, ap, n), dim=1).values @ torch.sort(_to_blocks(B[k], ax, ap, n), dim=1).values.T
+            for k, ax, ap in axes
+        )
+        out[p] = torch.as_tensor(solve(cost.double().cpu().numpy(), pick_solver(solver)), device=cost.device)
+    return out
+
+
+def _descend(spec, perm_to_axes, neighbours, A, B, a_blocks, perm, order_gen, max_iter, tol, solver, terms, budget):
+    """Coordinate descent from ``perm`` (updated in place); returns (history, sweeps)."""
+    names = list(A)
+    dtype = next(iter(A.values())).dtype if A else torch.float32
+    device = next(iter(A.values())).device if A else torch.device("cpu")
+    # The cost matrix of permutation p depends only on the permutations sharing a tensor with it. When
+    # none of those changed since p was last solved, its matrix is the same and p is already optimal
+    # for it: the solve is skipped (same result, fewer assignment problems near convergence).
     version = {p: 0 for p in spec.perm_sizes}
     solved_at: dict[str, tuple] = {}
-    terms: dict[tuple[str, int], tuple[tuple, torch.Tensor]] = {}
-    cache_budget = [int(cache_elements)]
-    order_gen = torch.Generator().manual_seed(int(seed))
+    terms.clear()  # cached terms are keyed by this run's versions
+    cache_budget = [budget]
     perm_names = sorted(spec.perm_sizes)
     history: list[float] = []
     iterations = 0
@@ -159,12 +155,14 @@ def weight_matching(
                         terms[(k, ax)] = (key, term)
                     cached = (key, term)
                 cost += cached[1]
-            if torch.equal(cost.argmax(dim=1), perm[p]):
+            row_max = cost.argmax(dim=1)
+            share = float((row_max == perm[p]).float().mean())
+            if share == 1.0:
                 continue  # every row already takes its own maximum: optimal, no assignment problem needed
             cost_np = cost.double().cpu().numpy()
             old = perm[p].cpu().numpy()
             old_val = cost_np[np.arange(n), old].sum()
-            _, col = linear_sum_assignment(cost_np, maximize=True)
+            col = solve(cost_np, pick_solver(solver, share))
             new_val = cost_np[np.arange(n), col].sum()
             if new_val > old_val + tol * max(1.0, abs(old_val)):
                 perm[p] = torch.as_tensor(col, dtype=torch.long, device=device)
@@ -173,5 +171,81 @@ def weight_matching(
         history.append(perm_objective(spec, perm, A, B, names, dtype))
         if not improved:
             break
-    perm = {p: v.cpu() for p, v in perm.items()}
-    return MatchingResult(perm=perm, objective=history[-1], iterations=iterations, history=history)
+    return history, iterations
+
+
+@torch.no_grad()
+def weight_matching(
+    spec: PermutationSpec,
+    sd_a: Mapping[str, torch.Tensor],
+    sd_b: Mapping[str, torch.Tensor],
+    seed: int = 0,
+    max_iter: int = 100,
+    init_perm: Mapping[str, torch.Tensor] | None = None,
+    tol: float = 1e-12,
+    validate: bool = True,
+    cache_elements: int = 2**27,
+    solver: str = "auto",
+    restarts: int = 3,
+    restart_similarity: float = 0.5,
+) -> MatchingResult:
+    """Find the permutation of B's units that best aligns B to A (maximises Σ <A, π(B)>).
+
+    Cost matrices are built with torch on the tensors' device (a GPU when they are there) in float32,
+    or float64 for float64 weights, whatever the stored dtype (bf16 works). ``init_perm`` warm-starts
+    the search (e.g. last epoch's alignment). Deterministic for a given ``seed``. Per-tensor terms of the
+    cost matrices are cached between sweeps up to ``cache_elements`` numbers (512 MiB in float32).
+    ``solver``: ``auto | scipy | lapjv | cuda`` (see :mod:`.solvers`; every one is exact).
+    ``restarts``: at most this many further descents when the result is a near copy of A (objective
+    >= ``restart_similarity`` · ||A||·||B||) that is not exact; 0 turns restarts off.
+    """
+    if validate:
+        check_state_dicts(spec, sd_a, sd_b)
+    if max_iter < 1:
+        raise ValueError("max_iter must be >= 1")
+    check_solver(solver)
+    names = _unique_tensors(spec, sd_a)
+    name_set = set(names)
+    dtype = torch.float64 if any(sd_a[k].dtype == torch.float64 for k in names) else torch.float32
+    A = {k: sd_a[k].to(dtype) for k in names}
+    B = {k: sd_b[k].to(device=A[k].device, dtype=dtype) for k in names}
+    perm_to_axes = {
+        p: [(k, ax, ap) for k, ax, ap in axes if k in name_set] for p, axes in spec.perm_to_axes.items()
+    }
+    device = next(iter(A.values())).device if A else torch.device("cpu")
+    perm = {p: v.clone().to(device) for p, v in (init_perm or identity_permutation(spec)).items()}
+    if set(perm) != set(spec.perm_sizes):
+        raise SpecError("init_perm must name exactly the spec's permutations")
+    # Cached ``A_blocks`` per (tensor, axis): A's tensor reshaped with the axis's blocks in front.
+    a_blocks = {
+        (k, ax): _to_blocks(A[k], ax, ap, spec.perm_sizes[p]) for p, axes in perm_to_axes.items() for k, ax, ap in axes
+    }
+    neighbours = _neighbours(spec, perm_to_axes)
+    terms: dict = {}
+    order_gen = torch.Generator().manual_seed(int(seed))
+    run = lambda start, gen: _descend(  # noqa: E731
+        spec, perm_to_axes, neighbours, A, B, a_blocks, start, gen, max_iter, tol, solver, terms, int(cache_elements)
+    )
+    history, iterations = run(perm, order_gen)
+    best, best_obj = perm, history[-1]
+    bound = math.sqrt(sum(float(A[k].double().square().sum()) for k in names)) * math.sqrt(
+        sum(float(B[k].double().square().sum()) for k in names))
+    done = 0
+    restart_gen = torch.Generator().manual_seed(int(seed) + 0x5EED)
+    while (done < restarts and bound > 0 and best_obj < bound * (1 - 1e-5)
+           and best_obj >= restart_similarity * bound):
+        if done == 0:
+            start = sorted_rows_start(spec, perm_to_axes, A, B, solver)
+        else:  # perturb the best: one permutation re-drawn at random
+            start = {p: v.clone() for p, v in best.items()}
+            names_ = sorted(start)
+            q = names_[int(torch.randint(len(names_), (1,), generator=restart_gen))]
+            start[q] = torch.randperm(spec.perm_sizes[q], generator=restart_gen).to(device)
+        done += 1
+        h, it = run(start, torch.Generator().manual_seed(int(seed) + 1000003 * done))
+        history += h
+        iterations += it
+        if h[-1] > best_obj:
+            best, best_obj = start, h[-1]
+    best = {p: v.cpu() for p, v in best.items()}
+    return MatchingResult(perm=best, objective=best_obj, iterations=iterations, history=history, restarts=done)

@@ -1,0 +1,109 @@
+"""Linear assignment backends for weight matching: one interface, several exact solvers.
+
+Every backend maximises ``Σ_i cost[i, col[i]]`` over permutations ``col`` and returns an optimal one
+(ties aside: when several assignments reach the optimum, backends may pick different ones).
+
+- ``scipy``: ``scipy.optimize.linear_sum_assignment`` (shortest augmenting path, always installed).
+- ``lapjv``: the Jonker-Volgenant solver of the ``lap`` package (``pip install lap``; PyPI's ``lap``
+  is the maintained "lapx" line, a manylinux wheel). Much faster than scipy when the problem is
+  near-aligned (most rows' best column is free: JV's column reduction and augmenting row reduction
+  settle those rows before any shortest path search), slower on unstructured costs.
+- ``cuda``: ``torch_linear_assignment.batch_linear_assignment`` (Triton kernel, one problem per
+  program; ``pip install torch-linear-assignment``) on a batch of cost matrices that live on a GPU.
+  Imported lazily: the module works without it.
+- ``auto``: chosen per problem from measurements (docs/performance.md): ``cuda`` for batches on a GPU
+  when it is importable; on the host ``lapjv`` for near-aligned problems (at least
+  ``NEAR_ALIGNED`` of the rows already take their row maximum at the current assignment) and
+  ``scipy`` otherwise or when ``lap`` is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+__all__ = ["SOLVERS", "available_solvers", "check_solver", "solve", "solve_batch", "pick_solver"]
+
+SOLVERS = ("auto", "scipy", "lapjv", "cuda")
+# Share of rows whose maximum is already at the current assignment above which ``auto`` takes lapjv.
+NEAR_ALIGNED = 0.5
+
+
+@functools.cache
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def available_solvers() -> list[str]:
+    """The concrete backends importable here (``cuda`` also needs a CUDA device at call time)."""
+    out = ["scipy"]
+    if _has("lap"):
+        out.append("lapjv")
+    if _has("torch_linear_assignment") and _has("triton"):
+        out.append("cuda")
+    return out
+
+
+def check_solver(name: str) -> None:
+    """Fail with one line naming the fix when ``name`` is unknown or its package is missing."""
+    if name not in SOLVERS:
+        raise ValueError(f"matching solver {name!r} is not one of {', '.join(SOLVERS)}")
+    if name == "lapjv" and not _has("lap"):
+        raise ValueError("matching solver 'lapjv' needs the lap package: pip install lap (or use --matching_solver auto)")
+    if name == "cuda" and not _has("torch_linear_assignment"):
+        raise ValueError(
+            "matching solver 'cuda' needs torch-linear-assignment: pip install torch-linear-assignment "
+            "(or use --matching_solver auto)"
+        )
+
+
+def pick_solver(solver: str, near_aligned_share: float | None = None, on_cuda: bool = False) -> str:
+    """The concrete backend ``solver`` means for one problem (or batch) of the given structure."""
+    if solver != "auto":
+        return solver
+    if on_cuda and "cuda" in available_solvers():
+        return "cuda"
+    if near_aligned_share is not None and near_aligned_share >= NEAR_ALIGNED and _has("lap"):
+        return "lapjv"
+    return "scipy"
+
+
+def solve(cost: np.ndarray, solver: str = "scipy") -> np.ndarray:
+    """Column assigned to each row maximising the summed cost; ``cost`` is a square float64 array."""
+    if solver == "scipy" or solver == "auto":
+        return linear_sum_assignment(cost, maximize=True)[1]
+    if solver == "lapjv":
+        import lap
+
+        n, m = cost.shape
+        if n != m:
+            raise ValueError(f"lapjv solves square problems here, got {n}x{m}")
+        # lap minimises; negate (a copy, C-contiguous float64 as lap wants).
+        _, x, _ = lap.lapjv(np.ascontiguousarray(-cost, dtype=np.float64), extend_cost=False)
+        return np.asarray(x, dtype=np.int64)
+    if solver == "cuda":
+        return solve_batch(torch.as_tensor(cost)[None], "cuda")[0].numpy()
+    raise ValueError(f"matching solver {solver!r} is not one of {', '.join(SOLVERS)}")
+
+
+def solve_batch(costs: torch.Tensor, solver: str = "scipy") -> torch.Tensor:
+    """Solve ``costs[b]`` ([B, n, n], maximise) for every b; LongTensor [B, n] on ``costs``' device.
+
+    ``cuda`` solves the whole batch in one Triton launch when ``costs`` is on a GPU (on the host
+    ``torch_linear_assignment`` falls back to scipy per problem); the host backends copy the cost
+    matrices (not the weights) to the host and solve them one by one.
+    """
+    if costs.ndim != 3:
+        raise ValueError(f"solve_batch needs a [B, n, n] tensor, got shape {tuple(costs.shape)}")
+    if solver == "cuda":
+        from torch_linear_assignment import batch_linear_assignment
+
+        # It minimises; float64 stays float64 so the result matches scipy's on the same numbers.
+        return batch_linear_assignment(-costs).to(torch.long)
+    host = costs.detach().to("cpu", torch.float64).numpy()
+    cols = np.stack([solve(c, solver) for c in host]) if len(host) else np.zeros((0, costs.shape[1]), np.int64)
+    return torch.as_tensor(cols, dtype=torch.long).to(costs.device)
