@@ -47,6 +47,9 @@ class StarlightConfig:
         default="cpu", metadata={"help": "cpu (only the sampled anchor moves) | accelerator (all on the device)."}
     )
     matching_max_iter: int = field(default=100, metadata={"help": "Weight matching sweep limit."})
+    matching_solver: str = field(
+        default="auto", metadata={"help": "auto | scipy | lapjv | cuda: assignment solver of the re-alignment (all exact)."}
+    )
     bn_reset_batches: int | None = field(
         default=None, metadata={"help": "Batches used to recompute BatchNorm statistics (default: all)."}
     )
@@ -59,6 +62,7 @@ class StarlightConfig:
             "report_to": ("none", "tensorboard", "wandb", "all"),
             "t_sampling": ("uniform", "beta", "constant"),
             "anchor_device": ("cpu", "accelerator"),
+            "matching_solver": ("auto", "scipy", "lapjv", "cuda"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..adapters import spec_for
 from ..connectivity import has_batchnorm, reset_bn_stats
 from ..data import make_dataloader
-from ..matching import weight_matching
+from ..matching.population import align_rows
 from ..spec import apply_permutation, compose_permutations
 from ..training import build_model, make_optimizer, make_scheduler
 from .config import StarlightConfig
@@ -244,15 +244,14 @@ class StarlightTrainer:
         from accelerate.utils import gather_object
 
         acc = self.accelerator
-        star = {k: v.clone() for k, v in self.layout.views(theta.detach().float().cpu()).items()}
-        mine = []
         indices = list(range(acc.process_index, len(self.anchors), acc.num_processes))
-        for i in tqdm(indices, desc="aligning anchors", disable=not progress, leave=False):
-            res = weight_matching(
-                self.match_spec, star, self.layout.views(self.anchors[i].cpu()), seed=self.config.seed + i,
-                max_iter=self.config.matching_max_iter, validate=False,
-            )
-            mine.append((i, res.perm))
+        # On θ's device, batched across this process's anchors (no host copy of θ or of the rows).
+        found = align_rows(
+            self.match_spec, self.layout, theta.detach(), self.anchors, indices,
+            seeds=[self.config.seed + i for i in indices], max_iter=self.config.matching_max_iter,
+            solver=self.config.matching_solver,
+        )
+        mine = list(zip(indices, found.perms))
         gathered = gather_object(mine) if acc.num_processes > 1 else mine
         for i, delta in gathered:
             name = self.anchor_names[i]
@@ -261,12 +260,12 @@ class StarlightTrainer:
 
     @torch.no_grad()
     def permute_row(self, i: int, perm: dict[str, torch.Tensor]) -> None:
-        """Permute anchor row ``i`` in place (through one transient model copy)."""
+        """Permute anchor row ``i`` in place, where it lives (through one transient copy of the row)."""
         if all(torch.equal(v, torch.arange(v.numel())) for v in perm.values()):
             return
         row = self.anchors[i]
-        permuted = apply_permutation(self.match_spec, perm, self.layout.views(row.cpu()))
-        row.copy_(self.layout.flatten(permuted).to(row.device))
+        permuted = apply_permutation(self.match_spec, perm, self.layout.views(row))
+        row.copy_(self.layout.flatten(permuted, device=row.device))
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> StarlightResult:

@@ -1,0 +1,198 @@
+"""Align a population of flat anchors to one flat star where they live, batched across anchors.
+
+Starlight re-aligns every anchor to the star θ each epoch. :func:`align_rows` runs, for every anchor,
+exactly the coordinate descent of :func:`weight_matching` (same seeded visiting order per anchor, same
+skipped problems, same acceptance test; no restarts), but
+
+- on θ's device: θ and the anchor rows are never copied to the host (anchors held on the host are
+  moved to θ's device a chunk at a time); only the n×n cost matrices go to a host solver;
+- batched: at each step of a sweep the anchors that visit the same permutation are grouped, and the
+  cost matrices of the whole group are built with one batched product per tensor
+  (``[n, r] @ [g, r, n]``) and handed to the solver together (one launch with ``solver="cuda"``).
+
+Results equal ``weight_matching(spec, views(θ), views(row), seed=seeds[i], restarts=0)``'s
+permutations (up to ties, and float rounding of the batched products on near-ties).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..spec import AxisPerm, PermutationSpec, SpecError
+from .solvers import available_solvers, check_solver, pick_solver, solve, solve_batch
+from .weight_matching import _neighbours, _to_blocks
+
+__all__ = ["PopulationAlignment", "align_rows"]
+
+
+@dataclass
+class PopulationAlignment:
+    """``perms[j]``: the permutation aligning row ``indices[j]`` to θ (CPU LongTensors), ``sweeps[j]``
+    its sweeps; ``solved``: assignment problems solved, ``skipped``: cost matrices whose current
+    assignment already took every row's maximum; ``solvers``: problems per backend."""
+
+    perms: list[dict[str, torch.Tensor]]
+    sweeps: list[int]
+    solved: int = 0
+    skipped: int = 0
+    solvers: dict[str, int] = field(default_factory=dict)
+
+
+def _expand_batched(perm: torch.Tensor, ap: AxisPerm) -> torch.Tensor:
+    """``expand_index`` for a batch of permutations [g, n] -> element indices [g, repeat*n*block]."""
+    g, n = perm.shape
+    idx = perm
+    if ap.block > 1:
+        idx = (perm[:, :, None] * ap.block + torch.arange(ap.block, device=perm.device)).reshape(g, -1)
+    if ap.repeat > 1:
+        stride = n * ap.block
+        idx = (torch.arange(ap.repeat, device=perm.device)[None, :, None] * stride + idx[:, None, :]).reshape(g, -1)
+    return idx
+
+
+def _index_batched(w: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
+    """``w[b].index_select(dim - 1, idx[b])`` for every b of a batched tensor."""
+    w = torch.movedim(w, dim, 1)
+    w = w[torch.arange(w.shape[0], device=w.device)[:, None], idx]
+    return torch.movedim(w, 1, dim)
+
+
+def _blocks_batched(w: torch.Tensor, dim: int, ap: AxisPerm, n: int) -> torch.Tensor:
+    """``_to_blocks`` of every batch member: [g, *shape] -> [g, n, everything else]."""
+    g = w.shape[0]
+    w = torch.movedim(w, dim, 1)
+    rest = w.shape[2:]
+    w = w.reshape(g, ap.repeat, n, ap.block, *rest)
+    return torch.movedim(w, 2, 1).reshape(g, n, -1)
+
+
+@torch.no_grad()
+def align_rows(
+    spec: PermutationSpec,
+    layout,
+    theta: torch.Tensor,
+    rows: torch.Tensor,
+    indices: Sequence[int],
+    seeds: Sequence[int],
+    max_iter: int = 100,
+    solver: str = "auto",
+    tol: float = 1e-12,
+    chunk_elements: int | None = None,
+) -> PopulationAlignment:
+    """Weight-match ``rows[i]`` (i in ``indices``, flat in ``layout``) to the flat star ``theta``.
+
+    ``spec`` covers the tensors of ``layout`` that are matched (e.g. the parameters); ``seeds[j]`` seeds
+    anchor ``indices[j]``'s visiting order. Every anchor starts from the identity (the rows are kept in
+    the star's previous frame, a warm start). Work runs on ``theta``'s device, ``chunk_elements``
+    anchor numbers at a time (default 2**29 on a GPU, 2**26 elsewhere: the chunk is one copy).
+    """
+    check_solver(solver)
+    if len(seeds) != len(indices):
+        raise ValueError("align_rows needs one seed per index")
+    device = theta.device
+    flat = theta.detach().float()
+    views = dict(zip(layout.names, zip(layout.offsets, layout.numels, layout.shapes)))
+    missing = [k for k in spec.axes_to_perm if k not in views]
+    if missing:
+        raise SpecError(f"tensor {missing[0]!r} of the spec is not in the flat layout")
+    names = [k for k in spec.permuted_tensors]
+    A = {k: flat[views[k][0]:views[k][0] + views[k][1]].view(views[k][2]) for k in names}
+    perm_to_axes = spec.perm_to_axes
+    a_blocks = {(k, ax): _to_blocks(A[k], ax, ap, spec.perm_sizes[p]) for p, axes in perm_to_axes.items()
+                for k, ax, ap in axes}
+    neighbours = _neighbours(spec, perm_to_axes)
+    out = PopulationAlignment(perms=[], sweeps=[])
+    if chunk_elements is None:
+        chunk_elements = 2**29 if device.type == "cuda" else 2**26
+    per_chunk = max(1, int(chunk_elements) // max(1, layout.total))
+    for start in range(0, len(indices), per_chunk):
+        idx = list(indices[start:start + per_chunk])
+        chunk = rows[torch.as_tensor(idx, device=rows.device)].to(device, torch.float32, non_blocking=True)
+        B = {k: chunk[:, views[k][0]:views[k][0] + views[k][1]].view(len(idx), *views[k][2]) for k in names}
+        perms, sweeps = _descend_batched(spec, perm_to_axes, neighbours, a_blocks, B,
+                                         list(seeds[start:start + per_chunk]), max_iter, tol, solver, out)
+        out.perms += [{p: v[j].cpu() for p, v in perms.items()} for j in range(len(idx))]
+        out.sweeps += sweeps
+        del chunk, B
+    return out
+
+
+def _descend_batched(spec, perm_to_axes, neighbours, a_blocks, B, seeds, max_iter, tol, solver, out):
+    g = len(seeds)
+    device = next(iter(B.values())).device
+    perm_names = sorted(spec.perm_sizes)
+    perms = {p: torch.arange(n, device=device).repeat(g, 1) for p, n in spec.perm_sizes.items()}
+    version = [{p: 0 for p in perm_names} for _ in range(g)]
+    solved_at: list[dict] = [{} for _ in range(g)]
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    sweeps = [0] * g
+    active = list(range(g))
+    on_cuda = device.type == "cuda" and solver in ("auto", "cuda") and "cuda" in available_solvers()
+    while active:
+        orders = {b: torch.randperm(len(perm_names), generator=gens[b]).tolist() for b in active}
+        improved = {b: False for b in active}
+        for b in active:
+            sweeps[b] += 1
+        for step in range(len(perm_names)):
+            groups: dict[str, list[int]] = defaultdict(list)
+            for b in active:
+                p = perm_names[orders[b][step]]
+                state = tuple(version[b][q] for q in neighbours[p])
+                if solved_at[b].get(p) == state:
+                    continue
+                solved_at[b][p] = state
+                groups[p].append(b)
+            for p, members in groups.items():  # anchors are independent: group order is immaterial
+                changed = _solve_group(spec, perm_to_axes, a_blocks, B, perms, p, members, tol, solver, on_cuda, out)
+                for b in changed:
+                    version[b][p] += 1
+                    improved[b] = True
+        active = [b for b in active if improved[b] and sweeps[b] < max_iter]
+    return perms, sweeps
+
+
+def _solve_group(spec, perm_to_axes, a_blocks, B, perms, p, members, tol, solver, on_cuda, out) -> list[int]:
+    """Solve permutation ``p`` for the anchors ``members`` at once; returns the anchors whose p changed."""
+    n = spec.perm_sizes[p]
+    device = perms[p].device
+    sel = torch.as_tensor(members, device=device)
+    cost = torch.zeros((len(members), n, n), device=device)
+    for k, ax, ap in perm_to_axes[p]:
+        w = B[k].index_select(0, sel)
+        for i, a in enumerate(spec.axes_to_perm[k]):
+            if a is not None and i != ax:
+                w = _index_batched(w, i + 1, _expand_batched(perms[a.perm].index_select(0, sel), a))
+        cost += torch.matmul(a_blocks[(k, ax)], _blocks_batched(w, ax + 1, ap, n).transpose(1, 2))
+    current = perms[p].index_select(0, sel)
+    share = (cost.argmax(dim=2) == current).float().mean(dim=1).tolist()
+    todo = [j for j, s in enumerate(share) if s < 1.0]  # all rows at their maximum: optimal, skip
+    out.skipped += len(members) - len(todo)
+    if not todo:
+        return []
+    sub = cost[todo].double()
+    cur = current[todo]
+    if on_cuda:
+        cols = solve_batch(sub, "cuda")
+        out.solvers["cuda"] = out.solvers.get("cuda", 0) + len(todo)
+    else:
+        host = sub.cpu().numpy()
+        picked = [pick_solver(solver, share[j]) for j in todo]
+        cols = torch.as_tensor(np.stack([solve(c, s) for c, s in zip(host, picked)]), device=device)
+        for s in picked:
+            out.solvers[s] = out.solvers.get(s, 0) + 1
+    out.solved += len(todo)
+    old_val = sub.gather(2, cur[:, :, None]).sum(dim=(1, 2))
+    new_val = sub.gather(2, cols[:, :, None]).sum(dim=(1, 2))
+    better = (new_val > old_val + tol * old_val.abs().clamp_min(1.0)).tolist()
+    changed = []
+    for j, ok in zip(todo, better):
+        if ok:
+            b = members[j]
+            perms[p][b] = cols[todo.index(j)]
+            changed.append(b)
+    return changed
