@@ -82,8 +82,15 @@ def solve(cost: np.ndarray, solver: str = "scipy") -> np.ndarray:
         n, m = cost.shape
         if n != m:
             raise ValueError(f"lapjv solves square problems here, got {n}x{m}")
-        # lap minimises; negate (a copy, C-contiguous float64 as lap wants).
-        _, x, _ = lap.lapjv(np.ascontiguousarray(-cost, dtype=np.float64), extend_cost=False)
+        # lap minimises, and its JV compares with absolute tolerances: on costs with a large offset it
+        # returns suboptimal assignments (measured: tests/test_solvers.py "big"). Shifting each row by
+        # its maximum and scaling to unit range changes no assignment's rank (every assignment takes
+        # one entry per row), so the minimiser of this is the maximiser of ``cost``.
+        c = cost.max(axis=1, keepdims=True) - cost
+        scale = c.max()
+        if scale > 0:
+            c /= scale
+        _, x, _ = lap.lapjv(np.ascontiguousarray(c, dtype=np.float64), extend_cost=False)
         return np.asarray(x, dtype=np.int64)
     if solver == "cuda":
         return solve_batch(torch.as_tensor(cost)[None], "cuda")[0].numpy()
