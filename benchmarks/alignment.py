@@ -1,20 +1,26 @@
-"""Time the per-epoch re-alignment of N anchors to the star against the epoch it precedes (N = 5, 20, 50).
+"""Time the per-epoch re-alignment of N anchors against the training epoch it precedes.
 
-    python benchmarks/alignment.py            # the default demo: star-mlp [512, 512], batch 128, μ=0,
-                                              # MNIST-1D with 4000 training samples, 3 epochs per N
-    python benchmarks/alignment.py --quick    # 5 and 20 anchors, 2 epochs
+    python benchmarks/alignment.py                    # the default demo (star-mlp [512, 512]), N = 5, 20, 50
+    python benchmarks/alignment.py --quick            # demo, 5 and 20 anchors, 2 epochs
+    python benchmarks/alignment.py --population resnet18                 # ResNet-18 sized, CPU, N = 10
+    python benchmarks/alignment.py --population resnet18 --device cuda   # on a GPU, N = 10 and 50 (< 4 min)
 
-Anchors are trained here first (``--anchor-epochs`` epochs of AdamW each, seeds 1..N; far shorter than the
-demo's 20 epochs, so they are closer to their inits than real anchors). Then, per N, a real
-``StarlightTrainer`` runs ``--epochs`` epochs with ``align_every=1``; ``align_anchors`` and every
-``weight_matching`` call inside it are timed by wrappers. Epoch 0 aligns from the identity (the star is
-its random init); later epochs start from the anchors as last aligned (the trainer keeps them in the
-star's frame, so matching warm-starts from the identity). The trainer's
-final alignment after the last epoch is reported separately.
+``--population demo``: anchors are trained here first (``--anchor-epochs`` epochs of AdamW each, seeds
+1..N; far shorter than the demo's 20 epochs, so they are closer to their inits than real anchors). Then,
+per N, a real ``StarlightTrainer`` runs ``--epochs`` epochs with ``align_every=1``; ``align_anchors`` and
+the population alignment inside it (``matching.population.align_rows``) are timed by wrappers. Epoch 0
+aligns from the identity (the star is its random init); later epochs start from the anchors as last
+aligned (the trainer keeps them in the star's frame, so matching warm-starts from the identity). The
+trainer's final alignment after the last epoch is reported separately. The "2 procs" column is the larger
+of the two slices' times (process r aligns anchors r, r+2, ...), simulated by aligning each slice alone.
 
-Two processes: the trainer gives process r the anchors r, r+2, ...; the column "2 procs" is the larger of
-the two slices' summed matching times (simulated from the one-process timings; the permutation exchange,
-``gather_object`` of a few KB, is not included).
+``--population resnet18``: transformers ``ResNetConfig`` at ResNet-18 widths (64-128-256-512, depths 2-2-2-2,
+11.2M parameters, 12 permutations), CIFAR-sized inputs (3x32x32, 10 classes). Anchors are made cheaply:
+one random model θ0, anchor i = a random permutation of θ0 + ``--noise``·(per-tensor std)·noise. The star
+starts at θ0 + noise; "cold" aligns every anchor from its random frame (epoch 0), "warm" moves the star by
+a small step (``--drift``, like one epoch of training) and re-aligns the already aligned anchors (every
+later epoch). "epoch" is one epoch of plain training on 50,000 samples at ``--batch-size`` (median step
+time of a few AdamW steps on random data, times the steps per epoch).
 """
 
 from __future__ import annotations
@@ -60,45 +66,130 @@ def run(n: int, anchors, model_config, data, args) -> dict:
     config = StarlightConfig(num_train_epochs=args.epochs, star_ce_weight=args.mu, align_every=1,
                              per_device_train_batch_size=args.batch_size, seed=0)
     trainer = StarlightTrainer(config, model_config, anchors[:n], data, accelerator=Accelerator(cpu=True))
+    trainer.config.matching_solver = args.solver
     aligns, matches = [], []
-    real_align, real_match = trainer.align_anchors, trainer_mod.weight_matching
+    real_align, real_rows = trainer.align_anchors, trainer_mod.align_rows
 
     def timed_align(*a, **k):
         start = time.perf_counter()
-        matches.append([])
         real_align(*a, **k)
         aligns.append(time.perf_counter() - start)
 
-    def timed_match(*a, **k):
+    def timed_rows(spec, layout, theta, rows, indices, seeds, **k):
+        # the real alignment of all anchors, then each 2-process slice alone (simulated processes)
         start = time.perf_counter()
-        res = real_match(*a, **k)
-        matches[-1].append((time.perf_counter() - start, res.iterations))
+        res = real_rows(spec, layout, theta, rows, indices, seeds, **k)
+        one = time.perf_counter() - start
+        start = time.perf_counter()  # side by side: the same alignment with scipy's solver (as before)
+        real_rows(spec, layout, theta, rows, indices, seeds, **{**k, "solver": "scipy"})
+        scipy_s = time.perf_counter() - start
+        slices = []
+        for r in range(2):
+            start = time.perf_counter()
+            real_rows(spec, layout, theta, rows, indices[r::2], seeds[r::2], **k)
+            slices.append(time.perf_counter() - start)
+        matches.append((one, max(slices), statistics.mean(res.sweeps), res.solved, dict(res.solvers), sum(slices) + scipy_s, scipy_s))
         return res
 
     trainer.align_anchors = timed_align
-    trainer_mod.weight_matching = timed_match
+    trainer_mod.align_rows = timed_rows
     try:
         start = time.perf_counter()
         trainer.train()
         total = time.perf_counter() - start
     finally:
-        trainer_mod.weight_matching = real_match
-    final = aligns[-1]
+        trainer_mod.align_rows = real_rows
     train_only = (total - sum(aligns)) / args.epochs  # epoch time without its alignment (incl. BN/loader)
+    # align_anchors' wall time includes the two simulated slices: take them out again
+    aligns = [a - m[5] for a, m in zip(aligns, matches)]
+    final = aligns[-1]
     per_epoch = aligns[:-1]
-
-    def two_procs(ms):
-        return max(sum(t for t, _ in ms[r::2]) for r in range(2))
-
     return {
         "N": n, "epoch_s": train_only, "align0_s": per_epoch[0],
         "align_warm_s": statistics.median(per_epoch[1:]) if len(per_epoch) > 1 else float("nan"),
-        "two0_s": two_procs(matches[0]),
-        "two_warm_s": statistics.median(two_procs(m) for m in matches[1:-1]) if len(matches) > 2 else float("nan"),
-        "iters0": statistics.mean(i for _, i in matches[0]),
-        "iters_warm": statistics.mean(i for m in matches[1:-1] for _, i in m) if len(matches) > 2 else float("nan"),
-        "final_s": final,
+        "two0_s": matches[0][1],
+        "two_warm_s": statistics.median(m[1] for m in matches[1:-1]) if len(matches) > 2 else float("nan"),
+        "iters0": matches[0][2],
+        "iters_warm": statistics.mean(m[2] for m in matches[1:-1]) if len(matches) > 2 else float("nan"),
+        "final_s": final, "solvers": matches[-1][4],
+        "scipy_warm_s": statistics.median(m[6] for m in matches[1:-1]) if len(matches) > 2 else float("nan"),
     }
+
+
+def resnet18_population(args) -> None:
+    """Alignment of 10 / 50 ResNet-18 anchors (cold and warm) against one epoch of plain training."""
+    import torch
+    import transformers as T
+
+    from star_merge import apply_permutation, random_permutation, spec_for
+    from star_merge.matching.population import align_rows
+    from star_merge.starlight.flat import FlatLayout
+
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    cfg = T.ResNetConfig(num_channels=3, embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
+                         layer_type="basic", num_labels=10)
+    torch.manual_seed(0)
+    model = T.ResNetForImageClassification(cfg).to(device)
+    layout = FlatLayout.of(model)
+    spec = spec_for(model).subset(layout.names)
+    print(f"ResNet-18 sized: {layout.total / 1e6:.1f}M parameters, {len(spec.perm_sizes)} permutations; "
+          f"device {device}; solver {args.solver}; noise {args.noise}, drift {args.drift}")
+
+    # one epoch of plain training (50,000 CIFAR-sized samples), from the median of a few steps
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(args.batch_size, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    steps = []
+    for i in range(args.train_steps + 1):
+        sync()
+        start = time.perf_counter()
+        loss = model(pixel_values=x, labels=y).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync()
+        if i:  # the first step warms up
+            steps.append(time.perf_counter() - start)
+    epoch_s = statistics.median(steps) * -(-50000 // args.batch_size)
+    print(f"plain training: {statistics.median(steps) * 1e3:.1f} ms/step at batch {args.batch_size} -> "
+          f"{epoch_s:.2f} s per 50,000-sample epoch")
+
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        theta0 = layout.flatten(dict(model.named_parameters())).cpu()
+        std = torch.cat([torch.full((k,), float(v.std()) if v.numel() > 1 else 0.01)
+                         for k, v in zip(layout.numels, layout.views(theta0).values())])
+
+        def noisy(scale, seed):
+            return theta0 + scale * std * torch.randn(theta0.shape, generator=torch.Generator().manual_seed(seed))
+
+        n_max = max(args.anchors)
+        rows = torch.empty(n_max, layout.total, device=device if args.anchor_device == "device" else "cpu",
+                           pin_memory=device.type == "cuda" and args.anchor_device == "cpu")
+        for i in range(n_max):
+            sd = apply_permutation(spec, random_permutation(spec, 100 + i), layout.views(noisy(args.noise, 10 + i)))
+            rows[i].copy_(layout.flatten(sd))
+        star = noisy(args.noise, 0).to(device)
+    del g
+    print(f"{'N':>3} {'phase':>5} {'align s':>8} {'x epoch':>8} {'sweeps':>7} {'solved':>7}  solvers")
+    for n in args.anchors:
+        idx, seeds = list(range(n)), list(range(n))
+        work = rows[:n].clone()
+        for phase in ("cold", "warm"):
+            theta = star if phase == "cold" else star + args.drift * std.to(device) * torch.randn(
+                star.shape, generator=torch.Generator().manual_seed(7)).to(device)
+            sync()
+            start = time.perf_counter()
+            res = align_rows(spec, layout, theta, work, idx, seeds, solver=args.solver)
+            sync()
+            took = time.perf_counter() - start
+            print(f"{n:>3} {phase:>5} {took:>8.2f} {took / epoch_s:>8.3f} {statistics.mean(res.sweeps):>7.2f} "
+                  f"{res.solved:>7}  {res.solvers}", flush=True)
+            if phase == "cold":  # keep the rows in the star's frame, as the trainer does
+                for i, p in enumerate(res.perms):
+                    work[i].copy_(layout.flatten(apply_permutation(spec, p, layout.views(work[i])), device=work.device))
+    print("x epoch: alignment time / one plain training epoch (target on CUDA, warm, N=50: <= 0.10)")
 
 
 def main(argv=None) -> None:
@@ -112,9 +203,30 @@ def main(argv=None) -> None:
     parser.add_argument("--num-samples", type=int, default=5000, help="MNIST-1D samples (80%% train)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--quick", action="store_true", help="5 and 20 anchors, 2 epochs")
+    parser.add_argument("--solver", default="auto", choices=["auto", "scipy", "lapjv", "cuda"],
+                        help="matching_solver of the alignment")
+    parser.add_argument("--population", default="demo", choices=["demo", "resnet18"],
+                        help="demo: the Starlight demo's MLP and trainer; resnet18: a ResNet-18 sized population")
+    parser.add_argument("--device", default="cpu", help="resnet18: cpu | cuda (where θ and the anchors live)")
+    parser.add_argument("--anchor-device", default="device", choices=["device", "cpu"],
+                        help="resnet18: anchors on --device, or pinned on the host and moved a chunk at a time")
+    parser.add_argument("--noise", type=float, default=0.5, help="resnet18: anchor noise, in per-tensor stds")
+    parser.add_argument("--drift", type=float, default=0.05, help="resnet18: star step before the warm alignment")
+    parser.add_argument("--train-steps", type=int, default=5, help="resnet18: timed plain training steps")
     args = parser.parse_args(argv)
     if args.quick:
         args.anchors, args.epochs = [5, 20], 2
+    if args.population == "resnet18":
+        if args.anchors == [5, 20, 50]:
+            args.anchors = [10, 50] if args.device.startswith("cuda") else [10]
+        if args.batch_size == 128:
+            args.batch_size = 512 if args.device.startswith("cuda") else 64
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+        return resnet18_population(args)
 
     import torch
 
@@ -124,7 +236,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, cpu, {torch.get_num_threads()} thread(s); star-mlp {args.hidden}, "
-          f"batch {args.batch_size}, mu={args.mu:g}, {args.epochs} epochs per N")
+          f"batch {args.batch_size}, mu={args.mu:g}, {args.epochs} epochs per N, solver {args.solver}")
     data = load_mnist1d(args.num_samples)
     model_config = StarMLPConfig(hidden_sizes=args.hidden)
     anchors = train_anchors(model_config, data, max(args.anchors), args.anchor_epochs, args.batch_size)
@@ -135,14 +247,17 @@ def main(argv=None) -> None:
         rows.append(run(n, anchors, model_config, data, args))
     print()
     print("epoch = the epoch's training time without its alignment; align/(epoch+align) is the share of wall time")
-    print(f"{'N':>3} {'epoch s':>8} {'align0 s':>9} {'sweeps0':>8} {'align s':>8} {'sweeps':>7} {'share':>6} "
-          f"{'2 procs s':>10} {'share':>6} {'final s':>8}")
+    print(f"{'N':>3} {'epoch s':>8} {'align0 s':>9} {'sweeps0':>8} {'align s':>8} {'sweeps':>7} {'x epoch':>8} "
+          f"{'share':>6} {'scipy s':>8} {'x scipy':>8} {'2 procs s':>10} {'final s':>8}")
     for r in rows:
         share = r["align_warm_s"] / (r["epoch_s"] + r["align_warm_s"])
-        share2 = r["two_warm_s"] / (r["epoch_s"] + r["two_warm_s"])
         print(f"{r['N']:>3} {r['epoch_s']:>8.3f} {r['align0_s']:>9.3f} {r['iters0']:>8.2f} {r['align_warm_s']:>8.3f} "
-              f"{r['iters_warm']:>7.2f} {share:>6.1%} {r['two_warm_s']:>10.3f} {share2:>6.1%} {r['final_s']:>8.3f}")
-    print("align0/sweeps0: epoch 0 (from the identity); align/sweeps: warm-started epochs (median); "
+              f"{r['iters_warm']:>7.2f} {r['align_warm_s'] / r['epoch_s']:>8.2f} {share:>6.1%} "
+              f"{r['scipy_warm_s']:>8.3f} {r['scipy_warm_s'] / r['align_warm_s']:>8.2f} {r['two_warm_s']:>10.3f} "
+              f"{r['final_s']:>8.3f}")
+        print(f"    assignment problems of the final alignment by backend: {r['solvers']}")
+    print("align0/sweeps0: epoch 0 (from the identity); align/sweeps: warm-started epochs (median); x epoch: align / "
+          "epoch (target <= 2 at N=50); scipy s: the same alignment with --solver scipy, side by side; "
           "2 procs: simulated slice of the warm alignment")
 
 

@@ -45,7 +45,7 @@ def test_align_rows_equals_weight_matching_per_anchor(which, solver):
     model = tiny_models()[which]
     spec, layout, theta, rows = population(model, 6, seed=which)
     indices = [5, 0, 2, 3]  # a subset, out of order
-    res = align_rows(spec, layout, theta, rows, indices, seeds=[10 + i for i in indices], solver=solver,
+    res = align_rows(spec, layout, theta, rows, indices, seeds=[10 + i for i in indices], solver=solver, batched=True,
                      chunk_elements=3 * layout.total)  # two chunks
     assert res.solved > 0
     for j, i in enumerate(indices):
@@ -54,3 +54,14 @@ def test_align_rows_equals_weight_matching_per_anchor(which, solver):
         assert res.sweeps[j] == ref.iterations
         for p in ref.perm:
             assert torch.equal(res.perms[j][p], ref.perm[p]), (i, p)
+
+
+@pytest.mark.parametrize("which", [0, 2])
+def test_batched_and_per_anchor_paths_agree(which):
+    model = tiny_models()[which]
+    spec, layout, theta, rows = population(model, 5, seed=which + 3)
+    idx = list(range(5))
+    one = align_rows(spec, layout, theta, rows, idx, seeds=idx, batched=True)
+    two = align_rows(spec, layout, theta, rows, idx, seeds=idx, batched=False)
+    assert one.sweeps == two.sweeps and one.solved == two.solved
+    assert all(torch.equal(a[p], b[p]) for a, b in zip(one.perms, two.perms) for p in a)

@@ -148,8 +148,13 @@ def _updated_term(spec, k, ax, ap, n, A, B, perm, cached, key, others):
     return cached[1] + a_sel @ _to_blocks(diff, ax, ap, n).T
 
 
-def _descend(spec, perm_to_axes, neighbours, A, B, a_blocks, perm, order_gen, max_iter, tol, solver, terms, budget):
-    """Coordinate descent from ``perm`` (updated in place); returns (history, sweeps)."""
+def _descend(spec, perm_to_axes, neighbours, A, B, a_blocks, perm, order_gen, max_iter, tol, solver, terms, budget,
+             counts=None, track=True):
+    """Coordinate descent from ``perm`` (updated in place); returns (history, sweeps).
+
+    ``counts`` (a dict) receives the assignment problems solved per backend; ``track=False`` skips the
+    objective after each sweep (history stays empty).
+    """
     names = list(A)
     dtype = next(iter(A.values())).dtype if A else torch.float32
     device = next(iter(A.values())).device if A else torch.device("cpu")
@@ -200,13 +205,17 @@ def _descend(spec, perm_to_axes, neighbours, A, B, a_blocks, perm, order_gen, ma
             cost_np = cost.double().cpu().numpy()
             old = perm[p].cpu().numpy()
             old_val = cost_np[np.arange(n), old].sum()
-            col = solve(cost_np, pick_solver(solver, share))
+            picked = pick_solver(solver, share)
+            col = solve(cost_np, picked)
+            if counts is not None:
+                counts[picked] = counts.get(picked, 0) + 1
             new_val = cost_np[np.arange(n), col].sum()
             if new_val > old_val + tol * max(1.0, abs(old_val)):
                 perm[p] = torch.as_tensor(col, dtype=torch.long, device=device)
                 version[p] += 1
                 improved = True
-        history.append(perm_objective(spec, perm, A, B, names, dtype))
+        if track:
+            history.append(perm_objective(spec, perm, A, B, names, dtype))
         if not improved:
             break
     return history, iterations
@@ -226,6 +235,8 @@ def weight_matching(
     solver: str = "auto",
     restarts: int = 3,
     restart_similarity: float = 0.5,
+    counts: dict | None = None,
+    track: bool = True,
 ) -> MatchingResult:
     """Find the permutation of B's units that best aligns B to A (maximises Σ <A, π(B)>).
 
@@ -235,7 +246,9 @@ def weight_matching(
     cost matrices are cached between sweeps up to ``cache_elements`` numbers (512 MiB in float32).
     ``solver``: ``auto | scipy | lapjv | cuda`` (see :mod:`.solvers`; every one is exact).
     ``restarts``: at most this many further descents when the result is a near copy of A (objective
-    >= ``restart_similarity`` · ||A||·||B||) that is not exact; 0 turns restarts off.
+    >= ``restart_similarity`` · ||A||·||B||) that is not exact; 0 turns restarts off. ``counts``: a dict
+    that receives the number of assignment problems solved per backend. ``track=False`` skips computing
+    the objective after each sweep (``objective`` is then NaN, ``history`` empty and no restart is made).
     """
     if validate:
         check_state_dicts(spec, sd_a, sd_b)
@@ -262,9 +275,12 @@ def weight_matching(
     terms: dict = {}
     order_gen = torch.Generator().manual_seed(int(seed))
     run = lambda start, gen: _descend(  # noqa: E731
-        spec, perm_to_axes, neighbours, A, B, a_blocks, start, gen, max_iter, tol, solver, terms, int(cache_elements)
+        spec, perm_to_axes, neighbours, A, B, a_blocks, start, gen, max_iter, tol, solver, terms, int(cache_elements),
+        counts, track,
     )
     history, iterations = run(perm, order_gen)
+    if not track:
+        return MatchingResult(perm={p: v.cpu() for p, v in perm.items()}, objective=math.nan, iterations=iterations)
     best, best_obj = perm, history[-1]
     bound = math.sqrt(sum(float(A[k].double().square().sum()) for k in names)) * math.sqrt(
         sum(float(B[k].double().square().sum()) for k in names))
