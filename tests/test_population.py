@@ -65,3 +65,43 @@ def test_batched_and_per_anchor_paths_agree(which):
     two = align_rows(spec, layout, theta, rows, idx, seeds=idx, batched=False)
     assert one.sweeps == two.sweeps and one.solved == two.solved
     assert all(torch.equal(a[p], b[p]) for a, b in zip(one.perms, two.perms) for p in a)
+
+
+def test_align_overlap_aligns_to_the_previous_epochs_star():
+    """align_overlap: epoch e >= 2 starts from the alignment computed (in the background) against the star
+    as it was at the start of epoch e-1; the final alignment is the ordinary synchronous one."""
+    from fixtures import tiny_arguments
+
+    from star_merge.data import load_task_dataset
+    from star_merge.starlight import StarlightTrainer
+    from star_merge.training import build_model
+
+    config, data_args, pop, _ = tiny_arguments(None, num_train_epochs=4, align_overlap=True)
+    dataset = load_task_dataset(data_args)
+    model_config = pop.build_config()
+    anchors = [(f"anchor-{i}", build_model(model_config, 10 + i).state_dict()) for i in range(3)]
+    trainer = StarlightTrainer(config, model_config, anchors, dataset)
+    seen, applied = [], []
+    real_rows, real_align = trainer._align_rows, trainer.align_anchors
+
+    def rows(theta):
+        seen.append(theta.detach().clone())
+        return real_rows(theta)
+
+    def align(theta, state, progress, found=None):
+        applied.append((state.epoch, found is not None, theta.detach().clone()))
+        return real_align(theta, state, progress, found=found)
+
+    trainer._align_rows, trainer.align_anchors = rows, align
+    result = trainer.train()
+    # epoch 0 and the final alignment run synchronously; epochs 1..3 each start one in the background,
+    # and epochs 2, 3 apply the one started an epoch earlier (the last background one is superseded)
+    assert [(e, f) for e, f, _ in applied] == [(0, False), (2, True), (3, True), (4, False)]
+    assert len(seen) == 2 + 3
+    starts = {e: t for e, _, t in applied}
+    # the background alignments saw snapshots of the stars at the start of epochs 1, 2, 3; the one applied
+    # at epoch 2 was computed against epoch 1's star, an older one
+    assert torch.equal(seen[2], starts[2]) and torch.equal(seen[3], starts[3]) and torch.equal(seen[4], starts[4])
+    assert not torch.equal(seen[1], starts[2])
+    for name, perm in result.perms.items():
+        assert set(perm) == set(trainer.match_spec.perm_sizes)

@@ -27,7 +27,7 @@ from ..spec import AxisPerm, PermutationSpec, SpecError
 from .solvers import available_solvers, check_solver, pick_solver, solve, solve_batch
 from .weight_matching import _neighbours, _to_blocks, weight_matching
 
-__all__ = ["PopulationAlignment", "align_rows"]
+__all__ = ["PopulationAlignment", "align_rows", "BackgroundAlignment"]
 
 
 @dataclass
@@ -215,3 +215,38 @@ def _solve_group(spec, perm_to_axes, a_blocks, B, perms, p, members, tol, solver
             perms[p][b] = cols[todo.index(j)]
             changed.append(b)
     return changed
+
+
+class BackgroundAlignment:
+    """``fn(snapshot of theta)`` in a worker thread (Starlight's ``align_overlap`` schedule).
+
+    θ is copied when the work starts, so training may update it meanwhile; the rows ``fn`` reads must
+    not change until :meth:`result` returns (the trainer permutes rows only when it applies a result).
+    On a GPU the work runs on its own CUDA stream.
+    """
+
+    def __init__(self, fn, theta: torch.Tensor):
+        import threading
+
+        self._theta = theta.detach().clone()
+        self._out = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn):
+        try:
+            if self._theta.is_cuda:
+                with torch.cuda.stream(torch.cuda.Stream(device=self._theta.device)):
+                    self._out = fn(self._theta)
+                    torch.cuda.current_stream().synchronize()
+            else:
+                self._out = fn(self._theta)
+        except BaseException as e:  # noqa: BLE001  (re-raised in the caller's thread)
+            self._error = e
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._out

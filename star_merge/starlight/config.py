@@ -50,6 +50,11 @@ class StarlightConfig:
     matching_solver: str = field(
         default="auto", metadata={"help": "auto | scipy | lapjv | cuda: assignment solver of the re-alignment (all exact)."}
     )
+    align_overlap: bool = field(
+        default=False,
+        metadata={"help": "Re-align in a background thread while the epoch trains (single process): a schedule "
+                          "change, epoch e trains with anchors aligned to the star of epoch e-1."},
+    )
     bn_reset_batches: int | None = field(
         default=None, metadata={"help": "Batches used to recompute BatchNorm statistics (default: all)."}
     )

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..adapters import spec_for
 from ..connectivity import has_batchnorm, reset_bn_stats
 from ..data import make_dataloader
-from ..matching.population import align_rows
+from ..matching.population import BackgroundAlignment, align_rows
 from ..spec import apply_permutation, compose_permutations
 from ..training import build_model, make_optimizer, make_scheduler
 from .config import StarlightConfig
@@ -234,23 +234,27 @@ class StarlightTrainer:
         sd.update({k: v.clone() for k, v in views.items()})
         return sd
 
-    def align_anchors(self, theta: torch.Tensor, state: StarlightState, progress: bool) -> None:
-        """Weight-match every anchor to θ; each process aligns a slice, then permutations are exchanged.
-
-        Rows are already in the previous alignment's frame, so matching starts from the identity (a warm
-        start) and finds the change since then; that change is applied to the rows and composed into
-        ``state.perms``.
-        """
-        from accelerate.utils import gather_object
-
+    def _align_rows(self, theta: torch.Tensor):
         acc = self.accelerator
         indices = list(range(acc.process_index, len(self.anchors), acc.num_processes))
         # On θ's device, batched across this process's anchors (no host copy of θ or of the rows).
-        found = align_rows(
+        return indices, align_rows(
             self.match_spec, self.layout, theta.detach(), self.anchors, indices,
             seeds=[self.config.seed + i for i in indices], max_iter=self.config.matching_max_iter,
             solver=self.config.matching_solver,
         )
+
+    def align_anchors(self, theta: torch.Tensor, state: StarlightState, progress: bool, found=None) -> None:
+        """Weight-match every anchor to θ; each process aligns a slice, then permutations are exchanged.
+
+        Rows are already in the previous alignment's frame, so matching starts from the identity (a warm
+        start) and finds the change since then; that change is applied to the rows and composed into
+        ``state.perms``. ``found``: an alignment computed already (``align_overlap``).
+        """
+        from accelerate.utils import gather_object
+
+        acc = self.accelerator
+        indices, found = found if found is not None else self._align_rows(theta)
         mine = list(zip(indices, found.perms))
         gathered = gather_object(mine) if acc.num_processes > 1 else mine
         for i, delta in gathered:
@@ -314,12 +318,18 @@ class StarlightTrainer:
                     self.permute_row(i, state.perms[name])
 
         theta_param = flat_star.theta
+        pending = None  # align_overlap: the alignment running in the background during this epoch
         bar = tqdm(total=steps_per_epoch * c.num_train_epochs, initial=state.global_step, desc="starlight",
                    disable=not progress)
         for epoch in range(state.epoch, c.num_train_epochs):
             align_due = c.align_every > 0 and epoch % c.align_every == 0
             if state.batches_in_epoch == 0 and align_due and state.aligned_epoch != epoch:
-                self.align_anchors(theta_param, state, progress)
+                overlap = c.align_overlap and acc.num_processes == 1 and state.aligned_epoch >= 0
+                if pending is not None:  # align_overlap: the alignment to the previous epoch's θ
+                    self.align_anchors(theta_param, state, progress, found=pending.result())
+                pending = BackgroundAlignment(self._align_rows, theta_param) if overlap else None
+                if not overlap:
+                    self.align_anchors(theta_param, state, progress)
                 state.aligned_epoch = epoch
             train_loader.set_epoch(epoch)
             loader = acc.skip_first_batches(train_loader, state.batches_in_epoch) if state.batches_in_epoch else train_loader
@@ -377,6 +387,8 @@ class StarlightTrainer:
             state.batches_in_epoch = 0
             self._save_state()
         bar.close()
+        if pending is not None:
+            pending.result()  # superseded by the final alignment below
 
         # Final alignment of every anchor to the trained star (for BMA export and evaluation).
         self.align_anchors(theta_param, state, progress)
