@@ -1,5 +1,7 @@
 """Assignment backends against scipy's objective; exact recovery of permuted copies with restarts."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -137,3 +139,14 @@ def test_no_restart_far_from_a_copy():
     spec = sm.spec_for(a)
     res = sm.weight_matching(spec, a.state_dict(), b.state_dict(), seed=0)
     assert res.restarts == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch_linear_assignment") is None,
+                    reason="torch-linear-assignment is not installed (pip install star-merge[cuda])")
+def test_cuda_backend_call_on_the_host():
+    """The cuda backend's call (negation, dtype, result layout) through the package's own CPU fallback."""
+    costs = torch.randn(3, 25, 25, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    cols = solve_batch(costs, "cuda")
+    assert cols.shape == (3, 25) and cols.dtype == torch.long
+    for c, col in zip(costs.numpy(), cols.numpy()):
+        assert objective(c, col) == pytest.approx(objective(c, linear_sum_assignment(c, maximize=True)[1]))
