@@ -74,8 +74,10 @@ def test_cuda_batch_reaches_scipys_optimum():
 
 def test_auto_picks_by_structure_and_names_fixes():
     assert pick_solver("scipy", 1.0) == "scipy"
-    assert pick_solver("auto", 0.9) == ("lapjv" if "lapjv" in available_solvers() else "scipy")
-    assert pick_solver("auto", 0.1) == "scipy"
+    lapjv = "lapjv" if "lapjv" in available_solvers() else "scipy"
+    assert pick_solver("auto", 0.9, n=2048) == lapjv
+    assert pick_solver("auto", 0.1, n=2048) == "scipy"
+    assert pick_solver("auto", 0.1, n=512) == lapjv
     with pytest.raises(ValueError, match="not one of auto, scipy, lapjv, cuda"):
         check_solver("hungarian")
     with pytest.raises(ValueError, match="matching_solver"):

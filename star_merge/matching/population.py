@@ -200,7 +200,7 @@ def _solve_group(spec, perm_to_axes, a_blocks, B, perms, p, members, tol, solver
         out.solvers["cuda"] = out.solvers.get("cuda", 0) + len(todo)
     else:
         host = sub.cpu().numpy()
-        picked = [pick_solver(solver, share[j]) for j in todo]
+        picked = [pick_solver(solver, share[j], n=n) for j in todo]
         cols = torch.as_tensor(np.stack([solve(c, s) for c, s in zip(host, picked)]), device=device)
         for s in picked:
             out.solvers[s] = out.solvers.get(s, 0) + 1

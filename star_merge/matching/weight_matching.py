@@ -112,7 +112,7 @@ def sorted_rows_start(spec, perm_to_axes, A, B, solver: str = "scipy") -> dict[s
             torch.sort(_to_blocks(A[k], ax, ap, n), dim=1).values @ torch.sort(_to_blocks(B[k], ax, ap, n), dim=1).values.T
             for k, ax, ap in axes
         )
-        out[p] = torch.as_tensor(solve(cost.double().cpu().numpy(), pick_solver(solver)), device=cost.device)
+        out[p] = torch.as_tensor(solve(cost.double().cpu().numpy(), pick_solver(solver, n=n)), device=cost.device)
     return out
 
 
@@ -205,7 +205,7 @@ def _descend(spec, perm_to_axes, neighbours, A, B, a_blocks, perm, order_gen, ma
             cost_np = cost.double().cpu().numpy()
             old = perm[p].cpu().numpy()
             old_val = cost_np[np.arange(n), old].sum()
-            picked = pick_solver(solver, share)
+            picked = pick_solver(solver, share, n=n)
             col = solve(cost_np, picked)
             if counts is not None:
                 counts[picked] = counts.get(picked, 0) + 1
