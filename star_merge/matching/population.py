@@ -229,6 +229,8 @@ class BackgroundAlignment:
         import threading
 
         self._theta = theta.detach().clone()
+        # the worker's stream must see the snapshot (and the rows) as the training stream left them
+        self._after = torch.cuda.current_stream(theta.device) if theta.is_cuda else None
         self._out = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
@@ -237,7 +239,9 @@ class BackgroundAlignment:
     def _run(self, fn):
         try:
             if self._theta.is_cuda:
-                with torch.cuda.stream(torch.cuda.Stream(device=self._theta.device)):
+                stream = torch.cuda.Stream(device=self._theta.device)
+                stream.wait_stream(self._after)
+                with torch.cuda.stream(stream):
                     self._out = fn(self._theta)
                     torch.cuda.current_stream().synchronize()
             else:
