@@ -210,8 +210,8 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu", help="resnet18: cpu | cuda (where θ and the anchors live)")
     parser.add_argument("--anchor-device", default="device", choices=["device", "cpu"],
                         help="resnet18: anchors on --device, or pinned on the host and moved a chunk at a time")
-    parser.add_argument("--noise", type=float, default=0.5, help="resnet18: anchor noise, in per-tensor stds")
-    parser.add_argument("--drift", type=float, default=0.05, help="resnet18: star step before the warm alignment")
+    parser.add_argument("--noise", type=float, default=2.0, help="resnet18: anchor noise, in per-tensor stds")
+    parser.add_argument("--drift", type=float, default=0.5, help="resnet18: star step before the warm alignment")
     parser.add_argument("--train-steps", type=int, default=5, help="resnet18: timed plain training steps")
     args = parser.parse_args(argv)
     if args.quick:
