@@ -10,20 +10,11 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .connectivity import evaluate_loss_accuracy, reset_bn_stats
+from .evaluation.engine import evaluate_loss_accuracy, reset_bn_stats
 from .data import make_dataloader
+from .modeling import build_model, set_seed
 
 __all__ = ["TrainArguments", "train_classifier", "build_model", "save_checkpoint", "set_seed", "make_optimizer"]
-
-
-def set_seed(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 @dataclass
@@ -55,21 +46,6 @@ def make_scheduler(optimizer, kind: str, total_steps: int):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     total = max(1, total_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
-
-
-def build_model(config, seed: int):
-    """A freshly initialised model of ``config``'s architecture, reproducible from ``seed``."""
-    import transformers
-
-    from .models import BUILTIN_CLASSES
-
-    set_seed(seed)
-    arch = (getattr(config, "architectures", None) or [None])[0]
-    if arch in BUILTIN_CLASSES:
-        return BUILTIN_CLASSES[arch](config)
-    if arch is not None and hasattr(transformers, arch):
-        return getattr(transformers, arch)(config)
-    return transformers.AutoModelForSequenceClassification.from_config(config)
 
 
 def train_classifier(model, dataset, args: TrainArguments, seed: int, device=None, progress: bool = True, desc=None):

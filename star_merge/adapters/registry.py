@@ -64,20 +64,11 @@ def model_shapes(model_or_config) -> dict[str, tuple[int, ...]]:
 
 def build_meta_model(config):
     """Instantiate the architecture named in ``config.architectures`` (or the base model) without memory."""
-    import transformers
+    from ..modeling import model_class_for
 
-    from ..models import register_builtin_models
-
-    register_builtin_models()
-    arch = (getattr(config, "architectures", None) or [None])[0]
+    cls = model_class_for(config)
     with torch.device("meta"):
-        if arch is not None and hasattr(transformers, arch):
-            return getattr(transformers, arch)(config)
-        from ..models import BUILTIN_CLASSES
-
-        if arch is not None and arch in BUILTIN_CLASSES:
-            return BUILTIN_CLASSES[arch](config)
-        return transformers.AutoModel.from_config(config)
+        return cls(config)
 
 
 def spec_for(model_or_config, **options) -> PermutationSpec:
