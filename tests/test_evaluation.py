@@ -26,7 +26,7 @@ from star_merge.evaluation import (
     select_pairs,
 )
 from star_merge.evaluation.__main__ import main as cli_main
-from star_merge.metrics import MetricError
+from star_merge.evaluation.metrics import MetricError
 from star_merge.models import StarMLPConfig
 from star_merge.rundir import MANIFEST_NAME, atomic_write_json, save_permutations
 from star_merge.training import TrainArguments, build_model, save_checkpoint, train_classifier
@@ -264,7 +264,7 @@ def test_evaluate_run_writes_reports_and_plots(run_dir, trained, dataset, monkey
     for r in b["star_vs_anchor"]:
         assert r["train"]["losses"][0] == pytest.approx(m["star"]["train"]["loss"], rel=1e-5)
         assert r["test"]["accuracies"][-1] == pytest.approx(m[r["b"]]["test"]["accuracy"])  # permutation-invariant
-    from star_merge.connectivity import evaluate_loss_accuracy
+    from star_merge.evaluation import evaluate_loss_accuracy
     from star_merge.data import make_dataloader
 
     loss, acc = evaluate_loss_accuracy(trained[0], make_dataloader(dataset["test"], 100))

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import star_merge as sm
-from star_merge.connectivity import interpolation_curve
+from star_merge.evaluation import interpolation_curve
 from star_merge.data import make_dataloader
 from star_merge.models import StarCNN1dConfig, StarMLPConfig
 from star_merge.spec import SpecError
