@@ -54,7 +54,7 @@ def build_trainer(model: str, num_anchors: int, device: str, anchor_device: str,
     anchors = [(f"anchor-{i:02d}", functools.partial(lambda s: build_model(cfg, seed=s).state_dict(), 1 + i))
                for i in range(num_anchors)]
     config = StarlightConfig(anchor_device=anchor_device, per_device_train_batch_size=batch, num_train_epochs=1)
-    trainer = StarlightTrainer(config, cfg, anchors, data, accelerator=make_accelerator(device))
+    trainer = StarlightTrainer(model=cfg, args=config, anchors=anchors, train_dataset=data["train"], accelerator=make_accelerator(device))
     return trainer, torch.device(trainer.accelerator.device)
 
 

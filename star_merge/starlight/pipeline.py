@@ -14,28 +14,22 @@ import torch
 
 from .. import __version__
 from ..data import DataArguments, check_labels, load_task_dataset
-from ..rundir import (
-    MANIFEST_NAME,
-    PERMUTATIONS_NAME,
-    Member,
-    atomic_write_json,
-    load_checkpoint,
-    save_permutations,
-)
+from ..modeling import load_checkpoint, load_config
+from ..tasks import task_for
+from ..rundir import Member, RunPaths, atomic_write_json, save_permutations
 from ..training import TrainArguments, save_checkpoint
 from .config import StarlightConfig
 from .trainer import StarlightTrainer
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PopulationArguments", "RunArguments", "run_starlight_pipeline", "prepare_output_dir", "RunError"]
 
-# Everything a run writes except population/ (which is reusable across runs: members are seeded).
-RESULT_ENTRIES = ("star", "bma", "checkpoints", "logs", MANIFEST_NAME, PERMUTATIONS_NAME, "report.json", "report.md",
-                  "README.md")
+RESULT_ENTRIES = RunPaths.RESULT_ENTRIES  # what a run writes (population/ is reusable, so not listed)
 
 
-class RunError(ValueError):
+class RunError(UserError):
     """A run cannot start as asked (bad arguments, existing output, unusable population)."""
 
 
@@ -126,7 +120,7 @@ def prepare_output_dir(config: StarlightConfig) -> None:
     out = config.output_dir
     if not os.path.isdir(out):
         return
-    results = [e for e in RESULT_ENTRIES if os.path.exists(os.path.join(out, e))]
+    results = RunPaths(out).existing_results()
     if config.resume_from_checkpoint:
         return
     if results and not config.overwrite_output_dir:
@@ -137,8 +131,8 @@ def prepare_output_dir(config: StarlightConfig) -> None:
 
 
 def _clear_results(out: str) -> None:
-    for e in RESULT_ENTRIES:
-        p = os.path.join(out, e)
+    for e in RunPaths(out).existing_results():
+        p = RunPaths(out).join(e)
         if os.path.isdir(p):
             shutil.rmtree(p)
         elif os.path.exists(p):
@@ -174,6 +168,7 @@ def run_starlight_pipeline(
         raise RunError("output_dir is required")
     config.output_dir = os.path.abspath(config.output_dir)
     prepare_output_dir(config)  # before any work or write
+    paths = RunPaths(config.output_dir)
     accelerator = accelerator or StarlightTrainer.make_accelerator(config)
     started = time.time()
     if pop.held_out and not pop.anchors:
@@ -187,13 +182,13 @@ def run_starlight_pipeline(
         members = _resolve_given(pop, accelerator)
         if not pop.held_out:
             logger.warning("no --held_out models: star<->held-out barriers cannot be measured")
-        model_config = _load_config(members[0].path)
+        model_config = load_config(members[0].path)
         check_labels(dataset, model_config.num_labels)
     else:
         model_config = pop.build_config(num_labels=dataset["train"].features["labels"].num_classes
                                         if hasattr(dataset["train"].features["labels"], "num_classes") else None)
         check_labels(dataset, model_config.num_labels)
-        population_dir = pop.population_dir or os.path.join(config.output_dir, "population")
+        population_dir = pop.population_dir or paths.population_path
         if accelerator.is_main_process:
             members = train_population(model_config, dataset, population_dir, pop.num_anchors, pop.num_held_out,
                                        pop.train_args(), seed=pop.population_seed)
@@ -203,12 +198,14 @@ def run_starlight_pipeline(
                                        pop.train_args(), seed=pop.population_seed, progress=False)
     # Anchors are read one at a time into the trainer's anchor matrix (one copy per anchor in memory).
     anchor_sds = [(m.name, functools.partial(_load_state_dict, m.path)) for m in members if m.role == "anchor"]
+    task = task_for(model_config)
 
     if accelerator.is_main_process and config.overwrite_output_dir and not config.resume_from_checkpoint:
         _clear_results(config.output_dir)
     accelerator.wait_for_everyone()
 
-    trainer = StarlightTrainer(config, model_config, anchor_sds, dataset, accelerator=accelerator)
+    trainer = StarlightTrainer(model=model_config, args=config, anchors=anchor_sds, train_dataset=dataset["train"],
+                               eval_dataset=dataset["test"], task=task, accelerator=accelerator)
     manifest = {
         "format": "star-merge-run/1",
         "config": config.to_dict(),
@@ -222,18 +219,18 @@ def run_starlight_pipeline(
         "num_processes": accelerator.num_processes,
     }
     if accelerator.is_main_process:
-        atomic_write_json(os.path.join(config.output_dir, MANIFEST_NAME), manifest)
+        atomic_write_json(paths.manifest_path, manifest)
     result = trainer.train()
     train_seconds = time.time() - started
 
     if accelerator.is_main_process:
-        save_checkpoint(result.model, os.path.join(config.output_dir, "star"), overwrite=True,
+        save_checkpoint(result.model, paths.star_path, overwrite=True,
                         extra_json={"history": result.history, "starlight": config.to_dict()})
-        save_permutations(os.path.join(config.output_dir, PERMUTATIONS_NAME), result.perms)
+        save_permutations(paths.permutations_path, result.perms)
         manifest.update(status="trained", history=result.history, train_seconds=round(train_seconds, 1))
-        atomic_write_json(os.path.join(config.output_dir, MANIFEST_NAME), manifest)
+        atomic_write_json(paths.manifest_path, manifest)
         # report.json starts with every setting and each member's source; evaluation adds its keys.
-        atomic_write_json(os.path.join(config.output_dir, "report.json"), {
+        atomic_write_json(paths.report_json, {
             "star_merge_version": __version__,
             "config": manifest["config"], "data": manifest["data"], "population": manifest["population"],
             "run": manifest["run"], "model_type": manifest["model_type"], "members": manifest["members"],
@@ -266,21 +263,12 @@ def finish_run(run_dir: str, run_args: RunArguments, seed: int = 0, accelerator=
             bma_id = run_args.hub_bma_model_id or (f"{run_args.hub_model_id}-bma" if not run_args.skip_bma else None)
             push_run(run_dir, run_args.hub_model_id, bma_repo_id=bma_id, private=run_args.hub_private)
     state.wait_for_everyone()
-    with open(os.path.join(run_dir, "report.json")) as f:
+    with open(RunPaths(run_dir).report_json) as f:
         return json.load(f)
 
 
 def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
     return load_checkpoint(path).state_dict()
-
-
-def _load_config(path: str):
-    from transformers import AutoConfig
-
-    from ..models import register_builtin_models
-
-    register_builtin_models()
-    return AutoConfig.from_pretrained(path)
 
 
 def _member_entry(m: Member, out: str) -> dict:
