@@ -18,7 +18,7 @@ import os
 import re
 from typing import Any
 
-from .rundir import MANIFEST_NAME, atomic_write_text
+from .rundir import RunPaths, atomic_write_text
 
 __all__ = [
     "BEGIN_MARKER",
@@ -314,10 +314,11 @@ def build_model_card(
     ``repo_id`` is used in the loading snippet (default: the run folder's name); ``existing``: a README.md
     to update instead of starting from scratch.
     """
-    run_dir = os.path.abspath(run_dir)
-    manifest = _read_json(os.path.join(run_dir, MANIFEST_NAME))
-    report = _read_json(os.path.join(run_dir, "report.json"))
-    star_config = _read_json(os.path.join(run_dir, "star", "config.json"))
+    paths = RunPaths(run_dir)
+    run_dir = paths.path
+    manifest = _read_json(paths.manifest_path)
+    report = _read_json(paths.report_json)
+    star_config = _read_json(os.path.join(paths.star_path, "config.json"))
     name = repo_id or os.path.basename(run_dir)
     model_type = star_config.get("model_type") or manifest.get("model_type") or "unknown"
     pipeline_tag = _pipeline_tag(star_config)
@@ -383,10 +384,11 @@ def build_bma_card(
     existing: str | None = None,
 ):
     """The card of the BMA wrapper in ``RUN_DIR/bma`` as a ``ModelCard`` (nothing written)."""
-    run_dir = os.path.abspath(run_dir)
-    bma_dir = os.path.join(run_dir, "bma")
+    paths = RunPaths(run_dir)
+    run_dir = paths.path
+    bma_dir = paths.bma_path
     config = _read_json(os.path.join(bma_dir, "config.json"))
-    manifest = _read_json(os.path.join(run_dir, MANIFEST_NAME))
+    manifest = _read_json(paths.manifest_path)
     name = repo_id or f"{os.path.basename(run_dir)}-bma"
     auto_map = config.get("auto_map") or {}
     auto_cls = next((k for k in auto_map if k.startswith("AutoModel")), None) or "AutoModel"
@@ -450,15 +452,9 @@ def write_model_card(
     An existing card is updated (metadata merged, the generated block refreshed, your own text kept);
     ``overwrite=False`` refuses to touch an existing card instead.
     """
-    run_dir = os.path.abspath(run_dir)
-    if not os.path.isfile(os.path.join(run_dir, MANIFEST_NAME)):
-        raise FileNotFoundError(
-            f"{run_dir} is not a star-merge run directory (no {MANIFEST_NAME}); "
-            "create one with `accelerate launch recipes/star.py --output_dir ...`"
-        )
-    path = os.path.join(run_dir, "README.md")
-    bma_dir = os.path.join(run_dir, "bma")
-    bma_path = os.path.join(bma_dir, "README.md")
+    paths = RunPaths(run_dir).require()
+    run_dir = paths.path
+    path, bma_dir, bma_path = paths.card_path, paths.bma_path, paths.bma_card_path
     targets = [path] + ([bma_path] if os.path.isdir(bma_dir) else [])
     if not overwrite:
         existing = [p for p in targets if os.path.exists(p)]

@@ -19,10 +19,8 @@ from star_merge.hub import (
     PlannedFile,
     PopulationError,
     PushError,
-    add_parser,
     push_run,
     resolve_members,
-    run,
     upload_plan,
 )
 from star_merge.model_card import END_MARKER, write_model_card
@@ -487,11 +485,9 @@ def test_failed_upload_leaves_the_run_untouched_and_says_how_to_retry(run_dir, f
 
 
 def test_cli_dry_run_prints_the_plan_and_uploads_nothing(run_dir, fake_api, capsys):
-    parser = argparse.ArgumentParser(prog="star-merge")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["push", run_dir, "--repo-id", "me/star", "--bma-repo-id", "me/star-bma", "--dry_run"])
-    assert args.func is run
-    assert run(args) == 0
+    from star_merge.cli import main
+
+    assert main(["push", run_dir, "--repo-id", "me/star", "--bma-repo-id", "me/star-bma", "--dry_run"]) == 0
     out = capsys.readouterr().out
     assert fake_api.instances == []
     for f in upload_plan(run_dir, "me/star", bma_repo_id="me/star-bma"):
@@ -499,8 +495,6 @@ def test_cli_dry_run_prints_the_plan_and_uploads_nothing(run_dir, fake_api, caps
         if f.local_path is not None:
             assert f.local_path in out
     assert "me/star: 5 files" in out and "me/star-bma: 5 files" in out
-
-    from star_merge.cli import main
 
     assert main(["push", run_dir + "-missing", "--repo-id", "me/star"]) == 2
     err = capsys.readouterr().err

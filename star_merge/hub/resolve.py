@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from ..errors import UserError
+
 __all__ = [
     "DOWNLOAD_PATTERNS",
     "PopulationError",
@@ -51,7 +53,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class PopulationError(ValueError):
+class PopulationError(UserError):
     """A population member cannot be used: unknown id or revision, no safetensors, mixed architectures."""
 
 
