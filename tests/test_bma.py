@@ -40,7 +40,7 @@ from star_merge.models import (
     StarMLPForClassification,
 )
 from star_merge.rundir import MANIFEST_NAME, RunDirectory, atomic_write_json, save_permutations
-from star_merge.training import TrainArguments, build_model, save_checkpoint, train_classifier
+from star_merge.population.training import TrainArguments, build_model, save_checkpoint, train_classifier
 
 NUM_ANCHORS = 3
 DATA = DataArguments(dataset_name="mnist1d", num_samples=400)

@@ -9,7 +9,7 @@ import star_merge as sm
 from star_merge.cli import main
 from star_merge.models import StarMLPConfig
 from star_merge.rundir import load_checkpoint
-from star_merge.training import build_model, save_checkpoint
+from star_merge.population.training import build_model, save_checkpoint
 
 
 def test_adapters_lists_every_family(capsys):
@@ -58,7 +58,8 @@ def test_every_subcommand_has_help(capsys):
         assert out.startswith(f"usage: star-merge {command}"), command
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
-    assert exit_info.value.code == 0 and all(c in capsys.readouterr().out for c in COMMANDS)
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and all(c in out for c in COMMANDS)
 
 
 def test_both_recipes_have_help():

@@ -29,7 +29,7 @@ from star_merge.evaluation.__main__ import main as cli_main
 from star_merge.evaluation.metrics import MetricError
 from star_merge.models import StarMLPConfig
 from star_merge.rundir import MANIFEST_NAME, atomic_write_json, save_permutations
-from star_merge.training import TrainArguments, build_model, save_checkpoint, train_classifier
+from star_merge.population.training import TrainArguments, build_model, save_checkpoint, train_classifier
 
 DATA = DataArguments(num_samples=600)
 HIDDEN = (24, 24)

@@ -23,10 +23,10 @@ from star_merge.hub import (
     resolve_members,
     upload_plan,
 )
-from star_merge.model_card import END_MARKER, write_model_card
+from star_merge.hub.model_card import END_MARKER, write_model_card
 from star_merge.models import StarCNN1dConfig, StarMLPConfig
 from star_merge.rundir import load_checkpoint
-from star_merge.training import build_model, save_checkpoint
+from star_merge.population.training import build_model, save_checkpoint
 
 MLP = {"input_size": 8, "hidden_sizes": [6], "num_labels": 10}
 
@@ -367,7 +367,7 @@ def test_model_card_metadata_and_model_index_match_the_report(run_dir):
 
 
 def test_card_metrics_reads_what_the_report_holds_and_skips_the_rest():
-    from star_merge.model_card import card_metrics
+    from star_merge.hub.model_card import card_metrics
 
     assert card_metrics({}) == []
     flat = {"summary": {"star_heldout_test_loss_barrier_mean": 0.125, "star_test_accuracy": float("nan")},

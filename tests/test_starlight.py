@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification
 
 import star_merge  # noqa: F401  (registers the built-in models with the Auto classes)
 from star_merge.starlight import StarlightTrainer
-from star_merge.training import build_model, save_checkpoint
+from star_merge.population.training import build_model, save_checkpoint
 
 from fixtures import tiny_arguments
 
@@ -256,7 +256,7 @@ import sys, torch
 sys.path.insert(0, {tests!r})
 from fixtures import tiny_arguments
 from star_merge.data import load_task_dataset
-from star_merge.training import build_model
+from star_merge.population.training import build_model
 from star_merge.starlight import StarlightTrainer
 config, data_args, pop, _ = tiny_arguments(None, "star-cnn1d", num_train_epochs=2, star_ce_weight=0.5,
                                            gradient_accumulation_steps=2)

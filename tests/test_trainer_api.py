@@ -7,7 +7,7 @@ import star_merge as sm
 from star_merge.data import DataArguments, load_task_dataset
 from star_merge.models import StarMLPConfig
 from star_merge.population import train_population
-from star_merge.training import TrainArguments
+from star_merge.population.training import TrainArguments
 
 
 def _ce(model, state_dict, x, y) -> float:

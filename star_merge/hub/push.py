@@ -13,11 +13,11 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ..model_card import build_bma_card, build_model_card
+from .model_card import build_bma_card, build_model_card
 from ..argparsing import positional
 from ..errors import UserError
 from ..rundir import RunPaths
-from .resolve import PICKLE_SUFFIXES
+from .sources import PICKLE_SUFFIXES
 
 __all__ = ["PlannedFile", "PushArguments", "PushError", "make_parser", "push_run", "run", "upload_plan"]
 

@@ -30,7 +30,7 @@ from ..matching import weight_matching
 from ..modeling import build_model
 from ..rundir import RunPaths
 from ..spec import apply_permutation, compose_permutations
-from ..training import make_optimizer, make_scheduler
+from ..population.training import make_optimizer, make_scheduler
 from .accelerator import make_accelerator
 from .anchors import anchors_config, normalize_anchors
 from .checkpoint import StarlightState, find_latest_checkpoint, resolve_resume_path
@@ -112,10 +112,6 @@ class StarlightTrainer:
         self.has_bn = has_batchnorm(self.model)
         self.result: StarlightResult | None = None
 
-    @property
-    def config(self) -> StarlightConfig:  # the pre-Trainer name of ``args``
-        return self.args
-
     # ------------------------------------------------------------------ construction
     @staticmethod
     def make_accelerator(config: StarlightConfig):
@@ -185,13 +181,6 @@ class StarlightTrainer:
         else:
             t = c.t_constant
         return n, t
-
-    @torch.no_grad()
-    def star_state_dict(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        views = self.layout.views(theta.detach().float().cpu())
-        sd = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        sd.update({k: v.clone() for k, v in views.items()})
-        return sd
 
     def align_anchors(self, theta: torch.Tensor, state: StarlightState, progress: bool) -> None:
         """Weight-match every anchor to θ; each process aligns a slice, then permutations are exchanged.
@@ -367,7 +356,7 @@ class StarlightTrainer:
     # ------------------------------------------------------------------ outputs
     def save_model(self, output_dir: str, overwrite: bool = False) -> str:
         """Write the trained star as an HF checkpoint folder (atomically; with ``processing_class`` if given)."""
-        from ..training import save_checkpoint
+        from ..population.training import save_checkpoint
 
         if self.result is None:
             raise RuntimeError("nothing to save yet: call train() first")

@@ -18,7 +18,7 @@ import os
 import re
 from typing import Any
 
-from .rundir import RunPaths, atomic_write_text
+from ..rundir import RunPaths, atomic_write_text
 
 __all__ = [
     "BEGIN_MARKER",

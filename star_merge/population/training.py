@@ -1,4 +1,4 @@
-"""Ordinary (non-Starlight) training of population members: one model per seed, saved as an HF checkpoint."""
+"""Ordinary (non-Starlight) training of one population member, saved as an HF checkpoint."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .evaluation.engine import evaluate_loss_accuracy, reset_bn_stats
-from .data import make_dataloader
-from .modeling import build_model, set_seed
+from ..data import make_dataloader
+from ..evaluation.engine import evaluate_loss_accuracy, reset_bn_stats
+from ..modeling import build_model, set_seed
 
 __all__ = ["TrainArguments", "train_classifier", "build_model", "save_checkpoint", "set_seed", "make_optimizer"]
 
@@ -48,8 +48,13 @@ def make_scheduler(optimizer, kind: str, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
 
 
-def train_classifier(model, dataset, args: TrainArguments, seed: int, device=None, progress: bool = True, desc=None):
-    """Train ``model`` on ``dataset['train']`` with cross-entropy; returns (model, metrics dict)."""
+def train_classifier(model, dataset, args: TrainArguments, seed: int, device=None, progress: bool = True, desc=None,
+                     task=None):
+    """Train ``model`` on ``dataset['train']`` with the task's loss (default: from its architecture); returns
+    (model, metrics dict)."""
+    from ..tasks import task_for
+
+    task = task if task is not None else task_for(model)
     device = torch.device(device or "cpu")
     model.to(device).train()
     loader = make_dataloader(dataset["train"], args.per_device_train_batch_size, shuffle=True, seed=seed)
@@ -60,7 +65,7 @@ def train_classifier(model, dataset, args: TrainArguments, seed: int, device=Non
         model.train()
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch).loss
+            loss = task.loss(model, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -68,8 +73,8 @@ def train_classifier(model, dataset, args: TrainArguments, seed: int, device=Non
             bar.update(1)
     bar.close()
     test_loader = make_dataloader(dataset["test"], 512)
-    reset_bn_stats(model, make_dataloader(dataset["train"], 512), device=device)  # exact stats for eval
-    test_loss, test_acc = evaluate_loss_accuracy(model, test_loader, device)
+    reset_bn_stats(model, make_dataloader(dataset["train"], 512), device=device, task=task)  # exact stats for eval
+    test_loss, test_acc = evaluate_loss_accuracy(model, test_loader, device, task=task)
     return model.eval(), {"test_loss": test_loss, "test_accuracy": test_acc, "seed": seed}
 
 
@@ -79,7 +84,7 @@ def save_checkpoint(model, output_dir: str, extra_json: dict | None = None, over
     if os.path.exists(output_dir):
         if not overwrite:
             raise FileExistsError(f"{output_dir} already exists; pass overwrite=True to replace it")
-    from .rundir import atomic_folder
+    from ..rundir import atomic_folder
 
     with atomic_folder(output_dir) as tmp:
         model.save_pretrained(tmp)
