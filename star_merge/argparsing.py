@@ -19,7 +19,7 @@ from transformers import HfArgumentParser
 
 from .errors import UserError
 
-__all__ = ["ArgumentsParser", "ConfigError", "parse_dataclasses_with_config", "positional"]
+__all__ = ["ArgumentsParser", "ConfigError", "add_command", "parse_dataclasses_with_config", "positional"]
 
 
 class ConfigError(UserError):
@@ -104,3 +104,11 @@ def _with_metadata(field: dataclasses.Field, metadata: dict) -> dataclasses.Fiel
 def parse_dataclasses_with_config(types: Sequence[type], argv: Sequence[str] | None = None, prog: str | None = None):
     """Parse ``argv`` into one instance per dataclass in ``types``; returns (instances, config name or None)."""
     return ArgumentsParser(list(types), prog=prog).parse(argv)
+
+
+def add_command(subparsers, name: str, dataclass_types: Sequence[type], handler, help: str, description: str | None = None):
+    """Add subcommand ``name`` (``subparsers`` made with ``parser_class=ArgumentsParser``); ``handler`` receives one
+    instance per dataclass type and returns the exit status."""
+    p = subparsers.add_parser(name, dataclass_types=list(dataclass_types), help=help, description=description or help)
+    p.set_defaults(func=handler)
+    return p

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from . import __version__
-from .argparsing import ArgumentsParser
+from .argparsing import ArgumentsParser, add_command
 from .errors import run_reporting_user_errors
 
 
@@ -24,10 +24,8 @@ class AdaptersArguments:
 
 
 def _make_adapters_parser(subparsers):
-    p = subparsers.add_parser("adapters", dataclass_types=[AdaptersArguments],
-                              help="list the model types with a permutation adapter")
-    p.set_defaults(func=_run_adapters)
-    return p
+    return add_command(subparsers, "adapters", [AdaptersArguments], _run_adapters,
+                       help="list the model types with a permutation adapter")
 
 
 def _run_adapters(args: AdaptersArguments) -> int:

@@ -367,15 +367,20 @@ def test_model_card_metadata_and_model_index_match_the_report(run_dir):
 
 
 def test_card_metrics_reads_what_the_report_holds_and_skips_the_rest():
+    from star_merge.evaluation.summary import RunSummary
     from star_merge.hub.model_card import card_metrics
 
     assert card_metrics({}) == []
-    flat = {"summary": {"star_heldout_test_loss_barrier_mean": 0.125, "star_test_accuracy": float("nan")},
-            "models": [{"name": "star", "ece": 0.5, "accuracy": True}]}
-    assert {r.metric_name: r.metric_value for r in card_metrics(flat)} == {
+    report = {"summary": {"star_vs_held_out": {"test_loss_barrier": {"mean": 0.125, "std": 0.0, "n": 1}},
+                          "star_test_accuracy": float("nan"), "star_test_nll": True},
+              "models": {"star": {"test": {"ece": 0.5}}}}
+    assert {r.metric_name: r.metric_value for r in card_metrics(report)} == {
         "Test ECE (star)": 0.5,
         "Test loss barrier, star ↔ held-out (mean)": 0.125,
     }
+    summary = RunSummary.from_report(report)  # NaN and bools are not numbers; absent groups are empty
+    assert summary.star_test_accuracy is None and summary.star_test_nll is None
+    assert summary.group("anchor_vs_held_out").test_loss_barrier.n == 0
 
 
 def test_model_card_update_keeps_user_text_and_refreshes_metrics(run_dir):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from .. import models as _builtin_models  # registers star-mlp / star-cnn1d with the Auto classes
-from ..argparsing import positional
+from ..argparsing import add_command, positional
 from ..rundir import atomic_folder
 from .configuration_star_bma import StarBMAConfig
 from .modeling_star_bma import HEAD_AUTO_SUFFIX, HEAD_CLASSES, StarBMAPreTrainedModel, head_of
@@ -209,7 +209,8 @@ class ExportBMAArguments:
 
     run_dir: str = positional("RUN_DIR", "run directory written by recipes/star.py")
     output_dir: str | None = field(default=None, metadata={"help": "output folder (default RUN_DIR/bma)"})
-    samples: int = field(default=16, metadata={"help": "number S of star-domain points averaged (>= 1)"})
+    num_samples: int = field(default=16, metadata={"aliases": ["--samples"],
+                                                   "help": "number S of star-domain points averaged (>= 1)"})
     seed: int = field(default=0, metadata={"help": "seed of the (anchor, t) draw"})
     t_distribution: str = field(default="uniform",
                                 metadata={"help": "t ~ uniform | uniform(low,high) | beta(a,b) | constant(t)"})
@@ -219,27 +220,13 @@ class ExportBMAArguments:
 
 def make_parser(subparsers):
     """Add ``export-bma`` to a ``star-merge`` subparsers object; its handler is :func:`run`."""
-    p = subparsers.add_parser(
-        "export-bma",
-        dataclass_types=[ExportBMAArguments],
-        help="export the star-domain BMA wrapper of a run directory (RUN_DIR/bma)",
-        description="Write RUN_DIR/bma: the star, the aligned anchors and S sampled points (n, t), loadable with "
-        "AutoModelFor….from_pretrained (import star_merge.bma) or trust_remote_code=True.",
-    )
-    p.set_defaults(func=run)
-    return p
+    return add_command(subparsers, "export-bma", [ExportBMAArguments], run,
+                       help="export the star-domain BMA wrapper of a run directory (RUN_DIR/bma)",
+                       description="Write RUN_DIR/bma: the star, the aligned anchors and S sampled points (n, t), "
+                       "loadable with AutoModelFor….from_pretrained (import star_merge.bma) or trust_remote_code=True.")
 
 
 def run(args: ExportBMAArguments) -> int:
     """Handler of ``star-merge export-bma``; errors propagate (star_merge.cli prints them as one line)."""
-    out = export_bma(
-        args.run_dir,
-        output_dir=args.output_dir,
-        num_samples=args.samples,
-        seed=args.seed,
-        t_distribution=args.t_distribution,
-        overwrite=args.overwrite,
-        bn_max_batches=args.bn_max_batches,
-    )
-    print(out)
+    print(export_bma(**asdict(args)))
     return 0

@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..argparsing import positional
+from ..argparsing import add_command, positional
 from ..data import DataArguments
 from ..rundir import RunPaths
 from .barrier import ALIGN_METHODS, barrier_between
@@ -38,14 +38,9 @@ class BarrierArguments:
 
 
 def make_barrier_parser(subparsers):
-    p = subparsers.add_parser(
-        "barrier",
-        dataclass_types=[BarrierArguments, DataArguments],
-        help="loss/accuracy barrier between two checkpoints, modulo permutation",
-        description="Align B to A, interpolate, and print loss/accuracy barriers on each split.",
-    )
-    p.set_defaults(func=run_barrier)
-    return p
+    return add_command(subparsers, "barrier", [BarrierArguments, DataArguments], run_barrier,
+                       help="loss/accuracy barrier between two checkpoints, modulo permutation",
+                       description="Align B to A, interpolate, and print loss/accuracy barriers on each split.")
 
 
 def _refuse_existing(paths: Sequence[str | None], overwrite: bool) -> None:
@@ -104,14 +99,9 @@ class EvaluateArguments:
 
 
 def make_evaluate_parser(subparsers):
-    p = subparsers.add_parser(
-        "evaluate",
-        dataclass_types=[EvaluateArguments],
-        help="barriers and metrics of a Starlight run directory -> report.json, report.md, plots",
-        description="Evaluate RUN_DIR: star/anchor ↔ held-out barriers, per-model and ensemble metrics.",
-    )
-    p.set_defaults(func=run_evaluate)
-    return p
+    return add_command(subparsers, "evaluate", [EvaluateArguments], run_evaluate,
+                       help="barriers and metrics of a Starlight run directory -> report.json, report.md, plots",
+                       description="Evaluate RUN_DIR: star/anchor ↔ held-out barriers, per-model and ensemble metrics.")
 
 
 def run_evaluate(args: EvaluateArguments) -> int:

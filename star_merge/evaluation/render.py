@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..rundir import PLOT_NAMES, RunPaths
+from .summary import BarrierStats, RunSummary
 
 __all__ = ["GROUPS", "SPLITS", "format_value", "render_markdown", "write_outputs"]
 
@@ -68,15 +69,15 @@ def format_value(value, pct: bool = False) -> str:
     return f"{100 * value:.2f}" if pct else f"{value:.4f}"
 
 
-def _pm(stats: Mapping[str, Any], pct: bool = False) -> str:
-    if not stats or stats.get("mean") is None:
+def _pm(stats: BarrierStats, pct: bool = False) -> str:
+    if stats.mean is None:
         return "–"
-    return f"{format_value(stats['mean'], pct)} ± {format_value(stats['std'], pct)}"
+    return f"{format_value(stats.mean, pct)} ± {format_value(stats.std, pct)}"
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
     """report.md: summary, per-model and ensemble metrics, every pair's barriers, the plots."""
-    s, barriers = report["summary"], report["barriers"]
+    s, barriers = RunSummary.from_report(report), report["barriers"]
     settings = barriers["settings"]
     lines = [
         "# Starlight evaluation report",
@@ -92,18 +93,19 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for group, label in GROUPS.items():
-        g = s[group]
+        g = s.group(group)
         lines.append(
-            f"| {label} | {g['test_loss_barrier']['n']} | {_pm(g['train_loss_barrier'])} | {_pm(g['test_loss_barrier'])} "
-            f"| {_pm(g['train_accuracy_barrier'], True)} | {_pm(g['test_accuracy_barrier'], True)} |"
+            f"| {label} | {g.test_loss_barrier.n} | {_pm(g.train_loss_barrier)} | {_pm(g.test_loss_barrier)} "
+            f"| {_pm(g.train_accuracy_barrier, True)} | {_pm(g.test_accuracy_barrier, True)} |"
         )
-    ratio = s["loss_barrier_ratio"]
+    ratio = s.loss_barrier_ratio
     lines += [
         "",
-        f"- star / ordinary loss-barrier ratio: train {format_value(ratio['train'])}, test {format_value(ratio['test'])}",
-        (f"- star test accuracy {format_value(s['star_test_accuracy'], True)}% vs mean anchor "
-        f"{format_value(s['mean_anchor_test_accuracy'], True)}%; star train loss {format_value(s['star_train_loss'])} vs mean anchor "
-         f"{format_value(s['mean_anchor_train_loss'])} (a poor star shows low barriers for a bad reason)"),
+        f"- star / ordinary loss-barrier ratio: train {format_value(ratio.get('train'))}, "
+        f"test {format_value(ratio.get('test'))}",
+        (f"- star test accuracy {format_value(s.star_test_accuracy, True)}% vs mean anchor "
+         f"{format_value(s.mean_anchor_test_accuracy, True)}%; star train loss {format_value(s.star_train_loss)} vs mean "
+         f"anchor {format_value(s.mean_anchor_train_loss)} (a poor star shows low barriers for a bad reason)"),
         "",
         "## Models and ensembles (test split)",
         "",

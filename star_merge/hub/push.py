@@ -10,11 +10,12 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
-from .model_card import build_bma_card, build_model_card
-from ..argparsing import positional
+from .bma_card import build_bma_card
+from .model_card import build_model_card
+from ..argparsing import add_command, positional
 from ..errors import UserError
 from ..rundir import RunPaths
 from .sources import PICKLE_SUFFIXES
@@ -236,28 +237,15 @@ class PushArguments:
 
 def make_parser(subparsers):
     """Add ``star-merge push`` to a ``star-merge`` subparsers object; its handler is :func:`run`."""
-    p = subparsers.add_parser(
-        "push",
-        dataclass_types=[PushArguments],
-        help="publish a run's star model (and BMA wrapper) to the Hugging Face Hub",
-        description="Upload RUN_DIR/star with its model card, plots and report.json to --repo-id (one commit), and "
-        "RUN_DIR/bma to --bma-repo-id. Authenticate with `hf auth login` or HF_TOKEN.",
-    )
-    p.set_defaults(func=run)
-    return p
+    return add_command(subparsers, "push", [PushArguments], run,
+                       help="publish a run's star model (and BMA wrapper) to the Hugging Face Hub",
+                       description="Upload RUN_DIR/star with its model card, plots and report.json to --repo-id (one commit), and "
+                       "RUN_DIR/bma to --bma-repo-id. Authenticate with `hf auth login` or HF_TOKEN.")
 
 
 def run(args: PushArguments) -> int:
     """Handler of ``star-merge push``; errors propagate (star_merge.cli prints them as one line)."""
-    result = push_run(
-        args.run_dir,
-        args.repo_id,
-        bma_repo_id=args.bma_repo_id,
-        private=args.private,
-        dry_run=args.dry_run,
-        revision=args.revision,
-        license=args.license,
-    )
+    result = push_run(**asdict(args))
     if args.dry_run:
         repos = sorted({f.repo_id for f in result["files"]}, key=[f.repo_id for f in result["files"]].index)
         for repo in repos:

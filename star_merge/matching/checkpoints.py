@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..adapters import spec_for
-from ..argparsing import positional
+from ..argparsing import add_command, positional
 from ..modeling import load_checkpoint
 from ..rundir import atomic_folder
 from ..spec import SpecError, apply_permutation
@@ -186,15 +186,10 @@ class AlignArguments:
 
 
 def make_parser(subparsers):
-    p = subparsers.add_parser(
-        "align",
-        dataclass_types=[AlignArguments],
-        help="align checkpoint B to A modulo permutation and save it as an HF checkpoint",
-        description="Weight matching (or activation matching over a dataset) of B to A; writes B's aligned copy "
-        "with B's config and tokenizer/preprocessor files. A and B: local folders or Hub ids (org/name[@rev]).",
-    )
-    p.set_defaults(func=run)
-    return p
+    return add_command(subparsers, "align", [AlignArguments], run,
+                       help="align checkpoint B to A modulo permutation and save it as an HF checkpoint",
+                       description="Weight matching (or activation matching over a dataset) of B to A; writes B's aligned copy "
+                       "with B's config and tokenizer/preprocessor files. A and B: local folders or Hub ids (org/name[@rev]).")
 
 
 def run(args: AlignArguments) -> int:
