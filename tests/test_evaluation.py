@@ -210,7 +210,7 @@ def test_barrier_bad_input_gives_one_line_errors(trained, dataset, tmp_path, cap
         capsys.readouterr()
         assert cli_main(["barrier", a, a, "--no_progress", *extra]) == 2
         last = capsys.readouterr().err.strip().splitlines()[-1]  # progress bars of dataset loading come first
-        assert last.startswith("error: ") and re.search(message, last), last
+        assert last.startswith("star-merge barrier: error: ") and re.search(message, last), last
     # the same user dataset with the right columns works
     assert cli_main(["barrier", a, a, "--dataset", str(user), "--input_column", "x", "--num_points", "3",
                      "--no_progress"]) == 0

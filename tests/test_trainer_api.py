@@ -42,7 +42,8 @@ def test_trainer_shaped_api_learns_a_star_connected_to_its_anchors(tmp_path):
     assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in star_sd.items())
 
     test = dataset["test"].with_format("torch")
-    x, y = test["input_values"], test["labels"]
+    rows = test[:]
+    x, y = rows["input_values"], rows["labels"]
     anchors = [load_checkpoint(p).state_dict() for p in paths]
     container = load_checkpoint(paths[0])
     naive_mid = _ce(container, _lerp(anchors[0], anchors[1], 0.5), x, y)

@@ -1,4 +1,4 @@
-"""Bayesian model averaging over the star domain of a Starlight run (STARLIGHT.md, "BMA").
+"""Bayesian model averaging over the star domain of a Starlight run (Sonthalia et al., ICLR 2025, arXiv:2403.07968; see docs/bma.md).
 
 Importing this package registers ``star-bma`` with ``AutoConfig``, ``AutoModelForSequenceClassification`` and
 ``AutoModelForImageClassification``, so ``AutoModelFor….from_pretrained(RUN_DIR/bma)`` works without remote code.
