@@ -29,7 +29,7 @@ def train_anchors(model_config, data, n: int, epochs: int, batch: int, seed0: in
     import torch
     from tqdm.auto import tqdm
 
-    from star_merge.population.training import build_model
+    from star_merge.modeling import build_model
 
     x = torch.tensor(data["train"]["input_values"])
     y = torch.tensor(data["train"]["labels"])

@@ -45,7 +45,7 @@ def build_trainer(model: str, num_anchors: int, device: str, anchor_device: str,
     from starlight_step import make_accelerator, model_setup
 
     from star_merge.starlight import StarlightConfig, StarlightTrainer
-    from star_merge.population.training import build_model
+    from star_merge.modeling import build_model
 
     cfg, batch, input_name, shape = model_setup(model, batch_size)
     x = np.zeros((batch, *shape), dtype=np.float32)
@@ -74,7 +74,7 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     from starlight_step import Bench, model_setup
 
-    from star_merge.population.training import build_model
+    from star_merge.modeling import build_model
 
     cfg, *_ = model_setup(args.model, args.batch_size)
     model_bytes = sum(p.numel() for p in build_model(cfg, seed=0).parameters()) * 4
