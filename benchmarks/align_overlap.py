@@ -22,9 +22,9 @@ def barriers(result, anchors, model_config, data, batch=1000):
     import torch
 
     from star_merge import apply_permutation, spec_for
-    from star_merge.connectivity import interpolation_curve
+    from star_merge.evaluation.connectivity import interpolation_curve
     from star_merge.data import make_dataloader
-    from star_merge.training import build_model
+    from star_merge.modeling import build_model
 
     star = {k: v for k, v in result.model.state_dict().items()}
     model = build_model(model_config, seed=0)
@@ -73,7 +73,8 @@ def main(argv=None) -> None:
     for overlap in (False, True):
         config = StarlightConfig(num_train_epochs=args.epochs, align_every=1, align_overlap=overlap, seed=0,
                                  star_ce_weight=0.0, per_device_train_batch_size=128)
-        trainer = StarlightTrainer(config, model_config, anchors, data, accelerator=Accelerator(cpu=True))
+        trainer = StarlightTrainer(model=model_config, args=config, anchors=anchors, train_dataset=data["train"],
+                                   accelerator=Accelerator(cpu=True))
         start = time.perf_counter()
         result = trainer.train()
         wall = time.perf_counter() - start

@@ -35,7 +35,7 @@ def train_anchors(model_config, data, n: int, epochs: int, batch: int, seed0: in
     import torch
     from tqdm.auto import tqdm
 
-    from star_merge.training import build_model
+    from star_merge.modeling import build_model
 
     x = torch.tensor(data["train"]["input_values"])
     y = torch.tensor(data["train"]["labels"])
@@ -60,15 +60,16 @@ def run(n: int, anchors, model_config, data, args) -> dict:
     """One Starlight run over the first ``n`` anchors; wall times of epochs, alignments and matchings."""
     from accelerate import Accelerator
 
-    import star_merge.starlight.trainer as trainer_mod
+    import star_merge.matching.population as population_mod
     from star_merge.starlight import StarlightConfig, StarlightTrainer
 
     config = StarlightConfig(num_train_epochs=args.epochs, star_ce_weight=args.mu, align_every=1,
                              per_device_train_batch_size=args.batch_size, seed=0)
-    trainer = StarlightTrainer(config, model_config, anchors[:n], data, accelerator=Accelerator(cpu=True))
-    trainer.config.matching_solver = args.solver
+    trainer = StarlightTrainer(model=model_config, args=config, anchors=anchors[:n], train_dataset=data["train"],
+                               accelerator=Accelerator(cpu=True))
+    trainer.args.matching_solver = args.solver
     aligns, matches = [], []
-    real_align, real_rows = trainer.align_anchors, trainer_mod.align_rows
+    real_align, real_rows = trainer.align_anchors, population_mod.align_rows
 
     def timed_align(*a, **k):
         start = time.perf_counter()
@@ -92,13 +93,13 @@ def run(n: int, anchors, model_config, data, args) -> dict:
         return res
 
     trainer.align_anchors = timed_align
-    trainer_mod.align_rows = timed_rows
+    population_mod.align_rows = timed_rows
     try:
         start = time.perf_counter()
         trainer.train()
         total = time.perf_counter() - start
     finally:
-        trainer_mod.align_rows = real_rows
+        population_mod.align_rows = real_rows
     train_only = (total - sum(aligns)) / args.epochs  # epoch time without its alignment (incl. BN/loader)
     # align_anchors' wall time includes the two simulated slices: take them out again
     aligns = [a - m[5] for a, m in zip(aligns, matches)]

@@ -135,7 +135,7 @@ def test_permuted_bottleneck_resnets_are_recovered_exactly(model_seed, random_bn
 def test_no_restart_far_from_a_copy():
     """Independent inits: restarts are not triggered (their cost is reserved for near copies)."""
     from star_merge.models import StarMLPConfig
-    from star_merge.training import build_model
+    from star_merge.modeling import build_model
 
     a, b = (build_model(StarMLPConfig(hidden_sizes=[64, 64]), seed=s) for s in (0, 1))
     spec = sm.spec_for(a)

@@ -27,7 +27,7 @@ from ..spec import AxisPerm, PermutationSpec, SpecError
 from .solvers import available_solvers, check_solver, pick_solver, solve, solve_batch
 from .weight_matching import _neighbours, _to_blocks, weight_matching
 
-__all__ = ["PopulationAlignment", "align_rows", "BackgroundAlignment"]
+__all__ = ["PopulationAlignment", "align_rows", "align_slice", "BackgroundAlignment"]
 
 
 @dataclass
@@ -139,6 +139,15 @@ def align_rows(
         out.sweeps += sweeps
         del chunk, B
     return out
+
+
+def align_slice(spec, layout, theta, rows, rank: int, world: int, seed: int, max_iter: int = 100,
+                solver: str = "auto") -> list[tuple[int, dict[str, torch.Tensor]]]:
+    """One process's share of a population alignment, [(row, permutation)]: rows rank, rank+world, ...;
+    row i seeded seed+i (on θ's device: no host copy of θ or of the rows)."""
+    indices = list(range(rank, rows.shape[0], world))
+    found = align_rows(spec, layout, theta, rows, indices, [seed + i for i in indices], max_iter, solver)
+    return list(zip(indices, found.perms))
 
 
 def _descend_batched(spec, perm_to_axes, neighbours, a_blocks, B, seeds, max_iter, tol, solver, out):
