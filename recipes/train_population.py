@@ -17,12 +17,17 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "confi
 
 
 def main(argv=None) -> int:
-    from star_merge.argparsing import ConfigError, parse_dataclasses_with_config
-    from star_merge.data import DataArguments, DatasetError, check_labels, load_task_dataset
+    from star_merge.argparsing import parse_dataclasses_with_config
+    from star_merge.errors import report_user_error, user_error_line
+    from star_merge.launch import die_with_parent, under_launcher
+    from star_merge.data import check_labels, load_task_dataset
+    from star_merge.locking import lock_output_dir, recover_atomic_leftovers
     from star_merge.population import train_population
     from star_merge.starlight import StarlightConfig
     from star_merge.starlight.pipeline import PopulationArguments, RunArguments
 
+    if under_launcher():
+        die_with_parent()  # killing `accelerate launch` ends this process too
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" not in argv:
         argv = ["--config", DEFAULT_CONFIG, *argv]
@@ -37,10 +42,15 @@ def main(argv=None) -> int:
         dataset = load_task_dataset(data_args)
         model_config = pop.build_config()
         check_labels(dataset, model_config.num_labels)
-        members = train_population(model_config, dataset, output_dir, pop.num_anchors, pop.num_held_out,
-                                   pop.train_args(), seed=pop.population_seed)
-    except (ValueError, FileNotFoundError, FileExistsError, ConfigError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        with lock_output_dir(output_dir):  # one writer at a time; crash leftovers cleaned under the lock
+            recover_atomic_leftovers(output_dir)
+            members = train_population(model_config, dataset, output_dir, pop.num_anchors, pop.num_held_out,
+                                       pop.train_args(), seed=pop.population_seed, data_settings=data_args.to_dict())
+    except Exception as e:  # noqa: BLE001  (expected failures: one line, exit 2; bugs keep their traceback)
+        line = user_error_line(e)
+        if line is None:
+            raise
+        report_user_error(line)
         return 2
     for m in members:
         print(f"{m.role:9s} {m.path}")

@@ -9,8 +9,7 @@ import sys
 
 from . import __version__
 
-# Errors a user can act on: printed as one line, exit status 2, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError, PermissionError)
+from .errors import report_user_error, user_error_line
 
 
 def _add_adapters(subparsers) -> None:
@@ -82,15 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    from .hub import PushError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (*USER_ERRORS, PushError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"star-merge {args.command}: error: {msg}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001  (errors.py: expected failures are one line, bugs keep the traceback)
+        line = user_error_line(e)
+        if line is None:
+            raise
+        report_user_error(line, prefix=f"star-merge {args.command}: error: ")
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

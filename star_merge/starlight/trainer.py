@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -32,6 +31,7 @@ from ..spec import apply_permutation, compose_permutations
 from ..training import build_model, make_optimizer, make_scheduler
 from .config import StarlightConfig
 from .flat import FlatBoundModel, FlatLayout, FlatStar
+from .rotation import STATE_FILE, find_latest_checkpoint, resume_with_fallback, save_checkpoint_state
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +41,11 @@ __all__ = ["StarlightTrainer", "StarlightResult", "StarlightState", "find_latest
 class StarlightState:
     """Progress and anchor alignments of a run, saved beside Accelerate's state in every checkpoint.
 
-    Written as JSON + safetensors (never pickles, so resuming never unpickles a file): θ, the anchors'
-    permutations, the position in training and the LR scheduler.
+    JSON + safetensors (θ, anchor permutations, position, LR scheduler); Accelerate's files beside it
+    (optimizer, sampler, RNG states) are read back by ``load_state`` with ``torch.load(weights_only=True)``.
     """
 
-    JSON_NAME = "starlight_state.json"
+    JSON_NAME = STATE_FILE
     PERMS_NAME = "starlight_permutations.safetensors"
     THETA_NAME = "starlight_theta.safetensors"
 
@@ -102,18 +102,6 @@ class StarlightResult:
     model: nn.Module
     perms: dict[str, dict[str, torch.Tensor]]
     history: list[dict] = field(default_factory=list)
-
-
-def find_latest_checkpoint(checkpoint_dir: str) -> str | None:
-    """The newest complete ``checkpoint_N`` folder (one a crash interrupted mid-write is skipped)."""
-    if not os.path.isdir(checkpoint_dir):
-        return None
-    found = [
-        (int(m.group(1)), d) for d in os.listdir(checkpoint_dir)
-        if (m := re.fullmatch(r"checkpoint_(\d+)", d))
-        and os.path.isfile(os.path.join(checkpoint_dir, d, StarlightState.JSON_NAME))
-    ]
-    return os.path.join(checkpoint_dir, max(found)[1]) if found else None
 
 
 def _mix_seed(*parts: int) -> int:
@@ -181,8 +169,7 @@ class StarlightTrainer:
         project = ProjectConfiguration(
             project_dir=config.output_dir,
             logging_dir=os.path.join(config.output_dir, "logs") if config.output_dir else None,
-            automatic_checkpoint_naming=True,
-            total_limit=config.checkpoints_total_limit,
+            automatic_checkpoint_naming=False,  # numbering and rotation: rotation.py (never drops the last good one)
         )
         log_with = None if config.report_to == "none" else config.report_to
         # On a machine without an accelerator, cpu=True lets torchrun / `accelerate launch --multi_gpu`
@@ -292,21 +279,14 @@ class StarlightTrainer:
             acc.init_trackers("starlight", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                                                    for k, v in c.to_dict().items()})
 
-        if c.resume_from_checkpoint:
-            path = c.resume_from_checkpoint
-            if path == "latest":
-                path = find_latest_checkpoint(os.path.join(c.output_dir, "checkpoints"))
-                if path is None:
-                    raise FileNotFoundError(
-                        f"--resume_from_checkpoint latest: no checkpoint under {c.output_dir}/checkpoints; "
-                        "start without --resume_from_checkpoint"
-                    )
-            acc.load_state(path)
-            state.load(path, scheduler, flat_star.theta)
-            # Continue automatic checkpoint numbering after the newest existing checkpoint.
-            latest = find_latest_checkpoint(os.path.join(c.output_dir, "checkpoints")) if c.output_dir else None
-            if latest is not None:
-                acc.project_configuration.iteration = int(latest.rsplit("_", 1)[1]) + 1
+        path = None
+        if c.resume_from_checkpoint:  # rotation.py: torn/corrupt checkpoints are set aside, older ones tried
+            def load(p):
+                acc.load_state(p), state.load(p, scheduler, flat_star.theta)
+
+            path = resume_with_fallback(acc, os.path.join(c.output_dir, "checkpoints"), c.resume_from_checkpoint,
+                                        load, reset=state.__init__)
+        if path is not None:
             acc.print(f"resumed from {path} at epoch {state.epoch}, step {state.global_step}")
             if bn:
                 self._load_theta_into_model(flat_star)
@@ -400,12 +380,9 @@ class StarlightTrainer:
     def _save_state(self) -> None:
         if self.config.output_dir is None:
             return
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        folder = acc.save_state(safe_serialization=True)
-        if acc.is_main_process:
-            self._state.save(folder, self._scheduler, self._flat_star.theta)
-        acc.wait_for_everyone()
+        save_checkpoint_state(self.accelerator, os.path.join(self.config.output_dir, "checkpoints"),
+                              self.config.checkpoints_total_limit,
+                              lambda folder: self._state.save(folder, self._scheduler, self._flat_star.theta))
 
 
 def _has_accelerator() -> bool:
