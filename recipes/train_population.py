@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     from star_merge.argparsing import parse_dataclasses_with_config
     from star_merge.errors import report_user_error, user_error_line
     from star_merge.launch import die_with_parent, under_launcher
-    from star_merge.data import check_labels, load_task_dataset
+    from star_merge.data import DataArguments, check_labels, load_task_dataset
     from star_merge.locking import lock_output_dir, recover_atomic_leftovers
     from star_merge.population import train_population
     from star_merge.starlight import StarlightConfig

@@ -102,12 +102,19 @@ def load_checkpoint(path: str, device="cpu"):
                 "Convert it (load it yourself if you trust it, then save_pretrained) and retry"
             )
         raise FileNotFoundError(f"{path} has no model.safetensors")
-    config = AutoConfig.from_pretrained(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{os.path.join(path, 'config.json')} cannot be read as a model config "
+                         f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
     arch = (getattr(config, "architectures", None) or [None])[0]
     if arch in BUILTIN_CLASSES:
         cls = BUILTIN_CLASSES[arch]
     elif arch is not None and hasattr(transformers, arch):
         cls = getattr(transformers, arch)
+        if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+            raise ValueError(f"{path}/config.json: architectures[0] = {arch!r} is not a model class; "
+                             "write the model's class name, e.g. BertForSequenceClassification")
     else:
         cls = transformers.AutoModel
     try:
@@ -143,8 +150,12 @@ class RunDirectory:
                 f"{self.path} is not a star-merge run directory (no {MANIFEST_NAME}); "
                 "create one with `accelerate launch recipes/star.py --output_dir ...`"
             )
-        with open(manifest) as f:
-            self.manifest: dict[str, Any] = json.load(f)
+        try:
+            with open(manifest) as f:
+                self.manifest: dict[str, Any] = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{manifest} is not valid JSON ({e}); the run directory is damaged, rerun "
+                             "recipes/star.py with --overwrite_output_dir") from None
 
     # ---------------------------------------------------------------- members
     @cached_property
@@ -227,7 +238,14 @@ def load_permutations(path: str) -> dict[str, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
     out: dict[str, dict[str, torch.Tensor]] = {}
-    for k, v in load_file(path).items():
+    try:
+        tensors = load_file(path)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001  (safetensors raises its own error type for a truncated file)
+        raise ValueError(f"{path} is truncated or not a safetensors file ({str(e).strip().splitlines()[0]}); "
+                         "rerun recipes/star.py with --resume_from_checkpoint latest to rewrite it") from None
+    for k, v in tensors.items():
         member, perm = k.split("::", 1)
         out.setdefault(member, {})[perm] = v
     return out

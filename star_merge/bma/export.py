@@ -125,6 +125,9 @@ def save_bma(
                 src = os.path.join(processor_files_from, name)
                 if os.path.isfile(src):
                     shutil.copyfile(src, os.path.join(tmp, name))
+        card = os.path.join(output_dir, "README.md")  # the model card is not ours to drop on --overwrite
+        if os.path.isfile(card) and not os.path.exists(os.path.join(tmp, "README.md")):
+            shutil.copyfile(card, os.path.join(tmp, "README.md"))
     return output_dir
 
 
@@ -170,6 +173,9 @@ def export_bma(
     if has_batchnorm(star):
         bn_loader = make_dataloader(run_dir_.load_dataset()["train"], batch_size)
     model = build_bma(star, anchors, num_samples, seed, t_distribution, bn_loader, bn_max_batches)
+    from .._faults import fault_point
+
+    fault_point("export")
     return save_bma(model, output_dir, overwrite=overwrite, processor_files_from=run_dir_.star_path)
 
 

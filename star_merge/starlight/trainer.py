@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._faults import fault_point
 from ..adapters import spec_for
 from ..connectivity import has_batchnorm, reset_bn_stats
 from ..data import make_dataloader
@@ -114,9 +115,9 @@ def _mix_seed(*parts: int) -> int:
 class StarlightTrainer:
     """Learn a star model linearly connected to every anchor.
 
-    ``anchors``: (name, state dict) pairs of one architecture (``model_config``) — or (name, callable
-    returning the state dict), loaded one at a time; ``dataset``: a
-    DatasetDict whose ``train`` split has the model input column and ``labels``.
+    ``anchors``: (name, state dict) pairs of one architecture (``model_config``) — or (name, callable returning
+    the state dict), loaded one at a time; ``dataset``: a DatasetDict whose ``train`` split has the model
+    input column and ``labels``.
     """
 
     def __init__(
@@ -138,8 +139,7 @@ class StarlightTrainer:
         self.spec = spec_for(self.model)
         self.layout = FlatLayout.of(self.model)
         names = set(self.layout.names)
-        # Matching uses the parameters only (BN running statistics are recomputed, not matched).
-        self.match_spec = self.spec.subset(names)
+        self.match_spec = self.spec.subset(names)  # parameters only (BN statistics are recomputed, not matched)
         # The anchors live in ONE [N, P] float32 matrix, always in the star's current frame: re-alignment
         # permutes rows in place and composes the permutation into ``state.perms`` (the permutation from
         # each original anchor), so host memory holds one copy per anchor and no more.
@@ -282,8 +282,8 @@ class StarlightTrainer:
         path = None
         if c.resume_from_checkpoint:  # rotation.py: torn/corrupt checkpoints are set aside, older ones tried
             def load(p):
-                acc.load_state(p), state.load(p, scheduler, flat_star.theta)
-
+                acc.load_state(p)
+                state.load(p, scheduler, flat_star.theta)
             path = resume_with_fallback(acc, os.path.join(c.output_dir, "checkpoints"), c.resume_from_checkpoint,
                                         load, reset=state.__init__)
         if path is not None:
@@ -342,6 +342,7 @@ class StarlightTrainer:
                 count += 1
                 if acc.sync_gradients:
                     state.global_step += 1
+                    fault_point("starlight")
                     bar.update(1)
                     if state.global_step % c.logging_steps == 0:
                         acc.log({"train/loss": running / count, "train/lr": scheduler.get_last_lr()[0],
@@ -388,8 +389,7 @@ class StarlightTrainer:
 def _has_accelerator() -> bool:
     if torch.cuda.is_available():
         return True
-    xpu = getattr(torch, "xpu", None)
-    mps = getattr(torch.backends, "mps", None)
+    xpu, mps = getattr(torch, "xpu", None), getattr(torch.backends, "mps", None)
     return bool((xpu is not None and xpu.is_available()) or (mps is not None and mps.is_available()))
 
 
