@@ -467,9 +467,10 @@ def test_push_run_makes_one_commit_per_repo(run_dir, fake_api, private):
         assert set(staged) == set(expected)
         for rel, f in expected.items():
             assert len(staged[rel]) == f.size
-            if f.local_path is not None:
+            if f.local_path is not None and not rel.endswith(".json"):
                 with open(f.local_path, "rb") as fh:
                     assert staged[rel] == fh.read()
+            assert b"/cache/snap" not in staged[rel] and str(run_dir).encode() not in staged[rel]  # no local paths
         assert staged["README.md"].startswith(b"---\n")
     assert result["commits"] == {r: f"https://huggingface.co/{r}/commit/{fake_sha(r)}" for r in ("me/star", "me/star-bma")}
     assert _tree_digest(run_dir) == before
