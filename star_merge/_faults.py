@@ -2,8 +2,8 @@
 like ``kill -9`` or a power cut) the k-th time (default 1st) it reaches ``fault_point(<point>)``.
 
 Points: ``population`` (after a member is saved), ``starlight`` (after an optimizer step),
-``checkpoint-save`` (Accelerate's state written, Starlight's not yet), ``export`` (BMA built, not yet
-saved), ``evaluation`` (after the barriers, before the report). Unset, this costs one dict lookup.
+``checkpoint-save`` (Accelerate's state written, Starlight's not yet), ``export`` (BMA weights in its temp
+folder, not yet renamed), ``evaluation`` (models scored, report not yet written). Unset, it costs one environment lookup.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from dataclasses import asdict, is_dataclass
 
 __all__ = ["member_settings", "first_difference", "read_json"]
 
-_VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "_commit_hash")
+_VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "_commit_hash", "dtype", "torch_dtype")  # set by loading
 
 
 def read_json(path: str) -> dict:

@@ -12,6 +12,7 @@ from torch import nn
 
 from .. import models as _builtin_models  # registers star-mlp / star-cnn1d with the Auto classes
 from .configuration_star_bma import StarBMAConfig
+from .._faults import fault_point
 from ..rundir import atomic_folder
 from .modeling_star_bma import HEAD_AUTO_SUFFIX, HEAD_CLASSES, StarBMAPreTrainedModel, head_of
 
@@ -116,6 +117,7 @@ def save_bma(
             f"AutoModelFor{HEAD_AUTO_SUFFIX[model.head]}": f"modeling_star_bma.{type(model).__name__}",
         }
         model.save_pretrained(tmp, safe_serialization=True)
+        fault_point("export")  # tests: a kill here leaves a half-written .bma.tmp-* folder
         for path in _CODE_FILES:
             shutil.copyfile(path, os.path.join(tmp, os.path.basename(path)))
         if processor is not None:
@@ -173,9 +175,6 @@ def export_bma(
     if has_batchnorm(star):
         bn_loader = make_dataloader(run_dir_.load_dataset()["train"], batch_size)
     model = build_bma(star, anchors, num_samples, seed, t_distribution, bn_loader, bn_max_batches)
-    from .._faults import fault_point
-
-    fault_point("export")
     return save_bma(model, output_dir, overwrite=overwrite, processor_files_from=run_dir_.star_path)
 
 
