@@ -77,6 +77,8 @@ def lock_output_dir(folder: str):
 
 
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-[A-Za-z0-9_]+$")
+# temp files of atomic_write_text (".report.json.k3j_x9a1") and save_permutations (".perms.XXXX.safetensors")
+_TEMP_FILE = re.compile(r"^\.(perms\.[A-Za-z0-9_]+\.safetensors|.+\.(json|md)\.[A-Za-z0-9_]{8})$")
 
 
 def recover_atomic_leftovers(parent: str) -> list[str]:
@@ -84,7 +86,8 @@ def recover_atomic_leftovers(parent: str) -> list[str]:
 
     ``.NAME.tmp-*`` (a folder being written) is removed. ``.NAME.old-*/dir`` (the previous NAME, set aside
     during the swap) is moved back when NAME is missing (the crash hit between the two renames), else
-    removed. Call it only while holding the run's lock. Returns what was done, one line each.
+    removed. Temp files of atomic file writes are removed. Call it only while holding the run's lock.
+    Returns what was done, one line each.
     """
     done = []
     if not os.path.isdir(parent):
@@ -92,6 +95,10 @@ def recover_atomic_leftovers(parent: str) -> list[str]:
     for entry in sorted(os.listdir(parent)):
         m = _LEFTOVER.match(entry)
         full = os.path.join(parent, entry)
+        if _TEMP_FILE.match(entry) and os.path.isfile(full) and not os.path.islink(full):
+            os.remove(full)
+            done.append(f"removed {full}")
+            continue
         if not m or not os.path.isdir(full):
             continue
         target = os.path.join(parent, m.group("name"))

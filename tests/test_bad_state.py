@@ -208,6 +208,14 @@ def test_disk_full_is_one_line(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     one_line_error(capsys, cli(["align", a, b, "--output_dir", str(tmp_path / "c")]), "no space left on device",
                    prefix="star-merge align: error:")
+    import star_merge.population as population
+
+    monkeypatch.setattr(population, "save_checkpoint", full)  # the recipe: the first member's save fails
+    out = tmp_path / "out"
+    recipe_error(capsys, ["--output_dir", str(out), "--num_samples", "200", "--population_epochs", "1",
+                          "--num_anchors", "1", "--num_held_out", "0", "--model_config", '{"hidden_sizes": [8]}'],
+                 "no space left on device")
+    assert not out.exists()  # nothing that blocks the rerun once space is freed
     from star_merge.errors import user_error_line
 
     rust = RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space\" })")
@@ -263,6 +271,8 @@ def test_crash_leftovers_are_cleaned_or_restored(tmp_path):
     (tmp_path / ".bma.old-xyz" / "dir" / "config.json").write_text("{}")
     (tmp_path / "report").mkdir()
     (tmp_path / ".report.old-q1" / "dir").mkdir(parents=True)  # crash after the swap: report/ is the new one
+    (tmp_path / ".report.json.k3j_x9a1").write_text("{")  # atomic_write_text's temp file
+    (tmp_path / ".notes.txt").write_text("the user's hidden file")
     done = recover_atomic_leftovers(str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ["bma", "report"] and len(done) == 3
+    assert sorted(os.listdir(tmp_path)) == [".notes.txt", "bma", "report"] and len(done) == 4
     assert (tmp_path / "bma" / "config.json").read_text() == "{}"

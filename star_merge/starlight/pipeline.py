@@ -167,7 +167,8 @@ def prepare_output_dir(config: StarlightConfig) -> None:
 def _clear_results(out: str) -> None:
     if not os.path.isfile(os.path.join(out, MANIFEST_NAME)):
         return  # not a run: nothing here is ours to delete
-    for e in RESULT_ENTRIES:
+    # starlight.json last: a crash part-way leaves a folder still recognised as a run (so the flag works again)
+    for e in sorted(RESULT_ENTRIES, key=lambda e: e == MANIFEST_NAME):
         p = os.path.join(out, e)
         if os.path.isdir(p) and not os.path.islink(p):
             shutil.rmtree(p)
