@@ -39,8 +39,10 @@ def die_with_parent(sig: int = signal.SIGTERM) -> bool:
 
 def under_launcher() -> bool:
     """Whether this process was started by ``accelerate launch`` or ``torchrun``."""
-    return "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ or any(
-        k.startswith("ACCELERATE_") and k != "ACCELERATE_CONFIG_FILE" for k in os.environ)
+    # LOCAL_RANK/TORCHELASTIC_RUN_ID: torchrun and multi-process `accelerate launch`; ACCELERATE_USE_CPU and
+    # ACCELERATE_DYNAMO_BACKEND: set by `accelerate launch` for one process (not by a user's own environment).
+    keys = ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "ACCELERATE_USE_CPU", "ACCELERATE_DYNAMO_BACKEND")
+    return any(k in os.environ for k in keys)
 
 
 def main(argv=None) -> int:
