@@ -1,9 +1,10 @@
-"""The one user-error path: expected failures become one line (and exit status 2), never a traceback.
+"""The one user-error handler: errors a user can act on are printed as one line and exit with status 2.
 
-Expected failures are bad arguments or inputs (ValueError and its subclasses: RunError, ConfigError,
-DatasetError, NonFiniteError, ...), missing or existing files, a locked run directory, and a full disk.
-Anything else is a bug and keeps its traceback. Under ``python -m star_merge.launch`` the line is also
-written to ``$STAR_MERGE_ERROR_FILE`` so the launcher can exit 2 without Accelerate's traceback.
+``cli.py`` and both recipes call :func:`run_reporting_user_errors`; library code raises ordinary exceptions
+(``ValueError`` subclasses, ``FileNotFoundError``, ``FileExistsError``, ...) whose message says what to fix.
+A full disk (``ENOSPC``/``EDQUOT``, also as safetensors' ``StorageFull``) is a user error too. Anything else
+is a bug and keeps its traceback. Under ``python -m star_merge.launch`` the line is also written to
+``$STAR_MERGE_ERROR_FILE`` so the launcher can exit 2 without Accelerate's traceback.
 """
 
 from __future__ import annotations
@@ -11,17 +12,25 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from typing import Callable
 
-__all__ = ["USER_ERRORS", "user_error_line", "report_user_error"]
+__all__ = ["UserError", "USER_ERRORS", "user_error_message", "user_error_line", "report_user_error",
+           "run_reporting_user_errors"]
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, KeyError,
-               PermissionError)
+
+class UserError(ValueError):
+    """Base of star-merge's own errors about bad input (arguments, files, data)."""
+
+
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               KeyError, PermissionError)
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    text = text.strip()
+def user_error_message(e: BaseException) -> str:
+    text = str(e).strip()
+    if isinstance(e, KeyError) and e.args:
+        text = str(e.args[0])
     return text.splitlines()[0] if text else type(e).__name__
 
 
@@ -34,10 +43,10 @@ def user_error_line(e: BaseException) -> str | None:
         return (f"no space left on device{where}; free some space and rerun the same command "
                 "(a Starlight run: add --resume_from_checkpoint latest)")
     if isinstance(e, USER_ERRORS):
-        return _first_line(e)
+        return user_error_message(e)
     for cls in type(e).__mro__:  # the Hub's own user errors (PushError) without importing it here
         if cls.__name__ == "PushError":
-            return _first_line(e)
+            return user_error_message(e)
     return None
 
 
@@ -51,3 +60,18 @@ def report_user_error(line: str, prefix: str = "error: ") -> None:
                 f.write(line + "\n")
         except OSError:
             pass
+
+
+def run_reporting_user_errors(fn: Callable[[], int | None], prog: str | None = None) -> int:
+    """``fn()``'s exit status; a user error is printed as one line ``[PROG: ]error: MESSAGE`` and returns 2."""
+    try:
+        return int(fn() or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001  (expected failures: one line; bugs are re-raised with their traceback)
+        line = user_error_line(e)
+        if line is None:
+            raise
+        report_user_error(line, prefix=f"{prog + ': ' if prog else ''}error: ")
+        return 2

@@ -16,7 +16,7 @@ import star_merge as sm
 from star_merge.cli import main as cli
 from star_merge.models import StarMLPConfig
 from star_merge.rundir import MANIFEST_NAME, save_permutations
-from star_merge.training import build_model, save_checkpoint
+from star_merge.population.training import build_model, save_checkpoint
 
 from fixtures import tiny_arguments
 
@@ -120,7 +120,7 @@ def test_barrier_and_align_refuse_nan(tmp_path, capsys):
 def test_a_nan_loss_is_not_a_zero_barrier():
     import math
 
-    from star_merge.connectivity import loss_barrier
+    from star_merge.evaluation.connectivity import loss_barrier
 
     assert math.isnan(loss_barrier([0.0, 0.5, 1.0], [1.0, float("nan"), 1.0]))
     assert loss_barrier([0.0, 0.5, 1.0], [1.0, 0.5, 1.0]) == 0.0
@@ -197,7 +197,7 @@ def test_a_locked_output_dir_is_refused_and_a_dead_holders_lock_is_free(tmp_path
 
 # ------------------------------------------------------------------ item 8: disk full, corrupt files
 def test_disk_full_is_one_line(tmp_path, capsys, monkeypatch):
-    import star_merge.align_cmd as align_cmd
+    import star_merge.matching.checkpoints as align_cmd
 
     a, b = saved(tmp_path, "a"), saved(tmp_path, "b", seed=1)
 
@@ -208,7 +208,7 @@ def test_disk_full_is_one_line(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     one_line_error(capsys, cli(["align", a, b, "--output_dir", str(tmp_path / "c")]), "no space left on device",
                    prefix="star-merge align: error:")
-    import star_merge.population as population
+    import star_merge.population.members as population
 
     monkeypatch.setattr(population, "save_checkpoint", full)  # the recipe: the first member's save fails
     out = tmp_path / "out"

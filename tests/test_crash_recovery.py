@@ -115,7 +115,7 @@ def tiny_population(tmp_path_factory):
 def _train(out, tiny_population, **overrides):
     model_config, anchors, dataset = tiny_population
     config, *_ = tiny_arguments(str(out), num_train_epochs=2, checkpointing_steps=4, **overrides)
-    return StarlightTrainer(config, model_config, anchors, dataset).train()
+    return StarlightTrainer(model=model_config, args=config, anchors=anchors, train_dataset=dataset["train"]).train()
 
 
 def _crash_after_saves(monkeypatch, n):

@@ -6,10 +6,11 @@ import os
 
 from tqdm.auto import tqdm
 
-from ._faults import fault_point
-from .population_manifest import first_difference, member_settings, read_json
-from .rundir import Member
-from .training import TrainArguments, build_model, save_checkpoint, train_classifier
+from .._faults import fault_point
+from ..modeling import build_model
+from ..rundir import Member
+from .manifest import first_difference, member_settings, read_json
+from .training import TrainArguments, save_checkpoint, train_classifier
 
 __all__ = ["train_population", "HELD_OUT_SEED_OFFSET", "member_is_complete"]
 
