@@ -8,7 +8,8 @@ endpoint is high, so the path stays under it). So a report states, computed from
 - whether the star is a good solution (:func:`judge_star`): test accuracy ≥ the anchors' mean − 1
   percentage point and test NLL ≤ the anchors' mean NLL, or which criterion fails and by how much.
 
-Pure functions over the ``summary`` dict of ``report.json`` (see docs/run_directory.md); no I/O.
+Pure functions over a :class:`~star_merge.evaluation.summary.RunSummary` or the ``summary`` dict of
+``report.json`` (see docs/run_directory.md); no I/O.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from .summary import RunSummary
 
 __all__ = ["ACCURACY_TOLERANCE", "Verdict", "headline", "judge_star"]
 
@@ -32,22 +35,22 @@ class Verdict:
     text: str = ""
 
 
-def _num(summary: Mapping[str, Any], key: str) -> float | None:
-    value = summary.get(key)
-    return None if value is None else float(value)
+def _typed(summary: RunSummary | Mapping[str, Any]) -> RunSummary:
+    return summary if isinstance(summary, RunSummary) else RunSummary.from_report({"summary": summary})
 
 
-def judge_star(summary: Mapping[str, Any], accuracy_tolerance: float = ACCURACY_TOLERANCE) -> Verdict:
+def judge_star(summary: RunSummary | Mapping[str, Any], accuracy_tolerance: float = ACCURACY_TOLERANCE) -> Verdict:
     """Whether the star is a good solution: accuracy ≥ anchors' mean − tolerance and NLL ≤ anchors' mean NLL.
 
-    ``summary`` holds ``star_test_accuracy``, ``star_test_nll``, ``mean_anchor_test_accuracy`` and
-    ``mean_anchor_test_nll`` (accuracies as fractions). A criterion whose numbers are missing fails
-    with a reason saying so: a star is never called good on numbers that were not measured.
+    ``summary`` (a RunSummary or report.json's ``summary`` dict) holds the star's and the anchors' mean test
+    accuracy (fractions) and NLL. A criterion whose numbers are missing fails with a reason saying so: a star
+    is never called good on numbers that were not measured.
     """
     if accuracy_tolerance < 0:
         raise ValueError(f"accuracy_tolerance must be >= 0, got {accuracy_tolerance}")
-    acc, anchor_acc = _num(summary, "star_test_accuracy"), _num(summary, "mean_anchor_test_accuracy")
-    nll, anchor_nll = _num(summary, "star_test_nll"), _num(summary, "mean_anchor_test_nll")
+    s = _typed(summary)
+    acc, anchor_acc = s.star_test_accuracy, s.mean_anchor_test_accuracy
+    nll, anchor_nll = s.star_test_nll, s.mean_anchor_test_nll
     tol_pts = 100 * accuracy_tolerance
     reasons = []
     if acc is None or anchor_acc is None:
@@ -71,14 +74,14 @@ def judge_star(summary: Mapping[str, Any], accuracy_tolerance: float = ACCURACY_
     return Verdict(True, [], text)
 
 
-def headline(summary: Mapping[str, Any]) -> str:
+def headline(summary: RunSummary | Mapping[str, Any]) -> str:
     """One line: the train-loss barrier ratio (the paper's metric) first, the test-loss ratio beside it."""
-    ratio = summary.get("loss_barrier_ratio") or {}
+    s = _typed(summary)
     parts = []
     for split, label in (("train", "train-loss barrier ratio (paper's metric)"), ("test", "test-loss barrier ratio")):
-        r = ratio.get(split)
-        star = ((summary.get("star_vs_held_out") or {}).get(f"{split}_loss_barrier") or {}).get("mean")
-        ordinary = ((summary.get("anchor_vs_held_out") or {}).get(f"{split}_loss_barrier") or {}).get("mean")
+        r = s.loss_barrier_ratio.get(split)
+        star = getattr(s.group("star_vs_held_out"), f"{split}_loss_barrier").mean
+        ordinary = getattr(s.group("anchor_vs_held_out"), f"{split}_loss_barrier").mean
         value = "–" if r is None else f"{r:.3f}"
         detail = f" ({star:.4f} star ↔ held-out / {ordinary:.4f} anchor ↔ held-out)" \
             if star is not None and ordinary is not None else ""
