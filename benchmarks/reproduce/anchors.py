@@ -22,6 +22,7 @@ from common import (
     population_dir,
     record,
     run_points,
+    summary_line,
     write_json,
 )
 
@@ -47,8 +48,7 @@ def main(argv=None) -> None:
     write_json(os.path.join(out, "anchors.json"), {"model": args.model, "config": config, "flags": flags,
                                                     "population_dir": pop, "points": rows})
     for r in rows:
-        print(f"N={r['num_anchors']:>3}: train ratio {r['train_loss_ratio']:.3f}, test ratio {r['test_loss_ratio']:.3f}; "
-              f"{r['verdict']}", flush=True)
+        print(summary_line(f"N={r['num_anchors']:>3}", r), flush=True)
     plot_sweep(rows, "num_anchors", "number of anchors", f"Barrier vs number of anchors: star-{args.model}, MNIST-1D",
                os.path.join(out, "anchors.png"), logx=True)
     print(f"wrote {os.path.join(out, 'anchors.json')} and anchors.png")

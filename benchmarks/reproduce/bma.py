@@ -36,9 +36,9 @@ def main(argv=None) -> None:
 
     from star_merge.bma import bma_predict_proba, build_bma
     from star_merge.bma.configuration_star_bma import draw_samples, parse_t_distribution
-    from star_merge.connectivity import has_batchnorm
     from star_merge.data import make_dataloader
-    from star_merge.metrics import classification_metrics
+    from star_merge.evaluation.engine import has_batchnorm
+    from star_merge.evaluation.metrics import classification_metrics
     from star_merge.rundir import RunDirectory
 
     rd = RunDirectory(args.run_dir)

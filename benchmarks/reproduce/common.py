@@ -81,6 +81,16 @@ def record(report: dict, **keys) -> dict:
     return out
 
 
+def fmt(value, digits: int = 3) -> str:
+    """A number for a printed line ('–' when it was not measured, e.g. a ratio over a zero ordinary barrier)."""
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def summary_line(label: str, r: dict) -> str:
+    return (f"{label}: train ratio {fmt(r['train_loss_ratio'])}, test ratio {fmt(r['test_loss_ratio'])}; "
+            f"{r['verdict']}")
+
+
 def write_json(path: str, payload: dict) -> None:
     from star_merge.rundir import atomic_write_json
 
@@ -194,28 +204,29 @@ def extra_flags(pairs: list[str]) -> dict:
 
 
 def _recipe_args(config: str, flags: dict):
-    from star_merge.argparsing import parse_dataclasses_with_config
+    from star_merge.argparsing import ArgumentsParser
     from star_merge.data import DataArguments
+    from star_merge.population import PopulationArguments
     from star_merge.starlight import StarlightConfig
-    from star_merge.starlight.pipeline import PopulationArguments, RunArguments
+    from star_merge.starlight.pipeline import RunArguments
 
     argv = ["--config", config]
     for k, v in flags.items():
         argv += [f"--{k}", str(v)]
-    (_, data_args, pop, _), _ = parse_dataclasses_with_config(
-        [StarlightConfig, DataArguments, PopulationArguments, RunArguments], argv)
+    parser = ArgumentsParser([StarlightConfig, DataArguments, PopulationArguments, RunArguments])
+    (_, data_args, pop, _), _ = parser.parse(argv)
     return data_args, pop
 
 
 def _train_member(job) -> str:
-    """Train one population member exactly as star_merge.population.train_population does (same seed, files)."""
+    """Train one population member as star_merge.population.train_population does (same seed, same files)."""
     import torch
 
     torch.set_num_threads(1)
     config, flags, path, member_seed = job
     from star_merge.data import load_task_dataset
-    from star_merge.population import member_is_complete
-    from star_merge.training import build_model, save_checkpoint, train_classifier
+    from star_merge.modeling import build_model
+    from star_merge.population import member_is_complete, save_checkpoint, train_classifier
 
     if member_is_complete(path):
         return path

@@ -16,6 +16,7 @@ from common import (
     base_parser,
     ensure_population,
     extra_flags,
+    fmt,
     is_done,
     population_dir,
     record,
@@ -39,8 +40,9 @@ STARLIGHT = {  # Starlight settings on top of the config
 
 
 def good_demo(r: dict) -> bool:
+    ratios = (r["train_loss_ratio"], r["test_loss_ratio"])
     return (r["star_test_nll"] <= r["mean_anchor_test_nll"] and r["star_test_accuracy"] >= r["mean_anchor_test_accuracy"]
-            and r["train_loss_ratio"] is not None and r["train_loss_ratio"] <= 0.5 and r["test_loss_ratio"] <= 0.5)
+            and None not in ratios and max(ratios) <= 0.5)
 
 
 def main(argv=None) -> None:
@@ -71,7 +73,7 @@ def main(argv=None) -> None:
     print(f"{'population':<12} {'starlight':<18} {'train r':>7} {'test r':>7} {'acc':>6} {'anc acc':>7} {'nll':>6} "
           f"{'anc nll':>7} good")
     for r in rows:
-        print(f"{r['population']:<12} {r['starlight']:<18} {r['train_loss_ratio']:7.3f} {r['test_loss_ratio']:7.3f} "
+        print(f"{r['population']:<12} {r['starlight']:<18} {fmt(r['train_loss_ratio']):>7} {fmt(r['test_loss_ratio']):>7} "
               f"{100 * r['star_test_accuracy']:6.2f} {100 * r['mean_anchor_test_accuracy']:7.2f} {r['star_test_nll']:6.3f} "
               f"{r['mean_anchor_test_nll']:7.3f} {r['good_demo']}")
 

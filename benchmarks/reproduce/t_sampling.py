@@ -21,6 +21,7 @@ from common import (
     population_dir,
     record,
     run_points,
+    summary_line,
     write_json,
 )
 
@@ -50,8 +51,7 @@ def main(argv=None) -> None:
     rows = [record(r, variant=n, **VARIANTS[n]) for n, r in zip(names, run_points(points, args.config, args.jobs))]
     write_json(os.path.join(args.out, "t_sampling.json"), {"config": args.config, "flags": base, "points": rows})
     for r in rows:
-        print(f"{r['variant']:>20}: train ratio {r['train_loss_ratio']:.3f}, test ratio {r['test_loss_ratio']:.3f}; "
-              f"{r['verdict']}", flush=True)
+        print(summary_line(f"{r['variant']:>20}", r), flush=True)
     plot_sweep(rows, "variant", "p(t) / objective", f"p(t) and star + CE: {os.path.basename(args.config)}",
                os.path.join(args.out, "t_sampling.png"), categorical=True)
     print(f"wrote {os.path.join(args.out, 't_sampling.json')} and t_sampling.png")

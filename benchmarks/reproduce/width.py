@@ -22,6 +22,7 @@ from common import (
     population_dir,
     record,
     run_points,
+    summary_line,
     write_json,
 )
 
@@ -46,8 +47,7 @@ def main(argv=None) -> None:
     rows = [record(r, width=w) for w, r in zip(widths, run_points(points, args.config, args.jobs))]
     write_json(os.path.join(args.out, "width.json"), {"config": args.config, "flags": base, "points": rows})
     for r in rows:
-        print(f"width {r['width']:>5}: train ratio {r['train_loss_ratio']:.3f}, test ratio {r['test_loss_ratio']:.3f}; "
-              f"{r['verdict']}", flush=True)
+        print(summary_line(f"width {r['width']:>5}", r), flush=True)
     plot_sweep(rows, "width", "hidden width (2 layers)", "Barrier vs width: star-mlp, MNIST-1D",
                os.path.join(args.out, "width.png"), logx=True)
     print(f"wrote {os.path.join(args.out, 'width.json')} and width.png")
