@@ -1,6 +1,6 @@
 """Learn a star model with Starlight, from a population on the Hub, in local folders, or trained here.
 
-    # the built-in demo: MNIST-1D, star-mlp, 10 anchors + 5 held-out models, ~6 minutes on 2 CPU cores
+    # the built-in demo: MNIST-1D, the BatchNorm CNN star-cnn1d, 10 anchors + 5 held-out models (≈10 min on 2 CPU cores)
     accelerate launch recipes/star.py
 
     # a named configuration; flags override its values
@@ -14,7 +14,7 @@
     accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/star.py
 
     # resume after a crash
-    accelerate launch recipes/star.py --resume_from_checkpoint latest --output_dir outputs/mnist1d_mlp
+    accelerate launch recipes/star.py --resume_from_checkpoint latest --output_dir outputs/mnist1d_cnn1d_demo
 
 Writes the run directory described in docs/run_directory.md.
 """
@@ -22,7 +22,7 @@ Writes the run directory described in docs/run_directory.md.
 import os
 import sys
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "mnist1d_mlp.yaml")
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "mnist1d_cnn1d_demo.yaml")
 
 
 def main(argv=None) -> int:
@@ -50,7 +50,7 @@ def _run(argv) -> int:
     parser = ArgumentsParser([StarlightConfig, DataArguments, PopulationArguments, RunArguments], prog="recipes/star.py")
     (config, data_args, pop, run_args), name = parser.parse(argv)
     if config.output_dir is None:
-        config.output_dir = os.path.join("outputs", name or "mnist1d_mlp")
+        config.output_dir = os.path.join("outputs", name or "mnist1d_cnn1d_demo")
     report = run_starlight_pipeline(config, data_args, pop, run_args)
     if not PartialState().is_main_process:
         return 0

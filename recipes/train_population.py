@@ -1,6 +1,6 @@
 """Train a population: N anchors and M held-out models of one architecture, one seed each, as HF checkpoints.
 
-    # the demo's population (10 anchors + 5 held-out star-mlp models on MNIST-1D)
+    # the demo's population (10 anchors + 5 held-out star-cnn1d models on MNIST-1D)
     python recipes/train_population.py --output_dir outputs/population
 
     # a BatchNorm CNN population from a config; re-running skips members already trained
@@ -13,7 +13,7 @@ Use the folders as `--anchors`/`--held_out` of recipes/star.py, or push them to 
 import os
 import sys
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "mnist1d_mlp.yaml")
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "mnist1d_cnn1d_demo.yaml")
 
 
 def main(argv=None) -> int:

@@ -56,10 +56,13 @@ def build_bma(
     t_distribution: str = "uniform",
     bn_dataloader: Iterable | None = None,
     bn_max_batches: int | None = None,
+    samples: list | None = None,
 ) -> StarBMAPreTrainedModel:
     """A BMA wrapper (in memory) over the star model ``star`` and ``anchors`` (name -> state dict aligned to it).
 
     BatchNorm members need ``bn_dataloader`` (training data): each sample's statistics are recomputed over it.
+    ``samples``: an explicit ``[[anchor index n, t], ...]`` list of ``num_samples`` points instead of a draw
+    from ``seed`` and ``t_distribution`` (kept in the config as given).
     """
     from ..evaluation.engine import reset_bn_stats
 
@@ -77,6 +80,7 @@ def build_bma(
         t_distribution=t_distribution,
         seed=seed,
         member_names=list(anchors),
+        samples=samples,
     )
     model = HEAD_CLASSES[head](config)
     model.star.fill(star.state_dict(), "the star")
