@@ -127,3 +127,28 @@ def test_star_to_held_out_barrier_measured(text_run):
     barriers = {g: s[g]["test_loss_barrier"] for g in ("star_vs_held_out", "anchor_vs_held_out")}
     print("TEXT barriers", json.dumps(barriers))
     assert barriers["star_vs_held_out"]["n"] == 1 and barriers["anchor_vs_held_out"]["n"] == 2
+
+
+def test_every_export_carries_the_tokenizer(text_population, text_run, tmp_path):
+    """push uploads the tokenizer to both repos; `star-merge align` output loads in a pipeline alone and
+    predicts like B (the aligned copy computes B's function)."""
+    from transformers import pipeline
+
+    from star_merge.cli import main
+    from star_merge.hub.push import upload_plan
+
+    plan = upload_plan(str(text_run), "org/star", bma_repo_id="org/star-bma")
+    for repo in ("org/star", "org/star-bma"):
+        files = {f.path_in_repo for f in plan if f.repo_id == repo}
+        assert {"tokenizer.json", "tokenizer_config.json"} <= files, files
+    a, b = text_population["anchors"][0], text_population["held_out"][0]
+    out = str(tmp_path / "aligned")
+    assert main(["align", a, b, "--output_dir", out]) == 0
+    texts = _texts(text_population, 6)
+    aligned = pipeline("text-classification", model=out, top_k=None)(texts)
+    original = pipeline("text-classification", model=b, top_k=None)(texts)
+    for x, y in zip(aligned, original):
+        expected = {s["label"]: s["score"] for s in y}
+        assert {s["label"] for s in x} == set(expected)
+        for s in x:
+            assert s["score"] == pytest.approx(expected[s["label"]], abs=1e-4)
