@@ -152,3 +152,33 @@ def test_every_export_carries_the_tokenizer(text_population, text_run, tmp_path)
         assert {s["label"] for s in x} == set(expected)
         for s in x:
             assert s["score"] == pytest.approx(expected[s["label"]], abs=1e-4)
+
+
+def test_pretokenised_variable_length_data_is_padded_per_batch(tmp_path):
+    """Already-tokenised rows of different lengths keep every tokenizer output and are padded per batch exactly
+    as transformers' DataCollatorWithPadding pads them (the independent reference)."""
+    from datasets import Dataset, DatasetDict
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    from star_merge.data import DataArguments, load_task_dataset, make_dataloader, prepare_dataset
+    from star_merge.tasks import task_for
+
+    tok = AutoTokenizer.from_pretrained(minilm_tokenizer_folder())
+    texts = ["Remove a file.", "Return a copy of the string with leading and trailing whitespace removed.",
+             "Join two paths.", "Split the string at the last occurrence of the separator and return a tuple."]
+    enc = tok(texts)
+    split = Dataset.from_dict({**enc, "label": [0, 1, 0, 1], "id": [10, 11, 12, 13]})
+    DatasetDict(train=split, test=split).save_to_disk(str(tmp_path / "tok"))
+    args = DataArguments(dataset_name=str(tmp_path / "tok"))
+    raw = load_task_dataset(args)
+    assert set(raw["train"].column_names) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
+    ds, collate = prepare_dataset(raw, task_for(tiny_bert_config()), tok, args)
+    batch = next(iter(make_dataloader(ds["train"], 4, collate_fn=collate)))
+    ref = DataCollatorWithPadding(tok)([{k: enc[k][i] for k in enc} | {"labels": i % 2} for i in range(4)])
+    for k in ("input_ids", "attention_mask", "token_type_ids", "labels"):
+        assert torch.equal(batch[k], ref[k]), k
+    # without a tokenizer in the population: padded with id 0 under a zero attention mask
+    ds, collate = prepare_dataset(raw, task_for(tiny_bert_config()), None, args)
+    batch0 = next(iter(make_dataloader(ds["train"], 4, collate_fn=collate)))
+    assert torch.equal(batch0["attention_mask"], ref["attention_mask"]) and tok.pad_token_id == 0
+    assert torch.equal(batch0["input_ids"], ref["input_ids"])
