@@ -9,7 +9,9 @@ import os
 import numpy as np
 import torch
 
-TEXT_MODULES = ((str, list, dict, bytes), ("os", "os.path", "shutil", "json"))  # label 0: containers, 1: files
+# label: where a docstring comes from (str methods, bytes methods, os functions, os.path / shutil functions)
+TEXT_SOURCES = ((str,), (bytes, bytearray), ("os",), ("os.path", "shutil"))
+TEXT_LABELS = ["str", "bytes", "os", "paths"]
 
 
 def minilm_tokenizer_folder() -> str:
@@ -26,27 +28,24 @@ def docstring_dataset(folder: str, max_per_class: int = 120, test_fraction: floa
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
     rows = []
-    for obj in TEXT_MODULES[0]:
-        docs = [inspect.getdoc(getattr(obj, n)) for n in sorted(dir(obj)) if not n.startswith("_")]
-        rows += [(d, 0) for d in docs if d]
-    for name in TEXT_MODULES[1]:
-        mod = importlib.import_module(name)
-        docs = [inspect.getdoc(getattr(mod, n)) for n in sorted(dir(mod)) if not n.startswith("_")
-                and callable(getattr(mod, n))]
-        rows += [(d, 1) for d in docs if d]
+    for label, sources in enumerate(TEXT_SOURCES):
+        for src in sources:
+            obj = importlib.import_module(src) if isinstance(src, str) else src
+            names = [n for n in sorted(dir(obj)) if not n.startswith("_") and callable(getattr(obj, n))]
+            rows += [(doc, label) for doc in (inspect.getdoc(getattr(obj, n)) for n in names) if doc]
     rows = list(dict.fromkeys(rows))
-    by_label = [[r for r in rows if r[1] == k][:max_per_class] for k in (0, 1)]
+    by_label = [[r for r in rows if r[1] == k][:max_per_class] for k in range(len(TEXT_SOURCES))]
     rows = [r for group in by_label for r in group]
     order = np.random.default_rng(seed).permutation(len(rows))
     n_test = int(len(rows) * test_fraction)
-    features = Features({"text": Value("string"), "label": ClassLabel(names=["container", "files"])})
+    features = Features({"text": Value("string"), "label": ClassLabel(names=TEXT_LABELS)})
     make = lambda idx: Dataset.from_dict(  # noqa: E731
         {"text": [rows[i][0][:300] for i in idx], "label": [rows[i][1] for i in idx]}, features=features)
     DatasetDict(train=make(order[n_test:]), test=make(order[:n_test])).save_to_disk(folder)
     return folder
 
 
-def tiny_bert_config(num_labels: int = 2):
+def tiny_bert_config(num_labels: int = 4):
     from transformers import BertConfig
 
     return BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -34,14 +34,14 @@ def setup(tmp_path_factory):
     folders = {}
     for name, with_tok in (("a0", True), ("a1", True), ("h0", True), ("bare0", False), ("bare1", False)):
         folder = str(base / name)
-        AutoModelForSequenceClassification.from_config(tiny_bert_config()).save_pretrained(folder)
+        AutoModelForSequenceClassification.from_config(tiny_bert_config(num_labels=2)).save_pretrained(folder)
         if with_tok:
             tok.save_pretrained(folder)
         folders[name] = folder
     other = AutoTokenizer.from_pretrained(minilm_tokenizer_folder())
     other.add_tokens(["starlight"])
     folders["odd"] = str(base / "odd")
-    AutoModelForSequenceClassification.from_config(tiny_bert_config()).save_pretrained(folders["odd"])
+    AutoModelForSequenceClassification.from_config(tiny_bert_config(num_labels=2)).save_pretrained(folders["odd"])
     other.save_pretrained(folders["odd"])
     return base, folders
 

@@ -29,7 +29,7 @@ def _recipe(p, out, *extra):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     cmd = [sys.executable, RECIPE, "--anchors", *p["anchors"], "--held_out", *p["held_out"], "--dataset_name",
            p["data"], "--input_column", "image", "--num_train_epochs", "2", "--per_device_train_batch_size", "32",
-           "--learning_rate", "0.002", "--bma_samples", "2", "--output_dir", str(out), *extra]
+           "--learning_rate", "0.002", "--bma_samples", "2", "--eval_num_points", "5", "--output_dir", str(out), *extra]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
 
 
