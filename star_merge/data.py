@@ -154,13 +154,19 @@ def _input_columns(args: DataArguments, train, model_input_name: str | None) -> 
     if args.input_column:
         src = need(args.input_column, "--input_column")
     else:
-        src = next((c for c in ("input_values", "pixel_values", "input_ids") if c in cols), None)
+        known = ((model_input_name,) if model_input_name else ()) + ("input_values", "pixel_values", "input_ids")
+        src = next((c for c in known if c in cols), None)
         src = src or next((c for c in cols if isinstance(feature(c), Image)), None)
         if src is None:
             text = next((c for c in cols if isinstance(feature(c), Value) and feature(c).dtype in ("string", "large_string")
                          and c != args.label_column), None)
-            hint = f"--text_column {text}" if text else "--input_column"
-            raise DatasetError(f"cannot tell the model input column among {cols}; pass {hint}")
+            if text:
+                raise DatasetError(f"dataset {name!r} has no model input column but text in {text!r}; "
+                                   f"pass --text_column {text}")
+            if model_input_name:
+                raise DatasetError(f"dataset {name!r} has no input column {model_input_name!r} (columns: {cols}); "
+                                   "set --input_column")
+            raise DatasetError(f"cannot tell the model input column among {cols}; pass --input_column")
     if isinstance(feature(src), Image):
         return {src: "image"}
     if isinstance(feature(src), Value) and feature(src).dtype in ("string", "large_string"):
