@@ -11,6 +11,7 @@ import torch
 
 from ..rundir import PLOT_NAMES, RunPaths
 from .summary import BarrierStats, RunSummary
+from .verdict import headline, judge_star
 
 __all__ = ["GROUPS", "SPLITS", "format_value", "render_markdown", "write_outputs"]
 
@@ -98,14 +99,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"| {label} | {g.test_loss_barrier.n} | {_pm(g.train_loss_barrier)} | {_pm(g.test_loss_barrier)} "
             f"| {_pm(g.train_accuracy_barrier, True)} | {_pm(g.test_accuracy_barrier, True)} |"
         )
-    ratio = s.loss_barrier_ratio
     lines += [
         "",
-        f"- star / ordinary loss-barrier ratio: train {format_value(ratio.get('train'))}, "
-        f"test {format_value(ratio.get('test'))}",
+        f"- star / ordinary (anchor ↔ held-out) {headline(s)}",
+        f"- **{judge_star(s).text}**",
         (f"- star test accuracy {format_value(s.star_test_accuracy, True)}% vs mean anchor "
-         f"{format_value(s.mean_anchor_test_accuracy, True)}%; star train loss {format_value(s.star_train_loss)} vs mean "
-         f"anchor {format_value(s.mean_anchor_train_loss)} (a poor star shows low barriers for a bad reason)"),
+         f"{format_value(s.mean_anchor_test_accuracy, True)}%; test NLL {format_value(s.star_test_nll)} vs mean anchor "
+         f"{format_value(s.mean_anchor_test_nll)}; train loss {format_value(s.star_train_loss)} vs mean anchor "
+         f"{format_value(s.mean_anchor_train_loss)}"),
         "",
         "## Models and ensembles (test split)",
         "",
