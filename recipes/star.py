@@ -10,6 +10,11 @@
     accelerate launch recipes/star.py --anchors org/seed-0 org/seed-1@main ./seed-2 \
         --held_out org/seed-9 --dataset_name mnist1d --output_dir outputs/mine
 
+    # raw data read with the population's own tokenizer / image processor (docs/quickstart.md)
+    accelerate launch recipes/star.py --anchors ./m0 ./m1 --held_out ./m2 --dataset_name ./ds --text_column text
+    accelerate launch recipes/star.py --anchors ./v0 ./v1 --held_out ./v2 --dataset_name ./imgs \
+        --input_column image --augment
+
     # data parallel: two processes (GPUs, or CPU processes on a machine without GPUs)
     accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/star.py
 

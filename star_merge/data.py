@@ -1,7 +1,9 @@
 """Datasets: the built-in tasks made offline (MNIST-1D, scikit-learn digits) and user datasets.
 
-Every dataset handed to the rest of star-merge is a ``datasets.DatasetDict`` with ``train`` and ``test``
-splits whose columns are the model's input name (``input_values`` or ``pixel_values``) and ``labels``.
+:func:`load_task_dataset` returns a ``datasets.DatasetDict`` with ``train`` and ``test`` splits whose columns
+are either model inputs (``input_values``, ``pixel_values``, ``input_ids``, ...) and ``labels``, or raw
+columns renamed to ``text`` (+ ``text_pair``) or ``image``. :func:`prepare_dataset` turns raw columns into
+model inputs with the population's processor (through the task) and returns the batch collator.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ __all__ = [
     "load_task_dataset",
     "make_dataloader",
     "check_labels",
+    "prepare_dataset",
+    "raw_kind",
+    "set_data_epoch",
+    "without_augmentation",
     "BUILTIN_DATASETS",
 ]
 
@@ -47,6 +53,23 @@ class DataArguments:
     input_column: str | None = field(
         default=None, metadata={"help": "Column holding the model input (renamed to the model's input name)."}
     )
+    text_column: str | None = field(
+        default=None, metadata={"help": "Column holding raw text, tokenised with the population's tokenizer."}
+    )
+    text_pair_column: str | None = field(
+        default=None, metadata={"help": "Optional second text column (sentence pairs), with --text_column."}
+    )
+    max_seq_length: int | None = field(
+        default=None, metadata={"help": "Truncate tokenised text to this many tokens (default: the tokenizer's limit, at most 512)."}
+    )
+    processor_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer / image processor to use instead of the first anchor's (folder or Hub id)."},
+    )
+    augment: bool = field(
+        default=False,
+        metadata={"help": "Raw images: seeded train-time augmentation (random resized crop or padded crop, + flip)."},
+    )
     label_column: str = field(default="label", metadata={"help": "Column holding integer class labels."})
     train_split: str = field(default="train", metadata={"help": "Split used for training / BN statistics."})
     test_split: str = field(default="test", metadata={"help": "Split used for evaluation."})
@@ -56,6 +79,12 @@ class DataArguments:
     def __post_init__(self):
         if self.num_samples < 20:
             raise DatasetError(f"num_samples={self.num_samples} is too small; use at least 20")
+        if self.text_pair_column and not self.text_column:
+            raise DatasetError("--text_pair_column needs --text_column (the first text of each pair)")
+        if self.text_column and self.input_column:
+            raise DatasetError("give either --text_column (raw text) or --input_column, not both")
+        if self.max_seq_length is not None and self.max_seq_length < 2:
+            raise DatasetError(f"max_seq_length={self.max_seq_length} is too small; use at least 2")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,13 +134,52 @@ def load_digits_dataset(seed: int = 42, test_fraction: float = 0.2):
     return DatasetDict(train=make(order[n_test:]), test=make(order[:n_test]))
 
 
-def _model_input_name(model_input_name: str | None, columns) -> str:
-    if model_input_name:
-        return model_input_name
-    for c in ("input_values", "pixel_values", "input_ids"):
-        if c in columns:
-            return c
-    raise DatasetError(f"cannot tell the model input column among {list(columns)}; pass --input_column")
+def _input_columns(args: DataArguments, train, model_input_name: str | None) -> dict[str, str]:
+    """source column -> name handed on: raw ``text`` / ``text_pair`` / ``image``, or the model input name."""
+    from datasets import Image, Value
+
+    cols, name = train.column_names, args.dataset_name
+
+    def need(col: str, flag: str) -> str:
+        if col not in cols:
+            raise DatasetError(f"dataset {name!r} has no column {col!r} (columns: {cols}); set {flag}")
+        return col
+
+    if args.text_column:
+        out = {need(args.text_column, "--text_column"): "text"}
+        if args.text_pair_column:
+            out[need(args.text_pair_column, "--text_pair_column")] = "text_pair"
+        return out
+    feature = lambda c: train.features.get(c)  # noqa: E731
+    if args.input_column:
+        src = need(args.input_column, "--input_column")
+    else:
+        known = ((model_input_name,) if model_input_name else ()) + ("input_values", "pixel_values", "input_ids")
+        src = next((c for c in known if c in cols), None)
+        src = src or next((c for c in cols if isinstance(feature(c), Image)), None)
+        if src is None:
+            text = next((c for c in cols if isinstance(feature(c), Value) and feature(c).dtype in ("string", "large_string")
+                         and c != args.label_column), None)
+            if text:
+                raise DatasetError(f"dataset {name!r} has no model input column but text in {text!r}; "
+                                   f"pass --text_column {text}")
+            if model_input_name:
+                raise DatasetError(f"dataset {name!r} has no input column {model_input_name!r} (columns: {cols}); "
+                                   "set --input_column")
+            raise DatasetError(f"cannot tell the model input column among {cols}; pass --input_column")
+    if isinstance(feature(src), Image):
+        return {src: "image"}
+    if isinstance(feature(src), Value) and feature(src).dtype in ("string", "large_string"):
+        raise DatasetError(f"column {src!r} of dataset {name!r} holds text; pass --text_column {src}")
+    if src == "input_ids":  # pre-tokenised: keep what the tokenizer produced
+        return {c: c for c in cols if c in ("input_ids", "attention_mask", "token_type_ids")}
+    return {src: model_input_name or src}
+
+
+def raw_kind(dataset) -> str | None:
+    """``"text"`` / ``"image"`` when a split holds raw columns that need the population's processor."""
+    cols = (dataset["train"] if "train" in dataset else dataset).column_names
+    return "text" if "text" in cols else "image" if "image" in cols else None
 
 
 def load_task_dataset(args: DataArguments, model_input_name: str | None = None):
@@ -140,13 +208,8 @@ def load_task_dataset(args: DataArguments, model_input_name: str | None = None):
                 f"dataset {args.dataset_name!r} has no label column {args.label_column!r} (columns: {cols}); "
                 "set --label_column"
             )
-        src = args.input_column or _model_input_name(model_input_name, cols)
-        if src not in cols:
-            raise DatasetError(
-                f"dataset {args.dataset_name!r} has no input column {src!r} (columns: {cols}); set --input_column"
-            )
-        dst = model_input_name or src
-        keep = {src: dst, args.label_column: "labels"}
+        keep = _input_columns(args, ds["train"], model_input_name)
+        keep[args.label_column] = "labels"
         ds = ds.select_columns(list(keep)).rename_columns({k: v for k, v in keep.items() if k != v})
     if args.max_train_samples is not None:
         ds["train"] = ds["train"].select(range(min(args.max_train_samples, len(ds["train"]))))
@@ -174,12 +237,49 @@ def check_labels(ds, num_labels: int) -> None:
             )
 
 
+def prepare_dataset(dataset, task, processor=None, data_args: DataArguments | None = None, seed: int = 0):
+    """``(dataset, collate_fn)``: raw columns turned into model inputs by ``task.prepare`` with ``processor``
+    (text tokenised once, images processed on the fly; ``data_args.augment`` augments the train split), and
+    the task's collator for them (dynamic padding for token sequences)."""
+    kind = raw_kind(dataset)
+    if kind is not None and processor is None:
+        from .processing import ProcessorError
+
+        raise ProcessorError(
+            f"the dataset holds raw {kind} but no tokenizer / image processor was found; "
+            "save one with the first anchor or pass --processor_name_or_path"
+        )
+    dataset = task.prepare(dataset, processor, data_args, seed=seed)
+    return dataset, task.collator_for(processor, dataset)
+
+
+def _transform(dataset):
+    fmt = getattr(dataset, "format", None) or {}
+    return (fmt.get("format_kwargs") or {}).get("transform") if fmt.get("type") == "custom" else None
+
+
+def set_data_epoch(dataset, epoch: int) -> None:
+    """Tell an on-the-fly transform (seeded augmentation) which epoch is running."""
+    transform = _transform(dataset)
+    if hasattr(transform, "set_epoch"):
+        transform.set_epoch(epoch)
+
+
+def without_augmentation(dataset):
+    """``dataset`` with its augmenting transform replaced by the plain processing one (BN / evaluation passes)."""
+    transform = _transform(dataset)
+    if getattr(transform, "augment", False):
+        dataset = dataset.with_transform(transform.plain())
+    return dataset
+
+
 def make_dataloader(dataset, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                     collate_fn=None):
     """A torch DataLoader yielding dicts of tensors; shuffling is reproducible from ``seed``.
 
-    ``collate_fn``: the task's collator (``None``: torch's default collate)."""
-    ds = dataset.with_format("torch")
+    ``collate_fn``: the task's collator (``None``: torch's default collate). A dataset with an on-the-fly
+    transform (raw images) keeps it."""
+    ds = dataset if _transform(dataset) is not None else dataset.with_format("torch")
     generator = torch.Generator().manual_seed(int(seed)) if shuffle else None
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last, collate_fn=collate_fn

@@ -274,10 +274,36 @@ class RunDirectory(RunPaths):
 
         return DataArguments(**self.manifest["data"])
 
-    def load_dataset(self):
-        from .data import load_task_dataset
+    @cached_property
+    def processor(self):
+        """The run's tokenizer / image processor: the one saved in star/, else the manifest's source (or None)."""
+        from .processing import has_processor_files, load_processor
 
-        return load_task_dataset(self.data_args, self.manifest.get("model_input_name"))
+        source = self.manifest.get("processor")
+        if source and not os.path.isabs(source) and os.path.exists(self.join(source)):
+            source = self.join(source)
+        for folder in (self.star_path, source):
+            if folder and has_processor_files(folder):
+                return load_processor(folder)
+        return load_processor(source) if source and not os.path.isdir(source) else None
+
+    def load_data(self):
+        """``(dataset, collate_fn)``: the run's data made model-ready with its processor, without augmentation
+        (what evaluation, BatchNorm resets and the BMA export see)."""
+        import dataclasses
+
+        from .data import load_task_dataset, prepare_dataset
+        from .modeling import load_config
+        from .tasks import task_for
+
+        args = dataclasses.replace(self.data_args, augment=False)
+        dataset = load_task_dataset(args, self.manifest.get("model_input_name"))
+        task = task_for(load_config(self.star_path if os.path.isdir(self.star_path) else self.members[0].path))
+        return prepare_dataset(dataset, task, self.processor, args, seed=int(self.config.get("seed", 0)))
+
+    def load_dataset(self):
+        """The run's model-ready dataset (see :meth:`load_data`, which also returns the batch collator)."""
+        return self.load_data()[0]
 
     @property
     def config(self) -> dict[str, Any]:

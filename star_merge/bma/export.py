@@ -178,7 +178,8 @@ def export_bma(
     anchors = run_dir_.aligned_anchor_state_dicts()
     bn_loader = None
     if has_batchnorm(star):
-        bn_loader = make_dataloader(run_dir_.load_dataset()["train"], batch_size)
+        dataset, collate_fn = run_dir_.load_data()
+        bn_loader = make_dataloader(dataset["train"], batch_size, collate_fn=collate_fn)
     model = build_bma(star, anchors, num_samples, seed, t_distribution, bn_loader, bn_max_batches)
     return save_bma(model, output_dir, overwrite=overwrite, processor_files_from=run_dir_.star_path)
 

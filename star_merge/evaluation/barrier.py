@@ -156,6 +156,7 @@ def measure_barrier(
     accelerator=None,
     names: Sequence[str] = ("A", "B"),
     progress: bool = True,
+    collate_fn=None,
 ) -> BarrierResult:
     """Align B to A, then measure loss/accuracy along the line A -> B on ``splits`` of ``dataset``.
 
@@ -171,7 +172,7 @@ def measure_barrier(
 
     check_same_architecture(model_a, model_b, names)
     accelerator = accelerator or Accelerator()
-    data = EvalData(dataset, accelerator, batch_size, splits)
+    data = EvalData(dataset, accelerator, batch_size, splits, collate_fn=collate_fn)
     model_a.to(accelerator.device)
     model_b.to(accelerator.device)
     sd_a = {k: v.detach().cpu().clone() for k, v in model_a.state_dict().items()}
@@ -191,14 +192,34 @@ def barrier_between(
     data_args=None,
     **kwargs,
 ) -> BarrierResult:
-    """Load two checkpoints (folders or Hub ids) and :func:`measure_barrier` on ``data_args`` (default MNIST-1D)."""
-    from ..data import DataArguments, check_labels, load_task_dataset
+    """Load two checkpoints (folders or Hub ids) and :func:`measure_barrier` on ``data_args`` (default MNIST-1D).
+
+    Raw text / image columns are processed with A's tokenizer / image processor (``data_args.processor_name_or_path``
+    overrides it; B's must agree), never augmented."""
+    import dataclasses
+
+    from ..data import DataArguments, check_labels, load_task_dataset, prepare_dataset, raw_kind
+    from ..processing import population_processor
+    from ..tasks import task_for
 
     model_a = load_model(checkpoint_a)
     model_b = load_model(checkpoint_b)
     check_same_architecture(model_a, model_b, (checkpoint_a, checkpoint_b))
-    data_args = data_args or DataArguments()
+    data_args = dataclasses.replace(data_args or DataArguments(), augment=False)
     dataset = load_task_dataset(data_args, getattr(model_a, "main_input_name", None))
     check_labels(dataset, model_a.config.num_labels)
+    folders = [_folder_of(checkpoint_a), _folder_of(checkpoint_b)]
+    processor, _ = population_processor(folders, data_args.processor_name_or_path,
+                                        required=raw_kind(dataset) is not None)
+    dataset, collate_fn = prepare_dataset(dataset, task_for(model_a), processor, data_args)
     kwargs.setdefault("names", (checkpoint_a, checkpoint_b))
-    return measure_barrier(model_a, model_b, dataset, **kwargs)
+    return measure_barrier(model_a, model_b, dataset, collate_fn=collate_fn, **kwargs)
+
+
+def _folder_of(ref: str) -> str:
+    if os.path.isdir(ref):
+        return ref
+    from ..hub import resolve_members
+
+    (member,) = resolve_members([ref], progress=False)
+    return member.path

@@ -180,9 +180,9 @@ def evaluate_run(
     chosen_pairs = select_pairs(anchors, held_out, pairs, seed)
 
     star = rd.load_star()
-    dataset = rd.load_dataset()
+    dataset, collate_fn = rd.load_data()
     check_labels(dataset, star.config.num_labels)
-    data = EvalData(dataset, accelerator, batch_size, SPLITS)
+    data = EvalData(dataset, accelerator, batch_size, SPLITS, collate_fn=collate_fn)
     spec = spec_for(star)
 
     # ---- per-model predictions and metrics

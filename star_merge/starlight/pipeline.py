@@ -14,13 +14,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .. import __version__
-from ..data import DataArguments, DatasetError, check_labels, load_task_dataset
+from ..data import DataArguments, DatasetError, check_labels, load_task_dataset, prepare_dataset, raw_kind
 from ..finite import check_finite_checkpoint
 from ..locking import lock_output_dir, recover_atomic_leftovers
 from ..modeling import load_checkpoint, load_config
 from ..tasks import task_for
 from ..rundir import Member, RunPaths, atomic_write_json, save_permutations
 from ..population import PopulationArguments, save_checkpoint
+from ..processing import population_processor, save_processor
 from .config import StarlightConfig
 from .rotation import STATE_FILE
 from .trainer import StarlightTrainer
@@ -154,6 +155,10 @@ def _run_locked(config, data_args, pop, run_args, accelerator) -> dict:
 
     with accelerator.main_process_first():
         dataset = load_task_dataset(data_args)
+    raw = raw_kind(dataset)
+    if raw and not pop.anchors:
+        raise RunError(f"raw {raw} data needs a population that reads it: give --anchors (and --held_out) "
+                       "saved with their tokenizer / image processor")
 
     # ---- the population
     if pop.anchors:
@@ -162,8 +167,12 @@ def _run_locked(config, data_args, pop, run_args, accelerator) -> dict:
             logger.warning("no --held_out models: star<->held-out barriers cannot be measured")
         model_config = load_config(members[0].path)
         check_labels(dataset, model_config.num_labels)
-        check_input_column(dataset, model_config, data_args.dataset_name)
+        if raw is None:  # raw text / images become the model's inputs in prepare_dataset below
+            check_input_column(dataset, model_config, data_args.dataset_name)
+        processor, processor_source = population_processor(
+            [m.path for m in members], data_args.processor_name_or_path, required=raw is not None)
     else:
+        processor = processor_source = None
         model_config = pop.build_config(num_labels=dataset["train"].features["labels"].num_classes
                                         if hasattr(dataset["train"].features["labels"], "num_classes") else None)
         check_labels(dataset, model_config.num_labels)
@@ -185,13 +194,16 @@ def _run_locked(config, data_args, pop, run_args, accelerator) -> dict:
     # Anchors are read one at a time into the trainer's anchor matrix (one copy per anchor in memory).
     anchor_sds = [(m.name, functools.partial(_load_state_dict, m.path)) for m in members if m.role == "anchor"]
     task = task_for(model_config)
+    with accelerator.main_process_first():  # tokenised once (the datasets cache serves the other processes)
+        dataset, collator = prepare_dataset(dataset, task, processor, data_args, seed=config.seed)
 
     if accelerator.is_main_process and config.overwrite_output_dir and not config.resume_from_checkpoint:
         _clear_results(config.output_dir)
     accelerator.wait_for_everyone()
 
     trainer = StarlightTrainer(model=model_config, args=config, anchors=anchor_sds, train_dataset=dataset["train"],
-                               eval_dataset=dataset["test"], task=task, accelerator=accelerator)
+                               eval_dataset=dataset["test"], task=task, accelerator=accelerator,
+                               data_collator=collator)
     manifest = {
         "format": "star-merge-run/1",
         "config": config.to_dict(),
@@ -200,6 +212,7 @@ def _run_locked(config, data_args, pop, run_args, accelerator) -> dict:
         "run": asdict(run_args),
         "model_type": model_config.model_type,
         "model_input_name": trainer.model.main_input_name,
+        "processor": _relative(processor_source, config.output_dir) if processor_source else None,
         "members": [_member_entry(m, config.output_dir) for m in members],
         "status": "training",
         "num_processes": accelerator.num_processes,
@@ -212,6 +225,8 @@ def _run_locked(config, data_args, pop, run_args, accelerator) -> dict:
     if accelerator.is_main_process:
         save_checkpoint(result.model, paths.star_path, overwrite=True,
                         extra_json={"history": result.history, "starlight": config.to_dict()})
+        if processor is not None:  # star/ loads with pipeline(task, model=run/star) alone
+            save_processor(processor, paths.star_path)
         save_permutations(paths.permutations_path, result.perms)
         manifest.update(status="trained", history=result.history, train_seconds=round(train_seconds, 1))
         atomic_write_json(paths.manifest_path, manifest)
@@ -255,6 +270,10 @@ def finish_run(run_dir: str, run_args: RunArguments, seed: int = 0, accelerator=
 
 def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
     return load_checkpoint(path).state_dict()
+
+
+def _relative(path: str, out: str) -> str:
+    return os.path.relpath(path, out) if os.path.abspath(path).startswith(out + os.sep) else path
 
 
 def check_input_column(dataset, model_config, dataset_name: str) -> None:

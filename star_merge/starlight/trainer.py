@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .._faults import fault_point
 from ..adapters import spec_for
-from ..data import make_dataloader
+from ..data import make_dataloader, set_data_epoch, without_augmentation
 from ..evaluation.engine import has_batchnorm, reset_bn_stats
 from ..matching.population import BackgroundAlignment, align_slice
 from ..modeling import build_model
@@ -239,7 +239,7 @@ class StarlightTrainer:
         raw_opt = getattr(self.optimizer, "optimizer", self.optimizer)
         self.scheduler = make_scheduler(raw_opt, c.lr_scheduler_type, self.steps_per_epoch * c.num_train_epochs)
         self.state = StarlightState()
-        self.bn_loader = (make_dataloader(self.train_dataset, c.per_device_eval_batch_size,
+        self.bn_loader = (make_dataloader(without_augmentation(self.train_dataset), c.per_device_eval_batch_size,
                                           collate_fn=self.data_collator) if self.has_bn else None)
         if c.report_to != "none":
             acc.init_trackers("starlight", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v))
@@ -279,6 +279,7 @@ class StarlightTrainer:
                 self.align_anchors(self.flat_star.theta, state, acc.is_local_main_process)
             state.aligned_epoch = epoch
         self.train_loader.set_epoch(epoch)
+        set_data_epoch(self.train_dataset, epoch)  # seeded augmentation draws from (seed, epoch, index)
         loader = (acc.skip_first_batches(self.train_loader, state.batches_in_epoch) if state.batches_in_epoch
                   else self.train_loader)
         self.model.train()

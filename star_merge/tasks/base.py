@@ -37,14 +37,19 @@ class Task:
     bma_head: str | None = None  # the star-domain BMA head class that wraps members of this task
 
     # ------------------------------------------------------------------ data
-    def prepare(self, dataset_dict, processor=None, data_args=None):
-        """Turn raw splits into model-ready ones (tokenise, pad, ...). The built-in datasets are ready as is."""
+    def prepare(self, dataset_dict, processor=None, data_args=None, seed: int = 0):
+        """Turn raw splits into model-ready ones (tokenise, process images, ...). Model-ready splits (the
+        built-in datasets, pre-processed columns) are returned as they are."""
         return dataset_dict
 
     @property
     def collator(self) -> Callable | None:
         """Batch collation for dataloaders; ``None`` is torch's default collate."""
         return None
+
+    def collator_for(self, processor=None, dataset_dict=None) -> Callable | None:
+        """The collator for ``dataset_dict`` as :meth:`prepare` returned it (e.g. padding with ``processor``)."""
+        return self.collator
 
     # ------------------------------------------------------------------ model calls
     def model_inputs(self, model, batch: Mapping[str, Any]) -> dict[str, Any]:

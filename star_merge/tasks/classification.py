@@ -1,4 +1,8 @@
-"""Classification tasks: one label per example, mean cross-entropy, class log-probabilities."""
+"""Classification tasks: one label per example, mean cross-entropy, class log-probabilities.
+
+Raw data is prepared with the population's processor: ``text`` (+ ``text_pair``) columns are tokenised once
+(:mod:`.text`), an ``image`` column is processed on the fly with optional seeded augmentation (:mod:`.image`).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,39 @@ class ClassificationTask(Task):
 
     def __init__(self, name: str, pipeline_tag: str, bma_head: str):
         self.name, self.pipeline_tag, self.bma_head = name, pipeline_tag, bma_head
+
+    def prepare(self, dataset_dict, processor=None, data_args=None, seed: int = 0):
+        """Raw ``text`` is tokenised (``data_args.max_seq_length``); a raw ``image`` column gets the image
+        processor as an on-the-fly transform, augmented on the train split when ``data_args.augment``."""
+        from datasets import DatasetDict
+
+        from ..data import raw_kind
+        from .image import INDEX_COLUMN, ImageTransform
+        from .text import tokenize_dataset
+
+        kind = raw_kind(dataset_dict)
+        if kind == "text":
+            return tokenize_dataset(dataset_dict, processor, getattr(data_args, "max_seq_length", None))
+        if kind != "image":
+            return dataset_dict
+        augment = bool(getattr(data_args, "augment", False))
+        out = {}
+        for split, ds in dataset_dict.items():
+            if augment and split == "train":
+                ds = ds.add_column(INDEX_COLUMN, list(range(len(ds))))
+            out[split] = ds.with_transform(ImageTransform(processor, augment=augment and split == "train", seed=seed))
+        return DatasetDict(out)
+
+    def collator_for(self, processor=None, dataset_dict=None):
+        """Per-batch padding for token sequences (with the tokenizer's pad token); the default collate otherwise."""
+        from .text import token_collator
+
+        split = next(iter(dataset_dict.values())) if dataset_dict else None
+        if split is not None and "input_ids" in split.column_names:
+            from ..processing import is_tokenizer
+
+            return token_collator(processor if processor is not None and is_tokenizer(processor) else None)
+        return None
 
     def logits(self, model, batch: Mapping[str, Any]) -> torch.Tensor:
         return model(**self.model_inputs(model, batch)).logits.float()

@@ -1,0 +1,125 @@
+"""The population's processor (tokenizer / image processor): found, checked for agreement, saved with exports.
+
+Users hold populations saved with ``save_pretrained``: each member folder carries the tokenizer or image
+processor it was trained with. star-merge processes raw data with the first anchor's processor (or
+``--processor_name_or_path``), refuses a population whose members disagree, and writes the processor next to
+every model it exports, so ``pipeline(task, model=folder)`` needs no extra argument.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import UserError
+
+__all__ = ["PROCESSOR_PATTERNS", "ProcessorError", "has_processor_files", "load_processor", "population_processor",
+           "processor_fingerprint", "save_processor", "is_tokenizer"]
+
+#: Files that make up a tokenizer / image / audio processor (never weights or the model config).
+PROCESSOR_PATTERNS = (
+    "tokenizer*.json", "tokenizer.model", "vocab*", "merges.txt", "spiece.model", "sentencepiece*.model",
+    "special_tokens_map.json", "added_tokens.json", "chat_template.*", "preprocessor_config.json",
+    "processor_config.json", "image_processor*.json", "feature_extractor*.json",
+)
+
+
+class ProcessorError(UserError):
+    """No usable processor, or population members whose processors disagree."""
+
+
+def has_processor_files(folder: str) -> bool:
+    return os.path.isdir(folder) and any(glob.glob(os.path.join(folder, p)) for p in PROCESSOR_PATTERNS)
+
+
+def is_tokenizer(processor: Any) -> bool:
+    from transformers import PreTrainedTokenizerBase
+
+    return isinstance(processor, PreTrainedTokenizerBase)
+
+
+def load_processor(name_or_path: str, revision: str | None = None):
+    """The processor saved in ``name_or_path`` (a folder, or a Hub id when ``--processor_name_or_path`` names
+    one): a tokenizer, an image processor, or a multimodal processor. ``None`` when a folder holds none."""
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    if os.path.isdir(name_or_path) and not has_processor_files(name_or_path):
+        return None
+    kwargs = {"revision": revision} if revision and not os.path.isdir(name_or_path) else {}
+    errors = []
+    image = os.path.isfile(os.path.join(name_or_path, "preprocessor_config.json")) if os.path.isdir(name_or_path) \
+        else False
+    loaders = (AutoImageProcessor, AutoProcessor, AutoTokenizer) if image else (AutoTokenizer, AutoProcessor,
+                                                                                AutoImageProcessor)
+    for loader in loaders:
+        try:
+            return loader.from_pretrained(name_or_path, **kwargs)
+        except Exception as e:  # noqa: BLE001 - each Auto class raises its own types; try the next one
+            errors.append(f"{loader.__name__}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    raise ProcessorError(
+        f"cannot load a tokenizer or image processor from {name_or_path!r} ({errors[0]}); "
+        "pass --processor_name_or_path with a folder that holds one"
+    )
+
+
+def processor_fingerprint(processor: Any) -> dict:
+    """What must agree between members: the vocabulary and special tokens of a tokenizer, the config of an
+    image processor (everything that changes the model's inputs)."""
+    if is_tokenizer(processor):
+        return {
+            "vocab": processor.get_vocab(),
+            "special": {k: str(v) for k, v in sorted(processor.special_tokens_map.items())},
+            "lowercase": bool(getattr(processor, "do_lower_case", False)),
+            "padding_side": processor.padding_side,
+        }
+    d = processor.to_dict() if hasattr(processor, "to_dict") else dict(vars(processor))
+    return {k: v for k, v in d.items() if k not in ("processor_class", "_processor_class")}
+
+
+def population_processor(member_paths: Sequence[str], override: str | None = None, revision: str | None = None,
+                         required: bool = False):
+    """``(processor, source)``: ``override`` when given, else the first member's processor.
+
+    Without ``override``, every member that carries a processor must agree with it (:func:`processor_fingerprint`). ``required``:
+    raise when there is none (raw data needs one); otherwise ``(None, None)``.
+    """
+    source = override or (member_paths[0] if member_paths else None)
+    processor = load_processor(source, revision if override else None) if source else None
+    if processor is None:
+        if required:
+            raise ProcessorError(
+                f"the raw data needs a tokenizer or image processor, but {source or 'the population'} has none; "
+                "save it with the first anchor (processor.save_pretrained) or pass --processor_name_or_path"
+            )
+        return None, None
+    if override:  # the user's choice for the whole population
+        return processor, source
+    reference = processor_fingerprint(processor)
+    for path in member_paths:
+        if path == source or not has_processor_files(path):
+            continue
+        other = load_processor(path)
+        if other is None:
+            continue
+        fp = processor_fingerprint(other)
+        if fp != reference:
+            what = next((k for k in sorted(set(fp) | set(reference)) if fp.get(k) != reference.get(k)), "?")
+            raise ProcessorError(
+                f"the processor of {path} differs from that of {source} ({what}); members must share one "
+                "tokenizer / image processor (pass --processor_name_or_path to use one for all if the difference is harmless)"
+            )
+    return processor, source
+
+
+def save_processor(processor_or_folder: Any, folder: str) -> list[str]:
+    """Save a processor (or the processor found in a folder) into ``folder``; returns the files written."""
+    processor = processor_or_folder
+    if isinstance(processor_or_folder, str):
+        processor = load_processor(processor_or_folder)
+    if processor is None:
+        return []
+    before = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+    processor.save_pretrained(folder)
+    return sorted(set(os.listdir(folder)) - before)
