@@ -45,6 +45,11 @@ class Mutation:
     old: str
     new: str
     tests: tuple[str, ...]
+    also: tuple[tuple[str, str], ...] = ()  # further (old, new) edits of the same file, for a bug made of several
+
+    @property
+    def edits(self) -> tuple[tuple[str, str], ...]:
+        return ((self.old, self.new), *self.also)
 
 
 MUTATIONS = [
@@ -83,6 +88,8 @@ MUTATIONS = [
         "heads = None",
         ("tests/test_spec_completeness.py",),
     ),
+    # Both recomputations run on the network as the last step left it (an interpolated point). Swapping only
+    # the final one is an equivalent mutant here: the end-of-epoch block has already loaded theta by then.
     Mutation(
         "the star's BatchNorm statistics computed before theta is loaded (wrong weights)",
         TRAINER,
@@ -91,6 +98,11 @@ MUTATIONS = [
         "        if bn:\n            reset_bn_stats(self.model, bn_loader, c.bn_reset_batches, device)\n"
         "        self._load_theta_into_model(flat_star)\n",
         (f"{STATE}::test_the_star_batchnorm_statistics_are_those_of_theta",),
+        also=((
+            "                self._load_theta_into_model(flat_star)\n"
+            "                reset_bn_stats(self.model, bn_loader, c.bn_reset_batches, device)\n",
+            "                reset_bn_stats(self.model, bn_loader, c.bn_reset_batches, device)\n",
+        ),),
     ),
     Mutation(
         "barrier evaluation never resets BatchNorm",
@@ -152,10 +164,12 @@ def apply(copy: str, m: Mutation) -> bool:
         return False
     with open(path) as f:
         text = f.read()
-    if text.count(m.old) != 1:
-        return False
+    for old, new in m.edits:
+        if text.count(old) != 1:
+            return False
+        text = text.replace(old, new)
     with open(path, "w") as f:
-        f.write(text.replace(m.old, m.new))
+        f.write(text)
     return True
 
 
