@@ -146,6 +146,21 @@ MUTATIONS = [
         "",
         (f"{REF}::test_one_step_matches_the_autograd_reference",),
     ),
+    # ---- beyond issue 17's table
+    Mutation(
+        "gradient not multiplied by (1-t) (the interpolation's chain rule dropped)",
+        TRAINER,
+        "grad = bound.grads.mul(1.0 - t)",
+        "grad = bound.grads.clone()",
+        (f"{REF}::test_one_step_matches_the_autograd_reference",),
+    ),
+    Mutation(
+        "weight matching optimises only the first permutation (half-broken matching)",
+        "star_merge/matching/weight_matching.py",
+        "perm_names = sorted(spec.perm_sizes)",
+        "perm_names = sorted(spec.perm_sizes)[:1]",
+        ("tests/test_matching.py::test_weight_matching_reduces_barrier_of_trained_models",),
+    ),
 ]
 
 

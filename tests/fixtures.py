@@ -5,6 +5,7 @@ from __future__ import annotations
 from star_merge.data import DataArguments
 from star_merge.starlight import StarlightConfig
 from star_merge.starlight.pipeline import PopulationArguments, RunArguments
+from star_merge.training import build_model, save_checkpoint  # noqa: F401  (re-exported for the tests below)
 
 TINY_DATA = dict(dataset_name="mnist1d", num_samples=1000)
 

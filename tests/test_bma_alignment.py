@@ -19,7 +19,8 @@ from star_merge.data import DataArguments
 from star_merge.models import StarMLPConfig
 from star_merge.rundir import MANIFEST_NAME, RunDirectory, atomic_write_json, save_permutations
 from star_merge.spec import apply_permutation
-from star_merge.training import build_model, save_checkpoint
+
+from fixtures import build_model, save_checkpoint
 
 NOISE = 1e-3
 

@@ -15,9 +15,8 @@ import star_merge  # noqa: F401
 from star_merge.data import DataArguments, load_task_dataset, make_dataloader
 from star_merge.evaluation import measure_barrier
 from star_merge.models import StarCNN1dConfig
-from star_merge.training import build_model
 
-from fixtures import recompute_bn_statistics
+from fixtures import build_model, recompute_bn_statistics
 
 NUM_POINTS = 5
 BATCH = 256

@@ -19,9 +19,8 @@ from torch.func import functional_call
 
 import star_merge  # noqa: F401  (registers the built-in models with the Auto classes)
 from star_merge.data import load_task_dataset
-from star_merge.training import build_model, save_checkpoint
 
-from fixtures import tiny_arguments, train_star
+from fixtures import build_model, save_checkpoint, tiny_arguments, train_star
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LR = 0.05
@@ -119,9 +118,8 @@ RANK_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 from safetensors.torch import save_file
-from fixtures import tiny_arguments, make_trainer
+from fixtures import build_model, tiny_arguments, make_trainer
 from star_merge.data import load_task_dataset
-from star_merge.training import build_model
 config, data_args, pop, _ = tiny_arguments(None, num_train_epochs=1, optimizer="sgd", lr_scheduler_type="constant",
                                            learning_rate={lr}, t_sampling="constant", t_constant=0.4,
                                            star_ce_weight=0.5, align_every=0, per_device_train_batch_size={batch})

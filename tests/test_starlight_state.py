@@ -22,9 +22,9 @@ import torch
 import star_merge  # noqa: F401  (registers the built-in models with the Auto classes)
 from star_merge.data import load_task_dataset, make_dataloader
 from star_merge.spec import apply_permutation
-from star_merge.training import build_model
 
-from fixtures import SimulatedCrash, crash_before_batch, recompute_bn_statistics, tiny_arguments, train_star
+from fixtures import (SimulatedCrash, build_model, crash_before_batch, recompute_bn_statistics, tiny_arguments,
+                      train_star)
 
 MODEL_TYPES = ("star-mlp", "star-cnn1d")
 
