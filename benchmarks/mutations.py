@@ -56,28 +56,28 @@ MUTATIONS = [
     Mutation(
         "interpolation ends swapped (forward at t*theta + (1-t)*anchor, gradient still x (1-t))",
         TRAINER,
-        "torch.lerp(theta_param, anchor, t, out=bound.weights)",
-        "torch.lerp(theta_param, anchor, 1.0 - t, out=bound.weights)",
+        "torch.lerp(theta, anchor, t, out=bound.weights)",
+        "torch.lerp(theta, anchor, 1.0 - t, out=bound.weights)",
         (f"{REF}::test_one_step_matches_the_autograd_reference",),
     ),
     Mutation(
         "rank 0's gradient broadcast instead of all-reduced (rank 1's data ignored)",
         TRAINER,
-        "torch.distributed.all_reduce(theta_param.grad)",
-        "torch.distributed.broadcast(theta_param.grad, 0)",
+        "torch.distributed.all_reduce(theta.grad)",
+        "torch.distributed.broadcast(theta.grad, 0)",
         (f"{REF}::test_two_processes_equal_one_process_with_the_same_global_batch",),
     ),
     Mutation(
         "all-reduce without dividing by the number of processes",
         TRAINER,
-        "torch.distributed.all_reduce(theta_param.grad)\n                        theta_param.grad.div_(acc.num_processes)",
-        "torch.distributed.all_reduce(theta_param.grad)",
+        "torch.distributed.all_reduce(theta.grad)\n                theta.grad.div_(acc.num_processes)",
+        "torch.distributed.all_reduce(theta.grad)",
         (f"{REF}::test_two_processes_equal_one_process_with_the_same_global_batch",),
     ),
     Mutation(
         "gradient accumulation ignored (accumulate a no-op)",
         TRAINER,
-        "with acc.accumulate(flat_star):",
+        "with acc.accumulate(self.flat_star):",
         "with __import__('contextlib').nullcontext():",
         (f"{REF}::test_accumulation_of_k_batches_equals_one_batch_k_times_larger",),
     ),
@@ -93,22 +93,22 @@ MUTATIONS = [
     Mutation(
         "the star's BatchNorm statistics computed before theta is loaded (wrong weights)",
         TRAINER,
-        "        self._load_theta_into_model(flat_star)\n        if bn:\n"
-        "            reset_bn_stats(self.model, bn_loader, c.bn_reset_batches, device)\n",
-        "        if bn:\n            reset_bn_stats(self.model, bn_loader, c.bn_reset_batches, device)\n"
-        "        self._load_theta_into_model(flat_star)\n",
+        "        self._load_theta_into_model()\n        if self.has_bn:\n"
+        "            reset_bn_stats(self.model, self.bn_loader, self.args.bn_reset_batches, acc.device, task=self.task)\n",
+        "        if self.has_bn:\n"
+        "            reset_bn_stats(self.model, self.bn_loader, self.args.bn_reset_batches, acc.device, task=self.task)\n"
+        "        self._load_theta_into_model()\n",
         (f"{STATE}::test_the_star_batchnorm_statistics_are_those_of_theta",),
         also=((
-            "                self._load_theta_into_model(flat_star)\n"
-            "                reset_bn_stats(self.model, bn_loader, c.bn_reset_batches, device)\n",
-            "                reset_bn_stats(self.model, bn_loader, c.bn_reset_batches, device)\n",
+            "            self._load_theta_into_model()\n            reset_bn_stats(",
+            "            reset_bn_stats(",
         ),),
     ),
     Mutation(
         "barrier evaluation never resets BatchNorm",
-        "star_merge/evaluation/predict.py",
-        "        reset_bn = has_batchnorm(model)\n    device = data.accelerator.device",
-        "        reset_bn = False\n    device = data.accelerator.device",
+        "star_merge/evaluation/connectivity.py",
+        "        reset_bn = has_batchnorm(model)\n    accelerator = data.accelerator",
+        "        reset_bn = False\n    accelerator = data.accelerator",
         ("tests/test_bn_evaluation.py",),
     ),
     Mutation(
@@ -128,8 +128,8 @@ MUTATIONS = [
     Mutation(
         "sampler epoch not set on a mid-epoch resume",
         TRAINER,
-        "            train_loader.set_epoch(epoch)\n",
-        "            if not state.batches_in_epoch:\n                train_loader.set_epoch(epoch)\n",
+        "        self.train_loader.set_epoch(epoch)\n",
+        "        if not state.batches_in_epoch:\n            self.train_loader.set_epoch(epoch)\n",
         (f"{STATE}::test_resume_after_epoch_0_gives_the_same_star",),
     ),
     Mutation(
@@ -142,7 +142,7 @@ MUTATIONS = [
     Mutation(
         "optimizer.step() removed (theta never moves)",
         TRAINER,
-        "                    optimizer.step()\n",
+        "            self.optimizer.step()\n",
         "",
         (f"{REF}::test_one_step_matches_the_autograd_reference",),
     ),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from star_merge.data import DataArguments
 from star_merge.starlight import StarlightConfig
-from star_merge.starlight.pipeline import PopulationArguments, RunArguments
-from star_merge.training import build_model, save_checkpoint  # noqa: F401  (re-exported for the tests below)
+from star_merge.population import PopulationArguments
+from star_merge.starlight.pipeline import RunArguments
+from star_merge.modeling import build_model  # noqa: F401  (re-exported for the tests)
+from star_merge.population.training import save_checkpoint  # noqa: F401
 
 TINY_DATA = dict(dataset_name="mnist1d", num_samples=1000)
 
@@ -38,10 +40,11 @@ def tiny_arguments(output_dir: str, model_type: str = "star-mlp", **overrides):
 # Tests written against the Starlight trainer build it through these helpers only, so a change of the
 # trainer's constructor or loop structure is one edit here.
 def make_trainer(config, model_config, anchors, dataset):
-    """A StarlightTrainer for ``anchors`` ((name, state dict) pairs) on ``dataset`` (a DatasetDict)."""
+    """A StarlightTrainer of ``model_config``'s architecture for ``anchors`` ((name, state dict) pairs) on
+    ``dataset["train"]`` (``dataset``: a DatasetDict)."""
     from star_merge.starlight import StarlightTrainer
 
-    return StarlightTrainer(config, model_config, anchors, dataset)
+    return StarlightTrainer(model=model_config, args=config, anchors=anchors, train_dataset=dataset["train"])
 
 
 def train_star(config, model_config, anchors, dataset):
@@ -74,7 +77,7 @@ def crash_before_batch(monkeypatch, epoch: int, batch: int) -> None:
 def recompute_bn_statistics(model, dataloader):
     """BatchNorm running statistics recomputed by hand: equal-weight averages of every batch's statistics.
 
-    Written independently of ``star_merge.connectivity.reset_bn_stats`` (a reference for tests): the
+    Written independently of ``star_merge.evaluation.reset_bn_stats`` (a reference for tests): the
     model runs in train mode with ``momentum=None`` (cumulative average) after the statistics are zeroed.
     """
     import torch
