@@ -27,7 +27,10 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "confi
 
 def main(argv=None) -> int:
     from star_merge.errors import run_reporting_user_errors
+    from star_merge.launch import die_with_parent, under_launcher
 
+    if under_launcher():
+        die_with_parent()  # killing `accelerate launch` ends this process too
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" not in argv:  # no config named: the built-in demo's values are the defaults
         argv = ["--config", DEFAULT_CONFIG, *argv]

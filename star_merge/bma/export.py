@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .. import models as _builtin_models  # registers star-mlp / star-cnn1d with the Auto classes
+from .._faults import fault_point
 from ..argparsing import add_command, positional
 from ..rundir import atomic_folder
 from .configuration_star_bma import StarBMAConfig
@@ -117,6 +118,7 @@ def save_bma(
             f"AutoModelFor{HEAD_AUTO_SUFFIX[model.head]}": f"modeling_star_bma.{type(model).__name__}",
         }
         model.save_pretrained(tmp, safe_serialization=True)
+        fault_point("export")  # tests: a kill here leaves a half-written .bma.tmp-* folder
         for path in _CODE_FILES:
             shutil.copyfile(path, os.path.join(tmp, os.path.basename(path)))
         if processor is not None:
@@ -126,6 +128,9 @@ def save_bma(
                 src = os.path.join(processor_files_from, name)
                 if os.path.isfile(src):
                     shutil.copyfile(src, os.path.join(tmp, name))
+        card = os.path.join(output_dir, "README.md")  # the model card is not ours to drop on --overwrite
+        if os.path.isfile(card) and not os.path.exists(os.path.join(tmp, "README.md")):
+            shutil.copyfile(card, os.path.join(tmp, "README.md"))
     return output_dir
 
 

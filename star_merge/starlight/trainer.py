@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._faults import fault_point
 from ..adapters import spec_for
 from ..data import make_dataloader
 from ..evaluation.engine import has_batchnorm, reset_bn_stats
@@ -33,14 +34,15 @@ from ..spec import apply_permutation, compose_permutations
 from ..population.training import make_optimizer, make_scheduler
 from .accelerator import make_accelerator
 from .anchors import anchors_config, normalize_anchors
-from .checkpoint import StarlightState, find_latest_checkpoint, resolve_resume_path
+from .checkpoint import StarlightState
 from .config import StarlightConfig
 from .flat import FlatBoundModel, FlatLayout, FlatStar
+from .rotation import resume_with_fallback, save_checkpoint_state
 from .sampling import beta_from_uniform, mix_seed
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StarlightTrainer", "StarlightResult", "StarlightState", "find_latest_checkpoint"]
+__all__ = ["StarlightTrainer", "StarlightResult", "StarlightState"]
 
 
 @dataclass
@@ -254,13 +256,15 @@ class StarlightTrainer:
         c, acc = self.args, self.accelerator
         if not c.resume_from_checkpoint:
             return
-        path = resolve_resume_path(c.resume_from_checkpoint, c.output_dir)
-        acc.load_state(path)
-        self.state.load(path, self.scheduler, self.flat_star.theta)
-        # Continue automatic checkpoint numbering after the newest existing checkpoint.
-        latest = find_latest_checkpoint(RunPaths(c.output_dir).checkpoints_path) if c.output_dir else None
-        if latest is not None:
-            acc.project_configuration.iteration = int(latest.rsplit("_", 1)[1]) + 1
+        def load(path):  # noqa: E306
+            acc.load_state(path)
+            self.state.load(path, self.scheduler, self.flat_star.theta)
+        # rotation.py: torn checkpoints set aside, a corrupt one falls back to the previous one, `latest`
+        # with no checkpoint yet starts from the beginning (where that run was).
+        path = resume_with_fallback(acc, RunPaths(c.output_dir).checkpoints_path, c.resume_from_checkpoint, load,
+                                    reset=self.state.__init__)
+        if path is None:
+            return
         acc.print(f"resumed from {path} at epoch {self.state.epoch}, step {self.state.global_step}")
         if self.has_bn:
             self._load_theta_into_model()
@@ -287,6 +291,7 @@ class StarlightTrainer:
             count += 1
             if acc.sync_gradients:
                 state.global_step += 1
+                fault_point("starlight")
                 bar.update(1)
                 if state.global_step % c.logging_steps == 0:
                     acc.log({"train/loss": running / count, "train/lr": self.scheduler.get_last_lr()[0],
@@ -390,9 +395,6 @@ class StarlightTrainer:
     def _save_state(self) -> None:
         if self.args.output_dir is None:
             return
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        folder = acc.save_state(safe_serialization=True)
-        if acc.is_main_process:
-            self.state.save(folder, self.scheduler, self.flat_star.theta)
-        acc.wait_for_everyone()
+        save_checkpoint_state(self.accelerator, RunPaths(self.args.output_dir).checkpoints_path,
+                              self.args.checkpoints_total_limit,
+                              lambda folder: self.state.save(folder, self.scheduler, self.flat_star.theta))
