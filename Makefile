@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench mutations clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Mutation gate (not in CI): applies realistic bugs one at a time to a scratch copy and reports caught/missed.
+mutations: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/mutations.py $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"

@@ -204,6 +204,34 @@ def test_partly_cached_repo_names_the_missing_weights(hub, checkpoints):
     _one_line_error(excinfo, "org/partial", "only partly cached")
 
 
+def test_short_sha_resolves_offline_to_the_full_commit(hub, checkpoints):
+    sha_main = build_hf_cache(hub.cache, "org/mlp-a", checkpoints["mlp0"])
+    sha_v1 = build_hf_cache(hub.cache, "org/mlp-a", checkpoints["mlp1"], revision_name="v1")
+    assert sha_main[:7] != sha_v1[:7]
+    (member,) = resolve_members([f"org/mlp-a@{sha_v1[:7]}"], progress=False)
+    assert member.revision == sha_v1
+    assert member.path == os.path.join(repo_cache_folder(hub.cache, "org/mlp-a"), "snapshots", sha_v1)
+    assert _same_weights(member.path, checkpoints["mlp1"])
+    (member,) = resolve_members([f"org/mlp-a@{sha_main[:12]}"], progress=False)
+    assert member.revision == sha_main and _same_weights(member.path, checkpoints["mlp0"])
+    # a prefix two cached commits share names no single commit
+    build_hf_cache(hub.cache, "org/mlp-b", checkpoints["mlp0"], revision_name=None, sha="abcdef1" + "0" * 33)
+    build_hf_cache(hub.cache, "org/mlp-b", checkpoints["mlp1"], revision_name=None, sha="abcdef1" + "1" * 33)
+    with pytest.raises(PopulationError) as excinfo:
+        resolve_members(["org/mlp-b@abcdef1"], progress=False)
+    _one_line_error(excinfo, "org/mlp-b@abcdef1")
+
+
+def test_fake_hfapi_refuses_keywords_the_real_api_does_not_take():
+    FakeHfApi(token="x").create_repo("me/star", repo_type="model", private=None, exist_ok=True)
+    with pytest.raises(TypeError):
+        FakeHfApi(token="x").create_repo("me/star", repo_type="model", is_private=True)
+    with pytest.raises(TypeError):
+        FakeHfApi(token="x").upload_folder(repo_id="me/star", folder="/tmp", repo_type="model")
+    with pytest.raises(TypeError):
+        FakeHfApi(tokn="x")
+
+
 def test_same_model_listed_twice_is_an_error(hub, checkpoints):
     sha = build_hf_cache(hub.cache, "org/mlp-a", checkpoints["mlp0"])
     with pytest.raises(PopulationError) as excinfo:
@@ -414,25 +442,46 @@ def test_model_card_update_keeps_user_text_and_refreshes_metrics(run_dir):
 
 
 # ------------------------------------------------------------------------------------------ pushing
+def _bind_like_real_hfapi(method: str, *args, **kwargs) -> None:
+    """Raise TypeError unless the call fits the signature of the real ``huggingface_hub.HfApi.<method>``."""
+    import inspect
+
+    from huggingface_hub.hf_api import HfApi as RealHfApi
+
+    inspect.signature(getattr(RealHfApi, method)).bind(None, *args, **kwargs)
+
+
 class FakeHfApi:
-    """Records create_repo / upload_folder calls and what the staged folder held at upload time."""
+    """Records create_repo / upload_folder calls and what the staged folder held at upload time.
+
+    Every call is first bound to the real ``HfApi`` method's signature, so a keyword the real API does
+    not take (or a positional argument it takes by keyword only) fails here as it would on the Hub.
+    """
 
     instances: ClassVar[list[FakeHfApi]] = []
     fail_on: ClassVar[str | None] = None
 
-    def __init__(self, token=None):
-        self.token = token
+    def __init__(self, *args, **kwargs):
+        _bind_like_real_hfapi("__init__", *args, **kwargs)
+        self.token = kwargs.get("token", args[1] if len(args) > 1 else None)
         self.calls = []
         FakeHfApi.instances.append(self)
 
-    def create_repo(self, repo_id, **kwargs):
+    def create_repo(self, *args, **kwargs):
+        _bind_like_real_hfapi("create_repo", *args, **kwargs)
+        repo_id = kwargs.pop("repo_id", None) or args[0]
         self.calls.append(("create_repo", repo_id, kwargs))
         return f"https://huggingface.co/{repo_id}"
 
-    def create_branch(self, repo_id, **kwargs):
+    def create_branch(self, *args, **kwargs):
+        _bind_like_real_hfapi("create_branch", *args, **kwargs)
+        repo_id = kwargs.pop("repo_id", None) or args[0]
         self.calls.append(("create_branch", repo_id, kwargs))
 
-    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+    def upload_folder(self, *args, **kwargs):
+        _bind_like_real_hfapi("upload_folder", *args, **kwargs)
+        assert not args, "upload_folder takes keyword arguments only"
+        repo_id, folder_path = kwargs.pop("repo_id"), kwargs.pop("folder_path")
         if repo_id == FakeHfApi.fail_on:
             raise OSError("connection reset by peer\nmore details")
         staged = {}

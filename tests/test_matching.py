@@ -101,4 +101,6 @@ def test_weight_matching_reduces_barrier_of_trained_models(mnist1d):
     naive = interpolation_curve(build_model(config, 0), sd_a, sd_b, loader).loss_barrier
     matched = interpolation_curve(build_model(config, 0), sd_a, aligned, loader).loss_barrier
     assert naive > 0.1
-    assert matched < 0.5 * naive
+    # correct matching leaves about 0.06 x naive here (0.043 vs 0.68); matching that aligns only some of the
+    # layers correctly leaves about 0.37 x naive, so the bound sits between the two
+    assert matched < 0.15 * naive, (matched, naive)
