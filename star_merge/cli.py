@@ -14,15 +14,18 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 
 
 def _add_adapters(subparsers) -> None:
-    p = subparsers.add_parser("adapters", help="list the model types with a permutation adapter")
+    p = subparsers.add_parser("adapters", help="list the model types with a permutation adapter and the heads (model classes) each covers")
     p.set_defaults(func=_run_adapters)
 
 
 def _run_adapters(args) -> int:
     from .adapters import supported_model_types
+    from .adapters.heads import supported_heads
 
-    for t in supported_model_types():
-        print(t)
+    types = supported_model_types()
+    width = max(map(len, types), default=0)
+    for t in types:  # one line per model type: the type, then the model classes (heads) its adapter covers
+        print(f"{t:<{width}}  {' '.join(supported_heads(t)) or '(heads not declared)'}")
     return 0
 
 
