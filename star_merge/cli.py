@@ -14,7 +14,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 
 
 def _add_adapters(subparsers) -> None:
-    p = subparsers.add_parser("adapters", help="list the model types with a permutation adapter and the heads (model classes) each covers")
+    p = subparsers.add_parser("adapters", help="list the model types with a permutation adapter")
     p.set_defaults(func=_run_adapters)
 
 

@@ -84,7 +84,8 @@ gpt2 = tiny_configs(
     eos_token_id=2,
     num_labels=3,
 )
-gpt_neox = tiny_configs(  # Pythia-like: partial rotary (25 % of each head), parallel residual, untied embed_out
+# Pythia-like: partial rotary (25 % of each head), parallel residual, untied embed_out.
+gpt_neox = tiny_configs(
     T.GPTNeoXConfig,
     vocab_size=VOCAB,
     hidden_size=32,
@@ -309,7 +310,13 @@ CASES = [
     Case(
         "gpt_neox-causal-tied-nobias-rot50",
         T.GPTNeoXForCausalLM,
-        gpt_neox(tie_word_embeddings=True, attention_bias=False, rotary_pct=0.5, hidden_size=48, num_attention_heads=3),
+        gpt_neox(
+            tie_word_embeddings=True,
+            attention_bias=False,
+            rotary_pct=0.5,
+            hidden_size=48,
+            num_attention_heads=3,
+        ),
         "tokens",
         LM,
     ),
@@ -346,8 +353,13 @@ CASES = [
         "tokens",
         ("prediction_logits", "seq_relationship_logits"),
     ),
-    Case("bert-pretraining-odd", T.BertForPreTraining, bert(hidden_size=15, num_attention_heads=5), "tokens",
-         ("prediction_logits", "seq_relationship_logits")),
+    Case(
+        "bert-pretraining-odd",
+        T.BertForPreTraining,
+        bert(hidden_size=15, num_attention_heads=5),
+        "tokens",
+        ("prediction_logits", "seq_relationship_logits"),
+    ),
     Case("bert-nsp", T.BertForNextSentencePrediction, bert(), "tokens", LM),
     Case("bert-causal", T.BertLMHeadModel, bert(is_decoder=True), "tokens", LM),
     Case("bert-choice", T.BertForMultipleChoice, bert(), "choices", LM),
@@ -367,7 +379,14 @@ CASES = [
         options={"permute_residual": False},
     ),
     Case("gpt2-no-heads", T.GPT2LMHeadModel, gpt2(), "tokens", LM, options={"permute_heads": False}),
-    Case("gpt_neox-no-heads", T.GPTNeoXForCausalLM, gpt_neox(), "tokens", LM, options={"permute_heads": False}),
+    Case(
+        "gpt_neox-no-heads",
+        T.GPTNeoXForCausalLM,
+        gpt_neox(),
+        "tokens",
+        LM,
+        options={"permute_heads": False},
+    ),
     Case(
         "gpt_neox-no-residual",
         T.GPTNeoXForCausalLM,
@@ -376,7 +395,14 @@ CASES = [
         LM,
         options={"permute_residual": False},
     ),
-    Case("bert-mlm-no-residual", T.BertForMaskedLM, bert(), "tokens", LM, options={"permute_residual": False}),
+    Case(
+        "bert-mlm-no-residual",
+        T.BertForMaskedLM,
+        bert(),
+        "tokens",
+        LM,
+        options={"permute_residual": False},
+    ),
     Case(
         "bert-no-residual-no-heads",
         T.BertForSequenceClassification,

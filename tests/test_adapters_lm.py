@@ -46,7 +46,14 @@ LAYOUTS = {
         up=("mlp.dense_h_to_4h",),
         down="mlp.dense_4h_to_h",
     ),
-    "gpt2": dict(layers="h", qkv=("attn.c_attn",), out="attn.c_proj", up=("mlp.c_fc",), down="mlp.c_proj", conv1d=True),
+    "gpt2": dict(
+        layers="h",
+        qkv=("attn.c_attn",),
+        out="attn.c_proj",
+        up=("mlp.c_fc",),
+        down="mlp.c_proj",
+        conv1d=True,  # GPT-2's Conv1D stores weights [in, out]
+    ),
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
@@ -181,8 +188,9 @@ def test_gpt_neox_heads_are_blocks_of_three_head_dims():
     head_dim = model.config.hidden_size // model.config.num_attention_heads
     qkv = spec.axes_to_perm["gpt_neox.layers.0.attention.query_key_value.weight"][0]
     assert qkv == AxisPerm("layers.0.heads", block=3 * head_dim)
-    assert spec.axes_to_perm["gpt_neox.layers.0.attention.dense.weight"][1] == AxisPerm("layers.0.heads", block=head_dim)
-    assert model.gpt_neox.layers[0].attention.rotary_ndims == head_dim // 4  # the tiny config is partial rotary
+    dense = spec.axes_to_perm["gpt_neox.layers.0.attention.dense.weight"]
+    assert dense == (AxisPerm("residual"), AxisPerm("layers.0.heads", block=head_dim))
+    assert model.gpt_neox.layers[0].attention.rotary_ndims == head_dim // 4  # partial rotary, as in Pythia
 
 
 # ---------------------------------------------------------------------- negative controls

@@ -93,6 +93,11 @@ _COMMON_HEADS = (
     "ForQuestionAnswering",
     "ForMaskedLM",
 )
-declare_heads("bert", *(f"Bert{h}" for h in _COMMON_HEADS), "BertForPreTraining", "BertForNextSentencePrediction",
-              "BertLMHeadModel")
+declare_heads(
+    "bert",
+    *(f"Bert{h}" for h in _COMMON_HEADS),
+    "BertForPreTraining",
+    "BertForNextSentencePrediction",
+    "BertLMHeadModel",
+)
 declare_heads("roberta", *(f"Roberta{h}" for h in _COMMON_HEADS), "RobertaForCausalLM")

@@ -1,5 +1,4 @@
-"""Adapter for GPT-2 (``GPT2Model``, ``GPT2LMHeadModel``, ``GPT2For{SequenceClassification,TokenClassification,
-QuestionAnswering}``).
+"""Adapter for GPT-2 (``GPT2Model``, ``GPT2LMHeadModel``, and the sequence, token and span classifiers).
 
 GPT-2's ``Conv1D`` layers store weights as ``[in, out]``. The fused ``c_attn`` output is
 ``[q | k | v]``, each ``n_head * head_dim`` wide, so heads permute with ``AxisPerm(heads, block=head_dim,

@@ -17,7 +17,7 @@ _HEADS: dict[str, tuple[str, ...]] = {}
 
 
 def declare_heads(model_type: str, *class_names: str) -> None:
-    """Record the model classes of ``model_type`` that the registered adapter covers (replaces earlier ones)."""
+    """Record the model classes of ``model_type`` its adapter covers (replaces an earlier declaration)."""
     _HEADS[model_type] = tuple(class_names)
 
 

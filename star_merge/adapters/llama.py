@@ -57,7 +57,13 @@ def build_llama_spec(
     return axes.build()
 
 
-_HEADS = ("Model", "ForCausalLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
+_HEADS = (
+    "Model",
+    "ForCausalLM",
+    "ForSequenceClassification",
+    "ForTokenClassification",
+    "ForQuestionAnswering",
+)
 for _model_type, _prefix in (("llama", "Llama"), ("mistral", "Mistral"), ("qwen2", "Qwen2")):
     register_adapter(_model_type, build_llama_spec)
     declare_heads(_model_type, *(_prefix + head for head in _HEADS))

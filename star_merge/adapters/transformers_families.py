@@ -1,8 +1,8 @@
 """Permutation-spec adapters for Hugging Face transformers model families.
 
 Importing this module registers one adapter per ``model_type``: ``resnet``, ``vit``, ``bert``,
-``roberta``, ``gpt2``, ``gpt_neox``, ``llama``, ``mistral`` and ``qwen2``. Each family lives in its own module; see
-docs/adapters.md for the permutations each one defines and its options.
+``roberta``, ``gpt2``, ``gpt_neox``, ``llama``, ``mistral`` and ``qwen2``. Each family lives in its own
+module; see docs/adapters.md for the permutations each one defines and its options.
 """
 
 from __future__ import annotations
