@@ -289,3 +289,78 @@ def test_cli_lists_heads_per_model_type(capsys):
         assert any(h.endswith(("ForCausalLM", "LMHeadModel")) for h in lines[model_type])
     assert lines["star-mlp"] == ["StarMLPForClassification"]
     assert set(lines) == set(supported_model_types())
+
+
+# ---------------------------------------------------------------------- a Pythia-format checkpoint
+def _write_pythia_checkpoint(folder, model) -> None:
+    """Save ``model`` the way EleutherAI's Pythia checkpoints are laid out on the Hub.
+
+    Legacy config keys (``rotary_pct``, ``rotary_emb_base``), the output layer stored as ``embed_out`` and the
+    causal-mask buffers ``attention.bias`` / ``attention.masked_bias`` that old checkpoints carry.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    c = model.config
+    folder.mkdir()
+    config = {
+        "architectures": ["GPTNeoXForCausalLM"],
+        "model_type": "gpt_neox",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads,
+        "intermediate_size": c.intermediate_size,
+        "max_position_embeddings": c.max_position_embeddings,
+        "rotary_pct": 0.25,
+        "rotary_emb_base": 10000,
+        "use_parallel_residual": True,
+        "tie_word_embeddings": False,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-5,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "torch_dtype": "float32",
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    sd["embed_out.weight"] = sd.pop("lm_head.weight")
+    positions = c.max_position_embeddings
+    for i in range(c.num_hidden_layers):
+        sd[f"gpt_neox.layers.{i}.attention.bias"] = torch.tril(torch.ones(positions, positions, dtype=torch.bool))[
+            None, None
+        ]
+        sd[f"gpt_neox.layers.{i}.attention.masked_bias"] = torch.tensor(-1e9)
+    save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_pythia_format_checkpoints_align_exactly(tmp_path, monkeypatch):
+    """B = A permuted, both in Pythia's on-Hub layout: ``align`` gives back A's weights and A's logits."""
+    from star_merge.align_cmd import align_checkpoints
+    from star_merge.rundir import load_checkpoint
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    c = case("gpt_neox-causal-parallel")
+    torch.manual_seed(0)
+    model = c.cls(c.config()).eval()
+    inputs = make_inputs("tokens", model.config)
+    randomise_(model, inputs)
+    _write_pythia_checkpoint(tmp_path / "a", model)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    spec = spec_for(model)
+    model.load_state_dict(apply_permutation(spec, random_permutation(spec, 5), original))
+    _write_pythia_checkpoint(tmp_path / "b", model)
+
+    a = load_checkpoint(str(tmp_path / "a")).eval()
+    assert a.config.rope_parameters["partial_rotary_factor"] == 0.25 and a.config.use_parallel_residual
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in original.items())  # embed_out -> lm_head
+    b = load_checkpoint(str(tmp_path / "b")).state_dict()
+    assert not torch.equal(b["gpt_neox.layers.0.attention.query_key_value.weight"], original[
+        "gpt_neox.layers.0.attention.query_key_value.weight"
+    ])
+    align_checkpoints(str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "aligned"), seed=0)
+    aligned = load_checkpoint(str(tmp_path / "aligned")).eval()
+    assert all(torch.equal(aligned.state_dict()[k], v) for k, v in original.items())
+    with torch.no_grad():
+        assert torch.equal(aligned(**inputs).logits, a(**inputs).logits)
