@@ -355,10 +355,8 @@ def test_pythia_format_checkpoints_align_exactly(tmp_path, monkeypatch):
     a = load_checkpoint(str(tmp_path / "a")).eval()
     assert a.config.rope_parameters["partial_rotary_factor"] == 0.25 and a.config.use_parallel_residual
     assert all(torch.equal(a.state_dict()[k], v) for k, v in original.items())  # embed_out -> lm_head
-    b = load_checkpoint(str(tmp_path / "b")).state_dict()
-    assert not torch.equal(b["gpt_neox.layers.0.attention.query_key_value.weight"], original[
-        "gpt_neox.layers.0.attention.query_key_value.weight"
-    ])
+    qkv = "gpt_neox.layers.0.attention.query_key_value.weight"
+    assert not torch.equal(load_checkpoint(str(tmp_path / "b")).state_dict()[qkv], original[qkv])
     align_checkpoints(str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "aligned"), seed=0)
     aligned = load_checkpoint(str(tmp_path / "aligned")).eval()
     assert all(torch.equal(aligned.state_dict()[k], v) for k, v in original.items())
