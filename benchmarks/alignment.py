@@ -29,7 +29,7 @@ def train_anchors(model_config, data, n: int, epochs: int, batch: int, seed0: in
     import torch
     from tqdm.auto import tqdm
 
-    from star_merge.training import build_model
+    from star_merge.modeling import build_model
 
     x = torch.tensor(data["train"]["input_values"])
     y = torch.tensor(data["train"]["labels"])
@@ -59,7 +59,7 @@ def run(n: int, anchors, model_config, data, args) -> dict:
 
     config = StarlightConfig(num_train_epochs=args.epochs, star_ce_weight=args.mu, align_every=1,
                              per_device_train_batch_size=args.batch_size, seed=0)
-    trainer = StarlightTrainer(config, model_config, anchors[:n], data, accelerator=Accelerator(cpu=True))
+    trainer = StarlightTrainer(model=model_config, args=config, anchors=anchors[:n], train_dataset=data["train"], accelerator=Accelerator(cpu=True))
     aligns, matches = [], []
     real_align, real_match = trainer.align_anchors, trainer_mod.weight_matching
 

@@ -45,7 +45,7 @@ def build_trainer(model: str, num_anchors: int, device: str, anchor_device: str,
     from starlight_step import make_accelerator, model_setup
 
     from star_merge.starlight import StarlightConfig, StarlightTrainer
-    from star_merge.training import build_model
+    from star_merge.modeling import build_model
 
     cfg, batch, input_name, shape = model_setup(model, batch_size)
     x = np.zeros((batch, *shape), dtype=np.float32)
@@ -54,7 +54,7 @@ def build_trainer(model: str, num_anchors: int, device: str, anchor_device: str,
     anchors = [(f"anchor-{i:02d}", functools.partial(lambda s: build_model(cfg, seed=s).state_dict(), 1 + i))
                for i in range(num_anchors)]
     config = StarlightConfig(anchor_device=anchor_device, per_device_train_batch_size=batch, num_train_epochs=1)
-    trainer = StarlightTrainer(config, cfg, anchors, data, accelerator=make_accelerator(device))
+    trainer = StarlightTrainer(model=cfg, args=config, anchors=anchors, train_dataset=data["train"], accelerator=make_accelerator(device))
     return trainer, torch.device(trainer.accelerator.device)
 
 
@@ -74,7 +74,7 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     from starlight_step import Bench, model_setup
 
-    from star_merge.training import build_model
+    from star_merge.modeling import build_model
 
     cfg, *_ = model_setup(args.model, args.batch_size)
     model_bytes = sum(p.numel() for p in build_model(cfg, seed=0).parameters()) * 4

@@ -74,7 +74,7 @@ class Bench:
         import torch
 
         from star_merge.starlight.flat import FlatLayout
-        from star_merge.training import build_model
+        from star_merge.modeling import build_model
 
         self.config, self.batch_size, self.input_name, shape = model_setup(name, batch_size)
         self.acc = make_accelerator(device)
@@ -97,21 +97,21 @@ class Bench:
         """The trainer's sample_anchor_and_t (a fresh seeded generator per minibatch)."""
         import torch
 
-        from star_merge.starlight.trainer import _mix_seed
+        from star_merge.starlight.sampling import mix_seed as _mix_seed
 
         g = torch.Generator().manual_seed(_mix_seed(0, 0, step, 0))
         n = int(torch.randint(len(self.anchors), (1,), generator=g))
         return n, float(torch.rand((), generator=g))
 
     def _model(self):
-        from star_merge.training import build_model
+        from star_merge.modeling import build_model
 
         model = build_model(self.config, seed=0)
         model.load_state_dict(self.init)
         return model.to(self.device).train()
 
     def _opt_sched(self, params):
-        from star_merge.training import make_optimizer, make_scheduler
+        from star_merge.population.training import make_optimizer, make_scheduler
 
         opt = make_optimizer(params, "adamw", 1e-3, 0.0)
         return opt, make_scheduler(opt, "cosine", 10_000)

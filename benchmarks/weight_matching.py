@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     import torch
 
     from star_merge.models import StarMLPConfig
-    from star_merge.training import build_model
+    from star_merge.modeling import build_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

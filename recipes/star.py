@@ -26,28 +26,29 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "confi
 
 
 def main(argv=None) -> int:
-    from star_merge.argparsing import ConfigError, parse_dataclasses_with_config
-    from star_merge.data import DataArguments, DatasetError
-    from star_merge.starlight import StarlightConfig
-    from star_merge.starlight.pipeline import PopulationArguments, RunArguments, run_starlight_pipeline
+    from star_merge.errors import run_reporting_user_errors
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" not in argv:  # no config named: the built-in demo's values are the defaults
         argv = ["--config", DEFAULT_CONFIG, *argv]
-    try:
-        (config, data_args, pop, run_args), name = parse_dataclasses_with_config(
-            [StarlightConfig, DataArguments, PopulationArguments, RunArguments], argv, prog="recipes/star.py"
-        )
-        if config.output_dir is None:
-            config.output_dir = os.path.join("outputs", name or "mnist1d_mlp")
-        report = run_starlight_pipeline(config, data_args, pop, run_args)
-    except (ValueError, FileNotFoundError, FileExistsError, ConfigError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_reporting_user_errors(lambda: _run(argv))
+
+
+def _run(argv) -> int:
     from accelerate import PartialState
 
-    from star_merge.evaluation.report import render_markdown
+    from star_merge.argparsing import ArgumentsParser
+    from star_merge.data import DataArguments
+    from star_merge.evaluation.render import render_markdown
+    from star_merge.starlight import StarlightConfig
+    from star_merge.population import PopulationArguments
+    from star_merge.starlight.pipeline import RunArguments, run_starlight_pipeline
 
+    parser = ArgumentsParser([StarlightConfig, DataArguments, PopulationArguments, RunArguments], prog="recipes/star.py")
+    (config, data_args, pop, run_args), name = parser.parse(argv)
+    if config.output_dir is None:
+        config.output_dir = os.path.join("outputs", name or "mnist1d_mlp")
+    report = run_starlight_pipeline(config, data_args, pop, run_args)
     if not PartialState().is_main_process:
         return 0
     if report:

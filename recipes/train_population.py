@@ -17,31 +17,33 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "confi
 
 
 def main(argv=None) -> int:
-    from star_merge.argparsing import ConfigError, parse_dataclasses_with_config
-    from star_merge.data import DataArguments, DatasetError, check_labels, load_task_dataset
-    from star_merge.population import train_population
-    from star_merge.starlight import StarlightConfig
-    from star_merge.starlight.pipeline import PopulationArguments, RunArguments
+    from star_merge.errors import run_reporting_user_errors
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" not in argv:
         argv = ["--config", DEFAULT_CONFIG, *argv]
-    try:
-        # The recipe configs also carry Starlight/run settings: parse them all (so the same YAML files
-        # work here), use the data and population parts; --output_dir is the population folder.
-        (config, data_args, pop, _), _ = parse_dataclasses_with_config(
-            [StarlightConfig, DataArguments, PopulationArguments, RunArguments], argv,
-            prog="recipes/train_population.py",
-        )
-        output_dir = config.output_dir or "outputs/population"
-        dataset = load_task_dataset(data_args)
-        model_config = pop.build_config()
-        check_labels(dataset, model_config.num_labels)
-        members = train_population(model_config, dataset, output_dir, pop.num_anchors, pop.num_held_out,
-                                   pop.train_args(), seed=pop.population_seed)
-    except (ValueError, FileNotFoundError, FileExistsError, ConfigError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_reporting_user_errors(lambda: _run(argv))
+
+
+def _run(argv) -> int:
+    from star_merge.argparsing import ArgumentsParser
+    from star_merge.data import DataArguments, check_labels, load_task_dataset
+    from star_merge.population import train_population
+    from star_merge.starlight import StarlightConfig
+    from star_merge.population import PopulationArguments
+    from star_merge.starlight.pipeline import RunArguments
+
+    # The recipe configs also carry Starlight/run settings: parse them all (so the same YAML files work
+    # here), use the data and population parts; --output_dir is the population folder.
+    parser = ArgumentsParser([StarlightConfig, DataArguments, PopulationArguments, RunArguments],
+                             prog="recipes/train_population.py")
+    (config, data_args, pop, _), _ = parser.parse(argv)
+    output_dir = config.output_dir or "outputs/population"
+    dataset = load_task_dataset(data_args)
+    model_config = pop.build_config()
+    check_labels(dataset, model_config.num_labels)
+    members = train_population(model_config, dataset, output_dir, pop.num_anchors, pop.num_held_out,
+                               pop.train_args(), seed=pop.population_seed)
     for m in members:
         print(f"{m.role:9s} {m.path}")
     return 0

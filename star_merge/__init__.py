@@ -34,12 +34,35 @@ __all__ = [
     "align_population",
     "MatchingResult",
     "interpolation_curve",
+    "StarlightTrainer",
+    "StarlightConfig",
+    "align_checkpoints",
+    "export_bma",
+    "evaluate_run",
+    "push_run",
+    "task_for",
 ]
 
+# Lazily imported public names -> the module that defines them (they pull in data / Hub / Accelerate machinery).
+_LAZY = {
+    "interpolation_curve": "evaluation",
+    "interpolation_curves": "evaluation",
+    "InterpolationCurve": "evaluation",
+    "interpolate_state_dicts": "evaluation",
+    "reset_bn_stats": "evaluation",
+    "evaluate_run": "evaluation",
+    "StarlightTrainer": "starlight",
+    "StarlightConfig": "starlight",
+    "align_checkpoints": "matching.checkpoints",
+    "export_bma": "bma",
+    "push_run": "hub",
+    "task_for": "tasks",
+}
 
-def __getattr__(name):  # lazy: connectivity pulls in data loading machinery
-    if name in ("interpolation_curve", "InterpolationCurve", "interpolate_state_dicts", "reset_bn_stats"):
-        from . import connectivity
 
-        return getattr(connectivity, name)
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'star_merge' has no attribute {name!r}")

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import UserError
+
 __all__ = [
     "DataArguments",
     "DatasetError",
@@ -27,7 +29,7 @@ __all__ = [
 BUILTIN_DATASETS = ("mnist1d", "digits")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset cannot be used as asked (missing column, bad labels, empty split)."""
 
 
@@ -37,7 +39,7 @@ class DataArguments:
 
     dataset_name: str = field(
         default="mnist1d",
-        metadata={"help": "A built-in task (mnist1d, digits) or a `datasets` Hub name / local path."},
+        metadata={"aliases": ["--dataset"], "help": "A built-in task (mnist1d, digits) or a `datasets` Hub name / local path."},
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The `datasets` config name."})
     num_samples: int = field(default=5000, metadata={"help": "mnist1d: total samples generated (80% train)."})
@@ -172,10 +174,13 @@ def check_labels(ds, num_labels: int) -> None:
             )
 
 
-def make_dataloader(dataset, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False):
-    """A torch DataLoader yielding dicts of tensors; shuffling is reproducible from ``seed``."""
+def make_dataloader(dataset, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
+                    collate_fn=None):
+    """A torch DataLoader yielding dicts of tensors; shuffling is reproducible from ``seed``.
+
+    ``collate_fn``: the task's collator (``None``: torch's default collate)."""
     ds = dataset.with_format("torch")
     generator = torch.Generator().manual_seed(int(seed)) if shuffle else None
     return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last
+        ds, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last, collate_fn=collate_fn
     )

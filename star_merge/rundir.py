@@ -25,13 +25,20 @@ from typing import Any
 
 import torch
 
+from .modeling import load_checkpoint
+
 __all__ = [
-    "RunDirectory", "Member", "MANIFEST_NAME", "atomic_folder", "atomic_write_text", "atomic_write_json",
-    "load_checkpoint",
+    "RunDirectory", "RunPaths", "NotARunDirectoryError", "Member", "MANIFEST_NAME", "atomic_folder",
+    "atomic_write_text", "atomic_write_json", "load_checkpoint",
 ]
 
 MANIFEST_NAME = "starlight.json"
 PERMUTATIONS_NAME = "anchor_permutations.safetensors"
+PLOT_NAMES = {
+    "curves": "interpolation_curves.png",
+    "distribution": "barrier_distribution.png",
+    "reliability": "reliability.png",
+}
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -83,40 +90,6 @@ def atomic_write_json(path: str, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def load_checkpoint(path: str, device="cpu"):
-    """Load an HF checkpoint folder with the class named in its config (safetensors only, no remote code)."""
-    import transformers
-    from transformers import AutoConfig
-
-    from .models import BUILTIN_CLASSES, register_builtin_models
-
-    register_builtin_models()
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"{path} is not a model checkpoint (no config.json)")
-    has_st = any(f.endswith(".safetensors") for f in os.listdir(path))
-    if not has_st:
-        pickles = [f for f in os.listdir(path) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
-        if pickles:
-            raise ValueError(
-                f"{path} holds only pickle weights ({pickles[0]}); star-merge loads safetensors only. "
-                "Convert it (load it yourself if you trust it, then save_pretrained) and retry"
-            )
-        raise FileNotFoundError(f"{path} has no model.safetensors")
-    config = AutoConfig.from_pretrained(path)
-    arch = (getattr(config, "architectures", None) or [None])[0]
-    if arch in BUILTIN_CLASSES:
-        cls = BUILTIN_CLASSES[arch]
-    elif arch is not None and hasattr(transformers, arch):
-        cls = getattr(transformers, arch)
-    else:
-        cls = transformers.AutoModel
-    try:
-        model = cls.from_pretrained(path, use_safetensors=True)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"could not load weights from {path}: {str(e).splitlines()[0]}") from None
-    return model.to(device).eval()
-
-
 @dataclass
 class Member:
     """One population member: ``name`` (anchor-00, held-out-03), ``role`` (anchor | held-out), where it came from."""
@@ -132,18 +105,104 @@ class Member:
         return dict(self.__dict__)
 
 
-class RunDirectory:
-    """Read access to a Starlight run directory."""
+class NotARunDirectoryError(FileNotFoundError):
+    """A folder given as a run directory has no manifest."""
+
+
+class RunPaths:
+    """Every path of a run directory — the only place they are spelled out. Nothing is read here.
+
+    ``RunPaths(out)`` is what a run writes into; :class:`RunDirectory` reads an existing one.
+    """
 
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
-        manifest = os.path.join(self.path, MANIFEST_NAME)
-        if not os.path.isfile(manifest):
-            raise FileNotFoundError(
+
+    def join(self, *parts: str) -> str:
+        return os.path.join(self.path, *parts)
+
+    @property
+    def manifest_path(self) -> str:
+        return self.join(MANIFEST_NAME)
+
+    @property
+    def star_path(self) -> str:
+        return self.join("star")
+
+    @property
+    def bma_path(self) -> str:
+        return self.join("bma")
+
+    @property
+    def bma_card_path(self) -> str:
+        return self.join("bma", "README.md")
+
+    @property
+    def card_path(self) -> str:
+        return self.join("README.md")
+
+    @property
+    def report_json(self) -> str:
+        return self.join("report.json")
+
+    @property
+    def report_md(self) -> str:
+        return self.join("report.md")
+
+    @property
+    def permutations_path(self) -> str:
+        return self.join(PERMUTATIONS_NAME)
+
+    @property
+    def checkpoints_path(self) -> str:
+        return self.join("checkpoints")
+
+    @property
+    def logs_path(self) -> str:
+        return self.join("logs")
+
+    @property
+    def population_path(self) -> str:
+        return self.join("population")
+
+    def plot(self, kind: str) -> str:
+        """``curves`` | ``distribution`` | ``reliability`` -> the PNG's path."""
+        return self.join(PLOT_NAMES[kind])
+
+    def report_files(self) -> list[tuple[str, str]]:
+        """(name, path) of report.json, report.md and every top-level PNG present (what is published)."""
+        names = sorted(os.listdir(self.path)) if os.path.isdir(self.path) else []
+        return [(f, self.join(f)) for f in names
+                if (f in ("report.json", "report.md") or f.lower().endswith(".png")) and not f.startswith(".")
+                and os.path.isfile(self.join(f))]
+
+    # Everything a run writes except population/ (which is reusable across runs: members are seeded).
+    RESULT_ENTRIES = ("star", "bma", "checkpoints", "logs", MANIFEST_NAME, PERMUTATIONS_NAME, "report.json",
+                      "report.md", "README.md")
+
+    def existing_results(self) -> list[str]:
+        return [e for e in self.RESULT_ENTRIES if os.path.exists(self.join(e))]
+
+    def is_run(self) -> bool:
+        return os.path.isfile(self.manifest_path)
+
+    def require(self, error: type[Exception] = NotARunDirectoryError) -> "RunPaths":
+        """Raise ``error`` (one message everywhere) unless this folder holds a run manifest."""
+        if not self.is_run():
+            raise error(
                 f"{self.path} is not a star-merge run directory (no {MANIFEST_NAME}); "
                 "create one with `accelerate launch recipes/star.py --output_dir ...`"
             )
-        with open(manifest) as f:
+        return self
+
+
+class RunDirectory(RunPaths):
+    """Read access to a Starlight run directory."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.require()
+        with open(self.manifest_path) as f:
             self.manifest: dict[str, Any] = json.load(f)
 
     # ---------------------------------------------------------------- members
@@ -172,10 +231,6 @@ class RunDirectory:
         raise KeyError(f"run {self.path} has no member {name!r}")
 
     # ---------------------------------------------------------------- models
-    @property
-    def star_path(self) -> str:
-        return os.path.join(self.path, "star")
-
     def load_star(self, device="cpu"):
         return load_checkpoint(self.star_path, device)
 
@@ -190,9 +245,12 @@ class RunDirectory:
 
         return spec_for(AutoConfig.from_pretrained(self.star_path))
 
+    def has_permutations(self) -> bool:
+        return os.path.isfile(self.permutations_path)
+
     def anchor_permutations(self) -> dict[str, dict[str, torch.Tensor]]:
         """member name -> the permutation aligning that anchor to the final star."""
-        return load_permutations(os.path.join(self.path, PERMUTATIONS_NAME))
+        return load_permutations(self.permutations_path)
 
     def aligned_anchor_state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
         """Anchor state dicts permuted into the star's frame, in manifest order."""

@@ -24,6 +24,8 @@ from typing import Mapping, Union
 
 import torch
 
+from .errors import UserError
+
 __all__ = [
     "AxisPerm",
     "PermutationSpec",
@@ -37,7 +39,7 @@ __all__ = [
 ]
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
     """A permutation spec does not fit a state dict (missing tensor, unknown name, size mismatch)."""
 
 

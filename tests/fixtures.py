@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from star_merge.data import DataArguments
 from star_merge.starlight import StarlightConfig
-from star_merge.starlight.pipeline import PopulationArguments, RunArguments
+from star_merge.population import PopulationArguments
+from star_merge.starlight.pipeline import RunArguments
 
 TINY_DATA = dict(dataset_name="mnist1d", num_samples=1000)
 

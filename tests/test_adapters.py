@@ -611,7 +611,7 @@ def test_pretrained_minilm_invariance_and_recovery(monkeypatch):
 @pytest.fixture(scope="module")
 def two_checkpoints(tmp_path_factory):
     """A: a tiny random BERT classifier with MiniLM's tokenizer files; B: A permuted (tokenizer files too)."""
-    from star_merge.align_cmd import PREPROCESSING_PATTERNS  # noqa: F401  (import check)
+    from star_merge.matching.checkpoints import PREPROCESSING_PATTERNS  # noqa: F401  (import check)
 
     root = tmp_path_factory.mktemp("ckpts")
     torch.manual_seed(0)
@@ -628,7 +628,7 @@ def two_checkpoints(tmp_path_factory):
 
 
 def test_align_checkpoints_writes_b_aligned_to_a(two_checkpoints, tmp_path, monkeypatch):
-    from star_merge.align_cmd import ALIGNMENT_FILE, align_checkpoints
+    from star_merge.matching.checkpoints import ALIGNMENT_FILE, align_checkpoints
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     root = two_checkpoints
@@ -657,7 +657,7 @@ def test_align_checkpoints_writes_b_aligned_to_a(two_checkpoints, tmp_path, monk
 
 
 def test_align_checkpoints_refuses_non_empty_output(two_checkpoints, tmp_path, monkeypatch):
-    from star_merge.align_cmd import align_checkpoints
+    from star_merge.matching.checkpoints import align_checkpoints
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     root = two_checkpoints
@@ -675,7 +675,7 @@ def test_align_checkpoints_refuses_non_empty_output(two_checkpoints, tmp_path, m
 
 
 def test_align_checkpoints_rejects_bad_requests(two_checkpoints, tmp_path, monkeypatch):
-    from star_merge.align_cmd import align_checkpoints
+    from star_merge.matching.checkpoints import align_checkpoints
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     root = two_checkpoints
@@ -694,7 +694,7 @@ def test_align_checkpoints_rejects_bad_requests(two_checkpoints, tmp_path, monke
 
 
 def test_align_checkpoints_activation_method_on_builtin_mlp(tmp_path, monkeypatch):
-    from star_merge.align_cmd import align_checkpoints
+    from star_merge.matching.checkpoints import align_checkpoints
     from star_merge.models import StarMLPConfig, StarMLPForClassification
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -337,8 +337,8 @@ def _write_pythia_checkpoint(folder, model) -> None:
 
 def test_pythia_format_checkpoints_align_exactly(tmp_path, monkeypatch):
     """B = A permuted, both in Pythia's on-Hub layout: ``align`` gives back A's weights and A's logits."""
-    from star_merge.align_cmd import align_checkpoints
-    from star_merge.rundir import load_checkpoint
+    from star_merge.matching.checkpoints import align_checkpoints
+    from star_merge.modeling import load_checkpoint
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     c = case("gpt_neox-causal-parallel")

@@ -8,7 +8,6 @@ computed by hand.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -25,16 +24,14 @@ from star_merge import random_permutation
 from star_merge.bma import (
     StarBMAConfig,
     StarBMAForImageClassification,
-    add_parser,
     bma_predict_proba,
     build_bma,
     draw_samples,
     export_bma,
     load_bma,
-    run,
     save_bma,
 )
-from star_merge.connectivity import interpolate_state_dicts, reset_bn_stats
+from star_merge.evaluation import interpolate_state_dicts, reset_bn_stats
 from star_merge.data import DataArguments, make_dataloader
 from star_merge.models import (
     StarCNN1dConfig,
@@ -43,7 +40,7 @@ from star_merge.models import (
     StarMLPForClassification,
 )
 from star_merge.rundir import MANIFEST_NAME, RunDirectory, atomic_write_json, save_permutations
-from star_merge.training import TrainArguments, build_model, save_checkpoint, train_classifier
+from star_merge.population.training import TrainArguments, build_model, save_checkpoint, train_classifier
 
 NUM_ANCHORS = 3
 DATA = DataArguments(dataset_name="mnist1d", num_samples=400)
@@ -482,36 +479,19 @@ def test_bad_inputs_raise_clear_errors(mlp_run, tmp_path):
 
 
 def test_cli_export_bma(mlp_run, tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="star-merge")
-    add_parser(parser.add_subparsers(dest="command"))
+    from star_merge.cli import main  # the console entry point turns errors into one line and exit 2
+
     out = str(tmp_path / "cli-bma")
-    args = parser.parse_args(
-        [
-            "export-bma",
-            mlp_run,
-            "--output_dir",
-            out,
-            "--samples",
-            "3",
-            "--seed",
-            "5",
-            "--t_distribution",
-            "beta(2,2)",
-        ]
-    )
-    assert args.func is run and run(args) == 0
+    argv = ["export-bma", mlp_run, "--output_dir", out, "--samples", "3", "--seed", "5", "--t_distribution", "beta(2,2)"]
+    assert main(argv) == 0
     assert capsys.readouterr().out.strip() == out
     config = StarBMAConfig.from_pretrained(out)
     assert (config.num_samples, config.seed, config.t_distribution) == (3, 5, "beta")
-    from star_merge.cli import main  # the console entry point turns errors into one line and exit 2
 
     assert main(["export-bma", mlp_run, "--output_dir", out]) == 2  # exists, no --overwrite
     err = capsys.readouterr().err.strip()
     assert "already exists" in err and "--overwrite" in err and len(err.splitlines()) == 1
     assert main(["export-bma", mlp_run, "--output_dir", str(tmp_path / "y"), "--samples", "0"]) == 2
     assert "num_samples must be >= 1" in capsys.readouterr().err
-    assert (
-        run(parser.parse_args(["export-bma", mlp_run, "--output_dir", out, "--samples", "2", "--overwrite"]))
-        == 0
-    )
+    assert main(["export-bma", mlp_run, "--output_dir", out, "--samples", "2", "--overwrite"]) == 0
     assert StarBMAConfig.from_pretrained(out).num_samples == 2

@@ -9,7 +9,7 @@ import star_merge as sm
 from star_merge.cli import main
 from star_merge.models import StarMLPConfig
 from star_merge.rundir import load_checkpoint
-from star_merge.training import build_model, save_checkpoint
+from star_merge.population.training import build_model, save_checkpoint
 
 
 def test_adapters_lists_every_family(capsys):
@@ -42,3 +42,46 @@ def test_console_script_reports_bad_run_dir(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "not a star-merge run directory" in proc.stderr
+
+
+COMMANDS = ("adapters", "align", "barrier", "evaluate", "export-bma", "push")
+
+
+def test_every_subcommand_has_help(capsys):
+    import pytest
+
+    for command in COMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0, command
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: star-merge {command}"), command
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and all(c in out for c in COMMANDS)
+
+
+def test_both_recipes_have_help():
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for recipe, flag in (("star.py", "--num_anchors"), ("train_population.py", "--population_epochs")):
+        proc = subprocess.run([sys.executable, os.path.join(root, "recipes", recipe), "--help"], capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert flag in proc.stdout and "--config" not in proc.stderr
+
+
+def test_subcommand_arguments_are_typed_and_read_from_yaml(tmp_path, capsys):
+    """The subcommand parser is the recipes' parser: a YAML file gives defaults, typed like the flags."""
+    from star_merge.evaluation.cli import EvaluateArguments
+
+    parser = __import__("star_merge.cli", fromlist=["build_parser"]).build_parser()
+    evaluate = parser.commands["evaluate"]
+    (tmp_path / "eval.yaml").write_text("num_points: 5\npairs: '3'\n")
+    (args,), name = evaluate.parse(["RUN", "--config", str(tmp_path / "eval.yaml"), "--seed", "7"])
+    assert isinstance(args, EvaluateArguments) and name == "eval"
+    assert (args.run_dir, args.num_points, args.pairs, args.seed) == ("RUN", 5, 3, 7)
+    assert main(["evaluate", "RUN", "--pairs", "zero"]) == 2
+    assert "--pairs must be 'all' or a positive integer" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from star_merge.connectivity import (
+from star_merge.evaluation import (
     accuracy_barrier,
     interpolate_state_dicts,
     interpolation_curve,

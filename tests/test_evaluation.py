@@ -26,10 +26,10 @@ from star_merge.evaluation import (
     select_pairs,
 )
 from star_merge.evaluation.__main__ import main as cli_main
-from star_merge.metrics import MetricError
+from star_merge.evaluation.metrics import MetricError
 from star_merge.models import StarMLPConfig
 from star_merge.rundir import MANIFEST_NAME, atomic_write_json, save_permutations
-from star_merge.training import TrainArguments, build_model, save_checkpoint, train_classifier
+from star_merge.population.training import TrainArguments, build_model, save_checkpoint, train_classifier
 
 DATA = DataArguments(num_samples=600)
 HIDDEN = (24, 24)
@@ -210,7 +210,7 @@ def test_barrier_bad_input_gives_one_line_errors(trained, dataset, tmp_path, cap
         capsys.readouterr()
         assert cli_main(["barrier", a, a, "--no_progress", *extra]) == 2
         last = capsys.readouterr().err.strip().splitlines()[-1]  # progress bars of dataset loading come first
-        assert last.startswith("error: ") and re.search(message, last), last
+        assert last.startswith("star-merge barrier: error: ") and re.search(message, last), last
     # the same user dataset with the right columns works
     assert cli_main(["barrier", a, a, "--dataset", str(user), "--input_column", "x", "--num_points", "3",
                      "--no_progress"]) == 0
@@ -264,7 +264,7 @@ def test_evaluate_run_writes_reports_and_plots(run_dir, trained, dataset, monkey
     for r in b["star_vs_anchor"]:
         assert r["train"]["losses"][0] == pytest.approx(m["star"]["train"]["loss"], rel=1e-5)
         assert r["test"]["accuracies"][-1] == pytest.approx(m[r["b"]]["test"]["accuracy"])  # permutation-invariant
-    from star_merge.connectivity import evaluate_loss_accuracy
+    from star_merge.evaluation import evaluate_loss_accuracy
     from star_merge.data import make_dataloader
 
     loss, acc = evaluate_loss_accuracy(trained[0], make_dataloader(dataset["test"], 100))

@@ -19,16 +19,14 @@ from star_merge.hub import (
     PlannedFile,
     PopulationError,
     PushError,
-    add_parser,
     push_run,
     resolve_members,
-    run,
     upload_plan,
 )
-from star_merge.model_card import END_MARKER, write_model_card
+from star_merge.hub.model_card import END_MARKER, write_model_card
 from star_merge.models import StarCNN1dConfig, StarMLPConfig
 from star_merge.rundir import load_checkpoint
-from star_merge.training import build_model, save_checkpoint
+from star_merge.population.training import build_model, save_checkpoint
 
 MLP = {"input_size": 8, "hidden_sizes": [6], "num_labels": 10}
 
@@ -369,15 +367,20 @@ def test_model_card_metadata_and_model_index_match_the_report(run_dir):
 
 
 def test_card_metrics_reads_what_the_report_holds_and_skips_the_rest():
-    from star_merge.model_card import card_metrics
+    from star_merge.evaluation.summary import RunSummary
+    from star_merge.hub.model_card import card_metrics
 
     assert card_metrics({}) == []
-    flat = {"summary": {"star_heldout_test_loss_barrier_mean": 0.125, "star_test_accuracy": float("nan")},
-            "models": [{"name": "star", "ece": 0.5, "accuracy": True}]}
-    assert {r.metric_name: r.metric_value for r in card_metrics(flat)} == {
+    report = {"summary": {"star_vs_held_out": {"test_loss_barrier": {"mean": 0.125, "std": 0.0, "n": 1}},
+                          "star_test_accuracy": float("nan"), "star_test_nll": True},
+              "models": {"star": {"test": {"ece": 0.5}}}}
+    assert {r.metric_name: r.metric_value for r in card_metrics(report)} == {
         "Test ECE (star)": 0.5,
         "Test loss barrier, star ↔ held-out (mean)": 0.125,
     }
+    summary = RunSummary.from_report(report)  # NaN and bools are not numbers; absent groups are empty
+    assert summary.star_test_accuracy is None and summary.star_test_nll is None
+    assert summary.group("anchor_vs_held_out").test_loss_barrier.n == 0
 
 
 def test_model_card_update_keeps_user_text_and_refreshes_metrics(run_dir):
@@ -487,11 +490,9 @@ def test_failed_upload_leaves_the_run_untouched_and_says_how_to_retry(run_dir, f
 
 
 def test_cli_dry_run_prints_the_plan_and_uploads_nothing(run_dir, fake_api, capsys):
-    parser = argparse.ArgumentParser(prog="star-merge")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["push", run_dir, "--repo-id", "me/star", "--bma-repo-id", "me/star-bma", "--dry_run"])
-    assert args.func is run
-    assert run(args) == 0
+    from star_merge.cli import main
+
+    assert main(["push", run_dir, "--repo-id", "me/star", "--bma-repo-id", "me/star-bma", "--dry_run"]) == 0
     out = capsys.readouterr().out
     assert fake_api.instances == []
     for f in upload_plan(run_dir, "me/star", bma_repo_id="me/star-bma"):
@@ -499,8 +500,6 @@ def test_cli_dry_run_prints_the_plan_and_uploads_nothing(run_dir, fake_api, caps
         if f.local_path is not None:
             assert f.local_path in out
     assert "me/star: 5 files" in out and "me/star-bma: 5 files" in out
-
-    from star_merge.cli import main
 
     assert main(["push", run_dir + "-missing", "--repo-id", "me/star"]) == 2
     err = capsys.readouterr().err

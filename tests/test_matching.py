@@ -7,11 +7,11 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import star_merge as sm
-from star_merge.connectivity import interpolation_curve
+from star_merge.evaluation import interpolation_curve
 from star_merge.data import make_dataloader
 from star_merge.models import StarCNN1dConfig, StarMLPConfig
 from star_merge.spec import SpecError
-from star_merge.training import TrainArguments, build_model, train_classifier
+from star_merge.population.training import TrainArguments, build_model, train_classifier
 
 
 def make(config, seed):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from star_merge.metrics import (
+from star_merge.evaluation.metrics import (
     MetricError,
     brier_score,
     check_predictions,

@@ -8,7 +8,7 @@ import sys
 from hf_cache import build_hf_cache, fake_sha, offline_env
 
 from star_merge.models import StarMLPConfig
-from star_merge.training import build_model, save_checkpoint
+from star_merge.population.training import build_model, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

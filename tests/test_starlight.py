@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification
 
 import star_merge  # noqa: F401  (registers the built-in models with the Auto classes)
 from star_merge.starlight import StarlightTrainer
-from star_merge.training import build_model, save_checkpoint
+from star_merge.population.training import build_model, save_checkpoint
 
 from fixtures import tiny_arguments
 
@@ -84,7 +84,7 @@ def test_resume_after_crash_gives_the_same_star(tmp_path, monkeypatch, model_typ
     from star_merge.rundir import load_checkpoint
 
     anchors = [(m.name, load_checkpoint(m.path).state_dict()) for m in members]
-    full = StarlightTrainer(config, model_config, anchors, dataset).train()
+    full = StarlightTrainer(model=model_config, args=config, anchors=anchors, train_dataset=dataset["train"]).train()
 
     config.output_dir = str(tmp_path / "b")
     saves = {"n": 0}
@@ -98,10 +98,10 @@ def test_resume_after_crash_gives_the_same_star(tmp_path, monkeypatch, model_typ
 
     monkeypatch.setattr(StarlightTrainer, "_save_state", crash_on_third_save)
     with pytest.raises(KeyboardInterrupt):
-        StarlightTrainer(config, model_config, anchors, dataset).train()
+        StarlightTrainer(model=model_config, args=config, anchors=anchors, train_dataset=dataset["train"]).train()
     monkeypatch.setattr(StarlightTrainer, "_save_state", original)
     config.resume_from_checkpoint = "latest"
-    resumed = StarlightTrainer(config, model_config, anchors, dataset).train()
+    resumed = StarlightTrainer(model=model_config, args=config, anchors=anchors, train_dataset=dataset["train"]).train()
     # Starlight's own state is JSON + safetensors: nothing Accelerate would unpickle with weights_only=False
     for folder in os.listdir(tmp_path / "b" / "checkpoints"):
         files = os.listdir(tmp_path / "b" / "checkpoints" / folder)
@@ -118,10 +118,10 @@ def test_same_seed_same_star_different_seed_different_star(tmp_path):
     dataset = load_task_dataset(data_args)
     model_config = pop.build_config()
     anchors = [(f"anchor-{i}", build_model(model_config, i).state_dict()) for i in range(2)]
-    s1 = StarlightTrainer(config, model_config, anchors, dataset).train().model.state_dict()
-    s2 = StarlightTrainer(config, model_config, anchors, dataset).train().model.state_dict()
+    s1 = StarlightTrainer(model=model_config, args=config, anchors=anchors, train_dataset=dataset["train"]).train().model.state_dict()
+    s2 = StarlightTrainer(model=model_config, args=config, anchors=anchors, train_dataset=dataset["train"]).train().model.state_dict()
     config.seed = 1
-    s3 = StarlightTrainer(config, model_config, anchors, dataset).train().model.state_dict()
+    s3 = StarlightTrainer(model=model_config, args=config, anchors=anchors, train_dataset=dataset["train"]).train().model.state_dict()
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert not torch.equal(s1["layers.0.weight"], s3["layers.0.weight"])
 
@@ -202,7 +202,7 @@ def test_at_t_equal_one_the_star_gets_no_gradient():
     dataset = load_task_dataset(data_args)
     model_config = pop.build_config()
     anchors = [(f"anchor-{i}", build_model(model_config, 10 + i).state_dict()) for i in range(2)]
-    trainer = StarlightTrainer(config, model_config, anchors, dataset)
+    trainer = StarlightTrainer(model=model_config, args=config, anchors=anchors, train_dataset=dataset["train"])
     init = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     star = trainer.train().model.state_dict()
     assert all(torch.equal(star[k], init[k]) for k in init)
@@ -228,7 +228,7 @@ def test_options_tensorboard_bf16_accumulation_sgd_beta(tmp_path, fresh_accelera
     dataset = load_task_dataset(data_args)
     model_config = pop.build_config()
     anchors = [(f"anchor-{i}", build_model(model_config, 10 + i).state_dict()) for i in range(2)]
-    trainer = StarlightTrainer(config, model_config, anchors, dataset)
+    trainer = StarlightTrainer(model=model_config, args=config, anchors=anchors, train_dataset=dataset["train"])
     result = trainer.train()
     star = result.model.state_dict()
     assert all(torch.isfinite(v).all() for v in star.values() if v.is_floating_point())
@@ -256,14 +256,14 @@ import sys, torch
 sys.path.insert(0, {tests!r})
 from fixtures import tiny_arguments
 from star_merge.data import load_task_dataset
-from star_merge.training import build_model
+from star_merge.population.training import build_model
 from star_merge.starlight import StarlightTrainer
 config, data_args, pop, _ = tiny_arguments(None, "star-cnn1d", num_train_epochs=2, star_ce_weight=0.5,
                                            gradient_accumulation_steps=2)
 dataset = load_task_dataset(data_args)
 model_config = pop.build_config()
 anchors = [(f"a{{i}}", build_model(model_config, 10 + i).state_dict()) for i in range(3)]
-trainer = StarlightTrainer(config, model_config, anchors, dataset)
+trainer = StarlightTrainer(model=model_config, args=config, anchors=anchors, train_dataset=dataset["train"])
 star = trainer.train().model.state_dict()
 rank = trainer.accelerator.process_index
 torch.save({{k: v for k, v in star.items()}}, {out!r} + f"/rank{{rank}}-of-{{trainer.accelerator.num_processes}}.pt")

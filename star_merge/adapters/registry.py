@@ -1,7 +1,7 @@
 """The adapter registry: ``config.model_type`` -> a builder that writes the model's permutation spec.
 
-Each adapter module registers itself (``register_adapter("llama", build_llama_spec)``); nothing
-central lists them. A builder is called as ``builder(config, shapes, **options)`` where ``shapes`` maps
+Each adapter module registers itself (``register_adapter("llama", build_llama_spec)``); the modules are
+found in this folder with ``pkgutil``, so nothing central lists them (a new family is one new module). A builder is called as ``builder(config, shapes, **options)`` where ``shapes`` maps
 every state-dict tensor name of the concrete model (task head included) to its shape, and returns a
 :class:`~star_merge.spec.PermutationSpec` (or an ``axes_to_perm`` mapping, turned into one here).
 """
@@ -43,15 +43,20 @@ def supported_model_types() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _load_builtin_adapters() -> None:
-    # Importing the modules runs their register_adapter calls.
-    from . import builtin  # noqa: F401
+# Modules of this package that are infrastructure, not adapters.
+_NOT_ADAPTERS = {"registry", "layout", "heads"}
 
-    try:
-        from . import transformers_families  # noqa: F401
-    except ImportError as e:  # pragma: no cover - only when the module is mid-refactor
-        if "transformers_families" not in str(e):
-            raise
+
+def _load_builtin_adapters() -> None:
+    """Import every adapter module of this folder (found with pkgutil); importing one registers its adapters."""
+    import importlib
+    import pkgutil
+
+    from .. import adapters as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in _NOT_ADAPTERS:
+            importlib.import_module(f"{package.__name__}.{info.name}")
 
 
 def model_shapes(model_or_config) -> dict[str, tuple[int, ...]]:
@@ -64,20 +69,11 @@ def model_shapes(model_or_config) -> dict[str, tuple[int, ...]]:
 
 def build_meta_model(config):
     """Instantiate the architecture named in ``config.architectures`` (or the base model) without memory."""
-    import transformers
+    from ..modeling import model_class_for
 
-    from ..models import register_builtin_models
-
-    register_builtin_models()
-    arch = (getattr(config, "architectures", None) or [None])[0]
+    cls = model_class_for(config)
     with torch.device("meta"):
-        if arch is not None and hasattr(transformers, arch):
-            return getattr(transformers, arch)(config)
-        from ..models import BUILTIN_CLASSES
-
-        if arch is not None and arch in BUILTIN_CLASSES:
-            return BUILTIN_CLASSES[arch](config)
-        return transformers.AutoModel.from_config(config)
+        return cls(config)
 
 
 def spec_for(model_or_config, **options) -> PermutationSpec:

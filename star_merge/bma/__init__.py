@@ -1,4 +1,4 @@
-"""Bayesian model averaging over the star domain of a Starlight run (STARLIGHT.md, "BMA").
+"""Bayesian model averaging over the star domain of a Starlight run (Sonthalia et al., ICLR 2025, arXiv:2403.07968; see docs/bma.md).
 
 Importing this package registers ``star-bma`` with ``AutoConfig``, ``AutoModelForSequenceClassification`` and
 ``AutoModelForImageClassification``, so ``AutoModelFor….from_pretrained(RUN_DIR/bma)`` works without remote code.
@@ -9,7 +9,7 @@ is not installed. See docs/bma.md.
 from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
 
 from .configuration_star_bma import StarBMAConfig, draw_samples, parse_t_distribution
-from .export import add_parser, bma_predict_proba, build_bma, export_bma, load_bma, run, save_bma
+from .export import ExportBMAArguments, bma_predict_proba, build_bma, export_bma, load_bma, make_parser, run, save_bma
 from .modeling_star_bma import (
     HEAD_CLASSES,
     StarBMAForImageClassification,
@@ -29,7 +29,8 @@ __all__ = [
     "StarBMAForSequenceClassification",
     "StarBMAOutput",
     "StarBMAPreTrainedModel",
-    "add_parser",
+    "ExportBMAArguments",
+    "make_parser",
     "bma_predict_proba",
     "build_bma",
     "draw_samples",

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from .. import models as _builtin_models  # registers star-mlp / star-cnn1d with the Auto classes
-from .configuration_star_bma import StarBMAConfig
+from ..argparsing import add_command, positional
 from ..rundir import atomic_folder
+from .configuration_star_bma import StarBMAConfig
 from .modeling_star_bma import HEAD_AUTO_SUFFIX, HEAD_CLASSES, StarBMAPreTrainedModel, head_of
 
-__all__ = ["add_parser", "bma_predict_proba", "build_bma", "export_bma", "load_bma", "run", "save_bma"]
+__all__ = ["ExportBMAArguments", "bma_predict_proba", "build_bma", "export_bma", "load_bma", "make_parser", "run", "save_bma"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # Code saved beside the weights for trust_remote_code=True: the wrapper, and the built-in member models that
@@ -59,7 +60,7 @@ def build_bma(
 
     BatchNorm members need ``bn_dataloader`` (training data): each sample's statistics are recomputed over it.
     """
-    from ..connectivity import reset_bn_stats
+    from ..evaluation.engine import reset_bn_stats
 
     if int(num_samples) < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -142,19 +143,19 @@ def export_bma(
 
     BatchNorm statistics are recomputed per sample over the run's train split. Returns the output folder.
     """
-    from ..connectivity import has_batchnorm
+    from ..evaluation.engine import has_batchnorm
     from ..data import make_dataloader
-    from ..rundir import PERMUTATIONS_NAME, RunDirectory
+    from ..rundir import RunDirectory
     from .configuration_star_bma import parse_t_distribution
 
     if int(num_samples) < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}; use --samples 16 or more")
     parse_t_distribution(t_distribution)  # fail before loading anything
     run_dir_ = RunDirectory(run_dir)
-    output_dir = os.path.abspath(output_dir or os.path.join(run_dir_.path, "bma"))
+    output_dir = os.path.abspath(output_dir or run_dir_.bma_path)
     if os.path.exists(output_dir) and not overwrite:
         raise FileExistsError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it")
-    perms_path = os.path.join(run_dir_.path, PERMUTATIONS_NAME)
+    perms_path = run_dir_.permutations_path
     if not os.path.isfile(perms_path):
         raise FileNotFoundError(
             f"{perms_path} is missing; the BMA needs the anchors aligned to the star (rerun recipes/star.py)"
@@ -187,58 +188,45 @@ def load_bma(path: str, device="cpu") -> StarBMAPreTrainedModel:
     return classes[arch].from_pretrained(path, config=config, use_safetensors=True).to(device).eval()
 
 
-@torch.no_grad()
 def bma_predict_proba(model: nn.Module, dataloader: Iterable, device=None) -> torch.Tensor:
     """BMA class probabilities [num_examples, num_labels] (float32) over ``dataloader`` (batches of dicts;
-    ``labels`` are ignored)."""
-    device = device or next(model.parameters()).device
-    model.eval()
-    probs = []
-    for batch in dataloader:
-        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-        probs.append(model(**inputs).logits.float().softmax(-1).cpu())
+    ``labels`` are ignored): the evaluation engine's loop with the task's logits."""
+    from ..evaluation.engine import forward_loader
+    from ..tasks import task_for
+
+    task = task_for(model)
+    probs = [p.cpu() for p in forward_loader(model, dataloader, lambda m, b: task.logits(m, b).softmax(-1),
+                                             device=device)]
     if not probs:
         raise ValueError("cannot predict: the dataloader yielded no batches")
     return torch.cat(probs)
 
 
 # ---------------------------------------------------------------- CLI
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``export-bma`` to a ``star-merge`` subparsers object; ``args.func`` is :func:`run`."""
-    p = subparsers.add_parser(
-        "export-bma",
-        help="export the star-domain BMA wrapper of a run directory (RUN_DIR/bma)",
-        description="Write RUN_DIR/bma: the star, the aligned anchors and S sampled points (n, t), loadable with "
-        "AutoModelFor….from_pretrained (import star_merge.bma) or trust_remote_code=True.",
-    )
-    p.add_argument("run_dir", help="run directory written by recipes/star.py")
-    p.add_argument("--output_dir", "--output-dir", default=None, help="output folder (default RUN_DIR/bma)")
-    p.add_argument("--samples", type=int, default=16, help="number S of star-domain points averaged (>= 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the (anchor, t) draw")
-    p.add_argument(
-        "--t_distribution",
-        "--t-distribution",
-        default="uniform",
-        help="t ~ uniform | uniform(low,high) | beta(a,b) | constant(t)",
-    )
-    p.add_argument(
-        "--bn_max_batches", "--bn-max-batches", type=int, default=None, help="cap on BatchNorm reset batches"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.set_defaults(func=run)
-    return p
+@dataclass
+class ExportBMAArguments:
+    """``star-merge export-bma RUN_DIR``."""
+
+    run_dir: str = positional("RUN_DIR", "run directory written by recipes/star.py")
+    output_dir: str | None = field(default=None, metadata={"help": "output folder (default RUN_DIR/bma)"})
+    num_samples: int = field(default=16, metadata={"aliases": ["--samples"],
+                                                   "help": "number S of star-domain points averaged (>= 1)"})
+    seed: int = field(default=0, metadata={"help": "seed of the (anchor, t) draw"})
+    t_distribution: str = field(default="uniform",
+                                metadata={"help": "t ~ uniform | uniform(low,high) | beta(a,b) | constant(t)"})
+    bn_max_batches: int | None = field(default=None, metadata={"help": "cap on BatchNorm reset batches"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing output folder"})
 
 
-def run(args: argparse.Namespace) -> int:
+def make_parser(subparsers):
+    """Add ``export-bma`` to a ``star-merge`` subparsers object; its handler is :func:`run`."""
+    return add_command(subparsers, "export-bma", [ExportBMAArguments], run,
+                       help="export the star-domain BMA wrapper of a run directory (RUN_DIR/bma)",
+                       description="Write RUN_DIR/bma: the star, the aligned anchors and S sampled points (n, t), "
+                       "loadable with AutoModelFor….from_pretrained (import star_merge.bma) or trust_remote_code=True.")
+
+
+def run(args: ExportBMAArguments) -> int:
     """Handler of ``star-merge export-bma``; errors propagate (star_merge.cli prints them as one line)."""
-    out = export_bma(
-        args.run_dir,
-        output_dir=args.output_dir,
-        num_samples=args.samples,
-        seed=args.seed,
-        t_distribution=args.t_distribution,
-        overwrite=args.overwrite,
-        bn_max_batches=args.bn_max_batches,
-    )
-    print(out)
+    print(export_bma(**asdict(args)))
     return 0

@@ -46,7 +46,12 @@ _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def resolve_member_classes(member_config: dict) -> tuple[type, type]:
-    """(config class, model class) of the member architecture described by ``member_config``."""
+    """(config class, model class) of the member architecture described by ``member_config``.
+
+    This file keeps its own resolver instead of ``star_merge.modeling.model_class_for`` on purpose: it is
+    copied into every exported BMA folder and must load with ``trust_remote_code=True`` where star_merge is
+    not installed. Keep the two in agreement (architectures[0] first, then the classification heads).
+    """
     from transformers import CONFIG_MAPPING
 
     model_type = member_config.get("model_type")

@@ -1,4 +1,5 @@
-"""Evaluation: barriers between checkpoints, run-directory reports, calibration metrics, plots.
+"""Evaluation: the one engine (forward over a loader, BN reset, predictions), interpolation curves and barriers,
+run-directory reports, calibration metrics, plots.
 
 ``star-merge barrier A B`` is :mod:`.barrier`; ``star-merge evaluate RUN_DIR`` is :mod:`.report`
 (:func:`evaluate_run`, also called by ``recipes/star.py`` at the end of a run).
@@ -14,7 +15,15 @@ from .barrier import (
     load_model,
     measure_barrier,
 )
-from .predict import EvalData, Predictions, interpolation_curves, predict
+from .connectivity import (
+    InterpolationCurve,
+    accuracy_barrier,
+    interpolate_state_dicts,
+    interpolation_curve,
+    interpolation_curves,
+    loss_barrier,
+)
+from .engine import EvalData, Predictions, evaluate_loss_accuracy, forward_loader, has_batchnorm, predict, reset_bn_stats
 from .report import evaluate_run, render_markdown, select_pairs, summarize_barriers
 
 __all__ = [
@@ -22,16 +31,25 @@ __all__ = [
     "ArchitectureMismatchError",
     "BarrierResult",
     "EvalData",
+    "InterpolationCurve",
     "Predictions",
+    "accuracy_barrier",
     "align_state_dict",
     "barrier_between",
     "check_same_architecture",
+    "evaluate_loss_accuracy",
     "evaluate_run",
+    "forward_loader",
+    "has_batchnorm",
+    "interpolate_state_dicts",
+    "interpolation_curve",
     "interpolation_curves",
     "load_model",
+    "loss_barrier",
     "measure_barrier",
     "predict",
     "render_markdown",
+    "reset_bn_stats",
     "select_pairs",
     "summarize_barriers",
 ]

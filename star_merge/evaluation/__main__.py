@@ -1,24 +1,20 @@
-"""``python -m star_merge.evaluation {barrier,evaluate} ...`` (the same commands as ``star-merge``)."""
+"""``python -m star_merge.evaluation {barrier,evaluate} ...``: the same commands as ``star-merge``."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from . import barrier, report
+from ..cli import main as _star_merge_main
+
+COMMANDS = ("barrier", "evaluate")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m star_merge.evaluation")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    barrier.add_parser(subparsers)
-    report.add_parser(subparsers)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        print(f"error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    return _star_merge_main(argv)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,25 +10,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..connectivity import InterpolationCurve
+from .connectivity import InterpolationCurve
+from ..errors import UserError
 
 __all__ = [
     "ALIGN_METHODS",
     "ArchitectureMismatchError",
     "BarrierResult",
-    "add_parser",
     "align_state_dict",
     "barrier_between",
     "check_same_architecture",
     "load_model",
     "measure_barrier",
-    "run",
 ]
 
 ALIGN_METHODS = ("weight", "activation", "none")
 
 
-class ArchitectureMismatchError(ValueError):
+class ArchitectureMismatchError(UserError):
     """Two checkpoints that must share an architecture do not."""
 
 
@@ -40,7 +37,7 @@ def load_model(ref: str, device="cpu") -> nn.Module:
     Resolved by :func:`star_merge.hub.resolve_members` (safetensors only, never remote code).
     """
     from ..hub import resolve_members
-    from ..rundir import load_checkpoint
+    from ..modeling import load_checkpoint
 
     if os.path.isdir(ref):
         return load_checkpoint(ref, device)
@@ -167,8 +164,9 @@ def measure_barrier(
     """
     from accelerate import Accelerator
 
-    from ..connectivity import has_batchnorm
-    from .predict import EvalData, interpolation_curves
+    from .engine import has_batchnorm
+    from .connectivity import interpolation_curves
+    from .engine import EvalData
 
     check_same_architecture(model_a, model_b, names)
     accelerator = accelerator or Accelerator()
@@ -203,84 +201,3 @@ def barrier_between(
     check_labels(dataset, model_a.config.num_labels)
     kwargs.setdefault("names", (checkpoint_a, checkpoint_b))
     return measure_barrier(model_a, model_b, dataset, **kwargs)
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--<field>`` flag per DataArguments field (``--dataset`` is short for ``--dataset_name``)."""
-    from ..data import DataArguments
-
-    group = parser.add_argument_group("data")
-    for f in dataclasses.fields(DataArguments):
-        flags = ["--dataset", f"--{f.name}"] if f.name == "dataset_name" else [f"--{f.name}"]
-        kind = int if str(f.type).replace(" | None", "") in ("int", "<class 'int'>") else str
-        group.add_argument(*flags, dest=f.name, type=kind, default=f.default, help=(f.metadata.get("help") or "").replace("%", "%%"))
-
-
-def data_args_from(args: argparse.Namespace):
-    from ..data import DataArguments
-
-    return DataArguments(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataArguments)})
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``barrier`` on an ``argparse`` subparsers object; ``run`` is its handler."""
-    p = subparsers.add_parser(
-        "barrier",
-        help="loss/accuracy barrier between two checkpoints, modulo permutation",
-        description="Align B to A, interpolate, and print loss/accuracy barriers on each split.",
-    )
-    p.add_argument("checkpoint_a", metavar="A", help="checkpoint folder or Hub repo id (t=0)")
-    p.add_argument("checkpoint_b", metavar="B", help="checkpoint folder or Hub repo id (t=1)")
-    p.add_argument("--align", choices=ALIGN_METHODS, default="weight", help="how B is aligned to A")
-    p.add_argument("--num_points", type=int, default=11, help="interpolation points, ends included")
-    p.add_argument("--seed", type=int, default=0, help="seed of weight matching")
-    p.add_argument("--splits", nargs="+", default=["train", "test"], choices=["train", "test"])
-    p.add_argument("--batch_size", type=int, default=512)
-    p.add_argument("--plot", metavar="PNG", help="write the interpolation curves to this PNG")
-    p.add_argument("--output_json", metavar="JSON", help="write the curves and barriers to this JSON file")
-    p.add_argument("--overwrite", action="store_true", help="replace existing --plot / --output_json files")
-    p.add_argument("--no_progress", action="store_true", help="hide progress bars")
-    add_data_arguments(p)
-    p.set_defaults(func=run)
-    return p
-
-
-def _refuse_existing(paths: Sequence[str | None], overwrite: bool) -> None:
-    for path in paths:
-        if path and os.path.exists(path) and not overwrite:
-            raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Handler of ``star-merge barrier``: prints one line per split; errors propagate as exceptions."""
-    from ..rundir import atomic_write_json
-    from .plots import plot_barrier_curves
-
-    _refuse_existing([args.plot, args.output_json], args.overwrite)
-    result = barrier_between(
-        args.checkpoint_a,
-        args.checkpoint_b,
-        data_args_from(args),
-        align=args.align,
-        num_points=args.num_points,
-        seed=args.seed,
-        splits=args.splits,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-    )
-    print(f"A = {args.checkpoint_a}\nB = {args.checkpoint_b} (aligned: {args.align})")
-    for split, curve in result.curves.items():
-        print(
-            f"{split:>5}: loss barrier {curve.loss_barrier:.4f}  accuracy barrier {100 * curve.accuracy_barrier:.2f} pts"
-            f"  (loss A {curve.losses[0]:.4f}, B {curve.losses[-1]:.4f}; "
-            f"accuracy A {100 * curve.accuracies[0]:.2f}%, B {100 * curve.accuracies[-1]:.2f}%)"
-        )
-    if args.output_json:
-        atomic_write_json(args.output_json, result.to_dict())
-    if args.plot:
-        plot_barrier_curves(result, args.plot)
-        print(f"plot written to {args.plot}")
-    return 0

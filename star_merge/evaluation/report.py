@@ -1,4 +1,7 @@
-"""``star-merge evaluate RUN_DIR``: every barrier and metric of a Starlight run -> report.json, report.md, plots.
+"""Evaluating a run directory (:func:`evaluate_run`): every barrier and metric of a Starlight run.
+
+The numbers are computed here; :mod:`.render` writes report.json, report.md and the plots, :mod:`.cli` is
+``star-merge evaluate RUN_DIR``.
 
 What is measured (all barriers after weight matching, BN statistics recomputed per point when the
 architecture has BatchNorm, on the train and test splits):
@@ -14,7 +17,6 @@ any ``extra_models``): test accuracy, NLL, ECE, Brier score, confidence AUROC; t
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -26,30 +28,20 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..rundir import PLOT_NAMES, RunPaths
+from .render import GROUPS, SPLITS, render_markdown, write_outputs
+
 __all__ = [
     "PLOT_NAMES",
     "REPORT_KEYS",
     "ExtraModel",
-    "add_parser",
     "evaluate_run",
     "render_markdown",
-    "run",
     "select_pairs",
     "summarize_barriers",
 ]
 
 REPORT_KEYS = ("barriers", "models", "ensembles", "summary")
-PLOT_NAMES = {
-    "curves": "interpolation_curves.png",
-    "distribution": "barrier_distribution.png",
-    "reliability": "reliability.png",
-}
-GROUPS = {
-    "star_vs_held_out": "star ↔ held-out",
-    "anchor_vs_held_out": "anchor ↔ held-out",
-    "star_vs_anchor": "star ↔ anchor",
-}
-SPLITS = ("train", "test")
 
 # A model scored next to the run's own: a callable mapping the test DataLoader (dataset order, batches of
 # dicts with the model input and ``labels``) to probabilities [N_test, C], or a model whose ``.logits``
@@ -98,8 +90,9 @@ def summarize_barriers(barriers: Mapping[str, list[dict]]) -> dict[str, Any]:
 
 
 def _existing_outputs(run_dir: str) -> list[str]:
+    paths = RunPaths(run_dir)
     found = []
-    report = os.path.join(run_dir, "report.json")
+    report = paths.report_json
     if os.path.isfile(report):
         with open(report) as f:
             try:
@@ -108,14 +101,14 @@ def _existing_outputs(run_dir: str) -> list[str]:
                 raise ValueError(f"{report} is not valid JSON; fix or remove it") from None
         if keys & set(REPORT_KEYS):
             found.append(f"{report} (evaluation keys)")
-    for name in ("report.md", *PLOT_NAMES.values()):
-        if os.path.exists(os.path.join(run_dir, name)):
-            found.append(os.path.join(run_dir, name))
+    for path in (paths.report_md, *map(paths.plot, PLOT_NAMES)):
+        if os.path.exists(path):
+            found.append(path)
     return found
 
 
 def _probs_of_extra(name: str, extra: ExtraModel, data, accelerator, num_labels: int, n_test: int) -> torch.Tensor:
-    from .predict import predict
+    from .engine import predict
 
     if isinstance(extra, nn.Module):
         return predict(extra, data.prepared["test"], accelerator, desc=name).probs
@@ -130,7 +123,7 @@ def _probs_of_extra(name: str, extra: ExtraModel, data, accelerator, num_labels:
 
 def _bma_extra(run_dir: str) -> tuple[ExtraModel | None, str | None]:
     """RUN_DIR/bma loaded with :func:`star_merge.bma.load_bma` (its logits are log mean member probabilities)."""
-    path = os.path.join(run_dir, "bma")
+    path = RunPaths(run_dir).bma_path
     if not os.path.isdir(path):
         return None, None
     try:
@@ -164,14 +157,15 @@ def evaluate_run(
     from accelerate import Accelerator
 
     from ..adapters import spec_for
-    from ..connectivity import has_batchnorm
+    from .engine import has_batchnorm
     from ..data import check_labels
     from ..matching import weight_matching
-    from ..metrics import classification_metrics, compute_evaluate_metrics, load_evaluate_metrics
+    from .metrics import classification_metrics, compute_evaluate_metrics, load_evaluate_metrics
     from ..rundir import RunDirectory
     from ..spec import apply_permutation
     from .barrier import check_same_architecture
-    from .predict import EvalData, interpolation_curves, predict
+    from .connectivity import interpolation_curves
+    from .engine import EvalData, predict
 
     rd = RunDirectory(run_dir)
     existing = _existing_outputs(rd.path)
@@ -242,7 +236,7 @@ def evaluate_run(
 
     # ---- barriers
     stored_perms = {}
-    if os.path.isfile(os.path.join(rd.path, "anchor_permutations.safetensors")):
+    if rd.has_permutations():
         stored_perms = rd.anchor_permutations()
     jobs = [("star_vs_held_out", "star", h) for h in held_out]
     jobs += [("anchor_vs_held_out", a, h) for a, h in chosen_pairs]
@@ -282,184 +276,6 @@ def evaluate_run(
 
     ours = {"barriers": barriers, "models": models, "ensembles": ensembles, "summary": summary}
     if accelerator.is_main_process:
-        _write_outputs(rd.path, ours, test_probs, labels, seed)
+        write_outputs(rd.path, ours, test_probs, labels, seed)
     accelerator.wait_for_everyone()
     return ours
-
-
-def _write_outputs(run_dir: str, ours: dict, test_probs: Mapping[str, torch.Tensor], labels, seed: int) -> None:
-    from ..metrics import expected_calibration_error, reliability_bins
-    from ..rundir import atomic_write_json, atomic_write_text
-    from .plots import plot_barrier_distribution, plot_interpolation_bands, plot_reliability
-
-    report_path = os.path.join(run_dir, "report.json")
-    report: dict[str, Any] = {}
-    if os.path.isfile(report_path):
-        with open(report_path) as f:
-            report = json.load(f)
-    report.update(ours)
-    atomic_write_json(report_path, report)
-    atomic_write_text(os.path.join(run_dir, "report.md"), render_markdown(report))
-
-    from ..connectivity import InterpolationCurve
-
-    def curves(rows):
-        return [{s: InterpolationCurve(r[s]["ts"], r[s]["losses"], r[s]["accuracies"]) for s in SPLITS} for r in rows]
-
-    barriers = ours["barriers"]
-    plot_interpolation_bands(
-        {GROUPS[g]: curves(barriers[g]) for g in ("star_vs_held_out", "anchor_vs_held_out")},
-        os.path.join(run_dir, PLOT_NAMES["curves"]),
-    )
-    plot_barrier_distribution(
-        {s: {GROUPS[g]: [r[s]["loss_barrier"] for r in barriers[g]] for g in GROUPS} for s in SPLITS},
-        os.path.join(run_dir, PLOT_NAMES["distribution"]),
-        seed=seed,
-    )
-    shown = ["star"] + [n for n, m in ours["models"].items() if m["role"] == "anchor"][:1]
-    shown += [n for n in test_probs if n not in ours["models"]]
-    bins = {}
-    for name in shown:
-        bins[name] = {**reliability_bins(test_probs[name], labels), "ece": expected_calibration_error(test_probs[name], labels)}
-    plot_reliability(bins, os.path.join(run_dir, PLOT_NAMES["reliability"]))
-
-
-# ---------------------------------------------------------------------------------------------- Markdown
-
-
-def _fmt(value, pct: bool = False) -> str:
-    if value is None:
-        return "–"
-    return f"{100 * value:.2f}" if pct else f"{value:.4f}"
-
-
-def _pm(stats: Mapping[str, Any], pct: bool = False) -> str:
-    if not stats or stats.get("mean") is None:
-        return "–"
-    return f"{_fmt(stats['mean'], pct)} ± {_fmt(stats['std'], pct)}"
-
-
-def render_markdown(report: Mapping[str, Any]) -> str:
-    """report.md: summary, per-model and ensemble metrics, every pair's barriers, the plots."""
-    s, barriers = report["summary"], report["barriers"]
-    settings = barriers["settings"]
-    lines = [
-        "# Starlight evaluation report",
-        "",
-        (f"Barriers after weight matching, {settings['num_points']} interpolation points, "
-        f"BatchNorm statistics {'recomputed at every point' if settings['bn_reset'] else 'n/a (no BatchNorm)'}; "
-        f"anchor ↔ held-out pairs: {settings['pairs']} (seed {settings['seed']}). "
-         "Barriers are mean ± std (n-1) over pairs; accuracy barriers in percentage points."),
-        "",
-        "## Summary",
-        "",
-        "| pairs | n | train loss barrier | test loss barrier | train acc. barrier | test acc. barrier |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for group, label in GROUPS.items():
-        g = s[group]
-        lines.append(
-            f"| {label} | {g['test_loss_barrier']['n']} | {_pm(g['train_loss_barrier'])} | {_pm(g['test_loss_barrier'])} "
-            f"| {_pm(g['train_accuracy_barrier'], True)} | {_pm(g['test_accuracy_barrier'], True)} |"
-        )
-    ratio = s["loss_barrier_ratio"]
-    lines += [
-        "",
-        f"- star / ordinary loss-barrier ratio: train {_fmt(ratio['train'])}, test {_fmt(ratio['test'])}",
-        (f"- star test accuracy {_fmt(s['star_test_accuracy'], True)}% vs mean anchor "
-        f"{_fmt(s['mean_anchor_test_accuracy'], True)}%; star train loss {_fmt(s['star_train_loss'])} vs mean anchor "
-         f"{_fmt(s['mean_anchor_train_loss'])} (a poor star shows low barriers for a bad reason)"),
-        "",
-        "## Models and ensembles (test split)",
-        "",
-        "| model | role | train loss | accuracy (%) | NLL | ECE (%) | Brier | AUROC max-p | AUROC entropy |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    rows = [(n, m["role"], m["train"]["loss"], m["test"]) for n, m in report["models"].items()]
-    rows += [(n, "ensemble", None, e["test"]) for n, e in report["ensembles"].items() if "test" in e]
-    for name, role, train_loss, t in rows:
-        lines.append(
-            f"| {name} | {role} | {_fmt(train_loss)} | {_fmt(t['accuracy'], True)} | {_fmt(t['nll'])} "
-            f"| {_fmt(t['ece'], True)} | {_fmt(t['brier'])} | {_fmt(t['auroc_max_prob'])} | {_fmt(t['auroc_entropy'])} |"
-        )
-    for name, e in report["ensembles"].items():
-        if "skipped" in e:
-            lines.append(f"\n{name}: not evaluated ({e['skipped']})")
-    lines += [
-        "",
-        "## Every pair",
-        "",
-        "| pairs | A (t=0) | B (t=1, aligned) | train loss barrier | test loss barrier | test acc. barrier |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for group, label in GROUPS.items():
-        for r in barriers[group]:
-            lines.append(
-                f"| {label} | {r['a']} | {r['b']} | {_fmt(r['train']['loss_barrier'])} "
-                f"| {_fmt(r['test']['loss_barrier'])} | {_fmt(r['test']['accuracy_barrier'], True)} |"
-            )
-    lines += ["", "## Plots", ""]
-    lines += [f"![{key}]({name})" for key, name in PLOT_NAMES.items()]
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def _pairs_arg(value: str) -> str | int:
-    if value == "all":
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--pairs must be 'all' or a positive integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--pairs must be 'all' or a positive integer, got {value!r}")
-    return n
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``evaluate`` on an ``argparse`` subparsers object; ``run`` is its handler."""
-    p = subparsers.add_parser(
-        "evaluate",
-        help="barriers and metrics of a Starlight run directory -> report.json, report.md, plots",
-        description="Evaluate RUN_DIR: star/anchor ↔ held-out barriers, per-model and ensemble metrics.",
-    )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by recipes/star.py")
-    p.add_argument("--pairs", type=_pairs_arg, default="all", help="anchor ↔ held-out pairs: 'all' or a seeded sample of N")
-    p.add_argument("--seed", type=int, default=0, help="seed of pair sampling and weight matching")
-    p.add_argument("--metrics", nargs="*", default=[], help="extra `evaluate` metric names (needs `evaluate`)")
-    p.add_argument("--num_points", type=int, default=11, help="interpolation points, ends included")
-    p.add_argument("--batch_size", type=int, default=512)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing evaluation in RUN_DIR")
-    p.add_argument("--no_progress", action="store_true", help="hide progress bars")
-    p.set_defaults(func=run)
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
-    """Handler of ``star-merge evaluate``: prints the summary; errors propagate as exceptions."""
-    out = evaluate_run(
-        args.run_dir,
-        pairs=args.pairs,
-        seed=args.seed,
-        metrics=args.metrics,
-        overwrite=args.overwrite,
-        num_points=args.num_points,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-    )
-    s = out["summary"]
-    for group, label in GROUPS.items():
-        for split in SPLITS:
-            st = s[group][f"{split}_loss_barrier"]
-            if st["n"]:
-                print(f"{label:>18} {split:>5} loss barrier: {st['mean']:.4f} ± {st['std']:.4f} (n={st['n']})")
-    r = s["loss_barrier_ratio"]
-    print(f"star / ordinary loss-barrier ratio: train {_fmt(r['train'])}, test {_fmt(r['test'])}")
-    print(
-        f"test accuracy: star {_fmt(s['star_test_accuracy'], True)}%, "
-        f"mean anchor {_fmt(s['mean_anchor_test_accuracy'], True)}%"
-    )
-    print(f"wrote {os.path.join(os.path.abspath(args.run_dir), 'report.json')}, report.md and plots")
-    return 0

@@ -1,6 +1,6 @@
 """The Hugging Face Hub, both directions: populations in (:func:`resolve_members`), runs out (:func:`push_run`)."""
 
-from .push import PlannedFile, PushError, add_parser, push_run, run, upload_plan
+from .push import PlannedFile, PushArguments, PushError, make_parser, push_run, run, upload_plan
 from .resolve import (
     DOWNLOAD_PATTERNS,
     PopulationError,
@@ -18,7 +18,8 @@ __all__ = [
     "PushError",
     "ResolvedMember",
     "ResolvedMembers",
-    "add_parser",
+    "PushArguments",
+    "make_parser",
     "parse_source",
     "push_run",
     "read_population_file",

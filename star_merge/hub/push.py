@@ -6,26 +6,25 @@ files plus the freshly rendered model card) and uploaded with one ``upload_folde
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
 import tempfile
+from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
-from ..model_card import build_bma_card, build_model_card
-from ..rundir import MANIFEST_NAME
-from .resolve import PICKLE_SUFFIXES
+from .bma_card import build_bma_card
+from .model_card import build_model_card
+from ..argparsing import add_command, positional
+from ..errors import UserError
+from ..rundir import RunPaths
+from .sources import PICKLE_SUFFIXES
 
-__all__ = ["PlannedFile", "PushError", "add_parser", "push_run", "run", "upload_plan"]
+__all__ = ["PlannedFile", "PushArguments", "PushError", "make_parser", "push_run", "run", "upload_plan"]
 
 logger = logging.getLogger(__name__)
 
-#: Run-level files published beside the star (besides ``*.png``).
-RUN_FILES = ("report.json", "report.md")
-
-
-class PushError(RuntimeError):
+class PushError(UserError, RuntimeError):
     """Publishing a run failed or cannot start; the message says what to fix or how to retry."""
 
 
@@ -75,7 +74,7 @@ def _checkpoint_files(folder: str, what: str, fix: str) -> list[tuple[str, str]]
 
 def _render_cards(run_dir: str, repo_id: str, bma_repo_id: str | None, license: str) -> dict[str, str]:
     cards = {
-        repo_id: str(build_model_card(run_dir, repo_id=repo_id, license=license, existing=os.path.join(run_dir, "README.md")))
+        repo_id: str(build_model_card(run_dir, repo_id=repo_id, license=license, existing=RunPaths(run_dir).card_path))
     }
     if bma_repo_id:
         cards[bma_repo_id] = str(
@@ -84,36 +83,30 @@ def _render_cards(run_dir: str, repo_id: str, bma_repo_id: str | None, license: 
                 repo_id=bma_repo_id,
                 star_repo_id=repo_id,
                 license=license,
-                existing=os.path.join(run_dir, "bma", "README.md"),
+                existing=RunPaths(run_dir).bma_card_path,
             )
         )
     return cards
 
 
 def _plan(run_dir: str, repo_id: str, bma_repo_id: str | None, license: str) -> tuple[list[PlannedFile], dict[str, str]]:
-    run_dir = os.path.abspath(run_dir)
-    if not os.path.isfile(os.path.join(run_dir, MANIFEST_NAME)):
-        raise PushError(
-            f"{run_dir} is not a star-merge run directory (no {MANIFEST_NAME}); "
-            "create one with `accelerate launch recipes/star.py --output_dir ...`"
-        )
+    paths = RunPaths(run_dir).require(PushError)
+    run_dir = paths.path
     _check_repo_id(repo_id, "--repo-id")
     if bma_repo_id is not None:
         _check_repo_id(bma_repo_id, "--bma-repo-id")
         if bma_repo_id == repo_id:
             raise PushError(f"--bma-repo-id must differ from --repo-id ({repo_id}); e.g. {repo_id}-bma")
     star = _checkpoint_files(
-        os.path.join(run_dir, "star"), "star model", "train one with `accelerate launch recipes/star.py`"
+        paths.star_path, "star model", "train one with `accelerate launch recipes/star.py`"
     )
-    extra = [(f, os.path.join(run_dir, f)) for f in sorted(os.listdir(run_dir))
-             if (f in RUN_FILES or f.lower().endswith(".png")) and not f.startswith(".")
-             and os.path.isfile(os.path.join(run_dir, f))]
+    extra = paths.report_files()
     cards = _render_cards(run_dir, repo_id, bma_repo_id, license)
     plan = [PlannedFile(repo_id, rel, path, os.path.getsize(path)) for rel, path in star + extra]
     plan.append(PlannedFile(repo_id, "README.md", None, len(cards[repo_id].encode("utf-8"))))
     if bma_repo_id is not None:
         bma = _checkpoint_files(
-            os.path.join(run_dir, "bma"), "BMA wrapper", f"export it with `star-merge export-bma {run_dir}` or drop --bma-repo-id"
+            paths.bma_path, "BMA wrapper", f"export it with `star-merge export-bma {run_dir}` or drop --bma-repo-id"
         )
         plan += [PlannedFile(bma_repo_id, rel, path, os.path.getsize(path)) for rel, path in bma]
         plan.append(PlannedFile(bma_repo_id, "README.md", None, len(cards[bma_repo_id].encode("utf-8"))))
@@ -229,36 +222,30 @@ def _human(size: int) -> str:
     return f"{value:.1f} TB"
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``star-merge push`` to an ``argparse`` subparsers object."""
-    p = subparsers.add_parser(
-        "push",
-        help="publish a run's star model (and BMA wrapper) to the Hugging Face Hub",
-        description="Upload RUN_DIR/star with its model card, plots and report.json to --repo-id (one commit), and "
-        "RUN_DIR/bma to --bma-repo-id. Authenticate with `hf auth login` or HF_TOKEN.",
-    )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by recipes/star.py")
-    p.add_argument("--repo-id", "--repo_id", dest="repo_id", required=True, help="Hub repo for the star, org/name")
-    p.add_argument("--bma-repo-id", "--bma_repo_id", dest="bma_repo_id", default=None, help="Hub repo for the BMA wrapper")
-    p.add_argument("--private", action="store_true", help="create new repos as private")
-    p.add_argument("--revision", default=None, help="branch to commit to (created if missing)")
-    p.add_argument("--license", default="apache-2.0", help="license in the model card metadata")
-    p.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true", help="print what would be uploaded; upload nothing")
-    p.set_defaults(func=run)
-    return p
+@dataclass
+class PushArguments:
+    """``star-merge push RUN_DIR --repo-id org/name``."""
+
+    run_dir: str = positional("RUN_DIR", "a run directory written by recipes/star.py")
+    repo_id: str = field(metadata={"help": "Hub repo for the star, org/name"})
+    bma_repo_id: str | None = field(default=None, metadata={"help": "Hub repo for the BMA wrapper"})
+    private: bool = field(default=False, metadata={"help": "create new repos as private"})
+    revision: str | None = field(default=None, metadata={"help": "branch to commit to (created if missing)"})
+    license: str = field(default="apache-2.0", metadata={"help": "license in the model card metadata"})
+    dry_run: bool = field(default=False, metadata={"help": "print what would be uploaded; upload nothing"})
 
 
-def run(args: argparse.Namespace) -> int:
+def make_parser(subparsers):
+    """Add ``star-merge push`` to a ``star-merge`` subparsers object; its handler is :func:`run`."""
+    return add_command(subparsers, "push", [PushArguments], run,
+                       help="publish a run's star model (and BMA wrapper) to the Hugging Face Hub",
+                       description="Upload RUN_DIR/star with its model card, plots and report.json to --repo-id (one commit), and "
+                       "RUN_DIR/bma to --bma-repo-id. Authenticate with `hf auth login` or HF_TOKEN.")
+
+
+def run(args: PushArguments) -> int:
     """Handler of ``star-merge push``; errors propagate (star_merge.cli prints them as one line)."""
-    result = push_run(
-        args.run_dir,
-        args.repo_id,
-        bma_repo_id=args.bma_repo_id,
-        private=args.private,
-        dry_run=args.dry_run,
-        revision=args.revision,
-        license=args.license,
-    )
+    result = push_run(**asdict(args))
     if args.dry_run:
         repos = sorted({f.repo_id for f in result["files"]}, key=[f.repo_id for f in result["files"]].index)
         for repo in repos:

@@ -14,90 +14,23 @@ import torch
 
 from .. import __version__
 from ..data import DataArguments, check_labels, load_task_dataset
-from ..rundir import (
-    MANIFEST_NAME,
-    PERMUTATIONS_NAME,
-    Member,
-    atomic_write_json,
-    load_checkpoint,
-    save_permutations,
-)
-from ..training import TrainArguments, save_checkpoint
+from ..modeling import load_checkpoint, load_config
+from ..tasks import task_for
+from ..rundir import Member, RunPaths, atomic_write_json, save_permutations
+from ..population import PopulationArguments, save_checkpoint
 from .config import StarlightConfig
 from .trainer import StarlightTrainer
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PopulationArguments", "RunArguments", "run_starlight_pipeline", "prepare_output_dir", "RunError"]
+__all__ = ["RunArguments", "run_starlight_pipeline", "prepare_output_dir", "RunError"]
 
-# Everything a run writes except population/ (which is reusable across runs: members are seeded).
-RESULT_ENTRIES = ("star", "bma", "checkpoints", "logs", MANIFEST_NAME, PERMUTATIONS_NAME, "report.json", "report.md",
-                  "README.md")
+RESULT_ENTRIES = RunPaths.RESULT_ENTRIES  # what a run writes (population/ is reusable, so not listed)
 
 
-class RunError(ValueError):
+class RunError(UserError):
     """A run cannot start as asked (bad arguments, existing output, unusable population)."""
-
-
-@dataclass
-class PopulationArguments:
-    """The population: given (Hub ids, local folders, a population file) or trained by the recipe."""
-
-    anchors: list[str] | None = field(
-        default=None, metadata={"help": "Anchor models: org/name[@revision], local folders or a population file."}
-    )
-    held_out: list[str] | None = field(
-        default=None, metadata={"help": "Held-out models for evaluation (never shown to Starlight), same forms."}
-    )
-    model_type: str = field(default="star-mlp", metadata={"help": "Architecture of a trained population."})
-    model_config: str = field(
-        default='{"hidden_sizes": [512, 512]}', metadata={"help": "JSON of config fields for a trained population."}
-    )
-    num_anchors: int = field(default=10, metadata={"help": "Anchors to train when --anchors is not given."})
-    num_held_out: int = field(default=5, metadata={"help": "Held-out models to train when --held_out is not given."})
-    population_dir: str | None = field(default=None, metadata={"help": "Where to train it (default RUN/population)."})
-    population_seed: int = field(default=0, metadata={"help": "Anchor i uses seed+i, held-out j seed+1000+j."})
-    population_epochs: int = field(default=20, metadata={"help": "Epochs per trained member."})
-    population_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of trained members."})
-    population_batch_size: int = field(default=128, metadata={"help": "Batch size of trained members."})
-    population_optimizer: str = field(default="adamw", metadata={"help": "adamw | sgd."})
-    population_weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of trained members."})
-
-    def __post_init__(self):
-        if self.num_anchors < 1:
-            raise RunError("num_anchors must be >= 1 (Starlight needs at least one anchor)")
-        if self.num_held_out < 0:
-            raise RunError("num_held_out must be >= 0")
-        try:
-            cfg = json.loads(self.model_config) if isinstance(self.model_config, str) else dict(self.model_config)
-        except json.JSONDecodeError as e:
-            raise RunError(f"--model_config is not valid JSON ({e}); e.g. '{{\"hidden_sizes\": [512, 512]}}'") from None
-        if not isinstance(cfg, dict):
-            raise RunError("--model_config must be a JSON object of config fields")
-        self.model_config = json.dumps(cfg)
-
-    def train_args(self) -> TrainArguments:
-        return TrainArguments(
-            num_train_epochs=self.population_epochs,
-            learning_rate=self.population_learning_rate,
-            per_device_train_batch_size=self.population_batch_size,
-            optimizer=self.population_optimizer,
-            weight_decay=self.population_weight_decay,
-        )
-
-    def build_config(self, num_labels: int | None = None):
-        from transformers import AutoConfig
-
-        from ..models import register_builtin_models
-
-        register_builtin_models()
-        kwargs = json.loads(self.model_config)
-        if num_labels is not None:
-            kwargs.setdefault("num_labels", num_labels)
-        try:
-            return AutoConfig.for_model(self.model_type, **kwargs)
-        except (ValueError, TypeError) as e:
-            raise RunError(f"cannot build a {self.model_type!r} config from {kwargs}: {str(e).splitlines()[0]}") from None
 
 
 @dataclass
@@ -126,7 +59,7 @@ def prepare_output_dir(config: StarlightConfig) -> None:
     out = config.output_dir
     if not os.path.isdir(out):
         return
-    results = [e for e in RESULT_ENTRIES if os.path.exists(os.path.join(out, e))]
+    results = RunPaths(out).existing_results()
     if config.resume_from_checkpoint:
         return
     if results and not config.overwrite_output_dir:
@@ -137,8 +70,8 @@ def prepare_output_dir(config: StarlightConfig) -> None:
 
 
 def _clear_results(out: str) -> None:
-    for e in RESULT_ENTRIES:
-        p = os.path.join(out, e)
+    for e in RunPaths(out).existing_results():
+        p = RunPaths(out).join(e)
         if os.path.isdir(p):
             shutil.rmtree(p)
         elif os.path.exists(p):
@@ -174,6 +107,7 @@ def run_starlight_pipeline(
         raise RunError("output_dir is required")
     config.output_dir = os.path.abspath(config.output_dir)
     prepare_output_dir(config)  # before any work or write
+    paths = RunPaths(config.output_dir)
     accelerator = accelerator or StarlightTrainer.make_accelerator(config)
     started = time.time()
     if pop.held_out and not pop.anchors:
@@ -187,13 +121,13 @@ def run_starlight_pipeline(
         members = _resolve_given(pop, accelerator)
         if not pop.held_out:
             logger.warning("no --held_out models: star<->held-out barriers cannot be measured")
-        model_config = _load_config(members[0].path)
+        model_config = load_config(members[0].path)
         check_labels(dataset, model_config.num_labels)
     else:
         model_config = pop.build_config(num_labels=dataset["train"].features["labels"].num_classes
                                         if hasattr(dataset["train"].features["labels"], "num_classes") else None)
         check_labels(dataset, model_config.num_labels)
-        population_dir = pop.population_dir or os.path.join(config.output_dir, "population")
+        population_dir = pop.population_dir or paths.population_path
         if accelerator.is_main_process:
             members = train_population(model_config, dataset, population_dir, pop.num_anchors, pop.num_held_out,
                                        pop.train_args(), seed=pop.population_seed)
@@ -203,12 +137,14 @@ def run_starlight_pipeline(
                                        pop.train_args(), seed=pop.population_seed, progress=False)
     # Anchors are read one at a time into the trainer's anchor matrix (one copy per anchor in memory).
     anchor_sds = [(m.name, functools.partial(_load_state_dict, m.path)) for m in members if m.role == "anchor"]
+    task = task_for(model_config)
 
     if accelerator.is_main_process and config.overwrite_output_dir and not config.resume_from_checkpoint:
         _clear_results(config.output_dir)
     accelerator.wait_for_everyone()
 
-    trainer = StarlightTrainer(config, model_config, anchor_sds, dataset, accelerator=accelerator)
+    trainer = StarlightTrainer(model=model_config, args=config, anchors=anchor_sds, train_dataset=dataset["train"],
+                               eval_dataset=dataset["test"], task=task, accelerator=accelerator)
     manifest = {
         "format": "star-merge-run/1",
         "config": config.to_dict(),
@@ -222,18 +158,18 @@ def run_starlight_pipeline(
         "num_processes": accelerator.num_processes,
     }
     if accelerator.is_main_process:
-        atomic_write_json(os.path.join(config.output_dir, MANIFEST_NAME), manifest)
+        atomic_write_json(paths.manifest_path, manifest)
     result = trainer.train()
     train_seconds = time.time() - started
 
     if accelerator.is_main_process:
-        save_checkpoint(result.model, os.path.join(config.output_dir, "star"), overwrite=True,
+        save_checkpoint(result.model, paths.star_path, overwrite=True,
                         extra_json={"history": result.history, "starlight": config.to_dict()})
-        save_permutations(os.path.join(config.output_dir, PERMUTATIONS_NAME), result.perms)
+        save_permutations(paths.permutations_path, result.perms)
         manifest.update(status="trained", history=result.history, train_seconds=round(train_seconds, 1))
-        atomic_write_json(os.path.join(config.output_dir, MANIFEST_NAME), manifest)
+        atomic_write_json(paths.manifest_path, manifest)
         # report.json starts with every setting and each member's source; evaluation adds its keys.
-        atomic_write_json(os.path.join(config.output_dir, "report.json"), {
+        atomic_write_json(paths.report_json, {
             "star_merge_version": __version__,
             "config": manifest["config"], "data": manifest["data"], "population": manifest["population"],
             "run": manifest["run"], "model_type": manifest["model_type"], "members": manifest["members"],
@@ -249,7 +185,7 @@ def finish_run(run_dir: str, run_args: RunArguments, seed: int = 0, accelerator=
 
     from ..bma import export_bma
     from ..evaluation import evaluate_run
-    from ..model_card import write_model_card
+    from ..hub.model_card import write_model_card
 
     state = PartialState()
     if state.is_main_process and not run_args.skip_bma:
@@ -266,21 +202,12 @@ def finish_run(run_dir: str, run_args: RunArguments, seed: int = 0, accelerator=
             bma_id = run_args.hub_bma_model_id or (f"{run_args.hub_model_id}-bma" if not run_args.skip_bma else None)
             push_run(run_dir, run_args.hub_model_id, bma_repo_id=bma_id, private=run_args.hub_private)
     state.wait_for_everyone()
-    with open(os.path.join(run_dir, "report.json")) as f:
+    with open(RunPaths(run_dir).report_json) as f:
         return json.load(f)
 
 
 def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
     return load_checkpoint(path).state_dict()
-
-
-def _load_config(path: str):
-    from transformers import AutoConfig
-
-    from ..models import register_builtin_models
-
-    register_builtin_models()
-    return AutoConfig.from_pretrained(path)
 
 
 def _member_entry(m: Member, out: str) -> dict:

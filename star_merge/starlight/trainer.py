@@ -1,6 +1,6 @@
 """The Starlight training loop (Sonthalia et al., ICLR 2025) on Accelerate.
 
-Per minibatch: one anchor n and one t, forward at ``(1-t)·θ + t·π_n(θ_n)``, cross-entropy, gradient to θ
+Per minibatch: one anchor n and one t, forward at ``(1-t)·θ + t·π_n(θ_n)``, the task's loss, gradient to θ
 only (through the interpolation, factor 1-t). Anchors are re-aligned to θ by weight matching at the
 start of every ``align_every``-th epoch (epoch 0 included). BatchNorm runs in train mode during steps and
 the star's running statistics are recomputed over the training data after each epoch.
@@ -16,83 +16,31 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapters import spec_for
-from ..connectivity import has_batchnorm, reset_bn_stats
 from ..data import make_dataloader
+from ..evaluation.engine import has_batchnorm, reset_bn_stats
 from ..matching import weight_matching
+from ..modeling import build_model
+from ..rundir import RunPaths
 from ..spec import apply_permutation, compose_permutations
-from ..training import build_model, make_optimizer, make_scheduler
+from ..population.training import make_optimizer, make_scheduler
+from .accelerator import make_accelerator
+from .anchors import anchors_config, normalize_anchors
+from .checkpoint import StarlightState, find_latest_checkpoint, resolve_resume_path
 from .config import StarlightConfig
 from .flat import FlatBoundModel, FlatLayout, FlatStar
+from .sampling import beta_from_uniform, mix_seed
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["StarlightTrainer", "StarlightResult", "StarlightState", "find_latest_checkpoint"]
-
-
-class StarlightState:
-    """Progress and anchor alignments of a run, saved beside Accelerate's state in every checkpoint.
-
-    Written as JSON + safetensors (never pickles, so resuming never unpickles a file): θ, the anchors'
-    permutations, the position in training and the LR scheduler.
-    """
-
-    JSON_NAME = "starlight_state.json"
-    PERMS_NAME = "starlight_permutations.safetensors"
-    THETA_NAME = "starlight_theta.safetensors"
-
-    def __init__(self):
-        self.epoch = 0  # epochs completed
-        self.batches_in_epoch = 0  # micro-batches of the current epoch already consumed
-        self.global_step = 0  # optimizer steps
-        self.aligned_epoch = -1  # the epoch whose start alignment is in ``perms``
-        self.perms: dict[str, dict[str, torch.Tensor]] = {}
-        self.history: list[dict] = []
-
-    def save(self, folder: str, scheduler, theta: torch.Tensor) -> None:
-        from safetensors.torch import save_file
-
-        from ..rundir import atomic_write_json, save_permutations
-
-        save_file({"theta": theta.detach().contiguous().cpu()}, os.path.join(folder, self.THETA_NAME))
-        save_permutations(os.path.join(folder, self.PERMS_NAME), self.perms)
-        sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-        atomic_write_json(os.path.join(folder, self.JSON_NAME), {
-            "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch, "global_step": self.global_step,
-            "aligned_epoch": self.aligned_epoch, "history": self.history, "scheduler": sched,
-        })
-
-    def load(self, folder: str, scheduler, theta: torch.Tensor) -> None:
-        import json
-
-        from safetensors.torch import load_file
-
-        from ..rundir import load_permutations
-
-        path = os.path.join(folder, self.JSON_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{folder} is not a complete Starlight checkpoint (no {self.JSON_NAME})")
-        with open(path) as f:
-            d = json.load(f)
-        self.epoch, self.batches_in_epoch = int(d["epoch"]), int(d["batches_in_epoch"])
-        self.global_step, self.aligned_epoch = int(d["global_step"]), int(d["aligned_epoch"])
-        self.history = list(d["history"])
-        perms_path = os.path.join(folder, self.PERMS_NAME)
-        self.perms = load_permutations(perms_path) if os.path.isfile(perms_path) else {}
-        scheduler.load_state_dict({**scheduler.state_dict(), **d["scheduler"]})
-        saved = load_file(os.path.join(folder, self.THETA_NAME))["theta"]
-        if saved.shape != theta.shape:
-            raise ValueError(f"{folder} holds a star of {saved.numel()} parameters, this model has {theta.numel()}")
-        with torch.no_grad():
-            theta.copy_(saved)
 
 
 @dataclass
@@ -104,100 +52,107 @@ class StarlightResult:
     history: list[dict] = field(default_factory=list)
 
 
-def find_latest_checkpoint(checkpoint_dir: str) -> str | None:
-    """The newest complete ``checkpoint_N`` folder (one a crash interrupted mid-write is skipped)."""
-    if not os.path.isdir(checkpoint_dir):
-        return None
-    found = [
-        (int(m.group(1)), d) for d in os.listdir(checkpoint_dir)
-        if (m := re.fullmatch(r"checkpoint_(\d+)", d))
-        and os.path.isfile(os.path.join(checkpoint_dir, d, StarlightState.JSON_NAME))
-    ]
-    return os.path.join(checkpoint_dir, max(found)[1]) if found else None
-
-
-def _mix_seed(*parts: int) -> int:
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h * 6364136223846793005 + int(p) + 1442695040888963407) % (2**63)
-    return h
-
-
 class StarlightTrainer:
-    """Learn a star model linearly connected to every anchor.
+    """Learn a star model linearly connected to every anchor (Trainer-shaped: ``train()``, ``save_model()``,
+    ``push_to_hub()``).
 
-    ``anchors``: (name, state dict) pairs of one architecture (``model_config``) — or (name, callable
-    returning the state dict), loaded one at a time; ``dataset``: a
-    DatasetDict whose ``train`` split has the model input column and ``labels``.
+    ``model``: the star's initial architecture — a ``PreTrainedModel`` (its weights are the random init unless
+    ``args.init`` says otherwise), a config (built with ``args.seed``) or ``None`` (built from the anchors'
+    config with ``args.seed``). ``anchors``: checkpoint folders / Hub ids / population files, PreTrainedModels,
+    ``(name, state_dict)`` or ``(name, zero-argument loader)`` pairs, all of one architecture (see
+    :mod:`.anchors`). ``train_dataset``: a model-ready split (model inputs + ``labels``); ``eval_dataset`` is
+    kept for evaluation; ``processing_class`` (tokenizer / processor) is saved with the star. ``task``: the
+    :class:`~star_merge.tasks.Task` (default: from the star's architecture); ``data_collator`` defaults to the
+    task's.
     """
 
     def __init__(
         self,
-        config: StarlightConfig,
-        model_config,
-        anchors: Sequence[tuple[str, Mapping[str, torch.Tensor]]],
-        dataset,
+        model=None,
+        args: StarlightConfig | None = None,
+        anchors: Sequence[Any] = (),
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        data_collator=None,
+        task=None,
         accelerator=None,
     ):
-        if len(anchors) < 1:
+        from ..tasks import task_for
+
+        if args is None:
+            args = StarlightConfig()
+        if not isinstance(args, StarlightConfig):
+            raise TypeError(f"args must be a StarlightConfig, got {type(args).__name__}")
+        sources = normalize_anchors(anchors)
+        if len(sources) < 1:
             raise ValueError("Starlight needs at least one anchor model")
-        self.config = config
-        self.model_config = model_config
-        self.anchor_names = [n for n, _ in anchors]
-        self.dataset = dataset
-        self.accelerator = accelerator if accelerator is not None else self.make_accelerator(config)
-        self.model = build_model(model_config, seed=config.seed)
+        if train_dataset is None:
+            raise ValueError("StarlightTrainer needs a train_dataset (model inputs + labels)")
+        self.args = args
+        self.anchor_names = [s.name for s in sources]
+        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
+        self.processing_class = processing_class
+        self.accelerator = accelerator if accelerator is not None else self.make_accelerator(args)
+        self.model = self._star_model(model, sources)
+        self.task = task if task is not None else task_for(self.model)
+        self.data_collator = data_collator if data_collator is not None else self.task.collator
         self.spec = spec_for(self.model)
         self.layout = FlatLayout.of(self.model)
-        names = set(self.layout.names)
         # Matching uses the parameters only (BN running statistics are recomputed, not matched).
-        self.match_spec = self.spec.subset(names)
-        # The anchors live in ONE [N, P] float32 matrix, always in the star's current frame: re-alignment
-        # permutes rows in place and composes the permutation into ``state.perms`` (the permutation from
-        # each original anchor), so host memory holds one copy per anchor and no more.
+        self.match_spec = self.spec.subset(set(self.layout.names))
+        self.anchors = self._anchor_matrix(sources)
+        self._init_star()
+        # Run state, filled by _setup() (nothing is created later, so every method sees the same attributes).
+        self.state = StarlightState()
+        self.flat_star: FlatStar | None = None
+        self.bound: FlatBoundModel | None = None
+        self.optimizer = self.scheduler = self.train_loader = self.bn_loader = None
+        self.steps_per_epoch = 0
+        self.has_bn = has_batchnorm(self.model)
+        self.result: StarlightResult | None = None
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def make_accelerator(config: StarlightConfig):
+        return make_accelerator(config)
+
+    def _star_model(self, model, sources):
+        if isinstance(model, nn.Module):
+            return model
+        config = model if model is not None else anchors_config(sources)
+        if config is None:
+            raise ValueError(
+                "cannot tell the star's architecture: pass model= (a PreTrainedModel or its config) when the "
+                "anchors are bare (name, state_dict) pairs"
+            )
+        return build_model(config, seed=self.args.seed)
+
+    def _anchor_matrix(self, sources) -> torch.Tensor:
+        """The anchors in ONE [N, P] float32 matrix, always in the star's current frame.
+
+        Re-alignment permutes rows in place and composes the permutation into ``state.perms`` (the permutation
+        from each original anchor), so host memory holds one copy per anchor and no more.
+        """
+        names = set(self.layout.names)
         device = self.accelerator.device
-        on_device = device.type != "cpu" and config.anchor_device == "accelerator"
-        self.anchors = torch.empty(len(anchors), self.layout.total, device=device if on_device else "cpu",
-                                   pin_memory=device.type == "cuda" and not on_device)
-        for row, (name, sd) in zip(self.anchors, anchors):
-            if callable(sd):  # loaded on demand, so a caller need not hold all N state dicts at once
-                sd = sd()
+        on_device = device.type != "cpu" and self.args.anchor_device == "accelerator"
+        matrix = torch.empty(len(sources), self.layout.total, device=device if on_device else "cpu",
+                             pin_memory=device.type == "cuda" and not on_device)
+        for row, src in zip(matrix, sources):
+            sd = src.load()  # loaded on demand, one at a time
             try:
                 self.spec.subset(sd.keys()).validate(sd)
             except ValueError as e:
-                raise ValueError(f"anchor {name}: {e}") from None
+                raise ValueError(f"anchor {src.name}: {e}") from None
             missing = names - set(sd)
             if missing:
-                raise ValueError(f"anchor {name} lacks parameter {sorted(missing)[0]!r}; is it the same architecture?")
+                raise ValueError(f"anchor {src.name} lacks parameter {sorted(missing)[0]!r}; is it the same architecture?")
             row.copy_(self.layout.flatten(sd))
-        self._init_star()
-
-    # ------------------------------------------------------------------ setup
-    @staticmethod
-    def make_accelerator(config: StarlightConfig):
-        from accelerate import Accelerator
-        from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
-
-        project = ProjectConfiguration(
-            project_dir=config.output_dir,
-            logging_dir=os.path.join(config.output_dir, "logs") if config.output_dir else None,
-            automatic_checkpoint_naming=True,
-            total_limit=config.checkpoints_total_limit,
-        )
-        log_with = None if config.report_to == "none" else config.report_to
-        # On a machine without an accelerator, cpu=True lets torchrun / `accelerate launch --multi_gpu`
-        # processes form one gloo group (MULTI_CPU); without it each process would train alone.
-        return Accelerator(
-            cpu=not _has_accelerator(),
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            mixed_precision=config.mixed_precision,
-            log_with=log_with,
-            project_config=project,
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
-        )
+        return matrix
 
     def _init_star(self) -> None:
-        init = self.config.init
+        init = self.args.init
         if init == "random":
             return
         if init == "anchor" or init.startswith("anchor:"):
@@ -206,7 +161,7 @@ class StarlightTrainer:
                 raise ValueError(f"init={init!r}: there are only {len(self.anchors)} anchors")
             self.model.load_state_dict(self.layout.views(self.anchors[k].cpu()), strict=False)
             return
-        from ..rundir import load_checkpoint
+        from ..modeling import load_checkpoint
 
         if not os.path.isdir(init):
             raise ValueError(f"init={init!r} is neither 'random', 'anchor[:K]' nor a checkpoint folder")
@@ -215,24 +170,17 @@ class StarlightTrainer:
     # ------------------------------------------------------------------ pieces of a step
     def sample_anchor_and_t(self, epoch: int, batch: int, rank: int) -> tuple[int, float]:
         """One anchor index and one t per minibatch, a pure function of (seed, epoch, batch, rank)."""
-        g = torch.Generator().manual_seed(_mix_seed(self.config.seed, epoch, batch, rank))
+        g = torch.Generator().manual_seed(mix_seed(self.args.seed, epoch, batch, rank))
         n = int(torch.randint(len(self.anchors), (1,), generator=g))
-        c = self.config
+        c = self.args
         if c.t_sampling == "uniform":
             t = float(torch.rand((), generator=g))
         elif c.t_sampling == "beta":
             # Beta(a, a) by inverting its CDF at a uniform from the seeded generator.
-            t = _beta_from_uniform(float(torch.rand((), generator=g)), c.t_beta)
+            t = beta_from_uniform(float(torch.rand((), generator=g)), c.t_beta)
         else:
             t = c.t_constant
         return n, t
-
-    @torch.no_grad()
-    def star_state_dict(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        views = self.layout.views(theta.detach().float().cpu())
-        sd = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        sd.update({k: v.clone() for k, v in views.items()})
-        return sd
 
     def align_anchors(self, theta: torch.Tensor, state: StarlightState, progress: bool) -> None:
         """Weight-match every anchor to θ; each process aligns a slice, then permutations are exchanged.
@@ -249,8 +197,8 @@ class StarlightTrainer:
         indices = list(range(acc.process_index, len(self.anchors), acc.num_processes))
         for i in tqdm(indices, desc="aligning anchors", disable=not progress, leave=False):
             res = weight_matching(
-                self.match_spec, star, self.layout.views(self.anchors[i].cpu()), seed=self.config.seed + i,
-                max_iter=self.config.matching_max_iter, validate=False,
+                self.match_spec, star, self.layout.views(self.anchors[i].cpu()), seed=self.args.seed + i,
+                max_iter=self.args.matching_max_iter, validate=False,
             )
             mine.append((i, res.perm))
         gathered = gather_object(mine) if acc.num_processes > 1 else mine
@@ -270,154 +218,181 @@ class StarlightTrainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> StarlightResult:
-        c, acc = self.config, self.accelerator
-        progress = acc.is_local_main_process
+        """Train the star; returns (and keeps in ``self.result``) the star and the anchors' final permutations."""
+        self._setup()
+        self._resume()
+        bar = tqdm(total=self.steps_per_epoch * self.args.num_train_epochs, initial=self.state.global_step,
+                   desc="starlight", disable=not self.accelerator.is_local_main_process)
+        for epoch in range(self.state.epoch, self.args.num_train_epochs):
+            running, count = self._train_epoch(epoch, bar)
+            self._end_of_epoch(epoch, running, count)
+        bar.close()
+        self.result = self._finish()
+        return self.result
+
+    def _setup(self) -> None:
+        c, acc = self.args, self.accelerator
         device = acc.device
         self.model.to(device)
-        flat_star = FlatStar(self.layout.flatten(self.model.state_dict()).to(device))
-        bound = FlatBoundModel(self.model, self.layout, device)
-        optimizer = make_optimizer([flat_star.theta], c.optimizer, c.learning_rate, c.weight_decay)
-        train_loader = make_dataloader(self.dataset["train"], c.per_device_train_batch_size, shuffle=True, seed=c.seed)
-        optimizer, train_loader = acc.prepare(optimizer, train_loader)
-        self._flat_star = flat_star
-        steps_per_epoch = math.ceil(len(train_loader) / c.gradient_accumulation_steps)
-        raw_opt = getattr(optimizer, "optimizer", optimizer)
-        scheduler = make_scheduler(raw_opt, c.lr_scheduler_type, steps_per_epoch * c.num_train_epochs)
-        state = StarlightState()
-        self._state, self._scheduler = state, scheduler  # saved by _save_state beside Accelerate's state
-        input_name = self.model.main_input_name
-        bn = has_batchnorm(self.model)
-        bn_loader = make_dataloader(self.dataset["train"], c.per_device_eval_batch_size) if bn else None
+        self.flat_star = FlatStar(self.layout.flatten(self.model.state_dict()).to(device))
+        self.bound = FlatBoundModel(self.model, self.layout, device)
+        optimizer = make_optimizer([self.flat_star.theta], c.optimizer, c.learning_rate, c.weight_decay)
+        train_loader = make_dataloader(self.train_dataset, c.per_device_train_batch_size, shuffle=True, seed=c.seed,
+                                       collate_fn=self.data_collator)
+        self.optimizer, self.train_loader = acc.prepare(optimizer, train_loader)
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / c.gradient_accumulation_steps)
+        raw_opt = getattr(self.optimizer, "optimizer", self.optimizer)
+        self.scheduler = make_scheduler(raw_opt, c.lr_scheduler_type, self.steps_per_epoch * c.num_train_epochs)
+        self.state = StarlightState()
+        self.bn_loader = (make_dataloader(self.train_dataset, c.per_device_eval_batch_size,
+                                          collate_fn=self.data_collator) if self.has_bn else None)
         if c.report_to != "none":
             acc.init_trackers("starlight", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                                                    for k, v in c.to_dict().items()})
 
-        if c.resume_from_checkpoint:
-            path = c.resume_from_checkpoint
-            if path == "latest":
-                path = find_latest_checkpoint(os.path.join(c.output_dir, "checkpoints"))
-                if path is None:
-                    raise FileNotFoundError(
-                        f"--resume_from_checkpoint latest: no checkpoint under {c.output_dir}/checkpoints; "
-                        "start without --resume_from_checkpoint"
-                    )
-            acc.load_state(path)
-            state.load(path, scheduler, flat_star.theta)
-            # Continue automatic checkpoint numbering after the newest existing checkpoint.
-            latest = find_latest_checkpoint(os.path.join(c.output_dir, "checkpoints")) if c.output_dir else None
-            if latest is not None:
-                acc.project_configuration.iteration = int(latest.rsplit("_", 1)[1]) + 1
-            acc.print(f"resumed from {path} at epoch {state.epoch}, step {state.global_step}")
-            if bn:
-                self._load_theta_into_model(flat_star)
-            for i, name in enumerate(self.anchor_names):  # rows are in the original frames until now
-                if name in state.perms:
-                    self.permute_row(i, state.perms[name])
+    def _resume(self) -> None:
+        c, acc = self.args, self.accelerator
+        if not c.resume_from_checkpoint:
+            return
+        path = resolve_resume_path(c.resume_from_checkpoint, c.output_dir)
+        acc.load_state(path)
+        self.state.load(path, self.scheduler, self.flat_star.theta)
+        # Continue automatic checkpoint numbering after the newest existing checkpoint.
+        latest = find_latest_checkpoint(RunPaths(c.output_dir).checkpoints_path) if c.output_dir else None
+        if latest is not None:
+            acc.project_configuration.iteration = int(latest.rsplit("_", 1)[1]) + 1
+        acc.print(f"resumed from {path} at epoch {self.state.epoch}, step {self.state.global_step}")
+        if self.has_bn:
+            self._load_theta_into_model()
+        for i, name in enumerate(self.anchor_names):  # rows are in the original frames until now
+            if name in self.state.perms:
+                self.permute_row(i, self.state.perms[name])
 
-        theta_param = flat_star.theta
-        bar = tqdm(total=steps_per_epoch * c.num_train_epochs, initial=state.global_step, desc="starlight",
-                   disable=not progress)
-        for epoch in range(state.epoch, c.num_train_epochs):
-            align_due = c.align_every > 0 and epoch % c.align_every == 0
-            if state.batches_in_epoch == 0 and align_due and state.aligned_epoch != epoch:
-                self.align_anchors(theta_param, state, progress)
-                state.aligned_epoch = epoch
-            train_loader.set_epoch(epoch)
-            loader = acc.skip_first_batches(train_loader, state.batches_in_epoch) if state.batches_in_epoch else train_loader
-            self.model.train()
-            running, count = 0.0, 0
-            for batch in loader:
-                n, t = self.sample_anchor_and_t(epoch, state.batches_in_epoch, acc.process_index)
-                with acc.accumulate(flat_star):
-                    anchor = self.anchors[n].to(device, non_blocking=True)
-                    labels = batch["labels"]
-                    inputs = {input_name: batch[input_name]}
-                    with torch.no_grad():
-                        torch.lerp(theta_param, anchor, t, out=bound.weights)  # (1-t)·θ + t·π_n(θ_n)
-                    bound.grads.zero_()
-                    with acc.autocast():
-                        loss = nn.functional.cross_entropy(self.model(**inputs).logits.float(), labels)
-                    acc.backward(loss)
-                    grad = bound.grads.mul(1.0 - t)  # through the interpolation
-                    if c.star_ce_weight > 0:  # "star + CE": μ·CE(f(θ))
-                        with torch.no_grad():
-                            bound.weights.copy_(theta_param)
-                        bound.grads.zero_()
-                        with acc.autocast():
-                            star_loss = c.star_ce_weight * nn.functional.cross_entropy(
-                                self.model(**inputs).logits.float(), labels)
-                        acc.backward(star_loss)
-                        grad += bound.grads
-                        loss = loss + star_loss
-                    theta_param.grad = grad if theta_param.grad is None else theta_param.grad.add_(grad)
-                    if acc.sync_gradients and acc.num_processes > 1:
-                        torch.distributed.all_reduce(theta_param.grad)
-                        theta_param.grad.div_(acc.num_processes)
-                    optimizer.step()
-                    if acc.sync_gradients:
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                state.batches_in_epoch += 1
-                running += float(loss.detach())
-                count += 1
-                if acc.sync_gradients:
-                    state.global_step += 1
-                    bar.update(1)
-                    if state.global_step % c.logging_steps == 0:
-                        acc.log({"train/loss": running / count, "train/lr": scheduler.get_last_lr()[0],
-                                 "train/epoch": epoch}, step=state.global_step)
-                        bar.set_postfix(loss=f"{running / count:.4f}", epoch=epoch)
-                    if c.checkpointing_steps and state.global_step % c.checkpointing_steps == 0:
-                        self._save_state()
-            # End of epoch: the star's own BatchNorm statistics, recomputed over the training data.
-            if bn:
-                self._load_theta_into_model(flat_star)
-                reset_bn_stats(self.model, bn_loader, c.bn_reset_batches, device)
-            state.history.append({"epoch": epoch, "train_loss": running / max(count, 1)})
-            state.epoch = epoch + 1
-            state.batches_in_epoch = 0
-            self._save_state()
-        bar.close()
+    def _train_epoch(self, epoch: int, bar) -> tuple[float, int]:
+        """Align (when due), then one pass over the training data; returns (summed loss, micro-batches)."""
+        c, acc, state = self.args, self.accelerator, self.state
+        align_due = c.align_every > 0 and epoch % c.align_every == 0
+        if state.batches_in_epoch == 0 and align_due and state.aligned_epoch != epoch:
+            self.align_anchors(self.flat_star.theta, state, acc.is_local_main_process)
+            state.aligned_epoch = epoch
+        self.train_loader.set_epoch(epoch)
+        loader = (acc.skip_first_batches(self.train_loader, state.batches_in_epoch) if state.batches_in_epoch
+                  else self.train_loader)
+        self.model.train()
+        running, count = 0.0, 0
+        for batch in loader:
+            loss = self._step(epoch, batch)
+            state.batches_in_epoch += 1
+            running += float(loss.detach())
+            count += 1
+            if acc.sync_gradients:
+                state.global_step += 1
+                bar.update(1)
+                if state.global_step % c.logging_steps == 0:
+                    acc.log({"train/loss": running / count, "train/lr": self.scheduler.get_last_lr()[0],
+                             "train/epoch": epoch}, step=state.global_step)
+                    bar.set_postfix(loss=f"{running / count:.4f}", epoch=epoch)
+                if c.checkpointing_steps and state.global_step % c.checkpointing_steps == 0:
+                    self._save_state()
+        return running, count
 
-        # Final alignment of every anchor to the trained star (for BMA export and evaluation).
-        self.align_anchors(theta_param, state, progress)
-        self._load_theta_into_model(flat_star)
-        if bn:
-            reset_bn_stats(self.model, bn_loader, c.bn_reset_batches, device)
-        if c.report_to != "none":
+    def _step(self, epoch: int, batch) -> torch.Tensor:
+        """One micro-batch: loss at ``(1-t)·θ + t·π_n(θ_n)``, θ's gradient (1-t)·∇, optimizer step when due."""
+        c, acc = self.args, self.accelerator
+        theta, bound, task = self.flat_star.theta, self.bound, self.task
+        n, t = self.sample_anchor_and_t(epoch, self.state.batches_in_epoch, acc.process_index)
+        with acc.accumulate(self.flat_star):
+            anchor = self.anchors[n].to(acc.device, non_blocking=True)
+            with torch.no_grad():
+                torch.lerp(theta, anchor, t, out=bound.weights)  # (1-t)·θ + t·π_n(θ_n)
+            bound.grads.zero_()
+            with acc.autocast():
+                loss = task.loss(self.model, batch)
+            acc.backward(loss)
+            grad = bound.grads.mul(1.0 - t)  # through the interpolation
+            if c.star_ce_weight > 0:  # "star + CE": μ·CE(f(θ))
+                with torch.no_grad():
+                    bound.weights.copy_(theta)
+                bound.grads.zero_()
+                with acc.autocast():
+                    star_loss = c.star_ce_weight * task.loss(self.model, batch)
+                acc.backward(star_loss)
+                grad += bound.grads
+                loss = loss + star_loss
+            theta.grad = grad if theta.grad is None else theta.grad.add_(grad)
+            if acc.sync_gradients and acc.num_processes > 1:
+                torch.distributed.all_reduce(theta.grad)
+                theta.grad.div_(acc.num_processes)
+            self.optimizer.step()
+            if acc.sync_gradients:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def _end_of_epoch(self, epoch: int, running: float, count: int) -> None:
+        """The star's own BatchNorm statistics, recomputed over the training data; history; checkpoint."""
+        if self.has_bn:
+            self._load_theta_into_model()
+            reset_bn_stats(self.model, self.bn_loader, self.args.bn_reset_batches, self.accelerator.device,
+                           task=self.task)
+        self.state.history.append({"epoch": epoch, "train_loss": running / max(count, 1)})
+        self.state.epoch = epoch + 1
+        self.state.batches_in_epoch = 0
+        self._save_state()
+
+    def _finish(self) -> StarlightResult:
+        """Final alignment of every anchor to the trained star (for BMA export and evaluation)."""
+        acc = self.accelerator
+        self.align_anchors(self.flat_star.theta, self.state, acc.is_local_main_process)
+        self._load_theta_into_model()
+        if self.has_bn:
+            reset_bn_stats(self.model, self.bn_loader, self.args.bn_reset_batches, acc.device, task=self.task)
+        if self.args.report_to != "none":
             acc.end_training()
-        star = bound.release().to("cpu").eval()
-        return StarlightResult(model=star, perms={k: dict(v) for k, v in state.perms.items()}, history=state.history)
+        star = self.bound.release().to("cpu").eval()
+        return StarlightResult(model=star, perms={k: dict(v) for k, v in self.state.perms.items()},
+                               history=self.state.history)
+
+    # ------------------------------------------------------------------ outputs
+    def save_model(self, output_dir: str, overwrite: bool = False) -> str:
+        """Write the trained star as an HF checkpoint folder (atomically; with ``processing_class`` if given)."""
+        from ..population.training import save_checkpoint
+
+        if self.result is None:
+            raise RuntimeError("nothing to save yet: call train() first")
+        out = save_checkpoint(self.result.model, output_dir, overwrite=overwrite,
+                              extra_json={"history": self.result.history, "starlight": self.args.to_dict()})
+        if self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
+            self.processing_class.save_pretrained(out)
+        return out
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token=None,
+                    commit_message: str = "Upload Starlight star model") -> str:
+        """Upload the trained star (as :meth:`save_model` writes it) to ``repo_id``; returns the commit url."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_model(os.path.join(tmp, "star"))
+            api = HfApi(token=token)
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            return str(api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message))
 
     # ------------------------------------------------------------------ helpers
     @torch.no_grad()
-    def _load_theta_into_model(self, flat_star) -> None:
-        theta = flat_star.theta.detach()
+    def _load_theta_into_model(self) -> None:
+        theta = self.flat_star.theta.detach()
         params = dict(self.model.named_parameters())
         for name, view in self.layout.views(theta).items():
             params[name].copy_(view)
 
     def _save_state(self) -> None:
-        if self.config.output_dir is None:
+        if self.args.output_dir is None:
             return
         acc = self.accelerator
         acc.wait_for_everyone()
         folder = acc.save_state(safe_serialization=True)
         if acc.is_main_process:
-            self._state.save(folder, self._scheduler, self._flat_star.theta)
+            self.state.save(folder, self.scheduler, self.flat_star.theta)
         acc.wait_for_everyone()
-
-
-def _has_accelerator() -> bool:
-    if torch.cuda.is_available():
-        return True
-    xpu = getattr(torch, "xpu", None)
-    mps = getattr(torch.backends, "mps", None)
-    return bool((xpu is not None and xpu.is_available()) or (mps is not None and mps.is_available()))
-
-
-def _beta_from_uniform(u: float, a: float) -> float:
-    """A Beta(a, a) draw: the inverse CDF (scipy's ``betaincinv``) at a uniform ``u``."""
-    from scipy.special import betaincinv
-
-    return float(betaincinv(a, a, u))

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from ..errors import UserError
+
 __all__ = [
     "ECE_BINS",
     "MetricError",
@@ -32,7 +34,7 @@ __all__ = [
 ECE_BINS = 15
 
 
-class MetricError(ValueError):
+class MetricError(UserError):
     """A metric cannot be computed as asked (bad predictions, unknown or unavailable metric)."""
 
 

@@ -13,19 +13,18 @@ for the built-in ``star-mlp``/``star-cnn1d`` models, which load with transformer
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-from typing import Any
+from typing import Any, Callable
 
-from .rundir import MANIFEST_NAME, atomic_write_text
+from ..evaluation.summary import RunSummary, finite_number
+from ..rundir import RunPaths, atomic_write_text
 
 __all__ = [
     "BEGIN_MARKER",
     "CITATION_BIBTEX",
     "END_MARKER",
     "PAPER_URL",
-    "build_bma_card",
     "build_model_card",
     "card_metrics",
     "write_model_card",
@@ -59,66 +58,21 @@ _PIPELINE_BY_SUFFIX = [
 # ------------------------------------------------------------------------------------------- metrics
 STAR_BARRIER = "Test loss barrier, star ↔ held-out (mean)"
 BASELINE_BARRIER = "Test loss barrier, anchor ↔ held-out (mean, baseline)"
-# Where each card metric is read in report.json (written by star_merge.evaluation.report), first hit wins. A path is a tuple of keys; "@star"
-# means "the star's row of report['models']" (a list of rows with name/role, or a name -> row mapping;
-# a row's metrics may sit under a "test" key). Adapt here when the report changes.
-CARD_METRICS: list[tuple[str, str, list[tuple]]] = [
-    ("accuracy", "Test accuracy (star)", [("summary", "star_test_accuracy"), ("@star", "accuracy")]),
-    ("nll", "Test NLL (star)", [("summary", "star_test_nll"), ("@star", "nll")]),
-    ("ece", "Test ECE (star)", [("@star", "ece")]),
-    ("loss", "Train loss (star)", [("summary", "star_train_loss")]),
-    ("accuracy", "Test accuracy (mean anchor, baseline)", [("summary", "mean_anchor_test_accuracy")]),
-    (
-        "loss_barrier",
-        STAR_BARRIER,
-        [("summary", "star_vs_held_out", "test_loss_barrier", "mean"), ("summary", "star_heldout_test_loss_barrier_mean")],
-    ),
-    (
-        "loss_barrier",
-        BASELINE_BARRIER,
-        [("summary", "anchor_vs_held_out", "test_loss_barrier", "mean"), ("summary", "anchor_heldout_test_loss_barrier_mean")],
-    ),
-    (
-        "loss_barrier",
-        "Train loss barrier, star ↔ held-out (mean)",
-        [("summary", "star_vs_held_out", "train_loss_barrier", "mean"), ("summary", "star_heldout_train_loss_barrier_mean")],
-    ),
-    (
-        "loss_barrier",
-        "Train loss barrier, anchor ↔ held-out (mean, baseline)",
-        [("summary", "anchor_vs_held_out", "train_loss_barrier", "mean"), ("summary", "anchor_heldout_train_loss_barrier_mean")],
-    ),
+# The card's metrics: (metric type, name, the RunSummary attribute holding the value). A metric whose value
+# the report does not hold is left out.
+CARD_METRICS: list[tuple[str, str, Callable[[RunSummary], float | None]]] = [
+    ("accuracy", "Test accuracy (star)", lambda s: s.star_test_accuracy),
+    ("nll", "Test NLL (star)", lambda s: s.star_test_nll),
+    ("ece", "Test ECE (star)", lambda s: s.star_test_ece),
+    ("loss", "Train loss (star)", lambda s: s.star_train_loss),
+    ("accuracy", "Test accuracy (mean anchor, baseline)", lambda s: s.mean_anchor_test_accuracy),
+    ("loss_barrier", STAR_BARRIER, lambda s: s.group("star_vs_held_out").test_loss_barrier.mean),
+    ("loss_barrier", BASELINE_BARRIER, lambda s: s.group("anchor_vs_held_out").test_loss_barrier.mean),
+    ("loss_barrier", "Train loss barrier, star ↔ held-out (mean)",
+     lambda s: s.group("star_vs_held_out").train_loss_barrier.mean),
+    ("loss_barrier", "Train loss barrier, anchor ↔ held-out (mean, baseline)",
+     lambda s: s.group("anchor_vs_held_out").train_loss_barrier.mean),
 ]
-
-
-def _star_row(report: dict) -> dict | None:
-    models = report.get("models")
-    row = None
-    if isinstance(models, dict):
-        row = models.get("star")
-    elif isinstance(models, list):
-        row = next(
-            (r for r in models if isinstance(r, dict) and (r.get("name") == "star" or r.get("role") == "star")), None
-        )
-    if isinstance(row, dict) and isinstance(row.get("test"), dict):
-        row = {**row, **row["test"]}
-    return row if isinstance(row, dict) else None
-
-
-def _lookup(report: dict, path: tuple) -> Any:
-    node: Any = _star_row(report) if path[0] == "@star" else report.get(path[0])
-    for key in path[1:]:
-        if not isinstance(node, dict):
-            return None
-        node = node.get(key)
-    return node
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def _dataset_of(manifest: dict) -> tuple[str, str]:
@@ -132,15 +86,17 @@ def _dataset_of(manifest: dict) -> tuple[str, str]:
 def card_metrics(report: dict, manifest: dict | None = None, *, task_type: str = "classification") -> list:
     """The model-index ``EvalResult`` list of a run: star accuracy, loss, NLL, ECE and mean loss barriers.
 
-    Values are copied from ``report.json`` unrounded; metrics the report does not hold are left out.
+    Values are read from ``report.json`` through :class:`~star_merge.evaluation.summary.RunSummary`, unrounded;
+    metrics the report does not hold are left out.
     """
     from huggingface_hub import EvalResult
 
     dataset_type, dataset_name = _dataset_of(manifest or {})
     test_split = ((manifest or {}).get("data") or {}).get("test_split") or "test"
+    summary = RunSummary.from_report(report)
     out = []
-    for metric_type, metric_name, paths in CARD_METRICS:
-        value = next((v for v in (_number(_lookup(report, p)) for p in paths) if v is not None), None)
+    for metric_type, metric_name, read in CARD_METRICS:
+        value = read(summary)
         if value is None:
             continue
         split = "train" if metric_name.startswith("Train") else test_split  # metric names say the split
@@ -225,7 +181,7 @@ def _member_rows(manifest: dict) -> list[str]:
 
 
 def _fmt(value: Any) -> str:
-    v = _number(value)
+    v = finite_number(value)
     return "—" if v is None else f"{v:.4f}"
 
 
@@ -314,10 +270,11 @@ def build_model_card(
     ``repo_id`` is used in the loading snippet (default: the run folder's name); ``existing``: a README.md
     to update instead of starting from scratch.
     """
-    run_dir = os.path.abspath(run_dir)
-    manifest = _read_json(os.path.join(run_dir, MANIFEST_NAME))
-    report = _read_json(os.path.join(run_dir, "report.json"))
-    star_config = _read_json(os.path.join(run_dir, "star", "config.json"))
+    paths = RunPaths(run_dir)
+    run_dir = paths.path
+    manifest = _read_json(paths.manifest_path)
+    report = _read_json(paths.report_json)
+    star_config = _read_json(os.path.join(paths.star_path, "config.json"))
     name = repo_id or os.path.basename(run_dir)
     model_type = star_config.get("model_type") or manifest.get("model_type") or "unknown"
     pipeline_tag = _pipeline_tag(star_config)
@@ -374,69 +331,6 @@ def build_model_card(
     return _merge(card, "\n".join(text), updates, TAGS + ([model_type] if model_type != "unknown" else []))
 
 
-def build_bma_card(
-    run_dir: str,
-    *,
-    repo_id: str | None = None,
-    star_repo_id: str | None = None,
-    license: str = "apache-2.0",
-    existing: str | None = None,
-):
-    """The card of the BMA wrapper in ``RUN_DIR/bma`` as a ``ModelCard`` (nothing written)."""
-    run_dir = os.path.abspath(run_dir)
-    bma_dir = os.path.join(run_dir, "bma")
-    config = _read_json(os.path.join(bma_dir, "config.json"))
-    manifest = _read_json(os.path.join(run_dir, MANIFEST_NAME))
-    name = repo_id or f"{os.path.basename(run_dir)}-bma"
-    auto_map = config.get("auto_map") or {}
-    auto_cls = next((k for k in auto_map if k.startswith("AutoModel")), None) or "AutoModel"
-    code_files = sorted(f for f in os.listdir(bma_dir) if f.endswith(".py")) if os.path.isdir(bma_dir) else []
-    if auto_map:
-        snippet = (
-            "```python\n"
-            f"from transformers import {auto_cls}\n\n"
-            f"# The wrapper's code ships in this repo ({', '.join(code_files) or 'see files'}): read it, then\n"
-            f'model = {auto_cls}.from_pretrained("{name}", trust_remote_code=True)\n'
-            "```\n\nWith star-merge installed (`pip install star-merge`), run `import star_merge.bma` first and "
-            "drop `trust_remote_code`: the wrapper then loads from the installed package."
-        )
-    else:
-        snippet = (
-            "```python\nimport star_merge.bma  # pip install star-merge; registers the BMA wrapper\n"
-            f"from transformers import {auto_cls}\n\n"
-            f'model = {auto_cls}.from_pretrained("{name}")\n```'
-        )
-    samples = config.get("num_samples") or config.get("samples")
-    text = [
-        f"# {name.split('/')[-1]}: Bayesian model averaging over a star domain",
-        "",
-        "Averages the softmax outputs of points sampled from the star domain of a Starlight run: an anchor n "
-        "and t ~ p(t) give the model (1 − t)·θ* + t·π_n(θ_n), where θ* is the star and π_n(θ_n) the anchor "
-        "aligned to it"
-        + (f" ({len(samples) if isinstance(samples, list) else samples} samples)" if samples else "")
-        + "."
-        + (f" The star itself: [{star_repo_id}](https://huggingface.co/{star_repo_id})." if star_repo_id else ""),
-        "",
-        "## How to load",
-        "",
-        snippet,
-        "",
-        "## Population",
-        "",
-        *_member_rows(manifest),
-        "",
-        *_citation(),
-    ]
-    card = _new_or_existing(existing)
-    updates = {
-        "library_name": "transformers" if auto_map else "star-merge",
-        "license": license,
-        "base_model": star_repo_id,
-        "model_name": name,
-    }
-    return _merge(card, "\n".join(text), updates, TAGS + ["bayesian-model-averaging"])
-
-
 def write_model_card(
     run_dir: str,
     *,
@@ -450,20 +344,16 @@ def write_model_card(
     An existing card is updated (metadata merged, the generated block refreshed, your own text kept);
     ``overwrite=False`` refuses to touch an existing card instead.
     """
-    run_dir = os.path.abspath(run_dir)
-    if not os.path.isfile(os.path.join(run_dir, MANIFEST_NAME)):
-        raise FileNotFoundError(
-            f"{run_dir} is not a star-merge run directory (no {MANIFEST_NAME}); "
-            "create one with `accelerate launch recipes/star.py --output_dir ...`"
-        )
-    path = os.path.join(run_dir, "README.md")
-    bma_dir = os.path.join(run_dir, "bma")
-    bma_path = os.path.join(bma_dir, "README.md")
+    paths = RunPaths(run_dir).require()
+    run_dir = paths.path
+    path, bma_dir, bma_path = paths.card_path, paths.bma_path, paths.bma_card_path
     targets = [path] + ([bma_path] if os.path.isdir(bma_dir) else [])
     if not overwrite:
         existing = [p for p in targets if os.path.exists(p)]
         if existing:
             raise FileExistsError(f"{existing[0]} exists; pass overwrite=True to update it (your text outside the star-merge markers is kept)")
+    from .bma_card import build_bma_card
+
     card = build_model_card(run_dir, repo_id=repo_id, license=license, existing=path)
     atomic_write_text(path, str(card))
     if os.path.isdir(bma_dir):

@@ -1,4 +1,4 @@
-"""Ordinary (non-Starlight) training of population members: one model per seed, saved as an HF checkpoint."""
+"""Ordinary (non-Starlight) training of one population member, saved as an HF checkpoint."""
 
 from __future__ import annotations
 
@@ -10,20 +10,11 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .connectivity import evaluate_loss_accuracy, reset_bn_stats
-from .data import make_dataloader
+from ..data import make_dataloader
+from ..evaluation.engine import evaluate_loss_accuracy, reset_bn_stats
+from ..modeling import build_model, set_seed
 
 __all__ = ["TrainArguments", "train_classifier", "build_model", "save_checkpoint", "set_seed", "make_optimizer"]
-
-
-def set_seed(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 @dataclass
@@ -57,23 +48,13 @@ def make_scheduler(optimizer, kind: str, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
 
 
-def build_model(config, seed: int):
-    """A freshly initialised model of ``config``'s architecture, reproducible from ``seed``."""
-    import transformers
+def train_classifier(model, dataset, args: TrainArguments, seed: int, device=None, progress: bool = True, desc=None,
+                     task=None):
+    """Train ``model`` on ``dataset['train']`` with the task's loss (default: from its architecture); returns
+    (model, metrics dict)."""
+    from ..tasks import task_for
 
-    from .models import BUILTIN_CLASSES
-
-    set_seed(seed)
-    arch = (getattr(config, "architectures", None) or [None])[0]
-    if arch in BUILTIN_CLASSES:
-        return BUILTIN_CLASSES[arch](config)
-    if arch is not None and hasattr(transformers, arch):
-        return getattr(transformers, arch)(config)
-    return transformers.AutoModelForSequenceClassification.from_config(config)
-
-
-def train_classifier(model, dataset, args: TrainArguments, seed: int, device=None, progress: bool = True, desc=None):
-    """Train ``model`` on ``dataset['train']`` with cross-entropy; returns (model, metrics dict)."""
+    task = task if task is not None else task_for(model)
     device = torch.device(device or "cpu")
     model.to(device).train()
     loader = make_dataloader(dataset["train"], args.per_device_train_batch_size, shuffle=True, seed=seed)
@@ -84,7 +65,7 @@ def train_classifier(model, dataset, args: TrainArguments, seed: int, device=Non
         model.train()
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch).loss
+            loss = task.loss(model, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -92,8 +73,8 @@ def train_classifier(model, dataset, args: TrainArguments, seed: int, device=Non
             bar.update(1)
     bar.close()
     test_loader = make_dataloader(dataset["test"], 512)
-    reset_bn_stats(model, make_dataloader(dataset["train"], 512), device=device)  # exact stats for eval
-    test_loss, test_acc = evaluate_loss_accuracy(model, test_loader, device)
+    reset_bn_stats(model, make_dataloader(dataset["train"], 512), device=device, task=task)  # exact stats for eval
+    test_loss, test_acc = evaluate_loss_accuracy(model, test_loader, device, task=task)
     return model.eval(), {"test_loss": test_loss, "test_accuracy": test_acc, "seed": seed}
 
 
@@ -103,7 +84,7 @@ def save_checkpoint(model, output_dir: str, extra_json: dict | None = None, over
     if os.path.exists(output_dir):
         if not overwrite:
             raise FileExistsError(f"{output_dir} already exists; pass overwrite=True to replace it")
-    from .rundir import atomic_folder
+    from ..rundir import atomic_folder
 
     with atomic_folder(output_dir) as tmp:
         model.save_pretrained(tmp)

@@ -7,8 +7,9 @@ import os
 
 from tqdm.auto import tqdm
 
-from .rundir import Member
-from .training import TrainArguments, build_model, save_checkpoint, train_classifier
+from ..modeling import build_model
+from ..rundir import Member
+from .training import TrainArguments, save_checkpoint, train_classifier
 
 __all__ = ["train_population", "HELD_OUT_SEED_OFFSET", "member_is_complete"]
 

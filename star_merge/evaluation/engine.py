@@ -1,0 +1,182 @@
+"""The one evaluation engine: a forward pass over a dataloader, BatchNorm resets, predictions.
+
+Every evaluation in star-merge runs through :func:`forward_loader` — the report's scoring, interpolation curves,
+``train_classifier``'s test metrics and the BMA's probabilities. With an ``accelerator`` the loader is expected
+to be prepared (sharded) and outputs are gathered back with ``gather_for_metrics``; without one it is a plain loop
+on ``device``. What a batch means (inputs, targets, loss) comes from the task (:mod:`star_merge.tasks`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import make_dataloader
+
+__all__ = [
+    "EvalData",
+    "Predictions",
+    "evaluate_loss_accuracy",
+    "forward_loader",
+    "has_batchnorm",
+    "predict",
+    "reset_bn_stats",
+]
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def _task(model, task):
+    """``task``, else the model's (a plain ``nn.Module`` without an HF config is scored as a classifier)."""
+    if task is not None:
+        return task
+    from ..tasks import task_for
+
+    if getattr(model, "config", None) is None:
+        return task_for(name="sequence-classification")
+    return task_for(model)
+
+
+def _to(batch, device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def forward_loader(
+    model: nn.Module,
+    dataloader: Iterable,
+    step: Callable[[nn.Module, dict], Any],
+    accelerator=None,
+    device=None,
+    desc: str | None = None,
+    progress: bool = False,
+) -> Iterator[Any]:
+    """Yield ``step(model, batch)`` for every batch, in eval mode and without gradients.
+
+    With ``accelerator``: batches come from a prepared loader (already on the device) and each output is
+    gathered across processes with ``gather_for_metrics`` (duplicated tail samples dropped). Without: batches are
+    moved to ``device`` (default: the model's) and outputs are yielded as they are.
+    """
+    if accelerator is not None:
+        model.to(accelerator.device)
+        show = progress and accelerator.is_local_main_process
+    else:
+        device = device or next(model.parameters()).device
+        show = progress
+    model.eval()
+    for batch in tqdm(dataloader, desc=desc or "predicting", disable=not show, leave=False):
+        if accelerator is None:
+            yield step(model, _to(batch, device))
+        else:
+            yield accelerator.gather_for_metrics(step(model, batch))
+
+
+@dataclass
+class Predictions:
+    """One model's outputs on one split, in dataset order: ``log_probs`` float [U, C], ``labels`` long [U].
+
+    Units are examples for classification (tokens for token-level tasks, ``-100`` targets dropped).
+    """
+
+    log_probs: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.log_probs.exp()
+
+    @property
+    def loss(self) -> float:
+        """Mean cross-entropy (nats)."""
+        return float(nn.functional.nll_loss(self.log_probs.double(), self.labels))
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.log_probs.argmax(-1) == self.labels).double().mean())
+
+
+def predict(model: nn.Module, dataloader, accelerator=None, desc: str | None = None, progress: bool = True,
+            task=None, device=None) -> Predictions:
+    """The task's log-probabilities and targets of ``model`` over ``dataloader`` (gathered with an accelerator)."""
+    task = _task(model, task)
+    log_probs, labels = [], []
+    for lp, y in forward_loader(model, dataloader, task.predict, accelerator, device, desc, progress):
+        log_probs.append(lp.cpu())
+        labels.append(y.cpu().long())
+    if not labels:
+        raise ValueError("cannot evaluate: the dataloader yielded no samples; check that the split is not empty")
+    return Predictions(torch.cat(log_probs), torch.cat(labels))
+
+
+def evaluate_loss_accuracy(model: nn.Module, dataloader: Iterable, device=None, task=None) -> tuple[float, float]:
+    """Mean loss (cross-entropy) and accuracy (fraction) of ``model`` in eval mode over ``dataloader``."""
+    pred = predict(model, dataloader, device=device, task=task, progress=False)
+    return pred.loss, pred.accuracy
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, _BN_TYPES) for m in model.modules())
+
+
+@torch.no_grad()
+def reset_bn_stats(model: nn.Module, dataloader: Iterable, max_batches: int | None = None, device=None,
+                   task=None) -> nn.Module:
+    """Recompute every BatchNorm's running mean/var over ``dataloader`` as a cumulative (equal-weight) average.
+
+    The model is returned in eval mode. Models without BatchNorm are returned unchanged. Every process should
+    pass the same (unsharded) loader so that all get identical statistics.
+    """
+    bns = [m for m in model.modules() if isinstance(m, _BN_TYPES)]
+    if not bns:
+        return model.eval()
+    task = _task(model, task)
+    device = device or next(model.parameters()).device
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average
+    model.train()
+    seen = 0
+    for i, batch in enumerate(dataloader):
+        if max_batches is not None and i >= max_batches:
+            break
+        model(**_to(task.model_inputs(model, batch), device))
+        seen += 1
+    for bn, mom in zip(bns, momenta):
+        bn.momentum = mom
+    if seen == 0:
+        raise ValueError("cannot reset BatchNorm statistics: the dataloader yielded no batches")
+    return model.eval()
+
+
+class EvalData:
+    """The splits of one dataset as plain and (with an accelerator) prepared dataloaders.
+
+    Evaluation iterates ``prepared`` (sharded across processes, gathered back; the plain loaders without an
+    accelerator); BatchNorm statistics are recomputed over the plain train loader ``bn_loader``, so every
+    process gets identical statistics.
+    """
+
+    def __init__(self, dataset, accelerator=None, batch_size: int = 512, splits: Iterable[str] = ("train", "test"),
+                 collate_fn=None):
+        self.accelerator = accelerator
+        self.splits = list(splits)
+        self.plain = {s: make_dataloader(dataset[s], batch_size, collate_fn=collate_fn) for s in self.splits}
+        self.prepared = (
+            {s: accelerator.prepare_data_loader(self.plain[s]) for s in self.splits} if accelerator else self.plain
+        )
+        self.bn_loader = make_dataloader(dataset["train"], batch_size, collate_fn=collate_fn)
+
+    @classmethod
+    def from_loaders(cls, loaders: dict, bn_loader, accelerator=None) -> "EvalData":
+        """Wrap ready dataloaders (already prepared when ``accelerator`` is given)."""
+        self = cls.__new__(cls)
+        self.accelerator, self.splits = accelerator, list(loaders)
+        self.plain = self.prepared = dict(loaders)
+        self.bn_loader = bn_loader
+        return self

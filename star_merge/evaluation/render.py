@@ -1,0 +1,140 @@
+"""The rendered half of a run's evaluation: report.json (merged with the trainer's keys), report.md and plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..rundir import PLOT_NAMES, RunPaths
+from .summary import BarrierStats, RunSummary
+
+__all__ = ["GROUPS", "SPLITS", "format_value", "render_markdown", "write_outputs"]
+
+GROUPS = {
+    "star_vs_held_out": "star ↔ held-out",
+    "anchor_vs_held_out": "anchor ↔ held-out",
+    "star_vs_anchor": "star ↔ anchor",
+}
+SPLITS = ("train", "test")
+
+
+def write_outputs(run_dir: str, ours: dict, test_probs: Mapping[str, torch.Tensor], labels, seed: int) -> None:
+    from .metrics import expected_calibration_error, reliability_bins
+    from ..rundir import atomic_write_json, atomic_write_text
+    from .plots import plot_barrier_distribution, plot_interpolation_bands, plot_reliability
+
+    paths = RunPaths(run_dir)
+    report_path = paths.report_json
+    report: dict[str, Any] = {}
+    if os.path.isfile(report_path):
+        with open(report_path) as f:
+            report = json.load(f)
+    report.update(ours)
+    atomic_write_json(report_path, report)
+    atomic_write_text(paths.report_md, render_markdown(report))
+
+    from .connectivity import InterpolationCurve
+
+    def curves(rows):
+        return [{s: InterpolationCurve(r[s]["ts"], r[s]["losses"], r[s]["accuracies"]) for s in SPLITS} for r in rows]
+
+    barriers = ours["barriers"]
+    plot_interpolation_bands(
+        {GROUPS[g]: curves(barriers[g]) for g in ("star_vs_held_out", "anchor_vs_held_out")},
+        paths.plot("curves"),
+    )
+    plot_barrier_distribution(
+        {s: {GROUPS[g]: [r[s]["loss_barrier"] for r in barriers[g]] for g in GROUPS} for s in SPLITS},
+        paths.plot("distribution"),
+        seed=seed,
+    )
+    shown = ["star"] + [n for n, m in ours["models"].items() if m["role"] == "anchor"][:1]
+    shown += [n for n in test_probs if n not in ours["models"]]
+    bins = {}
+    for name in shown:
+        bins[name] = {**reliability_bins(test_probs[name], labels), "ece": expected_calibration_error(test_probs[name], labels)}
+    plot_reliability(bins, paths.plot("reliability"))
+
+
+# ---------------------------------------------------------------------------------------------- Markdown
+
+
+def format_value(value, pct: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{100 * value:.2f}" if pct else f"{value:.4f}"
+
+
+def _pm(stats: BarrierStats, pct: bool = False) -> str:
+    if stats.mean is None:
+        return "–"
+    return f"{format_value(stats.mean, pct)} ± {format_value(stats.std, pct)}"
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """report.md: summary, per-model and ensemble metrics, every pair's barriers, the plots."""
+    s, barriers = RunSummary.from_report(report), report["barriers"]
+    settings = barriers["settings"]
+    lines = [
+        "# Starlight evaluation report",
+        "",
+        (f"Barriers after weight matching, {settings['num_points']} interpolation points, "
+        f"BatchNorm statistics {'recomputed at every point' if settings['bn_reset'] else 'n/a (no BatchNorm)'}; "
+        f"anchor ↔ held-out pairs: {settings['pairs']} (seed {settings['seed']}). "
+         "Barriers are mean ± std (n-1) over pairs; accuracy barriers in percentage points."),
+        "",
+        "## Summary",
+        "",
+        "| pairs | n | train loss barrier | test loss barrier | train acc. barrier | test acc. barrier |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for group, label in GROUPS.items():
+        g = s.group(group)
+        lines.append(
+            f"| {label} | {g.test_loss_barrier.n} | {_pm(g.train_loss_barrier)} | {_pm(g.test_loss_barrier)} "
+            f"| {_pm(g.train_accuracy_barrier, True)} | {_pm(g.test_accuracy_barrier, True)} |"
+        )
+    ratio = s.loss_barrier_ratio
+    lines += [
+        "",
+        f"- star / ordinary loss-barrier ratio: train {format_value(ratio.get('train'))}, "
+        f"test {format_value(ratio.get('test'))}",
+        (f"- star test accuracy {format_value(s.star_test_accuracy, True)}% vs mean anchor "
+         f"{format_value(s.mean_anchor_test_accuracy, True)}%; star train loss {format_value(s.star_train_loss)} vs mean "
+         f"anchor {format_value(s.mean_anchor_train_loss)} (a poor star shows low barriers for a bad reason)"),
+        "",
+        "## Models and ensembles (test split)",
+        "",
+        "| model | role | train loss | accuracy (%) | NLL | ECE (%) | Brier | AUROC max-p | AUROC entropy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    rows = [(n, m["role"], m["train"]["loss"], m["test"]) for n, m in report["models"].items()]
+    rows += [(n, "ensemble", None, e["test"]) for n, e in report["ensembles"].items() if "test" in e]
+    for name, role, train_loss, t in rows:
+        lines.append(
+            f"| {name} | {role} | {format_value(train_loss)} | {format_value(t['accuracy'], True)} | {format_value(t['nll'])} "
+            f"| {format_value(t['ece'], True)} | {format_value(t['brier'])} | {format_value(t['auroc_max_prob'])} | {format_value(t['auroc_entropy'])} |"
+        )
+    for name, e in report["ensembles"].items():
+        if "skipped" in e:
+            lines.append(f"\n{name}: not evaluated ({e['skipped']})")
+    lines += [
+        "",
+        "## Every pair",
+        "",
+        "| pairs | A (t=0) | B (t=1, aligned) | train loss barrier | test loss barrier | test acc. barrier |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for group, label in GROUPS.items():
+        for r in barriers[group]:
+            lines.append(
+                f"| {label} | {r['a']} | {r['b']} | {format_value(r['train']['loss_barrier'])} "
+                f"| {format_value(r['test']['loss_barrier'])} | {format_value(r['test']['accuracy_barrier'], True)} |"
+            )
+    lines += ["", "## Plots", ""]
+    lines += [f"![{key}]({name})" for key, name in PLOT_NAMES.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,91 @@
+"""The one place that turns a config into a model class, a fresh model, or a loaded checkpoint.
+
+Everything in star_merge resolves classes here (the adapters' meta-device build, population training, the
+Starlight star, checkpoint loading). The self-contained ``bma/modeling_star_bma.py`` keeps its own small
+resolver because it must load without star_merge installed (``trust_remote_code``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = ["model_class_for", "build_model", "load_checkpoint", "load_config", "set_seed"]
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def set_seed(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def model_class_for(config):
+    """The class of ``config.architectures[0]`` (built-in star-merge classes first, then transformers).
+
+    Without ``architectures`` (a config built from fields), the sequence-classification class registered for
+    the config type is used when there is one, else the base model class.
+    """
+    import transformers
+
+    from .models import BUILTIN_CLASSES, register_builtin_models
+
+    register_builtin_models()
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    if arch in BUILTIN_CLASSES:
+        return BUILTIN_CLASSES[arch]
+    if arch is not None and hasattr(transformers, arch):
+        return getattr(transformers, arch)
+    for auto in (transformers.AutoModelForSequenceClassification, transformers.AutoModel):
+        try:
+            return auto._model_mapping[type(config)]
+        except KeyError:
+            continue
+    raise ValueError(
+        f"cannot tell which model class to build for model_type {getattr(config, 'model_type', None)!r} "
+        f"(architectures={getattr(config, 'architectures', None)}); set config.architectures"
+    )
+
+
+def build_model(config, seed: int | None = None):
+    """A freshly initialised model of ``config``'s architecture, reproducible from ``seed``."""
+    if seed is not None:
+        set_seed(seed)
+    return model_class_for(config)(config)
+
+
+def load_config(path: str):
+    """The config of a checkpoint folder (built-in star-merge model types registered first)."""
+    from transformers import AutoConfig
+
+    from .models import register_builtin_models
+
+    register_builtin_models()
+    return AutoConfig.from_pretrained(path)
+
+
+def load_checkpoint(path: str, device="cpu"):
+    """Load an HF checkpoint folder with the class named in its config (safetensors only, no remote code)."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path} is not a model checkpoint (no config.json)")
+    files = os.listdir(path)
+    if not any(f.endswith(".safetensors") for f in files):
+        pickles = [f for f in files if f.endswith(_PICKLE_SUFFIXES)]
+        if pickles:
+            raise ValueError(
+                f"{path} holds only pickle weights ({pickles[0]}); star-merge loads safetensors only. "
+                "Convert it (load it yourself if you trust it, then save_pretrained) and retry"
+            )
+        raise FileNotFoundError(f"{path} has no model.safetensors")
+    cls = model_class_for(load_config(path))
+    try:
+        model = cls.from_pretrained(path, use_safetensors=True)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"could not load weights from {path}: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval()

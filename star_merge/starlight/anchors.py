@@ -1,0 +1,83 @@
+"""The anchors a :class:`~star_merge.starlight.StarlightTrainer` accepts, turned into (name, loader) pairs.
+
+Accepted forms (mixable): checkpoint folders, Hub ids (``org/name[@revision]``) and population files (all
+resolved with :func:`star_merge.hub.resolve_members`), ``PreTrainedModel`` objects, ``(name, state_dict)`` and
+``(name, zero-argument loader)`` pairs. Loaders are called one at a time, so a caller never needs all N state
+dicts in memory at once.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["AnchorSource", "anchors_config", "normalize_anchors"]
+
+
+@dataclass
+class AnchorSource:
+    """One anchor: its ``name``, a zero-argument ``load`` returning its state dict, and its ``config`` if known."""
+
+    name: str
+    load: Callable[[], Mapping[str, torch.Tensor]]
+    config: Any = None
+
+
+def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
+    from ..modeling import load_checkpoint
+
+    return load_checkpoint(path).state_dict()
+
+
+def _from_path(path: str, name: str) -> AnchorSource:
+    from ..modeling import load_config
+
+    return AnchorSource(name, functools.partial(_load_state_dict, path), functools.partial(load_config, path))
+
+
+def normalize_anchors(anchors: Sequence[Any]) -> list[AnchorSource]:
+    """Every accepted anchor form as an :class:`AnchorSource` (default names ``anchor-00``, ``anchor-01``, ...)."""
+    if isinstance(anchors, (str, bytes)) or not isinstance(anchors, Sequence):
+        anchors = [anchors] if isinstance(anchors, (str, bytes, torch.nn.Module)) else list(anchors)
+    out: list[AnchorSource] = []
+    for item in anchors:
+        name = f"anchor-{len(out):02d}"
+        if isinstance(item, str):
+            from ..hub import resolve_members
+
+            for m in resolve_members([item], role="anchor", progress=False):
+                out.append(_from_path(m.path, f"anchor-{len(out):02d}"))
+        elif isinstance(item, torch.nn.Module):
+            out.append(AnchorSource(name, item.state_dict, getattr(item, "config", None)))
+        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            name, value = item
+            if isinstance(value, torch.nn.Module):
+                out.append(AnchorSource(name, value.state_dict, getattr(value, "config", None)))
+            elif isinstance(value, Mapping):
+                out.append(AnchorSource(name, functools.partial(lambda sd: sd, value)))
+            elif callable(value):
+                out.append(AnchorSource(name, value))
+            else:
+                raise TypeError(f"anchor {name!r}: expected a state dict or a zero-argument loader, got {type(value).__name__}")
+        else:
+            raise TypeError(
+                f"anchor {len(out)}: {type(item).__name__} is not a checkpoint path / Hub id, a PreTrainedModel, "
+                "or a (name, state_dict | loader) pair"
+            )
+    names = [a.name for a in out]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"two anchors are named {dup!r}; give each (name, state_dict) pair its own name")
+    return out
+
+
+def anchors_config(sources: Sequence[AnchorSource]):
+    """The config of the first anchor that carries one (``None`` if all are bare state dicts)."""
+    for s in sources:
+        if s.config is not None:
+            return s.config() if callable(s.config) else s.config
+    return None

@@ -1,0 +1,97 @@
+"""Starlight checkpoint state: progress, anchor permutations, θ and the LR schedule, beside Accelerate's state.
+
+Written as JSON + safetensors (never pickles, so resuming never unpickles a file). Checkpoints live in
+``RUN/checkpoints/checkpoint_N``; :func:`find_latest_checkpoint` skips one a crash interrupted mid-write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import torch
+
+from ..rundir import RunPaths
+
+__all__ = ["StarlightState", "find_latest_checkpoint", "resolve_resume_path"]
+
+
+class StarlightState:
+    """Progress and anchor alignments of a run, saved beside Accelerate's state in every checkpoint.
+
+    Written as JSON + safetensors (never pickles, so resuming never unpickles a file): θ, the anchors'
+    permutations, the position in training and the LR scheduler.
+    """
+
+    JSON_NAME = "starlight_state.json"
+    PERMS_NAME = "starlight_permutations.safetensors"
+    THETA_NAME = "starlight_theta.safetensors"
+
+    def __init__(self):
+        self.epoch = 0  # epochs completed
+        self.batches_in_epoch = 0  # micro-batches of the current epoch already consumed
+        self.global_step = 0  # optimizer steps
+        self.aligned_epoch = -1  # the epoch whose start alignment is in ``perms``
+        self.perms: dict[str, dict[str, torch.Tensor]] = {}
+        self.history: list[dict] = []
+
+    def save(self, folder: str, scheduler, theta: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        from ..rundir import atomic_write_json, save_permutations
+
+        save_file({"theta": theta.detach().contiguous().cpu()}, os.path.join(folder, self.THETA_NAME))
+        save_permutations(os.path.join(folder, self.PERMS_NAME), self.perms)
+        sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+        atomic_write_json(os.path.join(folder, self.JSON_NAME), {
+            "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch, "global_step": self.global_step,
+            "aligned_epoch": self.aligned_epoch, "history": self.history, "scheduler": sched,
+        })
+
+    def load(self, folder: str, scheduler, theta: torch.Tensor) -> None:
+        from safetensors.torch import load_file
+
+        from ..rundir import load_permutations
+
+        path = os.path.join(folder, self.JSON_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{folder} is not a complete Starlight checkpoint (no {self.JSON_NAME})")
+        with open(path) as f:
+            d = json.load(f)
+        self.epoch, self.batches_in_epoch = int(d["epoch"]), int(d["batches_in_epoch"])
+        self.global_step, self.aligned_epoch = int(d["global_step"]), int(d["aligned_epoch"])
+        self.history = list(d["history"])
+        perms_path = os.path.join(folder, self.PERMS_NAME)
+        self.perms = load_permutations(perms_path) if os.path.isfile(perms_path) else {}
+        scheduler.load_state_dict({**scheduler.state_dict(), **d["scheduler"]})
+        saved = load_file(os.path.join(folder, self.THETA_NAME))["theta"]
+        if saved.shape != theta.shape:
+            raise ValueError(f"{folder} holds a star of {saved.numel()} parameters, this model has {theta.numel()}")
+        with torch.no_grad():
+            theta.copy_(saved)
+
+
+def find_latest_checkpoint(checkpoint_dir: str) -> str | None:
+    """The newest complete ``checkpoint_N`` folder (one a crash interrupted mid-write is skipped)."""
+    if not os.path.isdir(checkpoint_dir):
+        return None
+    found = [
+        (int(m.group(1)), d) for d in os.listdir(checkpoint_dir)
+        if (m := re.fullmatch(r"checkpoint_(\d+)", d))
+        and os.path.isfile(os.path.join(checkpoint_dir, d, StarlightState.JSON_NAME))
+    ]
+    return os.path.join(checkpoint_dir, max(found)[1]) if found else None
+
+
+def resolve_resume_path(resume_from_checkpoint: str, output_dir: str | None) -> str:
+    """``latest`` -> the newest complete checkpoint under ``output_dir/checkpoints``; a folder is returned as is."""
+    if resume_from_checkpoint != "latest":
+        return resume_from_checkpoint
+    path = find_latest_checkpoint(RunPaths(output_dir).checkpoints_path) if output_dir else None
+    if path is None:
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint latest: no checkpoint under {output_dir}/checkpoints; "
+            "start without --resume_from_checkpoint"
+        )
+    return path

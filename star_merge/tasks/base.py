@@ -1,0 +1,152 @@
+"""The task seam: everything that depends on what the population's models do goes through a :class:`Task`.
+
+A task is derived from the anchors' ``config.architectures[0]`` (or named with ``--task``). The Starlight step,
+population training, BatchNorm resets, the evaluation engine and the exports call the task; none of them knows
+about input columns or label shapes. A new kind of population is one new task module plus its tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ..errors import UserError
+
+__all__ = ["Task", "TaskError", "register_task", "task_for", "available_tasks", "LABEL_KEYS", "STANDARD_INPUTS"]
+
+# Batch keys that are targets, never model inputs (the loss is computed by the task, not the model).
+LABEL_KEYS = ("labels", "label", "label_ids")
+
+_TASKS: dict[str, "Task"] = {}
+_SUFFIXES: list[tuple[str, str]] = []  # (architecture suffix, task name)
+_ARCHITECTURES: dict[str, str] = {}  # exact architecture name -> task name
+
+
+class TaskError(UserError):
+    """No task fits a model (or an unknown ``--task`` name)."""
+
+
+class Task:
+    """Base class. Subclasses set ``name``, ``pipeline_tag``, ``bma_head`` and implement loss / predict."""
+
+    name: str = ""
+    pipeline_tag: str | None = None
+    bma_head: str | None = None  # the star-domain BMA head class that wraps members of this task
+
+    # ------------------------------------------------------------------ data
+    def prepare(self, dataset_dict, processor=None, data_args=None):
+        """Turn raw splits into model-ready ones (tokenise, pad, ...). The built-in datasets are ready as is."""
+        return dataset_dict
+
+    @property
+    def collator(self) -> Callable | None:
+        """Batch collation for dataloaders; ``None`` is torch's default collate."""
+        return None
+
+    # ------------------------------------------------------------------ model calls
+    def model_inputs(self, model, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """The batch entries the model's ``forward`` accepts, targets left out (like Trainer's
+        ``remove_unused_columns``).
+
+        Named ``forward`` parameters count; a ``forward(**kwargs)`` (e.g. the BMA wrapper, which passes its inputs
+        on to the members) also accepts the model's ``main_input_name`` and the usual Hugging Face input names.
+        """
+        accepted = _accepted_inputs(type(model)) | {getattr(model, "main_input_name", "input_ids")}
+        return {k: v for k, v in batch.items() if k in accepted and k not in LABEL_KEYS}
+
+    def targets(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return batch["labels"]
+
+    def loss(self, model, batch: Mapping[str, Any]) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict(self, model, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+        """``(log_probs [U, C], targets [U])`` flattened over the batch's units (examples or tokens)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+# Inputs a ``forward(**kwargs)`` is assumed to take (the names transformers' models and processors use).
+STANDARD_INPUTS = frozenset({
+    "input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds", "pixel_values", "pixel_mask",
+    "input_values", "input_features", "decoder_input_ids", "decoder_attention_mask",
+})
+
+
+@functools.lru_cache(maxsize=None)
+def _accepted_inputs(cls) -> frozenset[str]:
+    try:
+        params = list(inspect.signature(cls.forward).parameters.values())
+    except (AttributeError, TypeError, ValueError):
+        return STANDARD_INPUTS
+    skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    named = frozenset(p.name for p in params if p.kind not in skip) - {"self"}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        named |= STANDARD_INPUTS
+    return named
+
+
+def register_task(task: Task, suffixes: tuple[str, ...] = (), architectures: tuple[str, ...] = ()) -> Task:
+    """Register ``task`` under ``task.name``, for architectures ending in ``suffixes`` or named exactly."""
+    _TASKS[task.name] = task
+    _SUFFIXES.extend((s, task.name) for s in suffixes)
+    _ARCHITECTURES.update({a: task.name for a in architectures})
+    return task
+
+
+def available_tasks() -> list[str]:
+    _load_builtin_tasks()
+    return sorted(_TASKS)
+
+
+def _load_builtin_tasks() -> None:
+    import importlib
+    import pkgutil
+
+    from .. import tasks as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name != "base":
+            importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+def task_for(config_or_model=None, name: str | None = None) -> Task:
+    """The task of a model (or config), from ``config.architectures[0]``; ``name`` overrides it (``--task``)."""
+    _load_builtin_tasks()
+    if name is not None:
+        if name not in _TASKS:
+            raise TaskError(f"unknown task {name!r}; choose one of {', '.join(sorted(_TASKS))} with --task")
+        return _TASKS[name]
+    config = getattr(config_or_model, "config", config_or_model)
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    if arch is None and isinstance(config_or_model, torch.nn.Module):
+        arch = type(config_or_model).__name__
+    if arch in _ARCHITECTURES:
+        return _TASKS[_ARCHITECTURES[arch]]
+    for suffix, task in _SUFFIXES:
+        if arch is not None and arch.endswith(suffix):
+            return _TASKS[task]
+    if arch is None and getattr(config, "model_type", None) is not None:
+        # A config built from fields (no architectures): the class star-merge builds for it decides.
+        from ..modeling import model_class_for
+
+        try:
+            arch = model_class_for(config).__name__
+        except ValueError:
+            arch = None
+        if arch is not None:
+            return task_for(_Named(arch))
+    raise TaskError(
+        f"cannot tell the task of architecture {arch!r} (model_type {getattr(config, 'model_type', None)!r}); "
+        f"name it with --task ({', '.join(sorted(_TASKS))})"
+    )
+
+
+class _Named:  # a stand-in config naming one architecture
+    def __init__(self, arch: str):
+        self.architectures = [arch]

@@ -1,0 +1,56 @@
+"""The Trainer-shaped API: a star trained in a few lines of user code is linearly connected to its anchors."""
+
+import torch
+from torch import nn
+
+import star_merge as sm
+from star_merge.data import DataArguments, load_task_dataset
+from star_merge.models import StarMLPConfig
+from star_merge.population import train_population
+from star_merge.population.training import TrainArguments
+
+
+def _ce(model, state_dict, x, y) -> float:
+    """Test cross-entropy of ``model`` loaded with ``state_dict``, computed directly (no star_merge code)."""
+    model.load_state_dict(state_dict)
+    with torch.no_grad():
+        return float(nn.functional.cross_entropy(model.eval()(input_values=x).logits, y))
+
+
+def _lerp(a, b, t):
+    return {k: torch.lerp(a[k].float(), b[k].float(), t) for k in a}
+
+
+def test_trainer_shaped_api_learns_a_star_connected_to_its_anchors(tmp_path):
+    dataset = load_task_dataset(DataArguments(num_samples=1000))
+    members = train_population(StarMLPConfig(hidden_sizes=[64]), dataset, str(tmp_path / "pop"), 2, 0,
+                               TrainArguments(num_train_epochs=8, learning_rate=3e-3, per_device_train_batch_size=64),
+                               progress=False)
+    paths = [m.path for m in members]
+
+    # ---- user code: the whole Starlight run
+    args = sm.StarlightConfig(num_train_epochs=6, learning_rate=3e-3, per_device_train_batch_size=64, seed=0)
+    trainer = sm.StarlightTrainer(args=args, anchors=paths, train_dataset=dataset["train"])
+    result = trainer.train()
+    trainer.save_model(str(tmp_path / "star"))
+    # ----
+
+    star_sd = {k: v.clone() for k, v in result.model.state_dict().items()}
+    from star_merge.modeling import load_checkpoint
+
+    reloaded = load_checkpoint(str(tmp_path / "star"))
+    assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in star_sd.items())
+
+    test = dataset["test"].with_format("torch")
+    rows = test[:]
+    x, y = rows["input_values"], rows["labels"]
+    anchors = [load_checkpoint(p).state_dict() for p in paths]
+    container = load_checkpoint(paths[0])
+    naive_mid = _ce(container, _lerp(anchors[0], anchors[1], 0.5), x, y)
+    spec = sm.spec_for(container)
+    for name, sd in zip(trainer.anchor_names, anchors):
+        aligned = sm.apply_permutation(spec, result.perms[name], sd)
+        # t = 1 is the anchor itself: permuting it changes nothing about its function
+        assert abs(_ce(container, aligned, x, y) - _ce(container, sd, x, y)) < 1e-4
+        star_path = max(_ce(container, _lerp(star_sd, aligned, t), x, y) for t in (0.25, 0.5, 0.75))
+        assert star_path < naive_mid, (name, star_path, naive_mid)
