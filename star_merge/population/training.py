@@ -57,12 +57,16 @@ def train_classifier(model, dataset, args: TrainArguments, seed: int, device=Non
     task = task if task is not None else task_for(model)
     device = torch.device(device or "cpu")
     model.to(device).train()
-    loader = make_dataloader(dataset["train"], args.per_device_train_batch_size, shuffle=True, seed=seed)
+    collator = task.collator
+    loader = make_dataloader(dataset["train"], args.per_device_train_batch_size, shuffle=True, seed=seed,
+                             collate_fn=collator)
     opt = make_optimizer(model.parameters(), args.optimizer, args.learning_rate, args.weight_decay)
     sched = make_scheduler(opt, args.lr_scheduler_type, args.num_train_epochs * len(loader))
     bar = tqdm(total=args.num_train_epochs * len(loader), desc=desc or f"training seed {seed}", disable=not progress, leave=False)
-    for _ in range(args.num_train_epochs):
+    for epoch in range(args.num_train_epochs):
         model.train()
+        if hasattr(collator, "set_epoch"):  # a masked LM draws a fresh masking per epoch
+            collator.set_epoch(epoch)
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = task.loss(model, batch)

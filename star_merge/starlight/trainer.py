@@ -276,6 +276,8 @@ class StarlightTrainer:
             self.align_anchors(self.flat_star.theta, state, acc.is_local_main_process)
             state.aligned_epoch = epoch
         self.train_loader.set_epoch(epoch)
+        if hasattr(self.data_collator, "set_epoch"):  # masked LMs: the masking is a function of the epoch
+            self.data_collator.set_epoch(epoch)
         loader = (acc.skip_first_batches(self.train_loader, state.batches_in_epoch) if state.batches_in_epoch
                   else self.train_loader)
         self.model.train()
