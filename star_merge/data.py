@@ -52,10 +52,22 @@ class DataArguments:
     test_split: str = field(default="test", metadata={"help": "Split used for evaluation."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the train split."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the test split."})
+    task: str | None = field(
+        default=None,
+        metadata={"help": "The task (causal-lm, masked-lm, sequence-classification, ...); default: from the "
+                          "anchors' architecture."},
+    )
+    text_column: str = field(default="text", metadata={"help": "Language models: the column holding raw text."})
+    block_size: int = field(default=128, metadata={"help": "Language models: tokens per training/eval block."})
+    mlm_probability: float = field(default=0.15, metadata={"help": "Masked LMs: fraction of tokens masked."})
 
     def __post_init__(self):
         if self.num_samples < 20:
             raise DatasetError(f"num_samples={self.num_samples} is too small; use at least 20")
+        if self.block_size < 2:
+            raise DatasetError(f"block_size={self.block_size} is too small; use at least 2")
+        if not 0 < self.mlm_probability < 1:
+            raise DatasetError(f"mlm_probability={self.mlm_probability} must lie in (0, 1)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,10 +126,37 @@ def _model_input_name(model_input_name: str | None, columns) -> str:
     raise DatasetError(f"cannot tell the model input column among {list(columns)}; pass --input_column")
 
 
-def load_task_dataset(args: DataArguments, model_input_name: str | None = None):
-    """Load ``args.dataset_name`` as a DatasetDict(train, test) with columns (model input, ``labels``)."""
+def task_and_processor(args: DataArguments, model_path: str | None):
+    """The population's task (``args.task`` or from the checkpoint's architecture) and, for a task that reads raw
+    text (language models), the tokenizer saved with the checkpoint at ``model_path``."""
+    from .modeling import load_config
+    from .tasks import task_for
+
+    if model_path is None:
+        return (task_for(name=args.task) if args.task else None), None
+    task = task_for(load_config(model_path), name=args.task)
+    if getattr(task, "data_kind", None) != "text":
+        return task, None
+    from transformers import AutoTokenizer
+
+    try:
+        return task, AutoTokenizer.from_pretrained(model_path)
+    except Exception as e:  # noqa: BLE001 - one line for a missing / unreadable tokenizer
+        raise DatasetError(f"{model_path} has no usable tokenizer ({str(e).splitlines()[0]}); save the population's "
+                           "tokenizer with each model (tokenizer.save_pretrained)") from None
+
+
+def load_task_dataset(args: DataArguments, model_input_name: str | None = None, task=None, processor=None):
+    """Load ``args.dataset_name`` as a DatasetDict(train, test) with columns (model input, ``labels``).
+
+    A ``task`` that reads raw text (language models) gets the raw splits and ``processor`` (the tokenizer) and
+    returns them tokenised (:meth:`~star_merge.tasks.Task.prepare`); ``max_*_samples`` then count its blocks."""
     from datasets import DatasetDict, load_dataset
 
+    text = getattr(task, "data_kind", None) == "text"
+    if text and args.dataset_name in BUILTIN_DATASETS:
+        raise DatasetError(f"task {task.name!r} needs a text dataset, not the built-in {args.dataset_name!r}; "
+                           "set --dataset_name")
     if args.dataset_name == "mnist1d":
         ds = load_mnist1d(args.num_samples, args.dataset_seed)
     elif args.dataset_name == "digits":
@@ -134,6 +173,9 @@ def load_task_dataset(args: DataArguments, model_input_name: str | None = None):
                     "set --train_split/--test_split"
                 )
         ds = DatasetDict(train=raw[args.train_split], test=raw[args.test_split])
+    if text:
+        ds = task.prepare(ds, processor, args)
+    elif args.dataset_name not in BUILTIN_DATASETS:
         cols = ds["train"].column_names
         if args.label_column not in cols:
             raise DatasetError(

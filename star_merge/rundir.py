@@ -271,9 +271,19 @@ class RunDirectory(RunPaths):
         return DataArguments(**self.manifest["data"])
 
     def load_dataset(self):
-        from .data import load_task_dataset
+        """The run's dataset, prepared as in training (language models: with the first anchor's tokenizer)."""
+        from .data import load_task_dataset, task_and_processor
 
-        return load_task_dataset(self.data_args, self.manifest.get("model_input_name"))
+        task, processor = task_and_processor(self.data_args, self.anchors[0].path if self.anchors else None)
+        return load_task_dataset(self.data_args, self.manifest.get("model_input_name"), task=task,
+                                 processor=processor)
+
+    def task(self):
+        """The run's task (``--task`` if it was given, else from the star's architecture)."""
+        from .modeling import load_config
+        from .tasks import task_for
+
+        return task_for(load_config(self.star_path), name=self.data_args.task)
 
     @property
     def config(self) -> dict[str, Any]:

@@ -76,3 +76,26 @@ def bert_config(vocab_size: int, **kw):
                 intermediate_size=64, max_position_embeddings=64, architectures=["BertForMaskedLM"], pad_token_id=0)
     args.update(kw)
     return BertConfig(**args)
+
+
+def train_lm_population(folder, data_dir, kind: str = "causal", seeds=range(5), epochs: int = 2,
+                        block_size: int = 32, learning_rate: float = 3e-3, vocab_size: int = 300, **config_kw):
+    """Train one tiny LM per seed on the local corpus with star-merge's own trainer; save each with the
+    tokenizer. Returns the checkpoint folders."""
+    from star_merge.data import DataArguments, load_task_dataset
+    from star_merge.modeling import build_model
+    from star_merge.population import save_checkpoint
+    from star_merge.population.training import TrainArguments, train_classifier
+    from star_merge.tasks import task_for
+
+    tokenizer = build_tokenizer(vocab_size)
+    config = (neox_config if kind == "causal" else bert_config)(len(tokenizer), **config_kw)
+    task = task_for(config)
+    data = load_task_dataset(DataArguments(dataset_name=str(data_dir), block_size=block_size), task=task,
+                             processor=tokenizer)
+    args = TrainArguments(num_train_epochs=epochs, learning_rate=learning_rate, per_device_train_batch_size=32)
+    paths = []
+    for seed in seeds:
+        model, _ = train_classifier(build_model(config, seed), data, args, seed=seed, progress=False, task=task)
+        paths.append(save_checkpoint(model, os.path.join(str(folder), f"seed{seed}"), processor=tokenizer))
+    return paths

@@ -181,7 +181,8 @@ def evaluate_run(
 
     star = rd.load_star()
     dataset = rd.load_dataset()
-    check_labels(dataset, star.config.num_labels)
+    task = rd.task()
+    task.check_dataset(dataset, star.config)
     data = EvalData(dataset, accelerator, batch_size, SPLITS)
     spec = spec_for(star)
 

@@ -82,8 +82,10 @@ def train_classifier(model, dataset, args: TrainArguments, seed: int, device=Non
     return model.eval(), {"test_loss": test_loss, "test_accuracy": test_acc, "seed": seed}
 
 
-def save_checkpoint(model, output_dir: str, extra_json: dict | None = None, overwrite: bool = False) -> str:
-    """``save_pretrained`` into a temp folder beside ``output_dir``, then rename it into place (atomic)."""
+def save_checkpoint(model, output_dir: str, extra_json: dict | None = None, overwrite: bool = False,
+                    processor=None) -> str:
+    """``save_pretrained`` into a temp folder beside ``output_dir``, then rename it into place (atomic);
+    ``processor`` (a tokenizer) is saved with the weights."""
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir):
         if not overwrite:
@@ -92,6 +94,8 @@ def save_checkpoint(model, output_dir: str, extra_json: dict | None = None, over
 
     with atomic_folder(output_dir) as tmp:
         model.save_pretrained(tmp)
+        if processor is not None:
+            processor.save_pretrained(tmp)
         if extra_json:
             with open(os.path.join(tmp, "training_info.json"), "w") as f:
                 json.dump(extra_json, f, indent=2)

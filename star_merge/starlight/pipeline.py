@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .. import __version__
-from ..data import DataArguments, check_labels, load_task_dataset
+from ..data import DataArguments, check_labels, load_task_dataset, task_and_processor
 from ..modeling import load_checkpoint, load_config
 from ..tasks import task_for
 from ..rundir import Member, RunPaths, atomic_write_json, save_permutations
@@ -113,17 +113,20 @@ def run_starlight_pipeline(
     if pop.held_out and not pop.anchors:
         raise RunError("--held_out without --anchors: give both, or neither to train the built-in population")
 
-    with accelerator.main_process_first():
-        dataset = load_task_dataset(data_args)
-
-    # ---- the population
+    # ---- the population (given: the task and its tokenizer come from the first anchor)
+    processor = None
     if pop.anchors:
         members = _resolve_given(pop, accelerator)
         if not pop.held_out:
             logger.warning("no --held_out models: star<->held-out barriers cannot be measured")
         model_config = load_config(members[0].path)
-        check_labels(dataset, model_config.num_labels)
+        task, processor = task_and_processor(data_args, members[0].path)
+        with accelerator.main_process_first():
+            dataset = load_task_dataset(data_args, task=task, processor=processor)
+        task.check_dataset(dataset, model_config)
     else:
+        with accelerator.main_process_first():
+            dataset = load_task_dataset(data_args)
         model_config = pop.build_config(num_labels=dataset["train"].features["labels"].num_classes
                                         if hasattr(dataset["train"].features["labels"], "num_classes") else None)
         check_labels(dataset, model_config.num_labels)
@@ -137,7 +140,7 @@ def run_starlight_pipeline(
                                        pop.train_args(), seed=pop.population_seed, progress=False)
     # Anchors are read one at a time into the trainer's anchor matrix (one copy per anchor in memory).
     anchor_sds = [(m.name, functools.partial(_load_state_dict, m.path)) for m in members if m.role == "anchor"]
-    task = task_for(model_config)
+    task = task_for(model_config, name=data_args.task)
 
     if accelerator.is_main_process and config.overwrite_output_dir and not config.resume_from_checkpoint:
         _clear_results(config.output_dir)
@@ -163,7 +166,7 @@ def run_starlight_pipeline(
     train_seconds = time.time() - started
 
     if accelerator.is_main_process:
-        save_checkpoint(result.model, paths.star_path, overwrite=True,
+        save_checkpoint(result.model, paths.star_path, overwrite=True, processor=processor,
                         extra_json={"history": result.history, "starlight": config.to_dict()})
         save_permutations(paths.permutations_path, result.perms)
         manifest.update(status="trained", history=result.history, train_seconds=round(train_seconds, 1))
