@@ -78,6 +78,14 @@ class LanguageModelingTask(Task):
         logits, targets = self.token_logits(self.logits(model, batch), self.targets(batch))
         return nn.functional.cross_entropy(logits, targets.long(), ignore_index=-100)
 
+    def predict_rows(self, model, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log_probs [B, T', V], targets [B, T'])`` per example (``T' = T - 1`` for a causal LM), ``-100`` kept:
+        the evaluation engine gathers these across processes by example, then flattens to tokens."""
+        logits, targets = self.logits(model, batch), self.targets(batch)
+        if self.causal:
+            logits, targets = logits[:, :-1, :], targets[:, 1:]
+        return logits.log_softmax(-1), targets
+
     def predict(self, model, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log_probs [N, V], targets [N])`` over the batch's target tokens (``-100`` positions dropped)."""
         logits, targets = self.token_logits(self.logits(model, batch), self.targets(batch))
