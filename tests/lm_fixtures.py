@@ -44,13 +44,13 @@ def write_corpus(folder, test_every: int = 5) -> str:
 
 
 def build_tokenizer(vocab_size: int = 300):
-    """A byte-level-free BPE over the corpus with BERT-style specials, wrapped in PreTrainedTokenizerFast."""
+    """A BPE over the corpus (Metaspace words) with BERT-style specials, wrapped in PreTrainedTokenizerFast."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.decoder = decoders.BPEDecoder()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False)
     tok.train_from_iterator(corpus_lines(), trainer)
     tok.post_processor = processors.TemplateProcessing(
@@ -79,7 +79,8 @@ def bert_config(vocab_size: int, **kw):
 
 
 def train_lm_population(folder, data_dir, kind: str = "causal", seeds=range(5), epochs: int = 2,
-                        block_size: int = 32, learning_rate: float = 3e-3, vocab_size: int = 300, **config_kw):
+                        block_size: int = 32, learning_rate: float = 3e-3, vocab_size: int = 300,
+                        max_train_samples: int | None = None, **config_kw):
     """Train one tiny LM per seed on the local corpus with star-merge's own trainer; save each with the
     tokenizer. Returns the checkpoint folders."""
     from star_merge.data import DataArguments, load_task_dataset
@@ -91,8 +92,9 @@ def train_lm_population(folder, data_dir, kind: str = "causal", seeds=range(5), 
     tokenizer = build_tokenizer(vocab_size)
     config = (neox_config if kind == "causal" else bert_config)(len(tokenizer), **config_kw)
     task = task_for(config)
-    data = load_task_dataset(DataArguments(dataset_name=str(data_dir), block_size=block_size), task=task,
-                             processor=tokenizer)
+    data = load_task_dataset(DataArguments(dataset_name=str(data_dir), block_size=block_size,
+                                           max_train_samples=max_train_samples, max_eval_samples=64),
+                             task=task, processor=tokenizer)
     args = TrainArguments(num_train_epochs=epochs, learning_rate=learning_rate, per_device_train_batch_size=32)
     paths = []
     for seed in seeds:

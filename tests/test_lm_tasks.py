@@ -101,3 +101,72 @@ def test_masked_loss_by_hand():
     batch = {"input_ids": torch.tensor([[4, 4, 4]]), "labels": torch.tensor([[1, -100, 2]])}
     expected = -(math.log(0.25) + math.log(1 / 3)) / 2  # position 0 -> 1, position 2 -> 2; position 1 ignored
     assert math.isclose(float(task.loss(Fixed(), batch)), expected, rel_tol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def test_group_texts_is_run_clm_grouping():
+    from star_merge.tasks.lm_data import group_texts
+
+    out = group_texts({"input_ids": [[1, 2, 3], [4, 5], [6, 7, 8, 9]], "attention_mask": [[1] * 3, [1] * 2, [1] * 4]}, 4)
+    assert out["input_ids"] == [[1, 2, 3, 4], [5, 6, 7, 8]]  # 9 is the dropped remainder
+    assert out["attention_mask"] == [[1] * 4, [1] * 4]
+
+
+def test_masking_semantics_and_purity():
+    from star_merge.tasks.lm_data import Masking, mask_tokens
+
+    m = Masking(mask_token_id=4, vocab_size=1000, probability=0.15, seed=7)
+    ids = _batch(1000, 3, b=64, t=128)
+    special = torch.zeros_like(ids)
+    special[:, 0] = special[:, -1] = 1
+    x, y = mask_tokens(ids, special, m, epoch=0)
+    target = y != -100
+    assert not target[:, 0].any() and not target[:, -1].any()  # special tokens are never targets
+    assert torch.equal(y[target], ids[target])  # targets are the original tokens
+    assert torch.equal(x[~target], ids[~target])  # nothing else changes
+    rate = target.sum().item() / (64 * 126)
+    assert 0.13 < rate < 0.17
+    n = target.sum().item()
+    masked = (x[target] == 4).sum().item() / n
+    kept = (x[target] == ids[target]).sum().item() / n
+    assert 0.76 < masked < 0.84 and 0.07 < kept < 0.14  # 80 % [MASK], 10 % random, 10 % (plus random hits) kept
+    # a pure function of (seed, epoch, block): the same again, a row alone the same as in its batch,
+    # another epoch or seed different
+    assert all(torch.equal(a, b) for a, b in zip((x, y), mask_tokens(ids, special, m, epoch=0)))
+    x5, y5 = mask_tokens(ids[5:6], special[5:6], m, epoch=0)
+    assert torch.equal(x5[0], x[5]) and torch.equal(y5[0], y[5])
+    assert not torch.equal(mask_tokens(ids, special, m, epoch=1)[1], y)
+    assert not torch.equal(mask_tokens(ids, special, Masking(4, 1000, 0.15, 8), epoch=0)[1], y)
+
+
+def test_text_dataset_prepared_into_blocks(tmp_path):
+    from star_merge.data import DataArguments, DatasetError, load_task_dataset
+    from star_merge.tasks.lm_data import EVAL_EPOCH, masking_for, mask_tokens, originals
+
+    for split, text in (("train", "the cat sat on the mat\nthe dog sat too\n"), ("test", "a cat and a dog\n")):
+        (tmp_path / f"{split}.txt").write_text(text * 20)
+    tok = build_tokenizer(60)
+    causal = load_task_dataset(DataArguments(dataset_name=str(tmp_path), block_size=8), task=task_for(name="causal-lm"),
+                               processor=tok)
+    expected = tok("the cat sat on the mat", add_special_tokens=False)["input_ids"]
+    first = causal["train"][0]
+    assert first["input_ids"] == first["labels"] and len(first["input_ids"]) == 8
+    assert first["input_ids"][: min(8, len(expected))] == expected[:8]
+    total = sum(len(tok(line, add_special_tokens=False)["input_ids"]) for line in ["the cat sat on the mat",
+                                                                                   "the dog sat too"] * 20)
+    assert len(causal["train"]) == total // 8
+    masked_task = task_for(name="masked-lm")
+    args = DataArguments(dataset_name=str(tmp_path), block_size=8)
+    mlm = load_task_dataset(args, task=masked_task, processor=tok)
+    row = mlm["test"].with_format("torch")[:4]
+    orig = originals(row)
+    # the stored masking is the fixed evaluation masking of the original blocks
+    ids, labels = mask_tokens(orig, row["special_tokens_mask"], masking_for(tok, args), EVAL_EPOCH)
+    assert torch.equal(ids, row["input_ids"]) and torch.equal(labels, row["labels"])
+    assert orig[0, 0] == tok.cls_token_id  # special tokens added per text, never targets
+    with pytest.raises(DatasetError, match="--text_column"):
+        load_task_dataset(DataArguments(dataset_name=str(tmp_path), text_column="body"), task=masked_task,
+                          processor=tok)
+    with pytest.raises(DatasetError, match="block_size"):
+        load_task_dataset(DataArguments(dataset_name=str(tmp_path), block_size=100000), task=masked_task,
+                          processor=tok)

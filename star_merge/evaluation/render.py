@@ -118,7 +118,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if unit == "token":
         lines.insert(3, f"Task: {task.get('name')}; losses are cross-entropy per target token (nats), accuracy is "
                         "top-1 token accuracy, perplexity = exp(per-token CE).")
-        lines.insert(4, "")
+        lines.insert(3, "")
     lines += [
         "",
         f"- star / ordinary {loss_w}-barrier ratio: train {format_value(ratio.get('train'))}, "
