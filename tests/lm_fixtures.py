@@ -43,8 +43,9 @@ def write_corpus(folder, test_every: int = 5) -> str:
     return str(folder)
 
 
-def build_tokenizer(vocab_size: int = 300):
-    """A BPE over the corpus (Metaspace words) with BERT-style specials, wrapped in PreTrainedTokenizerFast."""
+def build_tokenizer(vocab_size: int = 300, bert_template: bool = True):
+    """A BPE over the corpus (Metaspace words) with BERT-style specials, wrapped in PreTrainedTokenizerFast;
+    ``bert_template`` adds [CLS] … [SEP] around every text (a masked LM's tokenizer; a causal LM's adds nothing)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -53,8 +54,10 @@ def build_tokenizer(vocab_size: int = 300):
     tok.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False)
     tok.train_from_iterator(corpus_lines(), trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    if bert_template:
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]")
 
@@ -89,7 +92,7 @@ def train_lm_population(folder, data_dir, kind: str = "causal", seeds=range(5), 
     from star_merge.population.training import TrainArguments, train_classifier
     from star_merge.tasks import task_for
 
-    tokenizer = build_tokenizer(vocab_size)
+    tokenizer = build_tokenizer(vocab_size, bert_template=kind != "causal")
     config = (neox_config if kind == "causal" else bert_config)(len(tokenizer), **config_kw)
     task = task_for(config)
     data = load_task_dataset(DataArguments(dataset_name=str(data_dir), block_size=block_size,

@@ -145,7 +145,7 @@ def test_text_dataset_prepared_into_blocks(tmp_path):
 
     for split, text in (("train", "the cat sat on the mat\nthe dog sat too\n"), ("test", "a cat and a dog\n")):
         (tmp_path / f"{split}.txt").write_text(text * 20)
-    tok = build_tokenizer(60)
+    tok = build_tokenizer(60, bert_template=False)
     causal = load_task_dataset(DataArguments(dataset_name=str(tmp_path), block_size=8), task=task_for(name="causal-lm"),
                                processor=tok)
     expected = tok("the cat sat on the mat", add_special_tokens=False)["input_ids"]
@@ -156,6 +156,7 @@ def test_text_dataset_prepared_into_blocks(tmp_path):
                                                                                    "the dog sat too"] * 20)
     assert len(causal["train"]) == total // 8
     masked_task = task_for(name="masked-lm")
+    tok = build_tokenizer(60)  # a BERT-style tokenizer: [CLS] text [SEP]
     args = DataArguments(dataset_name=str(tmp_path), block_size=8)
     mlm = load_task_dataset(args, task=masked_task, processor=tok)
     row = mlm["test"].with_format("torch")[:4]
@@ -170,3 +171,30 @@ def test_text_dataset_prepared_into_blocks(tmp_path):
     with pytest.raises(DatasetError, match="block_size"):
         load_task_dataset(DataArguments(dataset_name=str(tmp_path), block_size=100000), task=masked_task,
                           processor=tok)
+
+
+# ---------------------------------------------------------------------------------------------- memory
+def test_half_precision_anchors_stay_half_precision_in_host_memory():
+    """A bf16 population is held as bf16 rows (not widened); the step still interpolates in θ's float32."""
+    from star_merge.modeling import build_model
+    from star_merge.starlight import StarlightConfig, StarlightTrainer
+
+    config = neox_config(40)
+    anchors = [(f"a{i}", {k: v.to(torch.bfloat16) for k, v in build_model(config, i).state_dict().items()})
+               for i in range(2)]
+    data = {"input_ids": [[1, 2, 3, 4]] * 4}
+    from datasets import Dataset
+
+    ds = Dataset.from_dict(data)
+    args = StarlightConfig(output_dir=None, num_train_epochs=1)
+    trainer = StarlightTrainer(model=config, args=args, anchors=anchors, train_dataset=ds)
+    assert trainer.anchors.dtype == torch.bfloat16
+    flat = trainer.layout.flatten(anchors[1][1], dtype=torch.float32)
+    assert torch.equal(trainer.anchors[1].float(), flat)  # bf16 -> bf16 is exact
+    mixed = [anchors[0], ("f32", build_model(config, 5).state_dict())]
+    trainer = StarlightTrainer(model=config, args=args, anchors=mixed, train_dataset=ds)
+    assert trainer.anchors.dtype == torch.float32
+    trainer = StarlightTrainer(model=config, args=args, anchors=anchors, train_dataset=ds)
+    result = trainer.train()  # steps run: bf16 rows, float32 θ and interpolation
+    assert all(v.dtype == torch.float32 for v in result.model.state_dict().values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in result.model.state_dict().values() if v.is_floating_point())

@@ -2,8 +2,8 @@
 
 Causal LM: every split's text is tokenised, concatenated and cut into blocks of ``block_size`` tokens (the
 remainder dropped), exactly the grouping of transformers' ``run_clm.py``; ``labels`` are the block itself (the
-loss shifts them). Masked LM: the same grouping (special tokens added per text, as ``run_mlm.py`` does without
-``--line_by_line``), then :func:`mask_tokens` with ``DataCollatorForLanguageModeling``'s semantics (15 % of the
+loss shifts them). Both tokenise each text as the tokenizer does by default (special tokens included: none for
+GPT-NeoX / GPT-2, ``[CLS] … [SEP]`` for BERT, as ``run_mlm.py`` without ``--line_by_line``). Masked LM: the same grouping, then :func:`mask_tokens` with ``DataCollatorForLanguageModeling``'s semantics (15 % of the
 non-special tokens are targets; of those 80 % become ``[MASK]``, 10 % a random token, 10 % stay). The masking of
 one block is a pure function of ``(seed, epoch, the block's tokens)``: training draws a fresh masking per epoch
 (:class:`MaskingCollator`, told the epoch by the trainer) and so resumes exactly; the stored splits carry one
@@ -111,8 +111,7 @@ def prepare_lm_dataset(dataset_dict, tokenizer, data_args, causal: bool):
             raise DatasetError(f"split {split!r} has no text column {column!r} (columns: {ds.column_names}); "
                                "set --text_column")
         texts = [t for t in ds[column] if t and t.strip()]
-        enc = tokenizer(texts, return_special_tokens_mask=not causal, add_special_tokens=not causal,
-                        return_attention_mask=True)
+        enc = tokenizer(texts, return_special_tokens_mask=not causal, return_attention_mask=True)
         cols = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask")
                 if k in enc}
         blocks = group_texts(cols, block_size)
