@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     flags = ["--anchors", *members[:3], "--held_out", *members[3:], "--dataset_name", corpus,
              "--block_size", str(args.block_size), "--num_train_epochs", str(args.starlight_epochs),
              "--per_device_train_batch_size", "32", "--learning_rate", "1e-3", "--max_eval_samples", "128",
-             "--eval_num_points", "11", "--bma_samples", "4", "--output_dir", os.path.join(out, "run"),
+             "--eval_num_points", "6", "--bma_samples", "4", "--output_dir", os.path.join(out, "run"),
              "--overwrite_output_dir"]
     if limit:
         flags += ["--max_train_samples", str(limit)]

@@ -168,3 +168,23 @@ def test_masked_lm_resume_after_crash_is_bit_identical(tmp_path, monkeypatch, ma
                                task=task).train()
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a), "the resumed MLM star differs from the uninterrupted one"
+
+
+def test_barrier_between_two_causal_lms_is_per_token(causal_population, corpus):
+    """`star-merge barrier` on LM checkpoints: per-token CE along the path; endpoints equal the models' own loss."""
+    from star_merge.data import DataArguments, load_task_dataset, task_and_processor
+    from star_merge.evaluation import evaluate_loss_accuracy
+    from star_merge.evaluation.barrier import barrier_between
+    from star_merge.data import make_dataloader
+    from star_merge.modeling import load_checkpoint
+
+    args = DataArguments(dataset_name=corpus, block_size=BLOCK, max_train_samples=16, max_eval_samples=16)
+    result = barrier_between(causal_population[0], causal_population[1], args, num_points=3, progress=False)
+    task, tok = task_and_processor(args, causal_population[0])
+    test = load_task_dataset(args, task=task, processor=tok)["test"]
+    a = load_checkpoint(causal_population[0])
+    with torch.no_grad():  # the models' own labels= loss, token-weighted over the split
+        total = sum(float(a(input_ids=b["input_ids"], labels=b["labels"]).loss) * b["input_ids"].shape[0]
+                    for b in make_dataloader(test, 4))
+    assert math.isclose(result.curves["test"].losses[0], total / len(test), rel_tol=1e-5)
+    assert result.curves["test"].losses[0] == pytest.approx(evaluate_loss_accuracy(a, make_dataloader(test, 8))[0])

@@ -155,6 +155,7 @@ def measure_barrier(
     accelerator=None,
     names: Sequence[str] = ("A", "B"),
     progress: bool = True,
+    task=None,
 ) -> BarrierResult:
     """Align B to A, then measure loss/accuracy along the line A -> B on ``splits`` of ``dataset``.
 
@@ -178,7 +179,7 @@ def measure_barrier(
         model_a, model_b, align, seed=seed, dataloader=data.bn_loader, progress=progress
     )
     try:
-        curves = interpolation_curves(model_a, sd_a, sd_b, data, num_points, progress=progress)
+        curves = interpolation_curves(model_a, sd_a, sd_b, data, num_points, progress=progress, task=task)
     finally:
         model_a.load_state_dict(sd_a)
     return BarrierResult(names[0], names[1], curves, alignment, has_batchnorm(model_a))
@@ -191,13 +192,15 @@ def barrier_between(
     **kwargs,
 ) -> BarrierResult:
     """Load two checkpoints (folders or Hub ids) and :func:`measure_barrier` on ``data_args`` (default MNIST-1D)."""
-    from ..data import DataArguments, check_labels, load_task_dataset
+    from ..data import DataArguments, load_task_dataset, task_and_processor
 
     model_a = load_model(checkpoint_a)
     model_b = load_model(checkpoint_b)
     check_same_architecture(model_a, model_b, (checkpoint_a, checkpoint_b))
     data_args = data_args or DataArguments()
-    dataset = load_task_dataset(data_args, getattr(model_a, "main_input_name", None))
-    check_labels(dataset, model_a.config.num_labels)
+    task, processor = task_and_processor(data_args, model_a.name_or_path)  # LMs: A's tokenizer
+    dataset = load_task_dataset(data_args, getattr(model_a, "main_input_name", None), task=task, processor=processor)
+    task.check_dataset(dataset, model_a.config)
+    kwargs.setdefault("task", task)
     kwargs.setdefault("names", (checkpoint_a, checkpoint_b))
     return measure_barrier(model_a, model_b, dataset, **kwargs)
