@@ -1,6 +1,6 @@
 """Learn a star model with Starlight, from a population on the Hub, in local folders, or trained here.
 
-    # the built-in demo: MNIST-1D, star-mlp, 10 anchors + 5 held-out models, ~6 minutes on 2 CPU cores
+    # the built-in demo: MNIST-1D, the BatchNorm CNN star-cnn1d, 10 anchors + 5 held-out models (≈10 min on 2 CPU cores)
     accelerate launch recipes/star.py
 
     # a named configuration; flags override its values
@@ -14,7 +14,7 @@
     accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/star.py
 
     # resume after a crash
-    accelerate launch recipes/star.py --resume_from_checkpoint latest --output_dir outputs/mnist1d_mlp
+    accelerate launch recipes/star.py --resume_from_checkpoint latest --output_dir outputs/mnist1d_cnn1d_demo
 
 Writes the run directory described in docs/run_directory.md.
 """
@@ -22,12 +22,15 @@ Writes the run directory described in docs/run_directory.md.
 import os
 import sys
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "mnist1d_mlp.yaml")
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "mnist1d_cnn1d_demo.yaml")
 
 
 def main(argv=None) -> int:
     from star_merge.errors import run_reporting_user_errors
+    from star_merge.launch import die_with_parent, under_launcher
 
+    if under_launcher():
+        die_with_parent()  # killing `accelerate launch` ends this process too
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" not in argv:  # no config named: the built-in demo's values are the defaults
         argv = ["--config", DEFAULT_CONFIG, *argv]
@@ -47,7 +50,7 @@ def _run(argv) -> int:
     parser = ArgumentsParser([StarlightConfig, DataArguments, PopulationArguments, RunArguments], prog="recipes/star.py")
     (config, data_args, pop, run_args), name = parser.parse(argv)
     if config.output_dir is None:
-        config.output_dir = os.path.join("outputs", name or "mnist1d_mlp")
+        config.output_dir = os.path.join("outputs", name or "mnist1d_cnn1d_demo")
     report = run_starlight_pipeline(config, data_args, pop, run_args)
     if not PartialState().is_main_process:
         return 0

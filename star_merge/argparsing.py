@@ -71,8 +71,13 @@ class ArgumentsParser(HfArgumentParser):
         if config_path is not None:
             if not os.path.isfile(config_path):
                 raise ConfigError(f"config file {config_path} does not exist")
-            with open(config_path) as f:
-                values = yaml.safe_load(f) or {}
+            try:
+                with open(config_path) as f:
+                    values = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                where = getattr(e, "problem_mark", None)
+                at = f" at line {where.line + 1}" if where is not None else ""
+                raise ConfigError(f"{config_path} is not valid YAML{at}; fix it or pass the values as flags") from None
             if not isinstance(values, dict):
                 raise ConfigError(f"{config_path} must hold a YAML mapping of argument names to values")
             unknown = sorted(set(values) - self._known_fields())

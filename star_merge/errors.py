@@ -2,22 +2,29 @@
 
 ``cli.py`` and both recipes call :func:`run_reporting_user_errors`; library code raises ordinary exceptions
 (``ValueError`` subclasses, ``FileNotFoundError``, ``FileExistsError``, ...) whose message says what to fix.
+A full disk (``ENOSPC``/``EDQUOT``, also as safetensors' ``StorageFull``) is a user error too. Anything else
+is a bug and keeps its traceback. Under ``python -m star_merge.launch`` the line is also written to
+``$STAR_MERGE_ERROR_FILE`` so the launcher can exit 2 without Accelerate's traceback.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from typing import Callable
 
-__all__ = ["UserError", "USER_ERRORS", "user_error_message", "run_reporting_user_errors"]
+__all__ = ["UserError", "USER_ERRORS", "user_error_message", "user_error_line", "report_user_error",
+           "run_reporting_user_errors"]
 
 
 class UserError(ValueError):
     """Base of star-merge's own errors about bad input (arguments, files, data)."""
 
 
-USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError,
-               PermissionError)
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               KeyError, PermissionError)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def user_error_message(e: BaseException) -> str:
@@ -27,13 +34,44 @@ def user_error_message(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def user_error_line(e: BaseException) -> str | None:
+    """The one line to print for an expected failure ``e``; None when ``e`` is a bug (keep the traceback)."""
+    text = str(e)
+    if (isinstance(e, OSError) and e.errno in _DISK_FULL) or "No space left on device" in text \
+            or "StorageFull" in text:
+        where = f" writing {e.filename}" if isinstance(e, OSError) and e.filename else ""
+        return (f"no space left on device{where}; free some space and rerun the same command "
+                "(a Starlight run: add --resume_from_checkpoint latest)")
+    if isinstance(e, USER_ERRORS):
+        return user_error_message(e)
+    for cls in type(e).__mro__:  # the Hub's own user errors (PushError) without importing it here
+        if cls.__name__ == "PushError":
+            return user_error_message(e)
+    return None
+
+
+def report_user_error(line: str, prefix: str = "error: ") -> None:
+    """Print ``line`` to stderr; under star_merge.launch also record it for the launcher."""
+    print(f"{prefix}{line}", file=sys.stderr, flush=True)
+    path = os.environ.get("STAR_MERGE_ERROR_FILE")
+    if path:
+        try:
+            with open(path, "a") as f:
+                f.write(line + "\n")
+        except OSError:
+            pass
+
+
 def run_reporting_user_errors(fn: Callable[[], int | None], prog: str | None = None) -> int:
     """``fn()``'s exit status; a user error is printed as one line ``[PROG: ]error: MESSAGE`` and returns 2."""
     try:
         return int(fn() or 0)
-    except USER_ERRORS as e:
-        print(f"{prog + ': ' if prog else ''}error: {user_error_message(e)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001  (expected failures: one line; bugs are re-raised with their traceback)
+        line = user_error_line(e)
+        if line is None:
+            raise
+        report_user_error(line, prefix=f"{prog + ': ' if prog else ''}error: ")
+        return 2

@@ -41,7 +41,11 @@ def model_class_for(config):
     if arch in BUILTIN_CLASSES:
         return BUILTIN_CLASSES[arch]
     if arch is not None and hasattr(transformers, arch):
-        return getattr(transformers, arch)
+        cls = getattr(transformers, arch)
+        if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+            raise ValueError(f"config.architectures[0] = {arch!r} is not a model class; write the model's class "
+                             "name, e.g. BertForSequenceClassification")
+        return cls
     for auto in (transformers.AutoModelForSequenceClassification, transformers.AutoModel):
         try:
             return auto._model_mapping[type(config)]
@@ -67,7 +71,11 @@ def load_config(path: str):
     from .models import register_builtin_models
 
     register_builtin_models()
-    return AutoConfig.from_pretrained(path)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{os.path.join(path, 'config.json')} cannot be read as a model config ({first})") from None
 
 
 def load_checkpoint(path: str, device="cpu"):

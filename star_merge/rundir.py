@@ -174,14 +174,14 @@ class RunPaths:
         names = sorted(os.listdir(self.path)) if os.path.isdir(self.path) else []
         return [(f, self.join(f)) for f in names
                 if (f in ("report.json", "report.md") or f.lower().endswith(".png")) and not f.startswith(".")
-                and os.path.isfile(self.join(f))]
+                and os.path.isfile(self.join(f)) and not os.path.islink(self.join(f))]  # never a linked file
 
     # Everything a run writes except population/ (which is reusable across runs: members are seeded).
     RESULT_ENTRIES = ("star", "bma", "checkpoints", "logs", MANIFEST_NAME, PERMUTATIONS_NAME, "report.json",
-                      "report.md", "README.md")
+                      "report.md", "README.md", *PLOT_NAMES.values())
 
     def existing_results(self) -> list[str]:
-        return [e for e in self.RESULT_ENTRIES if os.path.exists(self.join(e))]
+        return [e for e in self.RESULT_ENTRIES if os.path.lexists(self.join(e))]
 
     def is_run(self) -> bool:
         return os.path.isfile(self.manifest_path)
@@ -202,8 +202,12 @@ class RunDirectory(RunPaths):
     def __init__(self, path: str):
         super().__init__(path)
         self.require()
-        with open(self.manifest_path) as f:
-            self.manifest: dict[str, Any] = json.load(f)
+        try:
+            with open(self.manifest_path) as f:
+                self.manifest: dict[str, Any] = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.manifest_path} is not valid JSON ({e}); the run directory is damaged, rerun "
+                             "recipes/star.py with --overwrite_output_dir") from None
 
     # ---------------------------------------------------------------- members
     @cached_property
@@ -295,7 +299,14 @@ def load_permutations(path: str) -> dict[str, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
     out: dict[str, dict[str, torch.Tensor]] = {}
-    for k, v in load_file(path).items():
+    try:
+        tensors = load_file(path)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001  (safetensors raises its own error type for a truncated file)
+        raise ValueError(f"{path} is truncated or not a safetensors file ({str(e).strip().splitlines()[0]}); "
+                         "rerun recipes/star.py with --resume_from_checkpoint latest to rewrite it") from None
+    for k, v in tensors.items():
         member, perm = k.split("::", 1)
         out.setdefault(member, {})[perm] = v
     return out

@@ -150,6 +150,21 @@ def test_logits_are_log_mean_softmax_of_the_sampled_members(mlp_run, test_inputs
     torch.testing.assert_close(probs, got.logits.softmax(-1))
 
 
+def test_explicit_samples_at_t1_are_the_deep_ensemble_of_the_raw_anchors(mlp_run, test_inputs):
+    """samples=[[n, 1.0] for every anchor]: the BMA is the mean softmax of the anchors as trained (permutation
+    invariance), computed here from the unpermuted checkpoints, which the BMA code never sees."""
+    run_ = RunDirectory(mlp_run)
+    samples = [[n, 1.0] for n in range(NUM_ANCHORS)]
+    bma = build_bma(run_.load_star(), run_.aligned_anchor_state_dicts(), num_samples=NUM_ANCHORS, samples=samples)
+    assert bma.config.samples == samples
+    with torch.no_grad():
+        raw = torch.stack([run_.load_member(m.name).eval()(input_values=test_inputs).logits for m in run_.anchors])
+        got = bma(input_values=test_inputs).logits
+    torch.testing.assert_close(got, _log_mean_softmax(raw), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="samples lists 2 points"):
+        build_bma(run_.load_star(), run_.aligned_anchor_state_dicts(), num_samples=3, samples=samples[:2])
+
+
 def test_same_seed_same_bma_other_seed_other_samples(mlp_run, test_inputs, tmp_path):
     a = load_bma(export_bma(mlp_run, str(tmp_path / "a"), num_samples=5, seed=7))
     b = load_bma(export_bma(mlp_run, str(tmp_path / "b"), num_samples=5, seed=7))

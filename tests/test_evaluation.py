@@ -277,6 +277,13 @@ def test_evaluate_run_writes_reports_and_plots(run_dir, trained, dataset, monkey
 
     md = (run_dir / "report.md").read_text()
     assert "| star ↔ held-out | 2 |" in md and "| deep_ensemble | ensemble |" in md
+    # the verdict follows the numbers (recomputed here from the per-model metrics), the train-loss ratio leads
+    anchor_nll = np.mean([m[f"anchor-0{i}"]["test"]["nll"] for i in range(3)])
+    assert s["mean_anchor_test_nll"] == pytest.approx(anchor_nll)
+    good = (m["star"]["test"]["accuracy"] >= s["mean_anchor_test_accuracy"] - 0.01
+            and m["star"]["test"]["nll"] <= anchor_nll)
+    assert ("star is a good solution" if good else "star is NOT a good solution") in md
+    assert md.index("train-loss barrier ratio (paper's metric)") < md.index("test-loss barrier ratio")
     for name in ("interpolation_curves.png", "barrier_distribution.png", "reliability.png"):
         width, height = _png_size(run_dir / name)
         assert 500 <= width <= 1400 and 300 <= height <= 900

@@ -263,6 +263,7 @@ REPORT = {
         "star_test_nll": 0.8125,
         "star_train_loss": 0.25,
         "mean_anchor_test_accuracy": 0.75,
+        "mean_anchor_test_nll": 0.9,
     },
     "models": {
         "star": {"role": "star", "train": {"loss": 0.25, "accuracy": 0.9},
@@ -349,6 +350,7 @@ def test_model_card_metadata_and_model_index_match_the_report(run_dir):
         "Test ECE (star)": star_row["ece"],
         "Train loss (star)": summary["star_train_loss"],
         "Test accuracy (mean anchor, baseline)": summary["mean_anchor_test_accuracy"],
+        "Test NLL (mean anchor, baseline)": summary["mean_anchor_test_nll"],
         "Test loss barrier, star ↔ held-out (mean)": summary["star_vs_held_out"]["test_loss_barrier"]["mean"],
         "Test loss barrier, anchor ↔ held-out (mean, baseline)": summary["anchor_vs_held_out"]["test_loss_barrier"]["mean"],
         "Train loss barrier, star ↔ held-out (mean)": summary["star_vs_held_out"]["train_loss_barrier"]["mean"],
@@ -357,6 +359,10 @@ def test_model_card_metadata_and_model_index_match_the_report(run_dir):
     assert {r.dataset_split for r in data.eval_results if r.metric_name.startswith("Train")} == {"train"}
     assert {r.dataset_type for r in data.eval_results} == {"mnist1d"}
     text = card.text
+    # the paper's metric first; the verdict computed from the numbers: accuracy 74.25% is 0.75 pt below the
+    # anchors' 75% (allowed: 1 pt) and NLL 0.8125 <= 0.9, so the star is good
+    assert text.index("train-loss barrier ratio (paper's metric) 0.075") < text.index("test-loss barrier ratio 0.075")
+    assert "Verdict: star is a good solution" in text
     assert "![barriers](barriers.png)" in text
     assert 'AutoModel.from_pretrained("me/star")' in text and "import star_merge" in text
     assert f"https://huggingface.co/org/mlp-b/tree/{fake_sha('b')}" in text
@@ -449,6 +455,45 @@ def fake_api(monkeypatch):
     return FakeHfApi
 
 
+def test_push_publishes_only_the_runs_own_regular_files(run_dir, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the Hub")
+    os.symlink(secret, os.path.join(run_dir, "star", "tokenizer_config.json"))  # a link to a system file
+    os.symlink(secret, os.path.join(run_dir, "report.md"))
+    with open(os.path.join(run_dir, "star", "notes.txt"), "w") as f:  # a stray file
+        f.write("private")
+    plan = upload_plan(run_dir, "me/star", bma_repo_id="me/star-bma")
+    star = {f.path_in_repo for f in plan if f.repo_id == "me/star"}
+    assert star == {"config.json", "model.safetensors", "barriers.png", "report.json", "README.md"}
+    assert all(f.local_path is None or not os.path.islink(f.local_path) for f in plan)
+
+
+def test_push_refuses_an_unevaluated_run_and_bad_weights(run_dir):
+    report = os.path.join(run_dir, "report.json")
+    good = open(report).read()
+    with open(report, "w") as f:
+        json.dump({"training": {}}, f)  # trained, never evaluated
+    with pytest.raises(PushError) as excinfo:
+        upload_plan(run_dir, "me/star")
+    _one_line_error(excinfo, "not been evaluated")
+    with open(report, "w") as f:
+        f.write(good)
+    weights = os.path.join(run_dir, "star", "model.safetensors")
+    whole = open(weights, "rb").read()
+    with open(weights, "wb") as f:
+        f.write(whole[: len(whole) // 2])  # truncated
+    with pytest.raises(PushError) as excinfo:
+        upload_plan(run_dir, "me/star")
+    _one_line_error(excinfo, "truncated")
+    star = build_model(StarMLPConfig(**MLP), 0)
+    with torch.no_grad():
+        next(star.parameters()).fill_(float("nan"))
+    save_checkpoint(star, os.path.join(run_dir, "star"), overwrite=True)
+    with pytest.raises(PushError) as excinfo:
+        upload_plan(run_dir, "me/star")
+    _one_line_error(excinfo, "non-finite")
+
+
 @pytest.mark.parametrize("private", [False, True])
 def test_push_run_makes_one_commit_per_repo(run_dir, fake_api, private):
     before = _tree_digest(run_dir)
@@ -470,9 +515,10 @@ def test_push_run_makes_one_commit_per_repo(run_dir, fake_api, private):
         assert set(staged) == set(expected)
         for rel, f in expected.items():
             assert len(staged[rel]) == f.size
-            if f.local_path is not None:
+            if f.local_path is not None and not rel.endswith(".json"):
                 with open(f.local_path, "rb") as fh:
                     assert staged[rel] == fh.read()
+            assert b"/cache/snap" not in staged[rel] and str(run_dir).encode() not in staged[rel]  # no local paths
         assert staged["README.md"].startswith(b"---\n")
     assert result["commits"] == {r: f"https://huggingface.co/{r}/commit/{fake_sha(r)}" for r in ("me/star", "me/star-bma")}
     assert _tree_digest(run_dir) == before

@@ -18,7 +18,9 @@ from star_merge.population.training import build_model, save_checkpoint
 from fixtures import tiny_arguments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_FLAGS = ["--num_samples", "1000", "--num_anchors", "2", "--num_held_out", "1", "--population_epochs", "2",
+# a tiny star-mlp run (the default demo config is the CNN's; these tests check the MLP recipe path)
+TINY_FLAGS = ["--config", os.path.join(ROOT, "recipes", "configs", "mnist1d_mlp.yaml"),
+              "--num_samples", "1000", "--num_anchors", "2", "--num_held_out", "1", "--population_epochs", "2",
               "--num_train_epochs", "2", "--model_config", '{"hidden_sizes": [16, 16]}', "--bma_samples", "2",
               "--per_device_train_batch_size", "64", "--population_batch_size", "64"]
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .. import models as _builtin_models  # registers star-mlp / star-cnn1d with the Auto classes
+from .._faults import fault_point
 from ..argparsing import add_command, positional
 from ..rundir import atomic_folder
 from .configuration_star_bma import StarBMAConfig
@@ -55,10 +56,13 @@ def build_bma(
     t_distribution: str = "uniform",
     bn_dataloader: Iterable | None = None,
     bn_max_batches: int | None = None,
+    samples: list | None = None,
 ) -> StarBMAPreTrainedModel:
     """A BMA wrapper (in memory) over the star model ``star`` and ``anchors`` (name -> state dict aligned to it).
 
     BatchNorm members need ``bn_dataloader`` (training data): each sample's statistics are recomputed over it.
+    ``samples``: an explicit ``[[anchor index n, t], ...]`` list of ``num_samples`` points instead of a draw
+    from ``seed`` and ``t_distribution`` (kept in the config as given).
     """
     from ..evaluation.engine import reset_bn_stats
 
@@ -76,6 +80,7 @@ def build_bma(
         t_distribution=t_distribution,
         seed=seed,
         member_names=list(anchors),
+        samples=samples,
     )
     model = HEAD_CLASSES[head](config)
     model.star.fill(star.state_dict(), "the star")
@@ -117,6 +122,7 @@ def save_bma(
             f"AutoModelFor{HEAD_AUTO_SUFFIX[model.head]}": f"modeling_star_bma.{type(model).__name__}",
         }
         model.save_pretrained(tmp, safe_serialization=True)
+        fault_point("export")  # tests: a kill here leaves a half-written .bma.tmp-* folder
         for path in _CODE_FILES:
             shutil.copyfile(path, os.path.join(tmp, os.path.basename(path)))
         if processor is not None:
@@ -126,6 +132,9 @@ def save_bma(
                 src = os.path.join(processor_files_from, name)
                 if os.path.isfile(src):
                     shutil.copyfile(src, os.path.join(tmp, name))
+        card = os.path.join(output_dir, "README.md")  # the model card is not ours to drop on --overwrite
+        if os.path.isfile(card) and not os.path.exists(os.path.join(tmp, "README.md")):
+            shutil.copyfile(card, os.path.join(tmp, "README.md"))
     return output_dir
 
 

@@ -36,13 +36,14 @@ def load_model(ref: str, device="cpu") -> nn.Module:
 
     Resolved by :func:`star_merge.hub.resolve_members` (safetensors only, never remote code).
     """
+    from ..finite import check_finite
     from ..hub import resolve_members
     from ..modeling import load_checkpoint
 
-    if os.path.isdir(ref):
-        return load_checkpoint(ref, device)
-    (member,) = resolve_members([ref], progress=False)
-    return load_checkpoint(member.path, device)
+    path = ref if os.path.isdir(ref) else resolve_members([ref], progress=False)[0].path
+    model = load_checkpoint(path, device)
+    check_finite(model.state_dict(), ref)  # a NaN model has no meaningful barrier
+    return model
 
 
 def _describe(model: nn.Module) -> str:

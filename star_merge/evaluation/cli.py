@@ -11,6 +11,7 @@ from ..data import DataArguments
 from ..rundir import RunPaths
 from .barrier import ALIGN_METHODS, barrier_between
 from .render import format_value
+from .verdict import headline, judge_star
 from .report import GROUPS, SPLITS, evaluate_run
 
 __all__ = ["BarrierArguments", "EvaluateArguments", "make_barrier_parser", "make_evaluate_parser", "run_barrier",
@@ -114,11 +115,11 @@ def run_evaluate(args: EvaluateArguments) -> int:
             st = s[group][f"{split}_loss_barrier"]
             if st["n"]:
                 print(f"{label:>18} {split:>5} loss barrier: {st['mean']:.4f} ± {st['std']:.4f} (n={st['n']})")
-    r = s["loss_barrier_ratio"]
-    print(f"star / ordinary loss-barrier ratio: train {format_value(r['train'])}, test {format_value(r['test'])}")
+    print(f"star / ordinary {headline(s)}")
     print(
         f"test accuracy: star {format_value(s['star_test_accuracy'], True)}%, "
         f"mean anchor {format_value(s['mean_anchor_test_accuracy'], True)}%"
     )
+    print(judge_star(s).text)
     print(f"wrote {RunPaths(args.run_dir).report_json}, report.md and plots")
     return 0

@@ -10,6 +10,8 @@ with accuracies as fractions in [0, 1].
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -50,12 +52,14 @@ def _chord(ts: Sequence[float], values: Sequence[float]) -> list[float]:
 
 def loss_barrier(ts: Sequence[float], losses: Sequence[float]) -> float:
     """``max(0, max_t L(t) - ((1-t) L(0) + t L(1)))``."""
-    return max(0.0, max(l - c for l, c in zip(losses, _chord(ts, losses))))
+    gaps = [l - c for l, c in zip(losses, _chord(ts, losses))]
+    return float("nan") if any(math.isnan(g) for g in gaps) else max(0.0, max(gaps))  # NaN is not "no barrier"
 
 
 def accuracy_barrier(ts: Sequence[float], accuracies: Sequence[float]) -> float:
     """``max(0, max_t ((1-t) A(0) + t A(1)) - A(t))``."""
-    return max(0.0, max(c - a for a, c in zip(accuracies, _chord(ts, accuracies))))
+    gaps = [c - a for a, c in zip(accuracies, _chord(ts, accuracies))]
+    return float("nan") if any(math.isnan(g) for g in gaps) else max(0.0, max(gaps))
 
 
 @dataclass

@@ -11,6 +11,7 @@ import torch
 
 from ..rundir import PLOT_NAMES, RunPaths
 from .summary import BarrierStats, RunSummary
+from .verdict import headline, judge_star
 
 __all__ = ["GROUPS", "SPLITS", "format_value", "render_markdown", "write_outputs"]
 
@@ -114,18 +115,18 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"| {label} | {g.test_loss_barrier.n} | {_pm(g.train_loss_barrier)} | {_pm(g.test_loss_barrier)} "
             f"| {_pm(g.train_accuracy_barrier, True)} | {_pm(g.test_accuracy_barrier, True)} |"
         )
-    ratio = s.loss_barrier_ratio
     if unit == "token":
         lines.insert(3, f"Task: {task.get('name')}; losses are cross-entropy per target token (nats), accuracy is "
                         "top-1 token accuracy, perplexity = exp(per-token CE).")
         lines.insert(3, "")
     lines += [
         "",
-        f"- star / ordinary {loss_w}-barrier ratio: train {format_value(ratio.get('train'))}, "
-        f"test {format_value(ratio.get('test'))}",
-        (f"- star test {'token ' if unit == 'token' else ''}accuracy {format_value(s.star_test_accuracy, True)}% vs mean anchor "
-         f"{format_value(s.mean_anchor_test_accuracy, True)}%; star train loss {format_value(s.star_train_loss)} vs mean "
-         f"anchor {format_value(s.mean_anchor_train_loss)} (a poor star shows low barriers for a bad reason)"),
+        f"- star / ordinary (anchor ↔ held-out) {headline(s)}",
+        f"- **{judge_star(s).text}**",
+        (f"- star test {'token ' if unit == 'token' else ''}accuracy {format_value(s.star_test_accuracy, True)}% vs "
+         f"mean anchor {format_value(s.mean_anchor_test_accuracy, True)}%; test NLL {format_value(s.star_test_nll)} vs "
+         f"mean anchor {format_value(s.mean_anchor_test_nll)}; train {loss_w} {format_value(s.star_train_loss)} vs mean "
+         f"anchor {format_value(s.mean_anchor_train_loss)}"),
     ]
     if unit == "token":
         import math

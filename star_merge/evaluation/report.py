@@ -212,6 +212,9 @@ def evaluate_run(
             },
         }
 
+    from .._faults import fault_point
+
+    fault_point("evaluation")
     # ---- ensembles
     ensembles: dict[str, Any] = {}
     if len(anchors) >= 2:

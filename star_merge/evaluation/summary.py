@@ -64,9 +64,9 @@ class RunSummary:
     star_test_ece: float | None = None
     star_train_loss: float | None = None
     mean_anchor_test_accuracy: float | None = None
+    mean_anchor_test_nll: float | None = None
     mean_anchor_train_loss: float | None = None
     mean_held_out_test_accuracy: float | None = None
-    mean_anchor_test_nll: float | None = None
     mean_held_out_test_nll: float | None = None
     deep_ensemble_test_accuracy: float | None = None
 
@@ -82,9 +82,9 @@ class RunSummary:
             star_test_ece=finite_number(star.get("ece")),
             star_train_loss=finite_number(s.get("star_train_loss")),
             mean_anchor_test_accuracy=finite_number(s.get("mean_anchor_test_accuracy")),
+            mean_anchor_test_nll=finite_number(s.get("mean_anchor_test_nll")),
             mean_anchor_train_loss=finite_number(s.get("mean_anchor_train_loss")),
             mean_held_out_test_accuracy=finite_number(s.get("mean_held_out_test_accuracy")),
-            mean_anchor_test_nll=finite_number(s.get("mean_anchor_test_nll")),
             mean_held_out_test_nll=finite_number(s.get("mean_held_out_test_nll")),
             deep_ensemble_test_accuracy=finite_number(s.get("deep_ensemble_test_accuracy")),
         )

@@ -18,6 +18,7 @@ import re
 from typing import Any, Callable
 
 from ..evaluation.summary import RunSummary, finite_number
+from ..evaluation.verdict import headline, judge_star
 from ..rundir import RunPaths, atomic_write_text
 
 __all__ = [
@@ -67,12 +68,14 @@ CARD_METRICS: list[tuple[str, str, Callable[[RunSummary], float | None]]] = [
     ("ece", "Test ECE (star)", lambda s: s.star_test_ece),
     ("loss", "Train loss (star)", lambda s: s.star_train_loss),
     ("accuracy", "Test accuracy (mean anchor, baseline)", lambda s: s.mean_anchor_test_accuracy),
-    ("loss_barrier", STAR_BARRIER, lambda s: s.group("star_vs_held_out").test_loss_barrier.mean),
-    ("loss_barrier", BASELINE_BARRIER, lambda s: s.group("anchor_vs_held_out").test_loss_barrier.mean),
+    ("nll", "Test NLL (mean anchor, baseline)", lambda s: s.mean_anchor_test_nll),
+    # the paper's metric (train-loss barrier) first, the test-loss barrier beside it
     ("loss_barrier", "Train loss barrier, star ↔ held-out (mean)",
      lambda s: s.group("star_vs_held_out").train_loss_barrier.mean),
     ("loss_barrier", "Train loss barrier, anchor ↔ held-out (mean, baseline)",
      lambda s: s.group("anchor_vs_held_out").train_loss_barrier.mean),
+    ("loss_barrier", STAR_BARRIER, lambda s: s.group("star_vs_held_out").test_loss_barrier.mean),
+    ("loss_barrier", BASELINE_BARRIER, lambda s: s.group("anchor_vs_held_out").test_loss_barrier.mean),
 ]
 
 
@@ -186,19 +189,18 @@ def _fmt(value: Any) -> str:
     return "—" if v is None else f"{v:.4f}"
 
 
-def _results_section(metrics: list) -> list[str]:
+def _results_section(metrics: list, summary: RunSummary) -> list[str]:
     if not metrics:
         return ["No evaluation report yet: run `star-merge evaluate RUN_DIR`, then refresh this card."]
-    lines = ["| metric | value |", "| --- | --- |"]
+    lines = [
+        f"Star ↔ held-out / anchor ↔ held-out {headline(summary)} (lower is better).",
+        "",
+        f"**Verdict: {judge_star(summary).text}.**",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+    ]
     lines += [f"| {r.metric_name} | {_fmt(r.metric_value)} |" for r in metrics]
-    values = {r.metric_name: r.metric_value for r in metrics}
-    star_b, base_b = values.get(STAR_BARRIER), values.get(BASELINE_BARRIER)
-    if star_b is not None and base_b:
-        ratio = (
-            f"Star ↔ held-out barriers are {star_b / base_b:.2f}× the anchor ↔ held-out barriers "
-            "(lower is better; judge them together with the star's own accuracy)."
-        )
-        lines += ["", ratio]
     return lines
 
 
@@ -298,7 +300,7 @@ def build_model_card(
         "",
         "## Results",
         "",
-        *_results_section(metrics),
+        *_results_section(metrics, RunSummary.from_report(report)),
         "",
     ]
     plots = _plots(run_dir)

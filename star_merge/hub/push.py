@@ -1,11 +1,14 @@
 """Publish a run: the star (weights, config, card, plots, report) and optionally the BMA wrapper, one commit per repo.
 
 Nothing in RUN_DIR is written: each repo's files are staged in a temporary folder (symlinks to the run's
-files plus the freshly rendered model card) and uploaded with one ``upload_folder`` call.
+weights, JSON files and the model card rewritten without local paths) and uploaded with one
+``upload_folder`` call. Only an evaluated run with loadable, finite weights is published, and only its own
+regular files (sanitize.py).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -17,7 +20,9 @@ from .bma_card import build_bma_card
 from .model_card import build_model_card
 from ..argparsing import add_command, positional
 from ..errors import UserError
+from ..finite import check_finite_checkpoint
 from ..rundir import RunPaths
+from .sanitize import is_publishable, publish_size, sanitize_json_text, sanitize_text
 from .sources import PICKLE_SUFFIXES
 
 __all__ = ["PlannedFile", "PushArguments", "PushError", "make_parser", "push_run", "run", "upload_plan"]
@@ -46,9 +51,9 @@ def _check_repo_id(repo_id: str, flag: str) -> None:
         raise PushError(f"{flag} {repo_id!r} is not a valid Hub repo id; write org/name (or name for your own namespace)") from None
 
 
-def _folder_files(folder: str) -> list[tuple[str, str]]:
-    """(path relative to folder, absolute path) of the files to publish from ``folder``: no hidden files,
-    no pickles, no model card (rendered separately)."""
+def _folder_files(folder: str, bma: bool = False) -> list[tuple[str, str]]:
+    """(path relative to folder, absolute path) of the files to publish from ``folder``: the run's own
+    regular files only (sanitize.py: no symlinks, no strays), no pickles, no model card (rendered separately)."""
     out = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
@@ -59,20 +64,43 @@ def _folder_files(folder: str) -> list[tuple[str, str]]:
             if name.endswith(PICKLE_SUFFIXES):
                 logger.warning("not publishing %s: star-merge publishes safetensors only", os.path.join(folder, rel))
                 continue
-            out.append((rel, os.path.join(root, name)))
+            if is_publishable(os.path.join(root, name), rel, bma):
+                out.append((rel, os.path.join(root, name)))
     return out
 
 
-def _checkpoint_files(folder: str, what: str, fix: str) -> list[tuple[str, str]]:
+def _checkpoint_files(folder: str, what: str, fix: str, bma: bool = False) -> list[tuple[str, str]]:
     if not os.path.isfile(os.path.join(folder, "config.json")):
         raise PushError(f"{folder} has no config.json, so there is no {what} to publish; {fix}")
-    files = _folder_files(folder)
+    files = _folder_files(folder, bma)
     if not any(rel.endswith(".safetensors") for rel, _ in files):
         raise PushError(f"{folder} has no *.safetensors weights, so there is no {what} to publish; {fix}")
+    try:  # truncated or NaN weights are never published
+        check_finite_checkpoint(folder, f"the {what}")
+    except ValueError as e:
+        raise PushError(f"{e}; nothing was uploaded") from None
     return files
 
 
+def _check_evaluated(run_dir: str) -> None:
+    path = RunPaths(run_dir).report_json
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        report = None
+    if not isinstance(report, dict) or "summary" not in report:
+        raise PushError(f"{run_dir} has not been evaluated ({path} is missing, unreadable or has no summary); "
+                        f"run `star-merge evaluate {run_dir}` (or finish the run with --resume_from_checkpoint "
+                        "latest) before pushing")
+
+
 def _render_cards(run_dir: str, repo_id: str, bma_repo_id: str | None, license: str) -> dict[str, str]:
+    sources = [RunPaths(run_dir).manifest_path, RunPaths(run_dir).report_json]
+    return {k: sanitize_text(v, run_dir, sources) for k, v in _cards(run_dir, repo_id, bma_repo_id, license).items()}
+
+
+def _cards(run_dir: str, repo_id: str, bma_repo_id: str | None, license: str) -> dict[str, str]:
     cards = {
         repo_id: str(build_model_card(run_dir, repo_id=repo_id, license=license, existing=RunPaths(run_dir).card_path))
     }
@@ -100,15 +128,17 @@ def _plan(run_dir: str, repo_id: str, bma_repo_id: str | None, license: str) -> 
     star = _checkpoint_files(
         paths.star_path, "star model", "train one with `accelerate launch recipes/star.py`"
     )
+    _check_evaluated(run_dir)
     extra = paths.report_files()
     cards = _render_cards(run_dir, repo_id, bma_repo_id, license)
-    plan = [PlannedFile(repo_id, rel, path, os.path.getsize(path)) for rel, path in star + extra]
+    plan = [PlannedFile(repo_id, rel, path, publish_size(path, run_dir)) for rel, path in star + extra]
     plan.append(PlannedFile(repo_id, "README.md", None, len(cards[repo_id].encode("utf-8"))))
     if bma_repo_id is not None:
         bma = _checkpoint_files(
-            paths.bma_path, "BMA wrapper", f"export it with `star-merge export-bma {run_dir}` or drop --bma-repo-id"
+            paths.bma_path, "BMA wrapper", f"export it with `star-merge export-bma {run_dir}` or drop --bma-repo-id",
+            bma=True,
         )
-        plan += [PlannedFile(bma_repo_id, rel, path, os.path.getsize(path)) for rel, path in bma]
+        plan += [PlannedFile(bma_repo_id, rel, path, publish_size(path, run_dir)) for rel, path in bma]
         plan.append(PlannedFile(bma_repo_id, "README.md", None, len(cards[bma_repo_id].encode("utf-8"))))
     names = {}
     for f in plan:
@@ -130,13 +160,17 @@ def upload_plan(
     return _plan(run_dir, repo_id, bma_repo_id, license)[0]
 
 
-def _stage(files: list[PlannedFile], card: str, folder: str) -> None:
+def _stage(files: list[PlannedFile], card: str, folder: str, run_dir: str) -> None:
     for f in files:
         target = os.path.join(folder, *f.path_in_repo.split("/"))
         os.makedirs(os.path.dirname(target), exist_ok=True)
         if f.local_path is None:
             with open(target, "w", encoding="utf-8") as out:
                 out.write(card)
+            continue
+        if f.local_path.endswith(".json"):  # report.json, training_info.json, config.json: no local paths
+            with open(f.local_path, encoding="utf-8") as src, open(target, "w", encoding="utf-8") as out:
+                out.write(sanitize_json_text(src.read(), run_dir))
             continue
         try:
             os.symlink(os.path.abspath(f.local_path), target)
@@ -187,7 +221,7 @@ def push_run(
         what = "star model" if target == repo_id else "BMA wrapper"
         staging = tempfile.mkdtemp(prefix="star-merge-push-")
         try:
-            _stage([f for f in plan if f.repo_id == target], cards[target], staging)
+            _stage([f for f in plan if f.repo_id == target], cards[target], staging, os.path.abspath(run_dir))
             api.create_repo(target, repo_type="model", private=True if private else None, exist_ok=True)
             if revision is not None:
                 api.create_branch(target, branch=revision, repo_type="model", exist_ok=True)

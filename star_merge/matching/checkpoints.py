@@ -19,6 +19,7 @@ import torch
 
 from ..adapters import spec_for
 from ..argparsing import add_command, positional
+from ..finite import check_finite
 from ..modeling import load_checkpoint
 from ..rundir import atomic_folder
 from ..spec import SpecError, apply_permutation
@@ -145,6 +146,8 @@ def align_checkpoints(
     path_a, path_b = resolve_checkpoint(a), resolve_checkpoint(b)
     _check_output_dir(out, overwrite, path_a, path_b)
     model_a, model_b = load_checkpoint(str(path_a)), load_checkpoint(str(path_b))
+    check_finite(model_a.state_dict(), f"A ({a})")
+    check_finite(model_b.state_dict(), f"B ({b})")  # NaN would be copied into the aligned output
     if type(model_a) is not type(model_b):
         raise SpecError(
             f"A is a {type(model_a).__name__} and B a {type(model_b).__name__}; align checkpoints of one architecture"

@@ -44,13 +44,17 @@ class PopulationArguments:
             raise PopulationArgumentsError("num_anchors must be >= 1 (Starlight needs at least one anchor)")
         if self.num_held_out < 0:
             raise PopulationArgumentsError("num_held_out must be >= 0")
+        if self.population_epochs < 1 or self.population_batch_size < 1 or self.population_learning_rate <= 0:
+            raise PopulationArgumentsError(
+                "population_epochs and population_batch_size must be >= 1 and population_learning_rate > 0")
         try:
-            cfg = json.loads(self.model_config) if isinstance(self.model_config, str) else dict(self.model_config)
+            cfg = json.loads(self.model_config) if isinstance(self.model_config, str) else self.model_config
         except json.JSONDecodeError as e:
             raise PopulationArgumentsError(f"--model_config is not valid JSON ({e}); e.g. '{{\"hidden_sizes\": [512, 512]}}'") from None
         if not isinstance(cfg, dict):
             raise PopulationArgumentsError("--model_config must be a JSON object of config fields")
         self.model_config = json.dumps(cfg)
+        self.train_args()  # validates the population's optimizer before any work
 
     def train_args(self) -> TrainArguments:
         return TrainArguments(

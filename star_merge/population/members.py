@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from tqdm.auto import tqdm
 
+from .._faults import fault_point
 from ..modeling import build_model
 from ..rundir import Member
+from .manifest import first_difference, member_settings, read_json
 from .training import TrainArguments, save_checkpoint, train_classifier
 
 __all__ = ["train_population", "HELD_OUT_SEED_OFFSET", "member_is_complete"]
@@ -30,11 +31,15 @@ def train_population(
     seed: int = 0,
     device=None,
     progress: bool = True,
+    data_settings: dict | None = None,
+    retrain_stale: bool = False,
 ) -> list[Member]:
     """Train (or reuse) ``population_dir/anchor-XX`` (seeds seed+i) and ``held-out-XX`` (seeds seed+1000+j).
 
-    Members already complete on disk with the same seed are skipped, so an interrupted run resumes.
-    Each member is written atomically (temp folder + rename).
+    Members already complete on disk are reused, so an interrupted run resumes, but only when every setting
+    that determines them (architecture and config, training recipe, ``data_settings``, seed; see
+    population_manifest.py) is the one asked for: otherwise a ValueError names the first difference, or,
+    with ``retrain_stale``, the member is retrained. Each member is written atomically (temp folder + rename).
     """
     if num_anchors < 1:
         raise ValueError("the population needs at least one anchor (num_anchors >= 1)")
@@ -45,19 +50,22 @@ def train_population(
     members = []
     for name, role, member_seed in tqdm(plan, desc="population", disable=not progress):
         path = os.path.join(population_dir, name)
+        wanted = member_settings(model_config, train_args, data_settings, member_seed)
+        stale = None
         if member_is_complete(path):
-            with open(os.path.join(path, "training_info.json")) as f:
-                info = json.load(f)
-            if info.get("seed") != member_seed:
-                raise ValueError(
-                    f"{path} was trained with seed {info.get('seed')}, this run expects {member_seed}; "
-                    "use another --population_dir or delete it"
-                )
-        else:
+            info = read_json(os.path.join(path, "training_info.json"))
+            stored = info.get("population_settings") or {"seed": info.get("seed"), "train_args": info.get("train_args")}
+            stale = first_difference(stored, {k: wanted[k] for k in stored} if "population_settings" not in info
+                                     else wanted)
+            if stale and not retrain_stale:
+                raise ValueError(f"{path} cannot be reused ({stale}); pass --overwrite_output_dir to retrain it, "
+                                 "or use another --population_dir")
+        if not member_is_complete(path) or stale:
             model = build_model(model_config, member_seed)
             model, metrics = train_classifier(model, dataset, train_args, member_seed, device=device,
                                               progress=False, desc=name)
-            save_checkpoint(model.to("cpu"), path, extra_json={**metrics, "train_args": train_args.__dict__},
-                            overwrite=os.path.exists(path))
+            save_checkpoint(model.to("cpu"), path, overwrite=os.path.exists(path),
+                            extra_json={**metrics, "train_args": train_args.__dict__, "population_settings": wanted})
+            fault_point("population")
         members.append(Member(name=name, role=role, path=os.path.abspath(path), source=os.path.abspath(path)))
     return members

@@ -18,8 +18,7 @@ def make_accelerator(config):
     project = ProjectConfiguration(
         project_dir=config.output_dir,
         logging_dir=RunPaths(config.output_dir).logs_path if config.output_dir else None,
-        automatic_checkpoint_naming=True,
-        total_limit=config.checkpoints_total_limit,
+        automatic_checkpoint_naming=False,  # numbering and rotation: rotation.py (never drops the last good one)
     )
     log_with = None if config.report_to == "none" else config.report_to
     # On a machine without an accelerator, cpu=True lets torchrun / `accelerate launch --multi_gpu`

@@ -1,30 +1,29 @@
 """Starlight checkpoint state: progress, anchor permutations, θ and the LR schedule, beside Accelerate's state.
 
-Written as JSON + safetensors (never pickles, so resuming never unpickles a file). Checkpoints live in
-``RUN/checkpoints/checkpoint_N``; :func:`find_latest_checkpoint` skips one a crash interrupted mid-write.
+Written as JSON + safetensors (no pickle of star-merge's own; Accelerate's files beside it are read back by
+``load_state`` with ``torch.load(weights_only=True)``). Checkpoints live in ``RUN/checkpoints/checkpoint_N``;
+numbering, atomic saves, rotation and resume with fallback are in :mod:`.rotation`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 
 import torch
 
-from ..rundir import RunPaths
+from .rotation import STATE_FILE, find_latest_checkpoint
 
-__all__ = ["StarlightState", "find_latest_checkpoint", "resolve_resume_path"]
+__all__ = ["StarlightState", "find_latest_checkpoint"]
 
 
 class StarlightState:
     """Progress and anchor alignments of a run, saved beside Accelerate's state in every checkpoint.
 
-    Written as JSON + safetensors (never pickles, so resuming never unpickles a file): θ, the anchors'
-    permutations, the position in training and the LR scheduler.
+    JSON + safetensors (θ, the anchors' permutations, the position in training and the LR scheduler).
     """
 
-    JSON_NAME = "starlight_state.json"
+    JSON_NAME = STATE_FILE  # written last: marks a complete checkpoint
     PERMS_NAME = "starlight_permutations.safetensors"
     THETA_NAME = "starlight_theta.safetensors"
 
@@ -70,28 +69,3 @@ class StarlightState:
             raise ValueError(f"{folder} holds a star of {saved.numel()} parameters, this model has {theta.numel()}")
         with torch.no_grad():
             theta.copy_(saved)
-
-
-def find_latest_checkpoint(checkpoint_dir: str) -> str | None:
-    """The newest complete ``checkpoint_N`` folder (one a crash interrupted mid-write is skipped)."""
-    if not os.path.isdir(checkpoint_dir):
-        return None
-    found = [
-        (int(m.group(1)), d) for d in os.listdir(checkpoint_dir)
-        if (m := re.fullmatch(r"checkpoint_(\d+)", d))
-        and os.path.isfile(os.path.join(checkpoint_dir, d, StarlightState.JSON_NAME))
-    ]
-    return os.path.join(checkpoint_dir, max(found)[1]) if found else None
-
-
-def resolve_resume_path(resume_from_checkpoint: str, output_dir: str | None) -> str:
-    """``latest`` -> the newest complete checkpoint under ``output_dir/checkpoints``; a folder is returned as is."""
-    if resume_from_checkpoint != "latest":
-        return resume_from_checkpoint
-    path = find_latest_checkpoint(RunPaths(output_dir).checkpoints_path) if output_dir else None
-    if path is None:
-        raise FileNotFoundError(
-            f"--resume_from_checkpoint latest: no checkpoint under {output_dir}/checkpoints; "
-            "start without --resume_from_checkpoint"
-        )
-    return path

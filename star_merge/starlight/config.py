@@ -28,7 +28,9 @@ class StarlightConfig:
     checkpointing_steps: int | None = field(
         default=None, metadata={"help": "Also save Accelerate state every N optimizer steps (always each epoch)."}
     )
-    checkpoints_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints."})
+    checkpoints_total_limit: int | None = field(
+        default=2, metadata={"help": "Keep at most N >= 1 complete checkpoints (the newest is never removed)."}
+    )
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "'latest' or a checkpoint folder to continue from."}
     )
@@ -80,6 +82,11 @@ class StarlightConfig:
             raise ValueError("t_beta must be > 0")
         if self.checkpointing_steps is not None and self.checkpointing_steps < 1:
             raise ValueError("checkpointing_steps must be >= 1")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ValueError(f"checkpoints_total_limit must be >= 1 (the newest checkpoint is always kept), got "
+                             f"{self.checkpoints_total_limit}")
+        if self.init.startswith("anchor:") and not self.init.split(":", 1)[1].isdigit():
+            raise ValueError(f"init={self.init!r}: write anchor:K with K an anchor index (0, 1, ...)")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -13,12 +14,15 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .. import __version__
-from ..data import DataArguments, check_labels, load_task_dataset, task_and_processor
+from ..data import DataArguments, DatasetError, check_labels, load_task_dataset, task_and_processor
+from ..finite import check_finite_checkpoint
+from ..locking import lock_output_dir, recover_atomic_leftovers
 from ..modeling import load_checkpoint, load_config
 from ..tasks import task_for
 from ..rundir import Member, RunPaths, atomic_write_json, save_permutations
 from ..population import PopulationArguments, save_checkpoint
 from .config import StarlightConfig
+from .rotation import STATE_FILE
 from .trainer import StarlightTrainer
 from ..errors import UserError
 
@@ -52,16 +56,38 @@ class RunArguments:
             raise RunError("--push_to_hub needs --hub_model_id org/name")
         if self.bma_samples < 1:
             raise RunError(f"bma_samples must be >= 1, got {self.bma_samples}")
+        if self.eval_num_points < 2:
+            raise RunError(f"eval_num_points must be >= 2 (the two ends of each path), got {self.eval_num_points}")
+        pairs = str(self.eval_pairs)
+        if pairs != "all" and not (pairs.isdigit() and int(pairs) >= 1):
+            raise RunError(f"eval_pairs must be 'all' or a number >= 1, got {self.eval_pairs!r}")
 
 
 def prepare_output_dir(config: StarlightConfig) -> None:
-    """Refuse a non-empty output_dir unless overwriting or resuming; never touch population/."""
-    out = config.output_dir
-    if not os.path.isdir(out):
+    """Check output_dir and --resume_from_checkpoint before any work or write; never touch population/.
+
+    A folder is a run's only if it holds starlight.json: then RESULT_ENTRIES are the run's own, replaced
+    with --overwrite_output_dir. A folder without it whose entries share a name with what a run writes
+    is the user's: refused even with --overwrite_output_dir (nothing of the user's is ever deleted).
+    """
+    out, resume = config.output_dir, config.resume_from_checkpoint
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RunError(f"output_dir {out} is a file; choose a folder path for --output_dir")
+    paths = RunPaths(out)
+    results = paths.existing_results()
+    if resume:
+        if resume == "latest":
+            if not paths.is_run():
+                raise RunError(f"--resume_from_checkpoint latest: {out} holds no run to resume (no "
+                               f"{os.path.basename(paths.manifest_path)}); start without --resume_from_checkpoint")
+        elif not os.path.isfile(os.path.join(resume, STATE_FILE)):
+            raise RunError(f"--resume_from_checkpoint {resume} is not a Starlight checkpoint (no {STATE_FILE}); "
+                           f"pass latest or a checkpoint folder under {paths.checkpoints_path}")
         return
-    results = RunPaths(out).existing_results()
-    if config.resume_from_checkpoint:
-        return
+    if results and not paths.is_run():
+        raise RunError(f"output_dir {out} holds {results[0]} but is not a star-merge run (no "
+                       f"{os.path.basename(paths.manifest_path)}); choose an empty or new --output_dir (your files "
+                       "are left alone)")
     if results and not config.overwrite_output_dir:
         raise RunError(
             f"output_dir {out} already holds a run ({results[0]}); pass --overwrite_output_dir to replace it "
@@ -70,11 +96,15 @@ def prepare_output_dir(config: StarlightConfig) -> None:
 
 
 def _clear_results(out: str) -> None:
-    for e in RunPaths(out).existing_results():
-        p = RunPaths(out).join(e)
-        if os.path.isdir(p):
+    paths = RunPaths(out)
+    if not paths.is_run():
+        return  # not a run: nothing here is ours to delete
+    # the manifest last: a crash part-way leaves a folder still recognised as a run (so the flag works again)
+    for e in sorted(paths.existing_results(), key=lambda e: paths.join(e) == paths.manifest_path):
+        p = paths.join(e)
+        if os.path.isdir(p) and not os.path.islink(p):
             shutil.rmtree(p)
-        elif os.path.exists(p):
+        elif os.path.lexists(p):
             os.remove(p)
 
 
@@ -101,17 +131,26 @@ def run_starlight_pipeline(
     accelerator=None,
 ) -> dict:
     """Run Starlight end to end into ``config.output_dir``; returns the report (report.json's content)."""
-    from ..population import train_population
-
     if config.output_dir is None:
         raise RunError("output_dir is required")
     config.output_dir = os.path.abspath(config.output_dir)
-    prepare_output_dir(config)  # before any work or write
-    paths = RunPaths(config.output_dir)
-    accelerator = accelerator or StarlightTrainer.make_accelerator(config)
-    started = time.time()
     if pop.held_out and not pop.anchors:
         raise RunError("--held_out without --anchors: give both, or neither to train the built-in population")
+    prepare_output_dir(config)  # before any work or write
+    accelerator = accelerator or StarlightTrainer.make_accelerator(config)
+    # One run per output_dir at a time (main process; a lock left by a dead process is free again).
+    with lock_output_dir(config.output_dir) if accelerator.is_main_process else contextlib.nullcontext():
+        if accelerator.is_main_process:
+            prepare_output_dir(config)  # again, now that no other run can change the folder
+            recover_atomic_leftovers(config.output_dir)
+        return _run_locked(config, data_args, pop, run_args, accelerator)
+
+
+def _run_locked(config, data_args, pop, run_args, accelerator) -> dict:
+    from ..population import train_population
+
+    paths = RunPaths(config.output_dir)
+    started = time.time()
 
     # ---- the population (given: the task and its tokenizer come from the first anchor)
     processor = None
@@ -124,20 +163,28 @@ def run_starlight_pipeline(
         with accelerator.main_process_first():
             dataset = load_task_dataset(data_args, task=task, processor=processor)
         task.check_dataset(dataset, model_config)
+        check_input_column(dataset, model_config, data_args.dataset_name)
     else:
         with accelerator.main_process_first():
             dataset = load_task_dataset(data_args)
         model_config = pop.build_config(num_labels=dataset["train"].features["labels"].num_classes
                                         if hasattr(dataset["train"].features["labels"], "num_classes") else None)
         check_labels(dataset, model_config.num_labels)
+        check_input_column(dataset, model_config, data_args.dataset_name)
         population_dir = pop.population_dir or paths.population_path
+        # Every setting that determines a member is recorded with it and compared before it is reused;
+        # --overwrite_output_dir retrains members whose settings differ, otherwise that is an error.
+        train = functools.partial(train_population, model_config, dataset, population_dir, pop.num_anchors,
+                                  pop.num_held_out, pop.train_args(), seed=pop.population_seed,
+                                  data_settings=data_args.to_dict(), retrain_stale=config.overwrite_output_dir)
         if accelerator.is_main_process:
-            members = train_population(model_config, dataset, population_dir, pop.num_anchors, pop.num_held_out,
-                                       pop.train_args(), seed=pop.population_seed)
+            recover_atomic_leftovers(population_dir)
+            members = train()
         accelerator.wait_for_everyone()
         if not accelerator.is_main_process:
-            members = train_population(model_config, dataset, population_dir, pop.num_anchors, pop.num_held_out,
-                                       pop.train_args(), seed=pop.population_seed, progress=False)
+            members = train(progress=False)
+    for m in members:  # NaN/Inf or truncated weights: one line naming the member, before any training
+        check_finite_checkpoint(m.path, f"{m.role} {m.name} ({m.source})")
     # Anchors are read one at a time into the trainer's anchor matrix (one copy per anchor in memory).
     anchor_sds = [(m.name, functools.partial(_load_state_dict, m.path)) for m in members if m.role == "anchor"]
     task = task_for(model_config, name=data_args.task)
@@ -211,6 +258,20 @@ def finish_run(run_dir: str, run_args: RunArguments, seed: int = 0, accelerator=
 
 def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
     return load_checkpoint(path).state_dict()
+
+
+def check_input_column(dataset, model_config, dataset_name: str) -> None:
+    """The dataset must have the column the model reads (e.g. star-mlp reads input_values)."""
+    from ..modeling import model_class_for
+
+    try:
+        wanted = getattr(model_class_for(model_config), "main_input_name", None)
+    except ValueError:
+        return
+    columns = dataset["train"].column_names
+    if isinstance(wanted, str) and wanted not in columns:
+        raise DatasetError(f"{model_config.model_type} models read {wanted!r} but dataset {dataset_name!r} has "
+                           f"{[c for c in columns if c != 'labels']}; pick a matching --model_type or --dataset_name")
 
 
 def _member_entry(m: Member, out: str) -> dict:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._faults import fault_point
 from ..adapters import spec_for
 from ..data import make_dataloader
 from ..evaluation.engine import has_batchnorm, reset_bn_stats
@@ -33,14 +34,15 @@ from ..spec import apply_permutation, compose_permutations
 from ..population.training import make_optimizer, make_scheduler
 from .accelerator import make_accelerator
 from .anchors import anchors_config, normalize_anchors, population_dtype
-from .checkpoint import StarlightState, find_latest_checkpoint, resolve_resume_path
+from .checkpoint import StarlightState
 from .config import StarlightConfig
 from .flat import FlatBoundModel, FlatLayout, FlatStar
+from .rotation import resume_with_fallback, save_checkpoint_state
 from .sampling import beta_from_uniform, mix_seed
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StarlightTrainer", "StarlightResult", "StarlightState", "find_latest_checkpoint"]
+__all__ = ["StarlightTrainer", "StarlightResult", "StarlightState"]
 
 
 @dataclass
@@ -129,9 +131,8 @@ class StarlightTrainer:
         return build_model(config, seed=self.args.seed)
 
     def _anchor_matrix(self, sources) -> torch.Tensor:
-        """The anchors in ONE [N, P] matrix in the population's dtype (bf16 / fp16 kept, mixed: float32; a step
-        casts its row to θ's dtype), in the star's current frame. Re-alignment permutes rows in place and composes
-        the permutation into ``state.perms``, so host memory holds one copy per anchor and no more."""
+        """The anchors in ONE [N, P] matrix of the population's dtype (bf16/fp16 kept, mixed: float32), in the star's
+        current frame; re-alignment permutes rows in place (``state.perms``): one copy per anchor in host memory."""
         device = self.accelerator.device
         on_device = device.type != "cpu" and self.args.anchor_device == "accelerator"
         first = sources[0].load() if sources else {}
@@ -140,8 +141,7 @@ class StarlightTrainer:
                              pin_memory=device.type == "cuda" and not on_device)
         for i, src in enumerate(sources):
             sd = first if i == 0 else src.load()  # loaded on demand, one at a time
-            if population_dtype(sd, self.layout.names) != matrix.dtype:
-                matrix = matrix.float()  # a mixed population: widen once
+            matrix = matrix if population_dtype(sd, self.layout.names) == matrix.dtype else matrix.float()  # mixed
             try:
                 self.spec.subset(sd.keys()).validate(sd)
             except ValueError as e:
@@ -255,13 +255,15 @@ class StarlightTrainer:
         c, acc = self.args, self.accelerator
         if not c.resume_from_checkpoint:
             return
-        path = resolve_resume_path(c.resume_from_checkpoint, c.output_dir)
-        acc.load_state(path)
-        self.state.load(path, self.scheduler, self.flat_star.theta)
-        # Continue automatic checkpoint numbering after the newest existing checkpoint.
-        latest = find_latest_checkpoint(RunPaths(c.output_dir).checkpoints_path) if c.output_dir else None
-        if latest is not None:
-            acc.project_configuration.iteration = int(latest.rsplit("_", 1)[1]) + 1
+        def load(path):  # noqa: E306
+            acc.load_state(path)
+            self.state.load(path, self.scheduler, self.flat_star.theta)
+        # rotation.py: torn checkpoints set aside, a corrupt one falls back to the previous one, `latest`
+        # with no checkpoint yet starts from the beginning (where that run was).
+        path = resume_with_fallback(acc, RunPaths(c.output_dir).checkpoints_path, c.resume_from_checkpoint, load,
+                                    reset=self.state.__init__)
+        if path is None:
+            return
         acc.print(f"resumed from {path} at epoch {self.state.epoch}, step {self.state.global_step}")
         if self.has_bn:
             self._load_theta_into_model()
@@ -289,6 +291,7 @@ class StarlightTrainer:
             count += 1
             if acc.sync_gradients:
                 state.global_step += 1
+                fault_point("starlight")
                 bar.update(1)
                 if state.global_step % c.logging_steps == 0:
                     acc.log({"train/loss": running / count, "train/lr": self.scheduler.get_last_lr()[0],
@@ -392,9 +395,6 @@ class StarlightTrainer:
     def _save_state(self) -> None:
         if self.args.output_dir is None:
             return
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        folder = acc.save_state(safe_serialization=True)
-        if acc.is_main_process:
-            self.state.save(folder, self.scheduler, self.flat_star.theta)
-        acc.wait_for_everyone()
+        save_checkpoint_state(self.accelerator, RunPaths(self.args.output_dir).checkpoints_path,
+                              self.args.checkpoints_total_limit,
+                              lambda folder: self.state.save(folder, self.scheduler, self.flat_star.theta))
