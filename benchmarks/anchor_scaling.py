@@ -7,7 +7,7 @@
 
 ``--lm pythia-160m``: a PolyPythia-160m-sized population (GPTNeoXForCausalLM, 162 M parameters, 9 members, all
 held as anchor rows: the most a 9-seed PolyPythias run holds) held in float32 and in bf16, one fresh process each; a real
-StarlightTrainer runs two steps on 512-token blocks (alignment off: it does not change memory) and the
+StarlightTrainer runs two steps on ``--lm-block``-token blocks (default 512) (alignment off: it does not change memory) and the
 process reports host and device memory; bf16 anchor rows are kept bf16 (half the host memory).
 
 Memory: one fresh subprocess per (N, anchor_device) setting. Each builds the star's model, N anchor state
@@ -127,13 +127,15 @@ def lm_worker(args) -> None:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     dtype = getattr(torch, args.lm_dtype)
     cfg = pythia_160m_config()
-    base_kib = _status_kib("VmRSS")
 
-    def load(seed):  # what load_checkpoint(...).state_dict() hands over for a population saved in `dtype`
-        return {k: v.to(dtype) for k, v in build_model(cfg, seed=seed).state_dict().items()}
+    base = build_model(cfg, seed=1).state_dict()  # one random init (values do not change memory; 9 inits are slow)
 
-    anchors = [(f"anchor-{i}", functools.partial(load, 1 + i)) for i in range(args.anchors[0])]
-    data = Dataset.from_dict({"input_ids": [[i % 50000 for i in range(512)]] * 2})
+    def load(i):  # what load_checkpoint(...).state_dict() hands over for a population saved in `dtype`: a fresh copy
+        return {k: (v.to(dtype) if v.is_floating_point() else v).clone() for k, v in base.items()}
+
+    anchors = [(f"anchor-{i}", functools.partial(load, i)) for i in range(args.anchors[0])]
+    base_kib = _status_kib("VmRSS")  # the one template model is not the trainer's
+    data = Dataset.from_dict({"input_ids": [[i % 50000 for i in range(args.lm_block)]] * 2})
     config = StarlightConfig(num_train_epochs=1, per_device_train_batch_size=1, align_every=0,
                              anchor_device=args.anchor_device)
     trainer = StarlightTrainer(model=cfg, args=config, anchors=anchors, train_dataset=data,
@@ -154,7 +156,7 @@ def lm_main(args) -> None:
     for dtype in ("float32", "bfloat16"):
         cmd = [sys.executable, os.path.abspath(__file__), "--lm", args.lm, "--lm-worker", "--lm-dtype", dtype,
                "--anchors", str(args.anchors[0]), "--device", args.device, "--threads", str(args.threads),
-               "--anchor-device", args.anchor_device]
+               "--anchor-device", args.anchor_device, "--lm-block", str(args.lm_block)]
         print(f"[memory] {dtype} ...", flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -196,6 +198,7 @@ def main(argv=None) -> None:
     parser.add_argument("--lm", default=None, choices=["pythia-160m"], help="an LM population (9 members)")
     parser.add_argument("--lm-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--lm-dtype", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--lm-block", type=int, default=512, help="tokens per block of the two LM steps")
     args = parser.parse_args(argv)
     if args.worker is not None:
         return worker(args)
