@@ -3,6 +3,12 @@
     python benchmarks/anchor_scaling.py                     # star-mlp [512, 512], batch 128, CPU
     python benchmarks/anchor_scaling.py --quick             # 5 and 20 anchors
     python benchmarks/anchor_scaling.py --device cuda --model resnet18
+    python benchmarks/anchor_scaling.py --lm pythia-160m [--device cuda]   # 9 members, float32 vs bf16
+
+``--lm pythia-160m``: a PolyPythia-160m-sized population (GPTNeoXForCausalLM, 162 M parameters, 9 members, all
+held as anchor rows: the most a 9-seed PolyPythias run holds) held in float32 and in bf16, one fresh process each; a real
+StarlightTrainer runs two steps on ``--lm-block``-token blocks (default 512) (alignment off: it does not change memory) and the
+process reports host and device memory; bf16 anchor rows are kept bf16 (half the host memory).
 
 Memory: one fresh subprocess per (N, anchor_device) setting. Each builds the star's model, N anchor state
 dicts (random inits: what ``load_checkpoint(...).state_dict()`` hands the trainer in the pipeline), a real
@@ -98,6 +104,73 @@ def worker(args) -> None:
     print("RESULT " + json.dumps(out))
 
 
+def pythia_160m_config():
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(vocab_size=50304, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                         intermediate_size=3072, max_position_embeddings=2048, rotary_pct=0.25,
+                         use_parallel_residual=True, tie_word_embeddings=False, architectures=["GPTNeoXForCausalLM"])
+
+
+def lm_worker(args) -> None:
+    """One LM-population memory measurement (``--lm``); prints one JSON line."""
+    import torch
+    from datasets import Dataset
+
+    import accelerate  # noqa: F401
+    import transformers  # noqa: F401  (imports done before the baseline)
+    from starlight_step import make_accelerator
+
+    from star_merge.modeling import build_model
+    from star_merge.starlight import StarlightConfig, StarlightTrainer
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    dtype = getattr(torch, args.lm_dtype)
+    cfg = pythia_160m_config()
+
+    base = build_model(cfg, seed=1).state_dict()  # one random init (values do not change memory; 9 inits are slow)
+
+    def load(i):  # what load_checkpoint(...).state_dict() hands over for a population saved in `dtype`: a fresh copy
+        return {k: (v.to(dtype) if v.is_floating_point() else v).clone() for k, v in base.items()}
+
+    anchors = [(f"anchor-{i}", functools.partial(load, i)) for i in range(args.anchors[0])]
+    base_kib = _status_kib("VmRSS")  # the one template model is not the trainer's
+    data = Dataset.from_dict({"input_ids": [[i % 50000 for i in range(args.lm_block)]] * 2})
+    config = StarlightConfig(num_train_epochs=1, per_device_train_batch_size=1, align_every=0,
+                             anchor_device=args.anchor_device)
+    trainer = StarlightTrainer(model=cfg, args=config, anchors=anchors, train_dataset=data,
+                               accelerator=make_accelerator(args.device))
+    anchor_mb = trainer.anchors.numel() * trainer.anchors.element_size() / 2**20
+    trainer.train()
+    device = trainer.accelerator.device
+    out = {"dtype": args.lm_dtype, "N": args.anchors[0], "anchor_matrix_mb": anchor_mb,
+           "params_m": trainer.layout.total / 1e6,
+           "host_peak_mb": (_status_kib("VmHWM") - base_kib) / 1024, "host_now_mb": (_status_kib("VmRSS") - base_kib) / 1024,
+           "device_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")}
+    print("RESULT " + json.dumps(out))
+
+
+def lm_main(args) -> None:
+    print(f"{args.lm}-sized population of {args.anchors[0]} members, {args.device}; one fresh process per dtype")
+    rows = []
+    for dtype in ("float32", "bfloat16"):
+        cmd = [sys.executable, os.path.abspath(__file__), "--lm", args.lm, "--lm-worker", "--lm-dtype", dtype,
+               "--anchors", str(args.anchors[0]), "--device", args.device, "--threads", str(args.threads),
+               "--anchor-device", args.anchor_device, "--lm-block", str(args.lm_block)]
+        print(f"[memory] {dtype} ...", flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            raise SystemExit(f"worker {dtype} failed:\n{proc.stderr[-3000:]}")
+        rows.append(json.loads(lines[-1][len("RESULT "):]))
+    print(f"{'population dtype':<17} {'N':>3} {'params (M)':>10} {'anchor rows MiB':>16} {'host peak MiB':>14} "
+          f"{'host now MiB':>13} {'device peak MiB':>16}")
+    for r in rows:
+        print(f"{r['dtype']:<17} {r['N']:>3} {r['params_m']:>10.1f} {r['anchor_matrix_mb']:>16.1f} "
+              f"{r['host_peak_mb']:>14.1f} {r['host_now_mb']:>13.1f} {r['device_peak_mb']:>16.1f}")
+    print(f"bf16 / float32 host peak: {rows[1]['host_peak_mb'] / rows[0]['host_peak_mb']:.3f}")
+
+
 def run_worker(n: int, anchor_device: str, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(n), "--anchor-device", anchor_device,
            "--model", args.model, "--device", args.device, "--threads", str(args.threads)]
@@ -122,9 +195,17 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="5 and 20 anchors, 5 rounds")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--anchor-device", default="cpu", help=argparse.SUPPRESS)
+    parser.add_argument("--lm", default=None, choices=["pythia-160m"], help="an LM population (9 members)")
+    parser.add_argument("--lm-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--lm-dtype", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--lm-block", type=int, default=512, help="tokens per block of the two LM steps")
     args = parser.parse_args(argv)
     if args.worker is not None:
         return worker(args)
+    if args.lm:
+        if args.anchors == [5, 20, 50]:
+            args.anchors = [9]
+        return lm_worker(args) if args.lm_worker else lm_main(args)
     if args.quick:
         args.anchors, args.rounds = [5, 20], min(args.rounds, 5)
 

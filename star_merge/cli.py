@@ -30,9 +30,12 @@ def _make_adapters_parser(subparsers):
 
 def _run_adapters(args: AdaptersArguments) -> int:
     from .adapters import supported_model_types
+    from .adapters.heads import supported_heads
 
-    for t in supported_model_types():
-        print(t)
+    types = supported_model_types()
+    width = max(map(len, types), default=0)
+    for t in types:  # one line per model type: the type, then the model classes (heads) its adapter covers
+        print(f"{t:<{width}}  {' '.join(supported_heads(t)) or '(heads not declared)'}")
     return 0
 
 

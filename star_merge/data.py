@@ -54,7 +54,9 @@ class DataArguments:
         default=None, metadata={"help": "Column holding the model input (renamed to the model's input name)."}
     )
     text_column: str | None = field(
-        default=None, metadata={"help": "Column holding raw text, tokenised with the population's tokenizer."}
+        default=None,
+        metadata={"help": "Column holding raw text, tokenised with the population's tokenizer (classification: "
+                          "one example per row; language models: grouped into blocks, default 'text')."},
     )
     text_pair_column: str | None = field(
         default=None, metadata={"help": "Optional second text column (sentence pairs), with --text_column."}
@@ -75,6 +77,13 @@ class DataArguments:
     test_split: str = field(default="test", metadata={"help": "Split used for evaluation."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the train split."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the test split."})
+    task: str | None = field(
+        default=None,
+        metadata={"help": "The task (causal-lm, masked-lm, sequence-classification, ...); default: from the "
+                          "anchors' architecture."},
+    )
+    block_size: int = field(default=128, metadata={"help": "Language models: tokens per training/eval block."})
+    mlm_probability: float = field(default=0.15, metadata={"help": "Masked LMs: fraction of tokens masked."})
 
     def __post_init__(self):
         if self.num_samples < 20:
@@ -85,6 +94,10 @@ class DataArguments:
             raise DatasetError("give either --text_column (raw text) or --input_column, not both")
         if self.max_seq_length is not None and self.max_seq_length < 2:
             raise DatasetError(f"max_seq_length={self.max_seq_length} is too small; use at least 2")
+        if self.block_size < 2:
+            raise DatasetError(f"block_size={self.block_size} is too small; use at least 2")
+        if not 0 < self.mlm_probability < 1:
+            raise DatasetError(f"mlm_probability={self.mlm_probability} must lie in (0, 1)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,10 +195,42 @@ def raw_kind(dataset) -> str | None:
     return "text" if "text" in cols else "image" if "image" in cols else None
 
 
-def load_task_dataset(args: DataArguments, model_input_name: str | None = None):
-    """Load ``args.dataset_name`` as a DatasetDict(train, test) with columns (model input, ``labels``)."""
+def task_and_processor(args: DataArguments, model_path: str | None):
+    """The population's task (``args.task`` or from the checkpoint's architecture) and, for a task that reads raw
+    text (language models), the tokenizer saved with the checkpoint at ``model_path``."""
+    from .modeling import load_config
+    from .tasks import task_for
+
+    if model_path is None:
+        return (task_for(name=args.task) if args.task else None), None
+    task = task_for(load_config(model_path), name=args.task)
+    if getattr(task, "data_kind", None) != "text":
+        return task, None
+    from .processing import ProcessorError, is_tokenizer, load_processor
+
+    source = args.processor_name_or_path or model_path
+    try:
+        tokenizer = load_processor(source)
+    except ProcessorError as e:
+        raise DatasetError(f"{source} has no usable tokenizer ({e}); save the population's tokenizer with each model "
+                           "(tokenizer.save_pretrained) or pass --processor_name_or_path") from None
+    if tokenizer is None or not is_tokenizer(tokenizer):
+        raise DatasetError(f"{source} has no usable tokenizer; save the population's tokenizer with each model "
+                           "(tokenizer.save_pretrained) or pass --processor_name_or_path")
+    return task, tokenizer
+
+
+def load_task_dataset(args: DataArguments, model_input_name: str | None = None, task=None, processor=None):
+    """Load ``args.dataset_name`` as a DatasetDict(train, test) with columns (model input, ``labels``).
+
+    A ``task`` that reads raw text (language models) gets the raw splits and ``processor`` (the tokenizer) and
+    returns them tokenised (:meth:`~star_merge.tasks.Task.prepare`); ``max_*_samples`` then count its blocks."""
     from datasets import DatasetDict, load_dataset
 
+    text = getattr(task, "data_kind", None) == "text"
+    if text and args.dataset_name in BUILTIN_DATASETS:
+        raise DatasetError(f"task {task.name!r} needs a text dataset, not the built-in {args.dataset_name!r}; "
+                           "set --dataset_name")
     if args.dataset_name == "mnist1d":
         ds = load_mnist1d(args.num_samples, args.dataset_seed)
     elif args.dataset_name == "digits":
@@ -202,6 +247,9 @@ def load_task_dataset(args: DataArguments, model_input_name: str | None = None):
                     "set --train_split/--test_split"
                 )
         ds = DatasetDict(train=raw[args.train_split], test=raw[args.test_split])
+    if text:
+        ds = task.prepare(ds, processor, args)
+    elif args.dataset_name not in BUILTIN_DATASETS:
         cols = ds["train"].column_names
         if args.label_column not in cols:
             raise DatasetError(
@@ -241,6 +289,8 @@ def prepare_dataset(dataset, task, processor=None, data_args: DataArguments | No
     """``(dataset, collate_fn)``: raw columns turned into model inputs by ``task.prepare`` with ``processor``
     (text tokenised once, images processed on the fly; ``data_args.augment`` augments the train split), and
     the task's collator for them (dynamic padding for token sequences)."""
+    if getattr(task, "data_kind", None) == "text":  # language models: tokenised into blocks by load_task_dataset
+        return dataset, task.collator_for(processor, dataset)
     kind = raw_kind(dataset)
     if kind is not None and processor is None:
         from .processing import ProcessorError
@@ -258,11 +308,11 @@ def _transform(dataset):
     return (fmt.get("format_kwargs") or {}).get("transform") if fmt.get("type") == "custom" else None
 
 
-def set_data_epoch(dataset, epoch: int) -> None:
-    """Tell an on-the-fly transform (seeded augmentation) which epoch is running."""
-    transform = _transform(dataset)
-    if hasattr(transform, "set_epoch"):
-        transform.set_epoch(epoch)
+def set_data_epoch(dataset, epoch: int, collator=None) -> None:
+    """Tell an on-the-fly transform (seeded augmentation) and the collator (masked-LM masking) which epoch runs."""
+    for user in (_transform(dataset), collator):
+        if hasattr(user, "set_epoch"):
+            user.set_epoch(epoch)
 
 
 def without_augmentation(dataset):

@@ -292,18 +292,28 @@ class RunDirectory(RunPaths):
         (what evaluation, BatchNorm resets and the BMA export see)."""
         import dataclasses
 
-        from .data import load_task_dataset, prepare_dataset
-        from .modeling import load_config
-        from .tasks import task_for
+        from .data import load_task_dataset, prepare_dataset, task_and_processor
 
         args = dataclasses.replace(self.data_args, augment=False)
-        dataset = load_task_dataset(args, self.manifest.get("model_input_name"))
-        task = task_for(load_config(self.star_path if os.path.isdir(self.star_path) else self.members[0].path))
-        return prepare_dataset(dataset, task, self.processor, args, seed=int(self.config.get("seed", 0)))
+        task, processor = self.task(), self.processor
+        lm = getattr(task, "data_kind", None) == "text"  # language models: blocks as in training
+        if lm and processor is None:
+            processor = task_and_processor(args, self.anchors[0].path if self.anchors else None)[1]
+        dataset = load_task_dataset(args, self.manifest.get("model_input_name"), task=task, processor=processor)
+        dataset, collate_fn = prepare_dataset(dataset, task, processor, args, seed=int(self.config.get("seed", 0)))
+        return dataset, (None if lm else collate_fn)  # masked LM: the splits' fixed masking, not a re-masking
 
     def load_dataset(self):
         """The run's model-ready dataset (see :meth:`load_data`, which also returns the batch collator)."""
         return self.load_data()[0]
+
+    def task(self):
+        """The run's task (``--task`` if it was given, else from the star's architecture)."""
+        from .modeling import load_config
+        from .tasks import task_for
+
+        path = self.star_path if os.path.isdir(self.star_path) else self.members[0].path
+        return task_for(load_config(path), name=self.data_args.task)
 
     @property
     def config(self) -> dict[str, Any]:

@@ -84,6 +84,21 @@ gpt2 = tiny_configs(
     eos_token_id=2,
     num_labels=3,
 )
+# Pythia-like: partial rotary (25 % of each head), parallel residual, untied embed_out.
+gpt_neox = tiny_configs(
+    T.GPTNeoXConfig,
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    rotary_pct=0.25,
+    use_parallel_residual=True,
+    tie_word_embeddings=False,
+    pad_token_id=0,
+    num_labels=3,
+)
 vit = tiny_configs(
     T.ViTConfig,
     hidden_size=24,
@@ -111,6 +126,7 @@ def last_resnet_bn(c):
 
 
 LM = ("logits",)
+QA = ("start_logits", "end_logits")
 CASES = [
     # Llama family: GQA with 2 and 1 kv heads, MHA, tied/untied embeddings, biases, explicit head_dim.
     Case(
@@ -264,6 +280,95 @@ CASES = [
         (),
         {"pooler_output": ("LAST_BN", 1), "last_hidden_state": ("LAST_BN", 1)},
     ),
+    # Token and span heads of the decoders, causal LMs not covered above (tied and untied).
+    Case("llama-tokencls", T.LlamaForTokenClassification, llama(), "tokens", LM),
+    Case("llama-qa", T.LlamaForQuestionAnswering, llama(num_key_value_heads=1), "tokens", QA),
+    Case("mistral-causal-tied-gqa", T.MistralForCausalLM, mistral(tie_word_embeddings=True), "tokens", LM),
+    Case("mistral-tokencls", T.MistralForTokenClassification, mistral(), "tokens", LM),
+    Case("mistral-qa", T.MistralForQuestionAnswering, mistral(), "tokens", QA),
+    Case(
+        "mistral-base",
+        T.MistralModel,
+        mistral(),
+        "tokens",
+        (),
+        {"last_hidden_state": ("norm.weight", -1)},
+    ),
+    Case("qwen2-tokencls", T.Qwen2ForTokenClassification, qwen2(), "tokens", LM),
+    Case("qwen2-qa", T.Qwen2ForQuestionAnswering, qwen2(), "tokens", QA),
+    Case("gpt2-tokencls", T.GPT2ForTokenClassification, gpt2(), "tokens", LM),
+    Case("gpt2-qa", T.GPT2ForQuestionAnswering, gpt2(n_embd=20, n_head=5), "tokens", QA),
+    # GPT-NeoX (Pythia): per-head fused qkv, partial rotary, parallel and sequential residual, (un)tied head.
+    Case("gpt_neox-causal-parallel", T.GPTNeoXForCausalLM, gpt_neox(), "tokens", LM),
+    Case(
+        "gpt_neox-causal-sequential",
+        T.GPTNeoXForCausalLM,
+        gpt_neox(use_parallel_residual=False),
+        "tokens",
+        LM,
+    ),
+    Case(
+        "gpt_neox-causal-tied-nobias-rot50",
+        T.GPTNeoXForCausalLM,
+        gpt_neox(
+            tie_word_embeddings=True,
+            attention_bias=False,
+            rotary_pct=0.5,
+            hidden_size=48,
+            num_attention_heads=3,
+        ),
+        "tokens",
+        LM,
+    ),
+    Case(
+        "gpt_neox-causal-full-rotary-sequential",
+        T.GPTNeoXForCausalLM,
+        gpt_neox(rotary_pct=1.0, use_parallel_residual=False),
+        "tokens",
+        LM,
+    ),
+    Case("gpt_neox-seqcls", T.GPTNeoXForSequenceClassification, gpt_neox(), "tokens", LM),
+    Case(
+        "gpt_neox-tokencls-sequential",
+        T.GPTNeoXForTokenClassification,
+        gpt_neox(use_parallel_residual=False),
+        "tokens",
+        LM,
+    ),
+    Case("gpt_neox-qa", T.GPTNeoXForQuestionAnswering, gpt_neox(), "tokens", QA),
+    Case(
+        "gpt_neox-base",
+        T.GPTNeoXModel,
+        gpt_neox(),
+        "tokens",
+        (),
+        {"last_hidden_state": ("final_layer_norm.weight", -1)},
+    ),
+    # BERT / RoBERTa language-model heads (decoder tied to the word embeddings), NSP, choices, spans.
+    Case("bert-mlm", T.BertForMaskedLM, bert(), "tokens", LM),
+    Case(
+        "bert-pretraining",
+        T.BertForPreTraining,
+        bert(),
+        "tokens",
+        ("prediction_logits", "seq_relationship_logits"),
+    ),
+    Case(
+        "bert-pretraining-odd",
+        T.BertForPreTraining,
+        bert(hidden_size=15, num_attention_heads=5),
+        "tokens",
+        ("prediction_logits", "seq_relationship_logits"),
+    ),
+    Case("bert-nsp", T.BertForNextSentencePrediction, bert(), "tokens", LM),
+    Case("bert-causal", T.BertLMHeadModel, bert(is_decoder=True), "tokens", LM),
+    Case("bert-choice", T.BertForMultipleChoice, bert(), "choices", LM),
+    Case("bert-qa", T.BertForQuestionAnswering, bert(num_labels=2), "tokens", QA),
+    Case("roberta-mlm", T.RobertaForMaskedLM, roberta(), "tokens", LM),
+    Case("roberta-causal", T.RobertaForCausalLM, roberta(is_decoder=True), "tokens", LM),
+    Case("roberta-tokencls", T.RobertaForTokenClassification, roberta(), "tokens", LM),
+    Case("roberta-choice", T.RobertaForMultipleChoice, roberta(), "choices", LM),
+    Case("roberta-qa", T.RobertaForQuestionAnswering, roberta(hidden_size=21, num_labels=2), "tokens", QA),
     # Options: residual or heads left in place.
     Case(
         "llama-no-residual",
@@ -274,6 +379,30 @@ CASES = [
         options={"permute_residual": False},
     ),
     Case("gpt2-no-heads", T.GPT2LMHeadModel, gpt2(), "tokens", LM, options={"permute_heads": False}),
+    Case(
+        "gpt_neox-no-heads",
+        T.GPTNeoXForCausalLM,
+        gpt_neox(),
+        "tokens",
+        LM,
+        options={"permute_heads": False},
+    ),
+    Case(
+        "gpt_neox-no-residual",
+        T.GPTNeoXForCausalLM,
+        gpt_neox(use_parallel_residual=False, hidden_size=64, num_attention_heads=8),
+        "tokens",
+        LM,
+        options={"permute_residual": False},
+    ),
+    Case(
+        "bert-mlm-no-residual",
+        T.BertForMaskedLM,
+        bert(),
+        "tokens",
+        LM,
+        options={"permute_residual": False},
+    ),
     Case(
         "bert-no-residual-no-heads",
         T.BertForSequenceClassification,
@@ -323,7 +452,8 @@ def make_inputs(kind: str, config) -> dict[str, torch.Tensor]:
     if kind == "pixels":
         size = getattr(config, "image_size", 32)
         return {"pixel_values": torch.randn(4, config.num_channels, size, size, generator=g)}
-    ids = torch.randint(3, VOCAB, (2, 7), generator=g)
+    shape = (2, 3, 7) if kind == "choices" else (2, 7)  # multiple choice: [batch, choices, tokens]
+    ids = torch.randint(3, VOCAB, shape, generator=g)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 

@@ -1,15 +1,23 @@
-"""Adapters for BERT and RoBERTa encoders (base model with pooler, sequence/token classifiers).
+"""Adapters for BERT and RoBERTa encoders: base model (with pooler), sequence, token and multiple-choice
+classifiers, question answering, and the language-model heads (masked LM, BERT pre-training, causal LM).
 
 Permutations: ``residual`` (embeddings, every sub-layer output and LayerNorm, the pooler's input),
 ``encoder.layer.{i}.heads`` (whole attention heads), ``encoder.layer.{i}.mlp`` (intermediate units) and,
-when a classifier reads them, the hidden units of the pooler (``pooler``, BERT) or of RoBERTa's
-classification head (``classifier.dense``). A base model's ``pooler_output`` is a model output, so the
-pooler's output units are then left in place.
+when a head reads them, the hidden units of the pooler (``pooler``: BERT's classifier or next-sentence head
+``cls.seq_relationship``) or of RoBERTa's classification head (``classifier.dense``). A base model's
+``pooler_output`` is a model output, so the pooler's output units are then left in place.
+
+The MLM head (BERT ``cls.predictions``, RoBERTa ``lm_head``) is ``dense -> gelu -> LayerNorm -> decoder``
+with the decoder tied to the word embeddings. The decoder reads the transform's output with the word
+embeddings' columns, which are in the residual frame, so the transform's dense layer and LayerNorm live in
+the residual frame too (rows and columns by ``residual``). The decoder bias and the separate output bias
+(``cls.predictions.bias``, tied to ``decoder.bias``) are per vocabulary entry and never move.
 """
 
 from __future__ import annotations
 
 from ..spec import PermutationSpec
+from .heads import declare_heads
 from .layout import AxesCollector, find_prefix, heads_axis
 from .registry import register_adapter
 
@@ -19,7 +27,7 @@ __all__ = ["build_bert_spec"]
 def build_bert_spec(
     config, shapes, *, permute_residual: bool = True, permute_heads: bool = True
 ) -> PermutationSpec:
-    """Permutation spec of a BERT or RoBERTa base model, sequence classifier or token classifier."""
+    """Permutation spec of a BERT or RoBERTa base model or any of the heads declared below."""
     model_type = config.model_type
     axes = AxesCollector(
         model_type, shapes, find_prefix(shapes, "embeddings.word_embeddings.weight", model_type)
@@ -43,16 +51,53 @@ def build_bert_spec(
         axes.norm(f"{layer}.output.LayerNorm", res)
 
     has_pooler = axes.has("pooler.dense.weight")
-    pooler_is_read = has_pooler and axes.has("classifier.weight", absolute=True)  # BERT sequence classifier
+    # The pooler's output is read by BERT's classifier (sequence / multiple choice) or next-sentence head.
+    pooler_is_read = has_pooler and (
+        axes.has("classifier.weight", absolute=True) or axes.has("cls.seq_relationship.weight", absolute=True)
+    )
+    pooled = "pooler" if pooler_is_read else None
     if has_pooler:
-        axes.linear("pooler.dense", "pooler" if pooler_is_read else None, res)
+        axes.linear("pooler.dense", pooled, res)
     if axes.has("classifier.dense.weight", absolute=True):  # RoBERTa: dense -> tanh -> out_proj on <s>
         axes.linear("classifier.dense", "classifier.dense", res, absolute=True)
         axes.linear("classifier.out_proj", None, "classifier.dense", absolute=True)
     elif axes.has("classifier.weight", absolute=True):  # token classifiers read the stream directly
-        axes.linear("classifier", None, "pooler" if pooler_is_read else res, absolute=True)
+        axes.linear("classifier", None, pooled or res, absolute=True)
+    if axes.has("qa_outputs.weight", absolute=True):  # span start/end logits per token
+        axes.linear("qa_outputs", None, res, absolute=True)
+    for mlm in ("cls.predictions", "lm_head"):  # BERT / RoBERTa masked-LM (or causal-LM) head
+        if axes.has(f"{mlm}.decoder.weight", absolute=True):
+            _mlm_head(axes, mlm, res)
+    if axes.has("cls.seq_relationship.weight", absolute=True):  # next-sentence prediction on the pooler
+        axes.linear("cls.seq_relationship", None, pooled, absolute=True)
     return axes.build()
+
+
+def _mlm_head(axes: AxesCollector, head: str, res) -> None:
+    """``dense -> act -> LayerNorm -> decoder`` (tied to the word embeddings), all in the residual frame."""
+    transform = f"{head}.transform" if axes.has(f"{head}.transform.dense.weight", absolute=True) else head
+    axes.linear(f"{transform}.dense", res, res, absolute=True)
+    norm = "LayerNorm" if axes.has(f"{transform}.LayerNorm.weight", absolute=True) else "layer_norm"
+    axes.norm(f"{transform}.{norm}", res, absolute=True)
+    axes.linear(f"{head}.decoder", None, res, absolute=True)
+    axes.add(f"{head}.bias", None, absolute=True)
 
 
 for _model_type in ("bert", "roberta"):
     register_adapter(_model_type, build_bert_spec)
+_COMMON_HEADS = (
+    "Model",
+    "ForSequenceClassification",
+    "ForTokenClassification",
+    "ForMultipleChoice",
+    "ForQuestionAnswering",
+    "ForMaskedLM",
+)
+declare_heads(
+    "bert",
+    *(f"Bert{h}" for h in _COMMON_HEADS),
+    "BertForPreTraining",
+    "BertForNextSentencePrediction",
+    "BertLMHeadModel",
+)
+declare_heads("roberta", *(f"Roberta{h}" for h in _COMMON_HEADS), "RobertaForCausalLM")

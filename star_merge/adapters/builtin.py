@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..spec import AxisPerm, PermutationSpec
+from .heads import declare_heads
 from .registry import register_adapter
 
 
@@ -34,3 +35,7 @@ def build_star_cnn1d_spec(config, shapes, **options) -> PermutationSpec:
     axes["classifier.weight"] = (None, AxisPerm(prev, block=config.feature_length))
     axes["classifier.bias"] = (None,)
     return PermutationSpec.from_axes(axes, shapes)
+
+
+declare_heads("star-mlp", "StarMLPForClassification")
+declare_heads("star-cnn1d", "StarCNN1dForClassification")

@@ -1,24 +1,29 @@
-"""Adapter for GPT-2 (``GPT2Model``, ``GPT2LMHeadModel``, ``GPT2ForSequenceClassification``).
+"""Adapter for GPT-2 (``GPT2Model``, ``GPT2LMHeadModel``, and the sequence, token and span classifiers).
 
 GPT-2's ``Conv1D`` layers store weights as ``[in, out]``. The fused ``c_attn`` output is
 ``[q | k | v]``, each ``n_head * head_dim`` wide, so heads permute with ``AxisPerm(heads, block=head_dim,
-repeat=3)``. ``lm_head`` is tied to ``wte``; both read the residual stream.
+repeat=3)``. ``lm_head`` (tied to ``wte`` unless ``tie_word_embeddings=False``) and the classifier heads
+read the residual stream.
 """
 
 from __future__ import annotations
 
 from ..spec import AxisPerm, PermutationSpec
+from .heads import declare_heads
 from .layout import AxesCollector, find_prefix
 from .registry import register_adapter
 
 __all__ = ["build_gpt2_spec"]
+
+#: Task heads that read the final hidden state (token, sequence and span heads alike).
+_RESIDUAL_READERS = ("lm_head", "score", "classifier", "qa_outputs")
 
 
 @register_adapter("gpt2")
 def build_gpt2_spec(
     config, shapes, *, permute_residual: bool = True, permute_heads: bool = True
 ) -> PermutationSpec:
-    """Permutation spec of a GPT-2 base model, LM head model or sequence classifier."""
+    """Permutation spec of a GPT-2 base model, LM head model or classifier."""
     axes = AxesCollector("gpt2", shapes, find_prefix(shapes, "wte.weight", "gpt2"))
     res = "residual" if permute_residual else None
     head_dim = config.n_embd // config.n_head
@@ -39,7 +44,17 @@ def build_gpt2_spec(
         axes.conv1d_transposed(f"{layer}.mlp.c_fc", res, mlp)
         axes.conv1d_transposed(f"{layer}.mlp.c_proj", mlp, res)
     axes.norm("ln_f", res)
-    for head in ("lm_head", "score"):
+    for head in _RESIDUAL_READERS:
         if axes.has(f"{head}.weight", absolute=True):
             axes.linear(head, None, res, absolute=True)
     return axes.build()
+
+
+declare_heads(
+    "gpt2",
+    "GPT2Model",
+    "GPT2LMHeadModel",
+    "GPT2ForSequenceClassification",
+    "GPT2ForTokenClassification",
+    "GPT2ForQuestionAnswering",
+)

@@ -106,10 +106,10 @@ class AxesCollector:
         self.add(f"{name}.weight", out, in_, None, None)
         self.add_if_present(f"{name}.bias", out)
 
-    def norm(self, name: str, p: AxisEntry) -> None:
+    def norm(self, name: str, p: AxisEntry, *, absolute: bool = False) -> None:
         """LayerNorm/RMSNorm over one axis: weight and optional bias ``[features]``."""
-        self.add(f"{name}.weight", p)
-        self.add_if_present(f"{name}.bias", p)
+        self.add(f"{name}.weight", p, absolute=absolute)
+        self.add_if_present(f"{name}.bias", p, absolute=absolute)
 
     def batchnorm(self, name: str, p: AxisEntry) -> None:
         """BatchNorm: affine parameters and running statistics follow the channels; the counter does not."""

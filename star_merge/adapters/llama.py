@@ -9,19 +9,21 @@ intermediate units). Rotary embeddings act inside each head, so heads are only e
 from __future__ import annotations
 
 from ..spec import AxisPerm, PermutationSpec, SpecError
+from .heads import declare_heads
 from .layout import AxesCollector, find_prefix
 from .registry import register_adapter
 
 __all__ = ["build_llama_spec"]
 
-#: Task heads that read the final hidden state: ``lm_head`` (causal LM) and ``score`` (sequence classification).
-_RESIDUAL_READERS = ("lm_head", "score")
+#: Task heads that read the final hidden state: ``lm_head`` (causal LM, tied or not), ``score`` (sequence and
+#: token classification) and ``qa_outputs`` (question answering).
+_RESIDUAL_READERS = ("lm_head", "score", "qa_outputs")
 
 
 def build_llama_spec(
     config, shapes, *, permute_residual: bool = True, permute_heads: bool = True
 ) -> PermutationSpec:
-    """Permutation spec of a Llama, Mistral or Qwen2 base model, causal LM or sequence classifier."""
+    """Permutation spec of a Llama, Mistral or Qwen2 base model, causal LM or classifier."""
     model_type = config.model_type
     axes = AxesCollector(model_type, shapes, find_prefix(shapes, "embed_tokens.weight", model_type))
     res = "residual" if permute_residual else None
@@ -55,5 +57,13 @@ def build_llama_spec(
     return axes.build()
 
 
-for _model_type in ("llama", "mistral", "qwen2"):
+_HEADS = (
+    "Model",
+    "ForCausalLM",
+    "ForSequenceClassification",
+    "ForTokenClassification",
+    "ForQuestionAnswering",
+)
+for _model_type, _prefix in (("llama", "Llama"), ("mistral", "Mistral"), ("qwen2", "Qwen2")):
     register_adapter(_model_type, build_llama_spec)
+    declare_heads(_model_type, *(_prefix + head for head in _HEADS))

@@ -44,7 +44,7 @@ def supported_model_types() -> list[str]:
 
 
 # Modules of this package that are infrastructure, not adapters.
-_NOT_ADAPTERS = {"registry", "layout"}
+_NOT_ADAPTERS = {"registry", "layout", "heads"}
 
 
 def _load_builtin_adapters() -> None:

@@ -11,6 +11,7 @@ channels. A base model's outputs come out in the order of the last stream permut
 from __future__ import annotations
 
 from ..spec import PermutationSpec
+from .heads import declare_heads
 from .layout import AxesCollector, find_prefix
 from .registry import register_adapter
 
@@ -50,3 +51,6 @@ def build_resnet_spec(config, shapes, *, permute_residual: bool = True) -> Permu
     if axes.has("classifier.1.weight", absolute=True):
         axes.linear("classifier.1", None, current, absolute=True)
     return axes.build()
+
+
+declare_heads("resnet", "ResNetModel", "ResNetForImageClassification")

@@ -8,6 +8,7 @@ A base model's pooler output is a model output and keeps its order.
 from __future__ import annotations
 
 from ..spec import PermutationSpec
+from .heads import declare_heads
 from .layout import AxesCollector, find_prefix, heads_axis
 from .registry import register_adapter
 
@@ -42,3 +43,6 @@ def build_vit_spec(
     if axes.has("classifier.weight", absolute=True):
         axes.linear("classifier", None, res, absolute=True)
     return axes.build()
+
+
+declare_heads("vit", "ViTModel", "ViTForImageClassification")

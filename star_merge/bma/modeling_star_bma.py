@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import transformers
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_star_bma import StarBMAConfig
@@ -80,14 +80,20 @@ def resolve_member_classes(member_config: dict) -> tuple[type, type]:
 
 
 def head_of(architecture: str) -> str:
-    """The task a member head solves: ``image-classification`` or ``sequence-classification``."""
+    """The task a member head solves: ``image-classification``, ``sequence-classification``, ``causal-lm`` or
+    ``masked-lm``."""
+    if architecture.endswith(("ForCausalLM", "LMHeadModel")):
+        return "causal-lm"
+    if architecture.endswith(("ForMaskedLM", "ForPreTraining")):
+        return "masked-lm"
     if architecture.endswith("ForImageClassification"):
         return "image-classification"
     if architecture.endswith(("ForSequenceClassification", "ForClassification")):
         return "sequence-classification"
     raise ValueError(
-        f"star-domain BMA averages class probabilities; member head {architecture!r} is not a supported "
-        "classifier (use a *ForSequenceClassification, *ForImageClassification or star-merge built-in model)"
+        f"star-domain BMA averages class or token probabilities; member head {architecture!r} is not supported "
+        "(use a *ForSequenceClassification, *ForImageClassification, *ForCausalLM / *LMHeadModel, *ForMaskedLM or "
+        "star-merge built-in model)"
     )
 
 
@@ -187,7 +193,9 @@ class StarBMAPreTrainedModel(PreTrainedModel):
             )
         self.member_config = member_config_cls.from_dict(dict(config.member_config))
         problem = getattr(self.member_config, "problem_type", None)
-        if problem in ("regression", "multi_label_classification") or self.member_config.num_labels < 2:
+        if self.head in LM_HEADS:
+            pass  # token heads: a softmax over the vocabulary at every position
+        elif problem in ("regression", "multi_label_classification") or self.member_config.num_labels < 2:
             raise ValueError(
                 f"star-domain BMA averages softmax probabilities; members with problem_type={problem!r} and "
                 f"num_labels={self.member_config.num_labels} are not single-label classifiers"
@@ -264,7 +272,8 @@ class StarBMAPreTrainedModel(PreTrainedModel):
         """
         if return_member_logits is None:
             return_member_logits = self.config.return_member_logits
-        for key in ("output_attentions", "output_hidden_states"):
+        for key in ("output_attentions", "output_hidden_states", "use_cache", "past_key_values", "cache_position",
+                    "logits_to_keep"):
             inputs.pop(key, None)
         member = self.member_module()
         log_total, member_logits = None, []
@@ -272,7 +281,7 @@ class StarBMAPreTrainedModel(PreTrainedModel):
             out = torch.func.functional_call(
                 member, self.sample_state_dict(s), args=(), kwargs={**inputs, "return_dict": True}
             )
-            logits = out.logits
+            logits = out.logits if getattr(out, "logits", None) is not None else out.prediction_logits
             log_p = torch.log_softmax(logits.float(), dim=-1)
             log_total = log_p if log_total is None else torch.logaddexp(log_total, log_p)
             if return_member_logits:
@@ -280,7 +289,12 @@ class StarBMAPreTrainedModel(PreTrainedModel):
         logits = log_total - math.log(self.config.num_samples)
         loss = None
         if labels is not None:
-            loss = nn.functional.nll_loss(logits, labels.long().to(logits.device))
+            labels = labels.long().to(logits.device)
+            if self.head == "causal-lm":  # next-token: position i predicts token i + 1
+                logits_, labels = logits[:, :-1], labels[:, 1:]
+            else:
+                logits_ = logits
+            loss = nn.functional.nll_loss(logits_.reshape(-1, logits_.shape[-1]), labels.reshape(-1), ignore_index=-100)
         stacked = torch.stack(member_logits) if return_member_logits else None
         if return_dict is False:
             return tuple(x for x in (loss, logits, stacked) if x is not None)
@@ -300,12 +314,36 @@ class StarBMAForImageClassification(StarBMAPreTrainedModel):
     main_input_name = "pixel_values"
 
 
+class StarBMAForCausalLM(StarBMAPreTrainedModel, GenerationMixin):
+    """BMA of causal LMs (``GPTNeoXForCausalLM``, ``GPT2LMHeadModel``, ...): next-token distribution = mean of the
+    samples' softmax. ``generate()`` works (greedy and sampling) without a KV cache: every step reruns the prefix."""
+
+    head = "causal-lm"
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def _supports_default_dynamic_cache(self) -> bool:  # no cache: the members run on the whole prefix
+        return False
+
+
+class StarBMAForMaskedLM(StarBMAPreTrainedModel):
+    """BMA of masked LMs (``BertForMaskedLM``, ``BertForPreTraining``): per-position mean of the samples' softmax."""
+
+    head = "masked-lm"
+
+
+LM_HEADS = ("causal-lm", "masked-lm")
 HEAD_CLASSES = {
     "sequence-classification": StarBMAForSequenceClassification,
     "image-classification": StarBMAForImageClassification,
+    "causal-lm": StarBMAForCausalLM,
+    "masked-lm": StarBMAForMaskedLM,
 }
 HEAD_CLASS_NAMES = {k: v.__name__ for k, v in HEAD_CLASSES.items()}
 HEAD_AUTO_SUFFIX = {
     "sequence-classification": "SequenceClassification",
     "image-classification": "ImageClassification",
+    "causal-lm": "CausalLM",
+    "masked-lm": "MaskedLM",
 }

@@ -157,6 +157,7 @@ def measure_barrier(
     names: Sequence[str] = ("A", "B"),
     progress: bool = True,
     collate_fn=None,
+    task=None,
 ) -> BarrierResult:
     """Align B to A, then measure loss/accuracy along the line A -> B on ``splits`` of ``dataset``.
 
@@ -180,7 +181,7 @@ def measure_barrier(
         model_a, model_b, align, seed=seed, dataloader=data.bn_loader, progress=progress
     )
     try:
-        curves = interpolation_curves(model_a, sd_a, sd_b, data, num_points, progress=progress)
+        curves = interpolation_curves(model_a, sd_a, sd_b, data, num_points, progress=progress, task=task)
     finally:
         model_a.load_state_dict(sd_a)
     return BarrierResult(names[0], names[1], curves, alignment, has_batchnorm(model_a))
@@ -195,23 +196,27 @@ def barrier_between(
     """Load two checkpoints (folders or Hub ids) and :func:`measure_barrier` on ``data_args`` (default MNIST-1D).
 
     Raw text / image columns are processed with A's tokenizer / image processor (``data_args.processor_name_or_path``
-    overrides it; B's must agree), never augmented."""
+    overrides it; B's must agree), never augmented; a language model's text is tokenised into blocks."""
     import dataclasses
 
-    from ..data import DataArguments, check_labels, load_task_dataset, prepare_dataset, raw_kind
+    from ..data import DataArguments, load_task_dataset, prepare_dataset, raw_kind, task_and_processor
     from ..processing import population_processor
-    from ..tasks import task_for
 
     model_a = load_model(checkpoint_a)
     model_b = load_model(checkpoint_b)
     check_same_architecture(model_a, model_b, (checkpoint_a, checkpoint_b))
     data_args = dataclasses.replace(data_args or DataArguments(), augment=False)
-    dataset = load_task_dataset(data_args, getattr(model_a, "main_input_name", None))
-    check_labels(dataset, model_a.config.num_labels)
     folders = [_folder_of(checkpoint_a), _folder_of(checkpoint_b)]
+    task, processor = task_and_processor(data_args, folders[0])  # LMs: A's tokenizer
+    dataset = load_task_dataset(data_args, getattr(model_a, "main_input_name", None), task=task, processor=processor)
+    task.check_dataset(dataset, model_a.config)
+    lm = getattr(task, "data_kind", None) == "text"
     processor, _ = population_processor(folders, data_args.processor_name_or_path,
-                                        required=raw_kind(dataset) is not None)
-    dataset, collate_fn = prepare_dataset(dataset, task_for(model_a), processor, data_args)
+                                        required=lm or raw_kind(dataset) is not None)
+    dataset, collate_fn = prepare_dataset(dataset, task, processor, data_args)
+    if lm:  # the stored splits carry one fixed masking: every model is scored on the same positions
+        collate_fn = None
+    kwargs.setdefault("task", task)
     kwargs.setdefault("names", (checkpoint_a, checkpoint_b))
     return measure_barrier(model_a, model_b, dataset, collate_fn=collate_fn, **kwargs)
 

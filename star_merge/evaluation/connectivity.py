@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .engine import EvalData, has_batchnorm, predict, reset_bn_stats
+from .engine import EvalData, evaluate_loss_accuracy, has_batchnorm, reset_bn_stats
 
 __all__ = [
     "interpolate_state_dicts",
@@ -118,9 +118,9 @@ def interpolation_curves(
         if reset_bn:
             reset_bn_stats(model, data.bn_loader, bn_max_batches, device=device, task=task)
         for split in data.splits:
-            pred = predict(model, data.prepared[split], accelerator, progress=False, task=task, device=device)
-            losses[split].append(pred.loss)
-            accs[split].append(pred.accuracy)
+            loss, acc = evaluate_loss_accuracy(model, data.prepared[split], device, task, accelerator)
+            losses[split].append(loss)
+            accs[split].append(acc)
     return {s: InterpolationCurve(ts, losses[s], accs[s]) for s in data.splits}
 
 

@@ -100,23 +100,62 @@ class Predictions:
         return float((self.log_probs.argmax(-1) == self.labels).double().mean())
 
 
+def _rows(task):
+    """The task's per-example predictions: ``(log_probs [B, ..., C], targets [B, ...])``, ``-100`` targets kept,
+    so that ``gather_for_metrics`` (which counts examples) drops duplicated examples, never single tokens."""
+    return getattr(task, "predict_rows", None) or task.predict
+
+
+def _flatten(lp: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    lp, y = lp.reshape(-1, lp.shape[-1]), y.reshape(-1).long()
+    keep = y != -100
+    return (lp, y) if bool(keep.all()) else (lp[keep], y[keep])
+
+
 def predict(model: nn.Module, dataloader, accelerator=None, desc: str | None = None, progress: bool = True,
             task=None, device=None) -> Predictions:
-    """The task's log-probabilities and targets of ``model`` over ``dataloader`` (gathered with an accelerator)."""
+    """The task's log-probabilities and targets of ``model`` over ``dataloader`` (gathered with an accelerator).
+
+    Holds [units, classes] for the whole split: for language models that is [tokens, vocab]; scores that need
+    only the loss and accuracy go through :func:`evaluate_loss_accuracy`, which accumulates per batch."""
     task = _task(model, task)
     log_probs, labels = [], []
-    for lp, y in forward_loader(model, dataloader, task.predict, accelerator, device, desc, progress):
+    for lp, y in forward_loader(model, dataloader, _rows(task), accelerator, device, desc, progress):
+        lp, y = _flatten(lp, y)
         log_probs.append(lp.cpu())
-        labels.append(y.cpu().long())
+        labels.append(y.cpu())
     if not labels:
         raise ValueError("cannot evaluate: the dataloader yielded no samples; check that the split is not empty")
     return Predictions(torch.cat(log_probs), torch.cat(labels))
 
 
-def evaluate_loss_accuracy(model: nn.Module, dataloader: Iterable, device=None, task=None) -> tuple[float, float]:
-    """Mean loss (cross-entropy) and accuracy (fraction) of ``model`` in eval mode over ``dataloader``."""
-    pred = predict(model, dataloader, device=device, task=task, progress=False)
-    return pred.loss, pred.accuracy
+def _unit_sums(task):
+    """A step giving per-example [B, 3] sums (NLL, correct, units) of the task's predictions."""
+    rows = _rows(task)
+
+    def step(model, batch):
+        lp, y = rows(model, batch)
+        lp, y = lp.reshape(y.shape[0], -1, lp.shape[-1]), y.reshape(y.shape[0], -1).long()
+        keep = y != -100
+        yc = y.clamp_min(0)
+        nll = -lp.double().gather(-1, yc[..., None]).squeeze(-1)
+        correct = (lp.argmax(-1) == yc) & keep
+        return torch.stack([(nll * keep).sum(1), correct.sum(1).double(), keep.sum(1).double()], 1)
+
+    return step
+
+
+def evaluate_loss_accuracy(model: nn.Module, dataloader: Iterable, device=None, task=None, accelerator=None,
+                           desc: str | None = None, progress: bool = False) -> tuple[float, float]:
+    """Mean loss (cross-entropy per unit: example or token) and accuracy (fraction) of ``model`` in eval mode over
+    ``dataloader``, accumulated per batch (no [units, classes] tensor is kept)."""
+    task = _task(model, task)
+    total = torch.zeros(3, dtype=torch.float64)
+    for sums in forward_loader(model, dataloader, _unit_sums(task), accelerator, device, desc, progress):
+        total += sums.cpu().sum(0)
+    if total[2] == 0:
+        raise ValueError("cannot evaluate: the dataloader yielded no samples; check that the split is not empty")
+    return float(total[0] / total[2]), float(total[1] / total[2])
 
 
 def has_batchnorm(model: nn.Module) -> bool:

@@ -76,10 +76,25 @@ def _pm(stats: BarrierStats, pct: bool = False) -> str:
     return f"{format_value(stats.mean, pct)} ± {format_value(stats.std, pct)}"
 
 
+# The metric in the task's words: (loss, accuracy) per unit.
+_WORDS = {"example": ("loss", "acc."), "token": ("per-token CE", "token acc.")}
+
+
+def _path_perplexity(rows, split: str = "test") -> str:
+    """Mean over pairs of the highest perplexity exp(CE) along the interpolation path."""
+    import math
+
+    peaks = [math.exp(max(r[split]["losses"])) for r in rows]
+    return format_value(sum(peaks) / len(peaks)) if peaks else "–"
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """report.md: summary, per-model and ensemble metrics, every pair's barriers, the plots."""
     s, barriers = RunSummary.from_report(report), report["barriers"]
     settings = barriers["settings"]
+    task = report.get("task") or {}
+    unit = task.get("unit", "example")
+    loss_w, acc_w = _WORDS.get(unit, _WORDS["example"])
     lines = [
         "# Starlight evaluation report",
         "",
@@ -90,7 +105,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         "## Summary",
         "",
-        "| pairs | n | train loss barrier | test loss barrier | train acc. barrier | test acc. barrier |",
+        f"| pairs | n | train {loss_w} barrier | test {loss_w} barrier | train {acc_w} barrier "
+        f"| test {acc_w} barrier |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for group, label in GROUPS.items():
@@ -99,18 +115,35 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"| {label} | {g.test_loss_barrier.n} | {_pm(g.train_loss_barrier)} | {_pm(g.test_loss_barrier)} "
             f"| {_pm(g.train_accuracy_barrier, True)} | {_pm(g.test_accuracy_barrier, True)} |"
         )
+    if unit == "token":
+        lines.insert(3, f"Task: {task.get('name')}; losses are cross-entropy per target token (nats), accuracy is "
+                        "top-1 token accuracy, perplexity = exp(per-token CE).")
+        lines.insert(3, "")
     lines += [
         "",
         f"- star / ordinary (anchor ↔ held-out) {headline(s)}",
         f"- **{judge_star(s).text}**",
-        (f"- star test accuracy {format_value(s.star_test_accuracy, True)}% vs mean anchor "
-         f"{format_value(s.mean_anchor_test_accuracy, True)}%; test NLL {format_value(s.star_test_nll)} vs mean anchor "
-         f"{format_value(s.mean_anchor_test_nll)}; train loss {format_value(s.star_train_loss)} vs mean anchor "
-         f"{format_value(s.mean_anchor_train_loss)}"),
+        (f"- star test {'token ' if unit == 'token' else ''}accuracy {format_value(s.star_test_accuracy, True)}% vs "
+         f"mean anchor {format_value(s.mean_anchor_test_accuracy, True)}%; test NLL {format_value(s.star_test_nll)} vs "
+         f"mean anchor {format_value(s.mean_anchor_test_nll)}; train {loss_w} {format_value(s.star_train_loss)} vs mean "
+         f"anchor {format_value(s.mean_anchor_train_loss)}"),
+    ]
+    if unit == "token":
+        import math
+
+        ppl = lambda x: format_value(math.exp(x)) if x is not None else "–"  # noqa: E731
+        lines += [
+            f"- test perplexity: star {ppl(s.star_test_nll)} vs mean anchor {ppl(s.mean_anchor_test_nll)} and mean "
+            f"held-out {ppl(s.mean_held_out_test_nll)}",
+            "- highest test perplexity along the path (mean over pairs): "
+            + ", ".join(f"{GROUPS[g]} {_path_perplexity(barriers[g])}" for g in GROUPS),
+        ]
+    lines += [
         "",
         "## Models and ensembles (test split)",
         "",
-        "| model | role | train loss | accuracy (%) | NLL | ECE (%) | Brier | AUROC max-p | AUROC entropy |",
+        f"| model | role | train {loss_w} | {'token ' if unit == 'token' else ''}accuracy (%) | NLL | ECE (%) | Brier "
+        "| AUROC max-p | AUROC entropy |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     rows = [(n, m["role"], m["train"]["loss"], m["test"]) for n, m in report["models"].items()]
@@ -127,7 +160,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         "## Every pair",
         "",
-        "| pairs | A (t=0) | B (t=1, aligned) | train loss barrier | test loss barrier | test acc. barrier |",
+        f"| pairs | A (t=0) | B (t=1, aligned) | train {loss_w} barrier | test {loss_w} barrier | test {acc_w} barrier |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for group, label in GROUPS.items():

@@ -158,14 +158,13 @@ def evaluate_run(
 
     from ..adapters import spec_for
     from .engine import has_batchnorm
-    from ..data import check_labels
     from ..matching import weight_matching
     from .metrics import classification_metrics, compute_evaluate_metrics, load_evaluate_metrics
     from ..rundir import RunDirectory
     from ..spec import apply_permutation
     from .barrier import check_same_architecture
     from .connectivity import interpolation_curves
-    from .engine import EvalData, predict
+    from .engine import EvalData, evaluate_loss_accuracy, predict
 
     rd = RunDirectory(run_dir)
     existing = _existing_outputs(rd.path)
@@ -181,7 +180,8 @@ def evaluate_run(
 
     star = rd.load_star()
     dataset, collate_fn = rd.load_data()
-    check_labels(dataset, star.config.num_labels)
+    task = rd.task()
+    task.check_dataset(dataset, star.config)
     data = EvalData(dataset, accelerator, batch_size, SPLITS, collate_fn=collate_fn)
     spec = spec_for(star)
 
@@ -196,14 +196,15 @@ def evaluate_run(
         if name != "star":
             check_same_architecture(star, model, ("star", name))
         state_dicts[name] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        train_pred = predict(model, data.prepared["train"], accelerator, desc=f"{name} train", progress=progress)
-        test_pred = predict(model, data.prepared["test"], accelerator, desc=f"{name} test", progress=progress)
+        train_loss, train_acc = evaluate_loss_accuracy(model, data.prepared["train"], task=task,
+                                                       accelerator=accelerator, desc=f"{name} train", progress=progress)
+        test_pred = predict(model, data.prepared["test"], accelerator, desc=f"{name} test", progress=progress, task=task)
         labels = test_pred.labels
         test_probs[name] = test_pred.probs
         models[name] = {
             "role": role,
             "path": os.path.relpath(path, rd.path) if path.startswith(rd.path) else path,
-            "train": {"loss": train_pred.loss, "accuracy": train_pred.accuracy},
+            "train": {"loss": train_loss, "accuracy": train_acc},
             "test": {
                 **classification_metrics(test_probs[name], labels),
                 **compute_evaluate_metrics(extra_metrics, test_probs[name], labels),
@@ -261,7 +262,7 @@ def evaluate_run(
         init = stored_perms.get(b) if group == "star_vs_anchor" else None
         match = weight_matching(spec, state_dicts[a], state_dicts[b], seed=seed + i, init_perm=init)
         sd_b = apply_permutation(spec, match.perm, state_dicts[b])
-        curves = interpolation_curves(container, state_dicts[a], sd_b, data, num_points, progress=False)
+        curves = interpolation_curves(container, state_dicts[a], sd_b, data, num_points, progress=False, task=task)
         alignment = {"method": "weight", "objective": match.objective, "iterations": match.iterations}
         barriers[group].append({"a": a, "b": b, "alignment": alignment, **{s: c.to_dict() for s, c in curves.items()}})
 
@@ -277,7 +278,9 @@ def evaluate_run(
     if "deep_ensemble" in ensembles:
         summary["deep_ensemble_test_accuracy"] = ensembles["deep_ensemble"]["test"]["accuracy"]
 
-    ours = {"barriers": barriers, "models": models, "ensembles": ensembles, "summary": summary}
+    unit = "token" if getattr(task, "data_kind", None) == "text" else "example"
+    ours = {"task": {"name": task.name, "unit": unit}, "barriers": barriers, "models": models,
+            "ensembles": ensembles, "summary": summary}
     if accelerator.is_main_process:
         write_outputs(rd.path, ours, test_probs, labels, seed)
     accelerator.wait_for_everyone()

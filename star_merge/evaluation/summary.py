@@ -67,6 +67,7 @@ class RunSummary:
     mean_anchor_test_nll: float | None = None
     mean_anchor_train_loss: float | None = None
     mean_held_out_test_accuracy: float | None = None
+    mean_held_out_test_nll: float | None = None
     deep_ensemble_test_accuracy: float | None = None
 
     @classmethod
@@ -84,6 +85,7 @@ class RunSummary:
             mean_anchor_test_nll=finite_number(s.get("mean_anchor_test_nll")),
             mean_anchor_train_loss=finite_number(s.get("mean_anchor_train_loss")),
             mean_held_out_test_accuracy=finite_number(s.get("mean_held_out_test_accuracy")),
+            mean_held_out_test_nll=finite_number(s.get("mean_held_out_test_nll")),
             deep_ensemble_test_accuracy=finite_number(s.get("deep_ensemble_test_accuracy")),
         )
 

@@ -53,6 +53,7 @@ _PIPELINE_BY_SUFFIX = [
     ("ForCausalLM", "text-generation"),
     ("LMHeadModel", "text-generation"),
     ("ForMaskedLM", "fill-mask"),
+    ("ForPreTraining", "fill-mask"),
     ("ForTokenClassification", "token-classification"),
 ]
 

@@ -57,12 +57,16 @@ def train_classifier(model, dataset, args: TrainArguments, seed: int, device=Non
     task = task if task is not None else task_for(model)
     device = torch.device(device or "cpu")
     model.to(device).train()
-    loader = make_dataloader(dataset["train"], args.per_device_train_batch_size, shuffle=True, seed=seed)
+    collator = task.collator
+    loader = make_dataloader(dataset["train"], args.per_device_train_batch_size, shuffle=True, seed=seed,
+                             collate_fn=collator)
     opt = make_optimizer(model.parameters(), args.optimizer, args.learning_rate, args.weight_decay)
     sched = make_scheduler(opt, args.lr_scheduler_type, args.num_train_epochs * len(loader))
     bar = tqdm(total=args.num_train_epochs * len(loader), desc=desc or f"training seed {seed}", disable=not progress, leave=False)
-    for _ in range(args.num_train_epochs):
+    for epoch in range(args.num_train_epochs):
         model.train()
+        if hasattr(collator, "set_epoch"):  # a masked LM draws a fresh masking per epoch
+            collator.set_epoch(epoch)
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = task.loss(model, batch)
@@ -78,8 +82,10 @@ def train_classifier(model, dataset, args: TrainArguments, seed: int, device=Non
     return model.eval(), {"test_loss": test_loss, "test_accuracy": test_acc, "seed": seed}
 
 
-def save_checkpoint(model, output_dir: str, extra_json: dict | None = None, overwrite: bool = False) -> str:
-    """``save_pretrained`` into a temp folder beside ``output_dir``, then rename it into place (atomic)."""
+def save_checkpoint(model, output_dir: str, extra_json: dict | None = None, overwrite: bool = False,
+                    processor=None) -> str:
+    """``save_pretrained`` into a temp folder beside ``output_dir``, then rename it into place (atomic);
+    ``processor`` (a tokenizer) is saved with the weights."""
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir):
         if not overwrite:
@@ -88,6 +94,8 @@ def save_checkpoint(model, output_dir: str, extra_json: dict | None = None, over
 
     with atomic_folder(output_dir) as tmp:
         model.save_pretrained(tmp)
+        if processor is not None:
+            processor.save_pretrained(tmp)
         if extra_json:
             with open(os.path.join(tmp, "training_info.json"), "w") as f:
                 json.dump(extra_json, f, indent=2)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["AnchorSource", "anchors_config", "normalize_anchors"]
+__all__ = ["AnchorSource", "anchors_config", "normalize_anchors", "population_dtype"]
 
 
 @dataclass
@@ -81,3 +81,9 @@ def anchors_config(sources: Sequence[AnchorSource]):
         if s.config is not None:
             return s.config() if callable(s.config) else s.config
     return None
+
+
+def population_dtype(state_dict, names) -> torch.dtype:
+    """bf16 / fp16 when every floating tensor of ``names`` has that dtype, else float32."""
+    dtypes = {state_dict[n].dtype for n in names if n in state_dict and state_dict[n].is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 and dtypes <= {torch.bfloat16, torch.float16} else torch.float32

@@ -14,14 +14,15 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .. import __version__
-from ..data import DataArguments, DatasetError, check_labels, load_task_dataset, prepare_dataset, raw_kind
+from ..data import (DataArguments, DatasetError, check_labels, load_task_dataset, prepare_dataset, raw_kind,
+                    task_and_processor)
 from ..finite import check_finite_checkpoint
 from ..locking import lock_output_dir, recover_atomic_leftovers
 from ..modeling import load_checkpoint, load_config
 from ..tasks import task_for
 from ..rundir import Member, RunPaths, atomic_write_json, save_permutations
 from ..population import PopulationArguments, save_checkpoint
-from ..processing import population_processor, save_processor
+from ..processing import population_processor
 from .config import StarlightConfig
 from .rotation import STATE_FILE
 from .trainer import StarlightTrainer
@@ -153,25 +154,27 @@ def _run_locked(config, data_args, pop, run_args, accelerator) -> dict:
     paths = RunPaths(config.output_dir)
     started = time.time()
 
-    with accelerator.main_process_first():
-        dataset = load_task_dataset(data_args)
-    raw = raw_kind(dataset)
-    if raw and not pop.anchors:
-        raise RunError(f"raw {raw} data needs a population that reads it: give --anchors (and --held_out) "
-                       "saved with their tokenizer / image processor")
-
-    # ---- the population
+    # ---- the population (given: the task, and a language model's tokenizer, come from the first anchor)
     if pop.anchors:
         members = _resolve_given(pop, accelerator)
         if not pop.held_out:
             logger.warning("no --held_out models: star<->held-out barriers cannot be measured")
         model_config = load_config(members[0].path)
-        check_labels(dataset, model_config.num_labels)
+        task, tokenizer = task_and_processor(data_args, members[0].path)  # LMs: text tokenised into blocks
+        with accelerator.main_process_first():
+            dataset = load_task_dataset(data_args, task=task, processor=tokenizer)
+        raw = raw_kind(dataset)
+        task.check_dataset(dataset, model_config)
         if raw is None:  # raw text / images become the model's inputs in prepare_dataset below
             check_input_column(dataset, model_config, data_args.dataset_name)
         processor, processor_source = population_processor(
-            [m.path for m in members], data_args.processor_name_or_path, required=raw is not None)
+            [m.path for m in members], data_args.processor_name_or_path, required=raw is not None or tokenizer is not None)
     else:
+        with accelerator.main_process_first():
+            dataset = load_task_dataset(data_args)
+        if raw_kind(dataset):
+            raise RunError(f"raw {raw_kind(dataset)} data needs a population that reads it: give --anchors (and "
+                           "--held_out) saved with their tokenizer / image processor")
         processor = processor_source = None
         model_config = pop.build_config(num_labels=dataset["train"].features["labels"].num_classes
                                         if hasattr(dataset["train"].features["labels"], "num_classes") else None)
@@ -193,7 +196,7 @@ def _run_locked(config, data_args, pop, run_args, accelerator) -> dict:
         check_finite_checkpoint(m.path, f"{m.role} {m.name} ({m.source})")
     # Anchors are read one at a time into the trainer's anchor matrix (one copy per anchor in memory).
     anchor_sds = [(m.name, functools.partial(_load_state_dict, m.path)) for m in members if m.role == "anchor"]
-    task = task_for(model_config)
+    task = task_for(model_config, name=data_args.task)
     with accelerator.main_process_first():  # tokenised once (the datasets cache serves the other processes)
         dataset, collator = prepare_dataset(dataset, task, processor, data_args, seed=config.seed)
 
@@ -223,10 +226,8 @@ def _run_locked(config, data_args, pop, run_args, accelerator) -> dict:
     train_seconds = time.time() - started
 
     if accelerator.is_main_process:
-        save_checkpoint(result.model, paths.star_path, overwrite=True,
+        save_checkpoint(result.model, paths.star_path, overwrite=True, processor=processor,
                         extra_json={"history": result.history, "starlight": config.to_dict()})
-        if processor is not None:  # star/ loads with pipeline(task, model=run/star) alone
-            save_processor(processor, paths.star_path)
         save_permutations(paths.permutations_path, result.perms)
         manifest.update(status="trained", history=result.history, train_seconds=round(train_seconds, 1))
         atomic_write_json(paths.manifest_path, manifest)

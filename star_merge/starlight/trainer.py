@@ -33,7 +33,7 @@ from ..rundir import RunPaths
 from ..spec import apply_permutation, compose_permutations
 from ..population.training import make_optimizer, make_scheduler
 from .accelerator import make_accelerator
-from .anchors import anchors_config, normalize_anchors
+from .anchors import anchors_config, normalize_anchors, population_dtype
 from .checkpoint import StarlightState
 from .config import StarlightConfig
 from .flat import FlatBoundModel, FlatLayout, FlatStar
@@ -131,26 +131,25 @@ class StarlightTrainer:
         return build_model(config, seed=self.args.seed)
 
     def _anchor_matrix(self, sources) -> torch.Tensor:
-        """The anchors in ONE [N, P] float32 matrix, always in the star's current frame.
-
-        Re-alignment permutes rows in place and composes the permutation into ``state.perms`` (the permutation
-        from each original anchor), so host memory holds one copy per anchor and no more.
-        """
-        names = set(self.layout.names)
+        """The anchors in ONE [N, P] matrix of the population's dtype (bf16/fp16 kept, mixed: float32), in the star's
+        current frame; re-alignment permutes rows in place (``state.perms``): one copy per anchor in host memory."""
         device = self.accelerator.device
         on_device = device.type != "cpu" and self.args.anchor_device == "accelerator"
+        first = sources[0].load() if sources else {}
         matrix = torch.empty(len(sources), self.layout.total, device=device if on_device else "cpu",
+                             dtype=population_dtype(first, self.layout.names),
                              pin_memory=device.type == "cuda" and not on_device)
-        for row, src in zip(matrix, sources):
-            sd = src.load()  # loaded on demand, one at a time
+        for i, src in enumerate(sources):
+            sd = first if i == 0 else src.load()  # loaded on demand, one at a time
+            matrix = matrix if population_dtype(sd, self.layout.names) == matrix.dtype else matrix.float()  # mixed
             try:
                 self.spec.subset(sd.keys()).validate(sd)
             except ValueError as e:
                 raise ValueError(f"anchor {src.name}: {e}") from None
-            missing = names - set(sd)
+            missing = set(self.layout.names) - set(sd)
             if missing:
                 raise ValueError(f"anchor {src.name} lacks parameter {sorted(missing)[0]!r}; is it the same architecture?")
-            row.copy_(self.layout.flatten(sd))
+            matrix[i].copy_(self.layout.flatten(sd, dtype=matrix.dtype))
         return matrix
 
     def _init_star(self) -> None:
@@ -279,7 +278,7 @@ class StarlightTrainer:
                 self.align_anchors(self.flat_star.theta, state, acc.is_local_main_process)
             state.aligned_epoch = epoch
         self.train_loader.set_epoch(epoch)
-        set_data_epoch(self.train_dataset, epoch)  # seeded augmentation draws from (seed, epoch, index)
+        set_data_epoch(self.train_dataset, epoch, self.data_collator)  # seeded augmentation, MLM masking
         loader = (acc.skip_first_batches(self.train_loader, state.batches_in_epoch) if state.batches_in_epoch
                   else self.train_loader)
         self.model.train()
@@ -307,7 +306,7 @@ class StarlightTrainer:
         theta, bound, task = self.flat_star.theta, self.bound, self.task
         n, t = self.sample_anchor_and_t(epoch, self.state.batches_in_epoch, acc.process_index)
         with acc.accumulate(self.flat_star):
-            anchor = self.anchors[n].to(acc.device, non_blocking=True)
+            anchor = self.anchors[n].to(acc.device, non_blocking=True).to(theta.dtype)  # training precision
             with torch.no_grad():
                 torch.lerp(theta, anchor, t, out=bound.weights)  # (1-t)·θ + t·π_n(θ_n)
             bound.grads.zero_()

@@ -35,12 +35,19 @@ class Task:
     name: str = ""
     pipeline_tag: str | None = None
     bma_head: str | None = None  # the star-domain BMA head class that wraps members of this task
+    data_kind: str = "labelled"  # "labelled": (input, label) columns; "text": raw text tokenised by prepare()
 
     # ------------------------------------------------------------------ data
     def prepare(self, dataset_dict, processor=None, data_args=None, seed: int = 0):
         """Turn raw splits into model-ready ones (tokenise, process images, ...). Model-ready splits (the
         built-in datasets, pre-processed columns) are returned as they are."""
         return dataset_dict
+
+    def check_dataset(self, dataset, config) -> None:
+        """Raise a one-line DatasetError when the prepared dataset does not fit the model (default: labels)."""
+        from ..data import check_labels
+
+        check_labels(dataset, config.num_labels)
 
     @property
     def collator(self) -> Callable | None:

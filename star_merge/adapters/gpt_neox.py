@@ -1,0 +1,67 @@
+"""Adapter for GPT-NeoX / Pythia (``GPTNeoXModel``, ``…ForCausalLM``, ``…ForSequenceClassification``,
+``…ForTokenClassification``, ``…ForQuestionAnswering``).
+
+The fused ``attention.query_key_value`` output is laid out per head: ``view(…, num_heads, 3 * head_dim)``
+then ``chunk(3)``, so its rows are ``[num_heads, 3, head_dim]`` (head 0's q, k, v, then head 1's …), unlike
+GPT-2's ``[q | k | v]``. A head is therefore one block of ``3 * head_dim`` rows, and heads permute with
+``AxisPerm(heads, block=3 * head_dim)``; the output projection ``attention.dense`` reads ``[num_heads,
+head_dim]`` columns (``block=head_dim``). Rotary embeddings act on the first ``rotary_pct * head_dim`` dims
+of every q and k head (Pythia: 25 %); heads only ever move whole, so the partial rotary split is untouched.
+
+Both residual layouts (``use_parallel_residual`` True: ``x + attn(ln1(x)) + mlp(ln2(x))``; False:
+sequential) read and write one residual stream, so one permutation ``residual`` covers ``embed_in``, both
+layer norms of every block, ``final_layer_norm`` and the head (``lm_head``, which checkpoints name
+``embed_out`` and transformers renames on load; untied in Pythia, tied if ``tie_word_embeddings``).
+Permutations: ``residual``, ``layers.{i}.heads``, ``layers.{i}.mlp``.
+"""
+
+from __future__ import annotations
+
+from ..spec import AxisPerm, PermutationSpec
+from .heads import declare_heads
+from .layout import AxesCollector, find_prefix
+from .registry import register_adapter
+
+__all__ = ["build_gpt_neox_spec"]
+
+#: Task heads that read the final hidden state (token, sequence and span heads alike).
+_RESIDUAL_READERS = ("lm_head", "score", "classifier", "qa_outputs")
+
+
+@register_adapter("gpt_neox")
+def build_gpt_neox_spec(
+    config, shapes, *, permute_residual: bool = True, permute_heads: bool = True
+) -> PermutationSpec:
+    """Permutation spec of a GPT-NeoX base model, causal LM or classifier."""
+    axes = AxesCollector("gpt_neox", shapes, find_prefix(shapes, "embed_in.weight", "gpt_neox"))
+    res = "residual" if permute_residual else None
+    head_dim = config.hidden_size // config.num_attention_heads
+
+    axes.embedding("embed_in", res)
+    for i in range(config.num_hidden_layers):
+        layer = f"layers.{i}"
+        heads = f"{layer}.heads" if permute_heads else None
+        qkv = AxisPerm(heads, block=3 * head_dim) if heads else None  # rows [num_heads, 3, head_dim]
+        attn_out = AxisPerm(heads, block=head_dim) if heads else None
+        mlp = f"{layer}.mlp"
+
+        axes.norm(f"{layer}.input_layernorm", res)
+        axes.linear(f"{layer}.attention.query_key_value", qkv, res)
+        axes.linear(f"{layer}.attention.dense", res, attn_out)
+        axes.norm(f"{layer}.post_attention_layernorm", res)
+        axes.mlp((f"{layer}.mlp.dense_h_to_4h",), f"{layer}.mlp.dense_4h_to_h", mlp, res)
+    axes.norm("final_layer_norm", res)
+    for head in _RESIDUAL_READERS:
+        if axes.has(f"{head}.weight", absolute=True):
+            axes.linear(head, None, res, absolute=True)
+    return axes.build()
+
+
+declare_heads(
+    "gpt_neox",
+    "GPTNeoXModel",
+    "GPTNeoXForCausalLM",
+    "GPTNeoXForSequenceClassification",
+    "GPTNeoXForTokenClassification",
+    "GPTNeoXForQuestionAnswering",
+)
