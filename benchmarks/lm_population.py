@@ -1,7 +1,7 @@
 """Does a star model exist for a population of language models? Tiny GPT-NeoX models trained here, then Starlight.
 
-    python benchmarks/lm_population.py                      # 3 anchors + 2 held-out, ~30 min on 2 CPU cores
-    python benchmarks/lm_population.py --epochs 1 --starlight-epochs 1 --quick   # plumbing check, ~5 min
+    python benchmarks/lm_population.py                      # 3 anchors + 2 held-out, whole corpus (not yet timed)
+    python benchmarks/lm_population.py --quick --epochs 4 --starlight-epochs 2   # 256 blocks: 6.5 min on 2 CPU cores
 
 Each member is a GPTNeoXForCausalLM (hidden 64, 2 layers, 4 heads, partial rotary, untied head) trained from its
 own seed on a local corpus (the Python standard library's docstrings: real English) with a BPE tokenizer built
