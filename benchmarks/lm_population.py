@@ -1,66 +1,197 @@
 """Does a star model exist for a population of language models? Tiny GPT-NeoX models trained here, then Starlight.
 
-    python benchmarks/lm_population.py                      # 3 anchors + 2 held-out, whole corpus (not yet timed)
-    python benchmarks/lm_population.py --quick --epochs 4 --starlight-epochs 2   # 256 blocks: 6.5 min on 2 CPU cores
+    python benchmarks/lm_population.py                      # the CPU run of docs/language_models.md (~35 min, 2 cores)
+    python benchmarks/lm_population.py --quick --epochs 4 --starlight-epochs 2   # tests' corpus, 256 blocks: ~6 min
+    python benchmarks/lm_population.py --device cuda --anchors 5 --held-out 3 --hidden 256 --layers 4 ...  # GPU
 
-Each member is a GPTNeoXForCausalLM (hidden 64, 2 layers, 4 heads, partial rotary, untied head) trained from its
-own seed on a local corpus (the Python standard library's docstrings: real English) with a BPE tokenizer built
-here, for ``--epochs`` epochs, so the anchors are trained models that differ by seed, not random inits. Starlight
-then learns a star from the anchors (``recipes/star.py``, the same pipeline as a Hub population) and the run is
-evaluated on the held-out text. Printed: star↔held-out vs anchor↔held-out per-token cross-entropy barriers
-(test split, after weight matching), their ratio, and the star's perplexity next to the anchors' and the
-held-out models'. Not a test: the numbers are whatever this run gives.
+Each member is a GPTNeoXForCausalLM (partial rotary, parallel residual, untied head) trained from its own seed on
+a local corpus of real English (the Python standard library's docstrings and the language reference's help
+topics, ``pydoc_data``) with a BPE tokenizer built here, for ``--epochs`` epochs, so the anchors are trained
+models that differ by seed, not random inits. Every member's train/test per-token cross-entropy is printed per
+epoch (has the loss flattened?). Starlight then learns a star from the anchors (``recipes/star.py``, the same
+pipeline as a Hub population) and the run is evaluated on the held-out text. Printed: star↔held-out vs
+anchor↔held-out per-token cross-entropy barriers (test split, after weight matching), their ratio, and the
+star's perplexity next to the anchors' and the held-out models'. Not a test: the numbers are whatever this run
+gives. A JSON summary is written to OUT/summary.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import inspect
 import json
+import math
 import os
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))  # the corpus, tokenizer and population builders of the tests
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # the corpus, tokenizer and configs of the tests
+
+# A fixed list (not the interpreter's whole stdlib), so the corpus depends only on the Python version.
+_MODULES = ("json", "os", "collections", "functools", "itertools", "textwrap", "random", "string", "re", "pathlib",
+            "argparse", "inspect", "dataclasses", "shutil", "tempfile", "typing", "logging", "zlib", "heapq",
+            "bisect", "asyncio", "subprocess", "threading", "multiprocessing", "socket", "email", "http.client",
+            "urllib.request", "unittest", "doctest", "pickle", "csv", "sqlite3", "decimal", "fractions",
+            "statistics", "datetime", "calendar", "io", "codecs", "difflib", "enum", "contextlib", "abc",
+            "operator", "copy", "pprint", "zipfile", "tarfile", "gzip", "hashlib", "hmac", "secrets", "uuid",
+            "base64", "struct", "array", "queue", "sched", "selectors", "signal", "mmap", "ast", "dis", "tokenize",
+            "traceback", "warnings", "weakref", "types", "importlib", "pkgutil", "configparser", "getopt",
+            "locale", "gettext", "xml.etree.ElementTree", "html.parser", "ftplib", "smtplib", "imaplib", "wave",
+            "colorsys", "numbers", "math", "cmath", "glob", "fnmatch", "filecmp", "stat", "platform", "sysconfig")
+
+
+def bench_corpus_lines() -> list[str]:
+    """Paragraphs (one a line) of the help topics and of the docstrings of _MODULES, their public attributes and
+    their classes' public members; deduplicated, in a fixed order."""
+    from pydoc_data.topics import topics
+
+    docs = [topics[k] for k in sorted(topics)]
+    for name in _MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        objs = [mod] + [getattr(mod, a, None) for a in sorted(dir(mod)) if not a.startswith("_")]
+        objs += [getattr(o, a, None) for o in list(objs) if inspect.isclass(o)
+                 for a in sorted(vars(o)) if not a.startswith("_")]
+        docs += [d for d in (inspect.getdoc(o) for o in objs if o is not None) if d]
+    seen, out = set(), []
+    for doc in docs:
+        for p in doc.split("\n\n"):
+            line = " ".join(p.split())
+            if len(line.split()) > 3 and line not in seen:
+                seen.add(line)
+                out.append(line)
+    return out
+
+
+def write_bench_corpus(folder: str, test_every: int = 10) -> str:
+    """train.txt / test.txt (every ``test_every``-th paragraph is test text); the tokenizer is trained on train."""
+    os.makedirs(folder, exist_ok=True)
+    lines = bench_corpus_lines()
+    parts = {"train.txt": [l for i, l in enumerate(lines) if i % test_every], "test.txt": lines[::test_every]}
+    for name, part in parts.items():
+        with open(os.path.join(folder, name), "w") as f:
+            f.write("\n".join(part) + "\n")
+    return folder
+
+
+def build_bench_tokenizer(corpus: str, vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from lm_fixtures import SPECIALS
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    with open(os.path.join(corpus, "train.txt")) as f:
+        tok.train_from_iterator(f.read().splitlines(),
+                                trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+
+
+def train_population(args, pop_dir: str, corpus: str, tokenizer, seeds) -> dict:
+    """Train one member per seed with star-merge's trainer, recording train/test CE after every epoch."""
+    import torch
+
+    from lm_fixtures import neox_config
+    from star_merge.data import DataArguments, load_task_dataset, make_dataloader
+    from star_merge.evaluation.engine import evaluate_loss_accuracy
+    from star_merge.modeling import build_model
+    from star_merge.population import save_checkpoint
+    from star_merge.population.training import TrainArguments, train_classifier
+    from star_merge.tasks import task_for
+
+    config = neox_config(len(tokenizer), hidden_size=args.hidden, num_hidden_layers=args.layers,
+                         num_attention_heads=args.heads, intermediate_size=4 * args.hidden,
+                         max_position_embeddings=args.block_size)
+    task = task_for(config)
+    data = load_task_dataset(DataArguments(dataset_name=corpus, block_size=args.block_size,
+                                           max_train_samples=args.max_train_blocks), task=task, processor=tokenizer)
+    train_eval = data["train"].select(range(min(len(data["train"]), len(data["test"]))))  # a same-size train sample
+    loaders = {"train": make_dataloader(train_eval, 256), "test": make_dataloader(data["test"], 256)}
+    device = torch.device(args.device)
+    curves = {}
+    train_args = TrainArguments(num_train_epochs=args.epochs, learning_rate=args.lr,
+                                per_device_train_batch_size=args.batch_size, weight_decay=0.01)
+    print(f"data: {len(data['train'])} train / {len(data['test'])} test blocks of {args.block_size} tokens, "
+          f"vocab {len(tokenizer)}; model {sum(p.numel() for p in build_model(config, 0).parameters())} parameters")
+    for seed in seeds:
+        rows = []
+
+        def record(epoch, model, rows=rows):
+            ce = {s: evaluate_loss_accuracy(model, loader, device, task=task)[0] for s, loader in loaders.items()}
+            rows.append(ce)
+            print(f"  seed {seed} epoch {epoch + 1:2d}: train CE {ce['train']:.4f}  test CE {ce['test']:.4f}", flush=True)
+
+        started = time.time()
+        model, _ = train_classifier(build_model(config, seed), data, train_args, seed=seed, device=device,
+                                    progress=False, task=task, on_epoch_end=record)
+        save_checkpoint(model.cpu(), os.path.join(pop_dir, f"seed{seed}"), processor=tokenizer)
+        curves[f"seed{seed}"] = rows
+        print(f"seed {seed} trained in {time.time() - started:.0f} s", flush=True)
+    return curves
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/bench_lm_population")
-    parser.add_argument("--epochs", type=int, default=4, help="training epochs of every member")
-    parser.add_argument("--starlight-epochs", type=int, default=3)
+    parser.add_argument("--anchors", type=int, default=3)
+    parser.add_argument("--held-out", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs of every member")
+    parser.add_argument("--lr", type=float, default=3e-3, help="members' peak learning rate (AdamW, cosine)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--starlight-epochs", type=int, default=4)
+    parser.add_argument("--starlight-lr", type=float, default=1e-3)
     parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--quick", action="store_true", help="a few hundred blocks only")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=512)
+    parser.add_argument("--max-train-blocks", type=int, default=None, help="cap on training blocks (default: all)")
+    parser.add_argument("--max-eval-blocks", type=int, default=256, help="test blocks scored in the report")
+    parser.add_argument("--eval-points", type=int, default=6)
+    parser.add_argument("--device", default="cpu", help="device the members are trained on (Starlight: accelerate's)")
+    parser.add_argument("--quick", action="store_true", help="the tests' small corpus and 256 training blocks")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import math
-
-    import importlib.util
-
-    from lm_fixtures import train_lm_population, write_corpus
+    from lm_fixtures import build_tokenizer, write_corpus
 
     out = os.path.abspath(args.out)
-    corpus = write_corpus(os.path.join(out, "corpus"))
+    n = args.anchors + args.held_out
     started = time.time()
+    if args.quick:
+        corpus = write_corpus(os.path.join(out, "corpus"))
+        tokenizer = build_tokenizer(args.vocab, bert_template=False)
+        args.max_train_blocks = args.max_train_blocks or 256
+    else:
+        corpus = write_bench_corpus(os.path.join(out, "corpus"))
+        tokenizer = build_bench_tokenizer(corpus, args.vocab)
     pop_dir = os.path.join(out, "population")
-    limit = 256 if args.quick else None
-    if not os.path.isdir(os.path.join(pop_dir, "seed4")):
-        train_lm_population(pop_dir, corpus, "causal", seeds=range(5), epochs=args.epochs, block_size=args.block_size,
-                            learning_rate=3e-3, vocab_size=512, max_train_samples=limit, hidden_size=args.hidden,
-                            intermediate_size=4 * args.hidden, max_position_embeddings=max(64, args.block_size))
+    curves_path = os.path.join(out, "learning_curves.json")
+    if not os.path.isfile(curves_path):
+        curves = train_population(args, pop_dir, corpus, tokenizer, range(n))
+        with open(curves_path, "w") as f:
+            json.dump(curves, f, indent=1)
+    with open(curves_path) as f:
+        curves = json.load(f)
     train_s = time.time() - started
-    members = [os.path.join(pop_dir, f"seed{i}") for i in range(5)]
+    members = [os.path.join(pop_dir, f"seed{i}") for i in range(n)]
     spec = importlib.util.spec_from_file_location("star_recipe", os.path.join(ROOT, "recipes", "star.py"))
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
-    flags = ["--anchors", *members[:3], "--held_out", *members[3:], "--dataset_name", corpus,
+    flags = ["--anchors", *members[:args.anchors], "--held_out", *members[args.anchors:], "--dataset_name", corpus,
              "--block_size", str(args.block_size), "--num_train_epochs", str(args.starlight_epochs),
-             "--per_device_train_batch_size", "32", "--learning_rate", "1e-3", "--max_eval_samples", "128",
-             "--eval_num_points", "6", "--bma_samples", "4", "--output_dir", os.path.join(out, "run"),
-             "--overwrite_output_dir"]
-    if limit:
-        flags += ["--max_train_samples", str(limit)]
+             "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.starlight_lr),
+             "--max_eval_samples", str(args.max_eval_blocks), "--eval_num_points", str(args.eval_points),
+             "--bma_samples", "4", "--output_dir", os.path.join(out, "run"), "--overwrite_output_dir"]
+    if args.max_train_blocks:
+        flags += ["--max_train_samples", str(args.max_train_blocks)]
     started = time.time()
     if recipe.main(flags) != 0:
         raise SystemExit("the Starlight run failed")
@@ -74,19 +205,38 @@ def main(argv=None) -> None:
     b = report["barriers"]
     star_h = mean([r["test"]["loss_barrier"] for r in b["star_vs_held_out"]])
     anchor_h = mean([r["test"]["loss_barrier"] for r in b["anchor_vs_held_out"]])
+    path_max = {g: mean([max(r["test"]["losses"]) for r in b[g]]) for g in ("star_vs_held_out", "anchor_vs_held_out")}
     models = report["models"]
     ppl = {role: mean([math.exp(m["test"]["nll"]) for m in models.values() if m["role"] == role])
            for role in ("star", "anchor", "held-out")}
-    print()
-    print(f"population: 3 anchors + 2 held-out GPT-NeoX, {args.epochs} epochs each ({train_s:.0f} s); "
-          f"Starlight {args.starlight_epochs} epochs + evaluation ({star_s:.0f} s)")
-    print(f"test per-token CE barrier  star<->held-out {star_h:.4f}   anchor<->held-out {anchor_h:.4f}   "
-          f"ratio {star_h / anchor_h if anchor_h > 0 else float('nan'):.3f}")
-    print(f"test perplexity            star {ppl['star']:.2f}   anchors {ppl['anchor']:.2f}   "
-          f"held-out {ppl['held-out']:.2f}")
+    first = {k: v[0] for k, v in curves.items()}
+    last = {k: v[-1] for k, v in curves.items()}
+    summary = {"args": vars(args), "train_s": train_s, "starlight_and_eval_s": star_s,
+               "star_vs_held_out_barrier": star_h, "anchor_vs_held_out_barrier": anchor_h,
+               "ratio": star_h / anchor_h if anchor_h > 0 else None, "perplexity": ppl,
+               "path_max_perplexity": {g: math.exp(v) for g, v in path_max.items()},
+               "members_final_ce": last, "report_summary": report.get("summary")}
     de = report["ensembles"].get("deep_ensemble", {}).get("test")
     if de:
-        print(f"deep ensemble perplexity   {math.exp(de['nll']):.2f}")
+        summary["deep_ensemble_perplexity"] = math.exp(de["nll"])
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print()
+    print(f"population: {args.anchors} anchors + {args.held_out} held-out GPT-NeoX (hidden {args.hidden}, "
+          f"{args.layers} layers), {args.epochs} epochs each ({train_s:.0f} s); Starlight {args.starlight_epochs} "
+          f"epochs + evaluation ({star_s:.0f} s)")
+    for k in curves:
+        print(f"  {k}: train CE {first[k]['train']:.3f} -> {last[k]['train']:.3f}   test CE {first[k]['test']:.3f} -> "
+              f"{last[k]['test']:.3f}   (last epoch's test CE change {curves[k][-1]['test'] - curves[k][-2]['test']:+.4f})"
+              if len(curves[k]) > 1 else f"  {k}: {last[k]}")
+    print(f"test per-token CE barrier  star<->held-out {star_h:.4f}   anchor<->held-out {anchor_h:.4f}   "
+          f"ratio {summary['ratio'] if summary['ratio'] is not None else float('nan'):.3f}")
+    print(f"test perplexity            star {ppl['star']:.2f}   anchors {ppl['anchor']:.2f}   "
+          f"held-out {ppl['held-out']:.2f}")
+    print(f"highest perplexity on path star<->held-out {summary['path_max_perplexity']['star_vs_held_out']:.2f}   "
+          f"anchor<->held-out {summary['path_max_perplexity']['anchor_vs_held_out']:.2f}")
+    if de:
+        print(f"deep ensemble perplexity   {summary['deep_ensemble_perplexity']:.2f}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ __all__ = [
     "classification_metrics",
     "compute_evaluate_metrics",
     "confidence_auroc",
+    "evaluate_metrics_on_predictions",
     "expected_calibration_error",
     "load_evaluate_metrics",
     "negative_log_likelihood",
@@ -181,7 +182,15 @@ def compute_evaluate_metrics(metrics: Mapping[str, Any], probs: torch.Tensor, la
 
     Each metric's result dict is flattened into ``"<name>/<key>"`` entries.
     """
-    predictions = probs.argmax(-1).tolist()
+    return evaluate_metrics_on_predictions(metrics, probs.argmax(-1), labels)
+
+
+def evaluate_metrics_on_predictions(metrics: Mapping[str, Any], predictions: torch.Tensor,
+                                    labels: torch.Tensor) -> dict[str, Any]:
+    """:func:`compute_evaluate_metrics` from arg-max ``predictions`` [N] (what the streamed scores keep)."""
+    if not metrics:
+        return {}
+    predictions = predictions.tolist()
     references = labels.tolist()
     out: dict[str, Any] = {}
     for name, metric in metrics.items():

@@ -7,8 +7,6 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-
 from ..rundir import PLOT_NAMES, RunPaths
 from .summary import BarrierStats, RunSummary
 from .verdict import headline, judge_star
@@ -23,8 +21,8 @@ GROUPS = {
 SPLITS = ("train", "test")
 
 
-def write_outputs(run_dir: str, ours: dict, test_probs: Mapping[str, torch.Tensor], labels, seed: int) -> None:
-    from .metrics import expected_calibration_error, reliability_bins
+def write_outputs(run_dir: str, ours: dict, test_stats: Mapping[str, Any], seed: int) -> None:
+    """report.json / report.md and the plots; ``test_stats``: name -> :class:`.streaming.UnitStats` (test split)."""
     from ..rundir import atomic_write_json, atomic_write_text
     from .plots import plot_barrier_distribution, plot_interpolation_bands, plot_reliability
 
@@ -54,10 +52,8 @@ def write_outputs(run_dir: str, ours: dict, test_probs: Mapping[str, torch.Tenso
         seed=seed,
     )
     shown = ["star"] + [n for n, m in ours["models"].items() if m["role"] == "anchor"][:1]
-    shown += [n for n in test_probs if n not in ours["models"]]
-    bins = {}
-    for name in shown:
-        bins[name] = {**reliability_bins(test_probs[name], labels), "ece": expected_calibration_error(test_probs[name], labels)}
+    shown += [n for n in test_stats if n not in ours["models"]]
+    bins = {name: {**test_stats[name].reliability_bins(), "ece": test_stats[name].ece()} for name in shown}
     plot_reliability(bins, paths.plot("reliability"))
 
 

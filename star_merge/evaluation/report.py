@@ -107,18 +107,20 @@ def _existing_outputs(run_dir: str) -> list[str]:
     return found
 
 
-def _probs_of_extra(name: str, extra: ExtraModel, data, accelerator, num_labels: int, n_test: int) -> torch.Tensor:
-    from .engine import predict
+def _stats_of_extra(name: str, extra: ExtraModel, data, accelerator, task, num_labels: int, labels):
+    """An extra model's :class:`.streaming.UnitStats` on the test split: a module is streamed batch by batch, a
+    callable returns its [N_test, C] probabilities in one piece."""
+    from .streaming import UnitStats, score_models
 
     if isinstance(extra, nn.Module):
-        return predict(extra, data.prepared["test"], accelerator, desc=name).probs
+        return score_models({name: extra}, data.prepared["test"], task, accelerator, desc=name)[name]
     probs = torch.as_tensor(extra(data.plain["test"])).detach().float().cpu()
-    if probs.shape != (n_test, num_labels):
+    if probs.shape != (len(labels), num_labels):
         raise ValueError(
             f"extra model {name!r} returned probabilities of shape {tuple(probs.shape)}; expected "
-            f"({n_test}, {num_labels}) for the test split in dataset order"
+            f"({len(labels)}, {num_labels}) for the test split in dataset order"
         )
-    return probs
+    return UnitStats.from_probs(probs, labels)
 
 
 def _bma_extra(run_dir: str) -> tuple[ExtraModel | None, str | None]:
@@ -159,12 +161,13 @@ def evaluate_run(
     from ..adapters import spec_for
     from .engine import has_batchnorm
     from ..matching import weight_matching
-    from .metrics import classification_metrics, compute_evaluate_metrics, load_evaluate_metrics
+    from .metrics import evaluate_metrics_on_predictions, load_evaluate_metrics
     from ..rundir import RunDirectory
     from ..spec import apply_permutation
     from .barrier import check_same_architecture
     from .connectivity import interpolation_curves
-    from .engine import EvalData, evaluate_loss_accuracy, predict
+    from .engine import EvalData, evaluate_loss_accuracy
+    from .streaming import UnitStats, score_models
 
     rd = RunDirectory(run_dir)
     existing = _existing_outputs(rd.path)
@@ -185,44 +188,43 @@ def evaluate_run(
     data = EvalData(dataset, accelerator, batch_size, SPLITS, collate_fn=collate_fn)
     spec = spec_for(star)
 
-    # ---- per-model predictions and metrics
+    # ---- per-model scores: train loss/accuracy per model, test metrics streamed (every model on each batch)
     state_dicts: dict[str, dict[str, torch.Tensor]] = {}
-    test_probs: dict[str, torch.Tensor] = {}
+    loaded: dict[str, nn.Module] = {}
     models: dict[str, Any] = {}
-    labels = None
     roles = {"star": ("star", rd.star_path), **{m.name: (m.role, m.path) for m in rd.members}}
     for name, (role, path) in tqdm(roles.items(), desc="scoring models", disable=not progress, leave=False):
         model = star if name == "star" else rd.load_member(name)
         if name != "star":
             check_same_architecture(star, model, ("star", name))
         state_dicts[name] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        loaded[name] = model
         train_loss, train_acc = evaluate_loss_accuracy(model, data.prepared["train"], task=task,
                                                        accelerator=accelerator, desc=f"{name} train", progress=progress)
-        test_pred = predict(model, data.prepared["test"], accelerator, desc=f"{name} test", progress=progress, task=task)
-        labels = test_pred.labels
-        test_probs[name] = test_pred.probs
         models[name] = {
             "role": role,
             "path": os.path.relpath(path, rd.path) if path.startswith(rd.path) else path,
             "train": {"loss": train_loss, "accuracy": train_acc},
-            "test": {
-                **classification_metrics(test_probs[name], labels),
-                **compute_evaluate_metrics(extra_metrics, test_probs[name], labels),
-            },
         }
+    ensemble_members = {"deep ensemble": anchors} if len(anchors) >= 2 else {}
+    test_stats = score_models(loaded, data.prepared["test"], task, accelerator, ensemble_members,
+                              desc="test split", progress=progress)
+    del loaded
+    labels = test_stats["star"].labels
+
+    def scores(stats: UnitStats) -> dict[str, Any]:
+        return {**stats.metrics(), **evaluate_metrics_on_predictions(extra_metrics, stats.predictions, labels)}
+
+    for name in models:
+        models[name]["test"] = scores(test_stats[name])
 
     from .._faults import fault_point
 
     fault_point("evaluation")
     # ---- ensembles
     ensembles: dict[str, Any] = {}
-    if len(anchors) >= 2:
-        probs = torch.stack([test_probs[a] for a in anchors]).mean(0)
-        test_probs["deep ensemble"] = probs
-        ensembles["deep_ensemble"] = {
-            "members": anchors,
-            "test": {**classification_metrics(probs, labels), **compute_evaluate_metrics(extra_metrics, probs, labels)},
-        }
+    if ensemble_members:
+        ensembles["deep_ensemble"] = {"members": anchors, "test": scores(test_stats["deep ensemble"])}
     extras = dict(extra_models or {})
     if "bma" not in extras:
         bma, skipped = _bma_extra(rd.path)
@@ -232,11 +234,8 @@ def evaluate_run(
             ensembles["bma"] = {"skipped": skipped}
             accelerator.print(f"BMA not evaluated: {skipped}")
     for name, extra in extras.items():
-        probs = _probs_of_extra(name, extra, data, accelerator, star.config.num_labels, len(labels))
-        test_probs[name] = probs
-        ensembles[name] = {
-            "test": {**classification_metrics(probs, labels), **compute_evaluate_metrics(extra_metrics, probs, labels)}
-        }
+        test_stats[name] = _stats_of_extra(name, extra, data, accelerator, task, star.config.num_labels, labels)
+        ensembles[name] = {"test": scores(test_stats[name])}
 
     # ---- barriers
     stored_perms = {}
@@ -282,6 +281,6 @@ def evaluate_run(
     ours = {"task": {"name": task.name, "unit": unit}, "barriers": barriers, "models": models,
             "ensembles": ensembles, "summary": summary}
     if accelerator.is_main_process:
-        write_outputs(rd.path, ours, test_probs, labels, seed)
+        write_outputs(rd.path, ours, test_stats, seed)
     accelerator.wait_for_everyone()
     return ours

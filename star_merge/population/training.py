@@ -49,9 +49,10 @@ def make_scheduler(optimizer, kind: str, total_steps: int):
 
 
 def train_classifier(model, dataset, args: TrainArguments, seed: int, device=None, progress: bool = True, desc=None,
-                     task=None):
+                     task=None, on_epoch_end=None):
     """Train ``model`` on ``dataset['train']`` with the task's loss (default: from its architecture); returns
-    (model, metrics dict)."""
+    (model, metrics dict). ``on_epoch_end(epoch, model)``, if given, is called after every epoch (e.g. to record
+    learning curves); the model is put back in train mode afterwards."""
     from ..tasks import task_for
 
     task = task if task is not None else task_for(model)
@@ -75,6 +76,8 @@ def train_classifier(model, dataset, args: TrainArguments, seed: int, device=Non
             opt.step()
             sched.step()
             bar.update(1)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, model)
     bar.close()
     test_loader = make_dataloader(dataset["test"], 512)
     reset_bn_stats(model, make_dataloader(dataset["train"], 512), device=device, task=task)  # exact stats for eval
