@@ -1,6 +1,7 @@
 """Does a star model exist for a population of language models? Tiny GPT-NeoX models trained here, then Starlight.
 
-    python benchmarks/lm_population.py                      # the CPU run of docs/language_models.md (~35 min, 2 cores)
+    python benchmarks/lm_population.py --max-train-blocks 1000 --epochs 4 --starlight-epochs 6 --eval-points 5
+                                                            # the CPU run of docs/language_models.md
     python benchmarks/lm_population.py --quick --epochs 4 --starlight-epochs 2   # tests' corpus, 256 blocks: ~6 min
     python benchmarks/lm_population.py --device cuda --anchors 5 --held-out 3 --hidden 256 --layers 4 ...  # GPU
 
@@ -113,8 +114,8 @@ def train_population(args, pop_dir: str, corpus: str, tokenizer, seeds) -> dict:
     task = task_for(config)
     data = load_task_dataset(DataArguments(dataset_name=corpus, block_size=args.block_size,
                                            max_train_samples=args.max_train_blocks), task=task, processor=tokenizer)
-    train_eval = data["train"].select(range(min(len(data["train"]), len(data["test"]))))  # a same-size train sample
-    loaders = {"train": make_dataloader(train_eval, 256), "test": make_dataloader(data["test"], 256)}
+    n = min(len(data["train"]), len(data["test"]), args.max_eval_blocks)  # the same-size samples of both splits
+    loaders = {s: make_dataloader(data[s].select(range(n)), 256) for s in ("train", "test")}
     device = torch.device(args.device)
     curves = {}
     train_args = TrainArguments(num_train_epochs=args.epochs, learning_rate=args.lr,
@@ -154,7 +155,8 @@ def main(argv=None) -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=512)
     parser.add_argument("--max-train-blocks", type=int, default=None, help="cap on training blocks (default: all)")
-    parser.add_argument("--max-eval-blocks", type=int, default=256, help="test blocks scored in the report")
+    parser.add_argument("--max-eval-blocks", type=int, default=256,
+                        help="test blocks scored in the report (and per epoch, with as many training blocks)")
     parser.add_argument("--eval-points", type=int, default=6)
     parser.add_argument("--device", default="cpu", help="device the members are trained on (Starlight: accelerate's)")
     parser.add_argument("--quick", action="store_true", help="the tests' small corpus and 256 training blocks")

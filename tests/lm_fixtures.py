@@ -104,3 +104,43 @@ def train_lm_population(folder, data_dir, kind: str = "causal", seeds=range(5), 
         model, _ = train_classifier(build_model(config, seed), data, args, seed=seed, progress=False, task=task)
         paths.append(save_checkpoint(model, os.path.join(str(folder), f"seed{seed}"), processor=tokenizer))
     return paths
+
+
+def confident_lms(kind: str, n: int = 3, vocab: int = 9) -> dict:
+    """``n`` tiny seeded GPT-NeoX (``causal``) or BERT MLM models with a scaled-up head (confident predictions)."""
+    from transformers import BertForMaskedLM, GPTNeoXForCausalLM
+
+    out = {}
+    for seed in range(n):
+        torch.manual_seed(seed)
+        if kind == "causal":
+            model = GPTNeoXForCausalLM(neox_config(vocab))
+        else:
+            model = BertForMaskedLM(bert_config(vocab, tie_word_embeddings=False))
+        with torch.no_grad():
+            model.get_output_embeddings().weight.mul_(30)  # ECE, Brier, AUROC far from their uniform values
+        out[f"m{seed}"] = model.eval()
+    return out
+
+
+def lm_examples(kind: str, n: int = 7, t: int = 12, vocab: int = 9) -> list[dict]:
+    """Seeded blocks; causal: one right-padded row (labels -100); masked: 1-4 targets a row, row 2 none."""
+    g = torch.Generator().manual_seed(1)
+    rows = []
+    for i in range(n):
+        ids = torch.randint(5, vocab, (t,), generator=g)
+        row = {"input_ids": ids, "attention_mask": torch.ones(t, dtype=torch.long)}
+        if kind == "masked":
+            labels = torch.full((t,), -100)
+            if i != 2:  # example 2 has no target token
+                pos = torch.randperm(t, generator=g)[: 1 + i % 4]
+                labels[pos] = ids[pos]
+                row["input_ids"] = ids.clone().index_fill_(0, pos, 4)  # [MASK]
+            row["labels"] = labels
+        else:
+            row["labels"] = ids.clone()
+            if i == 4:  # right padding
+                row["attention_mask"][9:] = 0
+                row["labels"][9:] = -100
+        rows.append(row)
+    return rows

@@ -634,3 +634,18 @@ def test_live_round_trip_push_then_from_pretrained(run_dir):
         assert members[0].revision == api.model_info(repo_id).sha
     finally:
         api.delete_repo(repo_id, missing_ok=True)
+
+
+def test_pretraining_star_card_says_the_next_sentence_head_was_not_trained(run_dir):
+    from star_merge.hub.model_card import build_model_card
+
+    assert "Next-sentence head not trained" not in build_model_card(run_dir).text
+    config_path = os.path.join(run_dir, "star", "config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    config["architectures"] = ["BertForPreTraining"]
+    with open(config_path, "w") as f:
+        json.dump(config, f)
+    text = build_model_card(run_dir).text
+    assert "Next-sentence head not trained" in text and "`cls.seq_relationship`" in text
+    assert text.index("Next-sentence head not trained") < text.index("## Results")

@@ -188,3 +188,30 @@ def test_barrier_between_two_causal_lms_is_per_token(causal_population, corpus):
                     for b in make_dataloader(test, 4))
     assert math.isclose(result.curves["test"].losses[0], total / len(test), rel_tol=1e-5)
     assert result.curves["test"].losses[0] == pytest.approx(evaluate_loss_accuracy(a, make_dataloader(test, 8))[0])
+
+
+def test_pretraining_star_carries_the_next_sentence_head_from_its_init(tmp_path, corpus):
+    """BertForPreTraining: Starlight trains the masked-LM loss only (docs/language_models.md), so the NSP head and
+    the pooler it reads get no gradient and are exactly the init's (here anchor 0's); the rest of the star moves."""
+    from star_merge.data import DataArguments, load_task_dataset, task_and_processor
+    from star_merge.modeling import load_checkpoint, load_config
+    from star_merge.starlight import StarlightConfig, StarlightTrainer
+
+    members = train_lm_population(tmp_path / "pop", corpus, "masked", seeds=range(2), epochs=1, block_size=BLOCK,
+                                  max_train_samples=64, architectures=["BertForPreTraining"])
+    data_args = DataArguments(dataset_name=corpus, block_size=BLOCK, max_train_samples=64, max_eval_samples=16)
+    task, tok = task_and_processor(data_args, members[0])
+    assert task.name == "masked-lm"
+    dataset = load_task_dataset(data_args, task=task, processor=tok)
+    anchors = [(f"anchor-{i}", load_checkpoint(p).state_dict()) for i, p in enumerate(members)]
+    args = StarlightConfig(output_dir=str(tmp_path / "run"), num_train_epochs=2, per_device_train_batch_size=16,
+                           learning_rate=3e-3, seed=0, init="anchor:0")
+    star = StarlightTrainer(model=load_config(members[0]), args=args, anchors=anchors, train_dataset=dataset["train"],
+                            task=task).train().model.state_dict()
+    init = anchors[0][1]
+    carried = [k for k in star if k.startswith(("cls.seq_relationship.", "bert.pooler."))]
+    assert len(carried) == 4
+    assert all(torch.equal(star[k], init[k]) for k in carried)
+    trained = [k for k in star if k not in carried and star[k].is_floating_point()]
+    moved = [k for k in trained if not torch.equal(star[k], init[k])]
+    assert len(moved) > 0.9 * len(trained), sorted(set(trained) - set(moved))

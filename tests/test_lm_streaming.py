@@ -12,51 +12,13 @@ import math
 
 import pytest
 import torch
-from transformers import BertForMaskedLM, GPTNeoXForCausalLM
 
-from lm_fixtures import bert_config, neox_config
+from lm_fixtures import confident_lms as _models
+from lm_fixtures import lm_examples as _examples
 from star_merge.evaluation.engine import predict
 from star_merge.evaluation.metrics import classification_metrics, expected_calibration_error, reliability_bins
 from star_merge.evaluation.streaming import UnitStats, score_models
 from star_merge.tasks import task_for
-
-VOCAB = 9
-
-
-def _models(kind, n=3):
-    out = {}
-    for seed in range(n):
-        torch.manual_seed(seed)
-        if kind == "causal":
-            model = GPTNeoXForCausalLM(neox_config(VOCAB))
-        else:
-            model = BertForMaskedLM(bert_config(VOCAB, tie_word_embeddings=False))
-        with torch.no_grad():
-            model.get_output_embeddings().weight.mul_(30)  # confident predictions: ECE, Brier and AUROC far from their uniform values
-        out[f"m{seed}"] = model.eval()
-    return out
-
-
-def _examples(kind, n=7, t=12):
-    g = torch.Generator().manual_seed(1)
-    rows = []
-    for i in range(n):
-        ids = torch.randint(5, VOCAB, (t,), generator=g)
-        row = {"input_ids": ids, "attention_mask": torch.ones(t, dtype=torch.long)}
-        if kind == "masked":
-            labels = torch.full((t,), -100)
-            if i != 2:  # example 2 has no target token
-                pos = torch.randperm(t, generator=g)[: 1 + i % 4]
-                labels[pos] = ids[pos]
-                row["input_ids"] = ids.clone().index_fill_(0, pos, 4)  # [MASK]
-            row["labels"] = labels
-        else:
-            row["labels"] = ids.clone()
-            if i == 4:  # right padding
-                row["attention_mask"][9:] = 0
-                row["labels"][9:] = -100
-        rows.append(row)
-    return rows
 
 
 def _loader(rows, batch_size):

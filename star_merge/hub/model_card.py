@@ -150,6 +150,20 @@ def _hub_base_models(manifest: dict) -> list[str]:
     return out
 
 
+def _head_notes(config: dict) -> list[str]:
+    """What the card must say about heads Starlight did not train (a ``…ForPreTraining`` star: the NSP head)."""
+    if not (_architecture(config) or "").endswith("ForPreTraining"):
+        return []
+    return [
+        "**Next-sentence head not trained.** Starlight optimised the masked-LM loss only: the next-sentence "
+        "prediction head (`cls.seq_relationship`) and the pooler it reads (`bert.pooler`) got no gradient and "
+        "are carried unchanged from the star's initialisation (the run's `init`: random weights, or anchor K's "
+        "with `anchor:K`; decayed towards 0 when `weight_decay` > 0). Use the star's masked-LM predictions; its "
+        "next-sentence predictions are not a trained model's.",
+        "",
+    ]
+
+
 def _load_snippet(repo: str, config: dict) -> str:
     arch = _architecture(config)
     if config.get("model_type") in BUILTIN_MODEL_TYPES:
@@ -298,6 +312,7 @@ def build_model_card(
         + (f" (here checked against {len(held_out)} held-out model{'s' if len(held_out) != 1 else ''})" if held_out else "")
         + ". It is an ordinary checkpoint of the anchors' architecture.",
         "",
+        *_head_notes(star_config),
         "## Results",
         "",
         *_results_section(metrics, RunSummary.from_report(report)),
