@@ -76,6 +76,57 @@ def _bma_matches_members(bma, batch, head_logits):
     assert torch.allclose(bma(**batch).logits, expected, atol=1e-5)
 
 
+_LM_LOAD = """
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, pipeline
+Auto = AutoModelForCausalLM if CAUSAL else AutoModelForMaskedLM
+tok = AutoTokenizer.from_pretrained(DIR)
+m = Auto.from_pretrained(DIR, **KW)
+batch = tok([TEXT], return_tensors="pt", add_special_tokens=not CAUSAL)
+with torch.no_grad():
+    out = {"logits": m(**batch).logits}
+if CAUSAL:
+    text = pipeline("text-generation", model=DIR, **KW)(TEXT, max_new_tokens=4, do_sample=False)[0]["generated_text"]
+    out["generated"] = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+else:
+    top = pipeline("fill-mask", model=DIR, **KW)(TEXT, top_k=3)
+    out["top"] = torch.tensor([float(r["token"]) for r in top] + [r["score"] for r in top])
+modules = {type(m).__module__.split(".")[0]}
+"""
+
+
+def _three_load_paths(bma_path, tmp_path, text, causal):
+    """load_bma here; ``AutoModelFor…`` + pipeline after ``import star_merge.bma``; the same with
+    ``trust_remote_code=True`` in a process where star_merge cannot be imported: the same logits and pipeline
+    output every time."""
+    from test_bma import _FINISH, _HIDE_STAR_MERGE, _run_fresh
+    from transformers import AutoTokenizer, pipeline
+
+    from star_merge.bma import load_bma
+
+    tok = AutoTokenizer.from_pretrained(bma_path)
+    with torch.no_grad():
+        ref = load_bma(bma_path)(**tok([text], return_tensors="pt", add_special_tokens=not causal)).logits
+    if causal:
+        generated = pipeline("text-generation", model=bma_path)(text, max_new_tokens=4, do_sample=False)
+        ref_extra = tok(generated[0]["generated_text"], return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+    else:
+        top = pipeline("fill-mask", model=bma_path)(text, top_k=3)
+        ref_extra = torch.tensor([float(r["token"]) for r in top] + [r["score"] for r in top])
+    common = {"DIR": bma_path, "TEXT": text, "CAUSAL": causal}
+    installed = _run_fresh("import star_merge.bma\n" + _LM_LOAD + _FINISH, tmp_path, KW={},
+                           OUT=str(tmp_path / "p1.safetensors"), EXPECT_STAR_MERGE=True, EXPECT_MODULE="star_merge",
+                           **common)
+    remote = _run_fresh(_HIDE_STAR_MERGE + _LM_LOAD + _FINISH, tmp_path, KW={"trust_remote_code": True},
+                        OUT=str(tmp_path / "p2.safetensors"), EXPECT_STAR_MERGE=False,
+                        EXPECT_MODULE="transformers_modules", **common)
+    extra = "generated" if causal else "top"
+    for got in (installed, remote):
+        torch.testing.assert_close(got["logits"], ref, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got[extra], ref_extra, rtol=1e-5, atol=1e-6)
+
+
 def test_causal_lm_population_end_to_end(tmp_path, causal_population, corpus):
     from transformers import AutoTokenizer, pipeline
 
@@ -99,6 +150,7 @@ def test_causal_lm_population_end_to_end(tmp_path, causal_population, corpus):
     torch.manual_seed(0)
     sampled = gen("Return the", max_new_tokens=6, do_sample=True, top_k=0)[0]["generated_text"]
     assert sampled.startswith("Return the") and len(sampled) > len("Return the")
+    _three_load_paths(bma_path, tmp_path, "Return the number of items in the list", causal=True)
 
 
 def test_masked_lm_population_end_to_end(tmp_path, masked_population, corpus):
@@ -119,6 +171,7 @@ def test_masked_lm_population_end_to_end(tmp_path, masked_population, corpus):
     top = fill("Return the [MASK] of items", top_k=3)
     assert [r["token"] for r in top] == at_mask.topk(3).indices.tolist()
     assert all(math.isclose(r["score"], float(at_mask[r["token"]]), rel_tol=1e-4) for r in top)
+    _three_load_paths(bma_path, tmp_path, "Return the [MASK] of items", causal=False)
 
 
 def test_masked_lm_resume_after_crash_is_bit_identical(tmp_path, monkeypatch, masked_population, corpus):
