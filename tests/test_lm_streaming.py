@@ -35,7 +35,7 @@ def test_streamed_metrics_equal_the_full_array_computation(kind):
     full = {name: predict(m, _loader(rows, 7), task=task, progress=False) for name, m in models.items()}
     labels = full["m0"].labels
     probs = {name: p.probs for name, p in full.items()}
-    probs["ens"] = torch.stack([probs[n] for n in models]).mean(0)
+    probs["ens"] = (probs["m0"] + probs["m1"] + probs["m2"]) / 3  # the mean softmax, by hand
     n_targets = sum(int((r["labels"] != -100).sum()) for r in rows) - (7 if kind == "causal" else 0)
     assert labels.numel() == n_targets  # no padding / -100 position counted, none twice (causal: 1 less per row)
     for name, p in probs.items():

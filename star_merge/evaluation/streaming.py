@@ -5,8 +5,9 @@ arg-max predictions for ``evaluate`` metrics) is a function of five numbers per 
 probability, the top probability, the arg-max class, the unit's Brier term and its predictive entropy.
 :class:`UnitStats` holds those (40 bytes a unit instead of ``4 × classes``), so a language model's test split is
 scored without ever holding ``[tokens, vocab]`` on the host. The deep ensemble needs its members' probabilities
-of the same batch: :func:`score_models` runs every model on each batch (all members in memory at once, the
-[batch, vocab] probabilities of one batch at a time) and averages the anchors' softmax there.
+of the same batch: :func:`score_models` runs every model on each batch (all members in memory at once; one
+model's [batch, block, vocab] probabilities at a time plus one running sum per ensemble) and averages the
+anchors' softmax there.
 """
 
 from __future__ import annotations
@@ -111,24 +112,28 @@ class UnitStats:
 
 def _rows_step(task, names: Sequence[str], ensembles: Mapping[str, Sequence[str]]):
     """A step over an ``nn.ModuleDict``: per example, the [*, K, 5] unit stats of every model then every
-    ensemble (mean of its members' float32 softmax), and the targets (``-100`` kept for the gather)."""
+    ensemble (mean of its members' float32 softmax, summed as the members run), and the targets (``-100`` kept
+    for the gather)."""
     from .engine import _rows
 
     rows = _rows(task)
 
     def step(models: nn.ModuleDict, batch):
-        probs, targets = {}, None
-        for name in names:
+        stats, sums, targets, keep = [], {}, None, None
+        for name in names:  # one model's [B, T, C] probabilities at a time (plus the ensembles' running sums)
             lp, y = rows(models[name], batch)
-            probs[name] = lp.reshape(y.shape[0], -1, lp.shape[-1]).exp()
-            targets = y.reshape(y.shape[0], -1).long()
-        for name, members in ensembles.items():
-            probs[name] = torch.stack([probs[m] for m in members]).mean(0)
-        keep = targets != -100
-        flat_y = targets[keep]
-        out = torch.zeros(*targets.shape, len(probs), 5, dtype=torch.float64, device=targets.device)
-        for k, p in enumerate(probs.values()):
-            out[:, :, k][keep] = unit_stats(p[keep], flat_y)
+            p = lp.reshape(y.shape[0], -1, lp.shape[-1]).exp()
+            if targets is None:
+                targets = y.reshape(y.shape[0], -1).long()
+                keep = targets != -100
+            stats.append(unit_stats(p[keep], targets[keep]))
+            for ens, members in ensembles.items():
+                if name in members:
+                    sums[ens] = p if ens not in sums else sums[ens] + p
+        for ens, members in ensembles.items():
+            stats.append(unit_stats((sums[ens] / len(members))[keep], targets[keep]))
+        out = torch.zeros(*targets.shape, len(stats), 5, dtype=torch.float64, device=targets.device)
+        out[keep] = torch.stack(stats, 1)
         return out, targets
 
     return step
