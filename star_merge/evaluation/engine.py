@@ -117,7 +117,8 @@ def predict(model: nn.Module, dataloader, accelerator=None, desc: str | None = N
     """The task's log-probabilities and targets of ``model`` over ``dataloader`` (gathered with an accelerator).
 
     Holds [units, classes] for the whole split: for language models that is [tokens, vocab]; scores that need
-    only the loss and accuracy go through :func:`evaluate_loss_accuracy`, which accumulates per batch."""
+    only the loss and accuracy go through :func:`evaluate_loss_accuracy`, which accumulates per batch, and the
+    report's calibration metrics through :func:`.streaming.score_models` (per-unit scalars)."""
     task = _task(model, task)
     log_probs, labels = [], []
     for lp, y in forward_loader(model, dataloader, _rows(task), accelerator, device, desc, progress):
