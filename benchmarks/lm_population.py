@@ -46,9 +46,14 @@ _MODULES = ("json", "os", "collections", "functools", "itertools", "textwrap", "
 
 def bench_corpus_lines() -> list[str]:
     """Paragraphs (one a line) of the help topics and of the docstrings of _MODULES, their public attributes and
-    their classes' public members; deduplicated, in a fixed order."""
+    their classes' public members; deduplicated, in a fixed order. Which attributes a module has depends on the
+    Python version and on what was imported before (``main`` always imports the same), so the corpus is the same
+    in the same environment, not across Python versions."""
     from pydoc_data.topics import topics
 
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # typing.io / typing.re on attribute access
     docs = [topics[k] for k in sorted(topics)]
     for name in _MODULES:
         try:
