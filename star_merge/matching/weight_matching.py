@@ -10,6 +10,15 @@ at least ``restart_similarity`` of the Cauchy-Schwarz bound ||A||·||B||, which 
 reaches) but not an exact one, it restarts: first from the sorted-rows start (each permutation solved
 alone on its units' weights sorted, which no other permutation can change), then from the best result
 with one permutation re-drawn at random; the best objective wins.
+
+``presolve=True`` (for unrelated models, e.g. independent inits) first runs the same descent on a
+weighted objective in which each unit's incoming weights (axis 0 of its weight matrices and kernels)
+count ``PRESOLVE_INCOMING`` times as much as its outgoing ones, then continues on the true objective from
+the result. Weighting the incoming side makes each permutation follow mostly from its own layer given
+the previous one (a layer-by-layer match), a better basin than the identity start's: measured on
+star-mlp 3x512 / 3x1024 random inits, +3.7% / +2.3% objective in fewer sweeps (docs/performance.md).
+rebasin 0.0.47 stumbles on a similar weighting: its graph lists a layer's own weight twice as often as
+the next layer's (incoming ×2), which is why it beat the plain descent. Off by default: it changes results wherever the objective has several local optima.
 """
 
 from __future__ import annotations
@@ -25,6 +34,9 @@ from ..spec import AxisPerm, PermutationSpec, SpecError, expand_index, identity_
 from .solvers import check_solver, pick_solver, solve
 
 __all__ = ["MatchingResult", "weight_matching", "check_state_dicts", "perm_objective"]
+
+# presolve: the factor of each unit's incoming weights in the weighted objective (see the module docstring).
+PRESOLVE_INCOMING = 16.0
 
 
 @dataclass
@@ -149,11 +161,12 @@ def _updated_term(spec, k, ax, ap, n, A, B, perm, cached, key, others):
 
 
 def _descend(spec, perm_to_axes, neighbours, A, B, a_blocks, perm, order_gen, max_iter, tol, solver, terms, budget,
-             counts=None, track=True):
+             counts=None, track=True, weights=None):
     """Coordinate descent from ``perm`` (updated in place); returns (history, sweeps).
 
     ``counts`` (a dict) receives the assignment problems solved per backend; ``track=False`` skips the
-    objective after each sweep (history stays empty).
+    objective after each sweep (history stays empty). ``weights``: (tensor, axis) -> factor of that
+    term in the cost matrices (the presolve's weighted objective); ``None``: the objective itself.
     """
     names = list(A)
     dtype = next(iter(A.values())).dtype if A else torch.float32
@@ -197,7 +210,7 @@ def _descend(spec, perm_to_axes, neighbours, A, B, a_blocks, perm, order_gen, ma
                         cache_budget[0] -= term.numel()
                         terms[(k, ax)] = (key, term, snap)
                     cached = (key, term, snap)
-                cost += cached[1]
+                cost += cached[1] if weights is None else weights.get((k, ax), 1.0) * cached[1]
             row_max = cost.argmax(dim=1)
             share = float((row_max == perm[p]).float().mean())
             if share == 1.0:
@@ -237,6 +250,7 @@ def weight_matching(
     restart_similarity: float = 0.5,
     counts: dict | None = None,
     track: bool = True,
+    presolve: bool = False,
 ) -> MatchingResult:
     """Find the permutation of B's units that best aligns B to A (maximises Σ <A, π(B)>).
 
@@ -249,6 +263,9 @@ def weight_matching(
     >= ``restart_similarity`` · ||A||·||B||) that is not exact; 0 turns restarts off. ``counts``: a dict
     that receives the number of assignment problems solved per backend. ``track=False`` skips computing
     the objective after each sweep (``objective`` is then NaN, ``history`` empty and no restart is made).
+    ``presolve``: first descend on a weighted objective in which each unit's incoming weights (axis 0 of
+    its tensors of two or more dimensions) count ``PRESOLVE_INCOMING`` times, then continue on the
+    objective from there (see the module docstring); ``iterations`` counts both descents.
     """
     if validate:
         check_state_dicts(spec, sd_a, sd_b)
@@ -278,7 +295,14 @@ def weight_matching(
         spec, perm_to_axes, neighbours, A, B, a_blocks, start, gen, max_iter, tol, solver, terms, int(cache_elements),
         counts, track,
     )
+    presweeps = 0
+    if presolve:
+        weights = {(k, ax): PRESOLVE_INCOMING for p, axes in perm_to_axes.items() for k, ax, _ in axes
+                   if ax == 0 and A[k].ndim >= 2}
+        _, presweeps = _descend(spec, perm_to_axes, neighbours, A, B, a_blocks, perm, order_gen, max_iter, tol,
+                                solver, terms, int(cache_elements), counts, False, weights)
     history, iterations = run(perm, order_gen)
+    iterations += presweeps
     if not track:
         return MatchingResult(perm={p: v.cpu() for p, v in perm.items()}, objective=math.nan, iterations=iterations)
     best, best_obj = perm, history[-1]
