@@ -82,7 +82,7 @@ def run(n: int, anchors, model_config, data, args, config) -> dict:
         aligns.append(time.perf_counter() - start)
 
     def timed_rows(spec, layout, theta, rows, indices, seeds, max_iter=100, solver="auto", **k):
-        k = {**k, "max_iter": max_iter, "solver": solver}
+        k = {**k, "max_iter": max_iter, "solver": solver, "batched": BATCHED[args.batched]}
         # the real alignment of all anchors, then each 2-process slice alone (simulated processes)
         start = time.perf_counter()
         res = real_rows(spec, layout, theta, rows, indices, seeds, **k)
@@ -123,6 +123,7 @@ def run(n: int, anchors, model_config, data, args, config) -> dict:
     }
 
 
+BATCHED = {"auto": None, "yes": True, "no": False}
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "recipes", "configs",
                            "mnist1d_cnn1d_demo.yaml")
 
@@ -162,6 +163,7 @@ def resnet18_population(args) -> None:
     from star_merge.matching.population import align_rows
     from star_merge.starlight.flat import FlatLayout
 
+    nan = float("nan")
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     cfg = T.ResNetConfig(num_channels=3, embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
@@ -209,7 +211,15 @@ def resnet18_population(args) -> None:
             rows[i].copy_(layout.flatten(sd))
         star = noisy(args.noise, 0).to(device)
     del g
-    print(f"{'N':>3} {'phase':>5} {'align s':>8} {'x epoch':>8} {'sweeps':>7} {'solved':>7}  solvers")
+    if device.type == "cuda" and args.solver in ("auto", "cuda"):  # compile the Triton solver for every size first
+        from star_merge.matching.solvers import available_solvers, solve_batch
+
+        if "cuda" in available_solvers():
+            for n in sorted(set(spec.perm_sizes.values())):
+                solve_batch(torch.randn(2, n, n, device=device, dtype=torch.float64), "cuda")
+            sync()
+    print(f"{'N':>3} {'phase':>5} {'align s':>8} {'x epoch':>8} {'sweeps':>7} {'solved':>7} {'costs s':>8} "
+          f"{'solve s':>8}  solvers")
     for n in args.anchors:
         idx, seeds = list(range(n)), list(range(n))
         work = rows[:n].clone()
@@ -218,15 +228,18 @@ def resnet18_population(args) -> None:
                 star.shape, generator=torch.Generator().manual_seed(7)).to(device)
             sync()
             start = time.perf_counter()
-            res = align_rows(spec, layout, theta, work, idx, seeds, solver=args.solver)
+            res = align_rows(spec, layout, theta, work, idx, seeds, solver=args.solver, batched=BATCHED[args.batched])
             sync()
             took = time.perf_counter() - start
             print(f"{n:>3} {phase:>5} {took:>8.2f} {took / epoch_s:>8.3f} {statistics.mean(res.sweeps):>7.2f} "
-                  f"{res.solved:>7}  {res.solvers}", flush=True)
+                  f"{res.solved:>7} {res.seconds.get('costs', nan):>8.2f} {res.seconds.get('solve', nan):>8.2f}  "
+                  f"{res.solvers}", flush=True)
             if phase == "cold":  # keep the rows in the star's frame, as the trainer does
                 for i, p in enumerate(res.perms):
                     work[i].copy_(layout.flatten(apply_permutation(spec, p, layout.views(work[i])), device=work.device))
-    print("x epoch: alignment time / one plain training epoch (target on CUDA, warm, N=50: <= 0.10)")
+    print("x epoch: alignment time / one plain training epoch (target on CUDA, warm, N=50: <= 0.10); costs s / "
+          "solve s: the batched path's time building cost matrices / solving and accepting (nan: per-anchor path); "
+          "solvers: problems per backend, 'argmax' = rows' maxima formed a permutation (optimal without a solver)")
 
 
 def main(argv=None) -> None:
@@ -246,6 +259,8 @@ def main(argv=None) -> None:
     parser.add_argument("--population", default="demo", choices=["demo", "mlp512", "resnet18"],
                         help="demo: the default demo's config (recipes/configs/mnist1d_cnn1d_demo.yaml); mlp512: the "
                              "former demo, star-mlp [512, 512]; resnet18: a ResNet-18 sized population")
+    parser.add_argument("--batched", default="auto", choices=sorted(BATCHED),
+                        help="align_rows(batched=): auto = batched on a GPU only, per-anchor weight_matching on a CPU")
     parser.add_argument("--device", default="cpu", help="resnet18: cpu | cuda (where θ and the anchors live)")
     parser.add_argument("--anchor-device", default="device", choices=["device", "cpu"],
                         help="resnet18: anchors on --device, or pinned on the host and moved a chunk at a time")

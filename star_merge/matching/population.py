@@ -16,6 +16,7 @@ permutations (up to ties, and float rounding of the batched products on near-tie
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -25,7 +26,7 @@ import torch
 
 from ..spec import AxisPerm, PermutationSpec, SpecError
 from .solvers import available_solvers, check_solver, pick_solver, solve, solve_batch
-from .weight_matching import _neighbours, _to_blocks, weight_matching
+from .weight_matching import _neighbours, _to_blocks, is_permutation, weight_matching
 
 __all__ = ["PopulationAlignment", "align_rows", "align_slice", "BackgroundAlignment"]
 
@@ -33,14 +34,18 @@ __all__ = ["PopulationAlignment", "align_rows", "align_slice", "BackgroundAlignm
 @dataclass
 class PopulationAlignment:
     """``perms[j]``: the permutation aligning row ``indices[j]`` to θ (CPU LongTensors), ``sweeps[j]``
-    its sweeps; ``solved``: assignment problems solved, ``skipped``: cost matrices whose current
-    assignment already took every row's maximum; ``solvers``: problems per backend."""
+    its sweeps; ``solved``: assignment problems handed to a solver, ``skipped``: cost matrices whose
+    current assignment already took every row's maximum (batched path); ``solvers``: problems per
+    backend, ``"argmax"`` counting those whose rows' maxima formed a permutation (optimal, no solver);
+    ``seconds``: wall time of the batched path's phases, ``"costs"`` (building the cost matrices and
+    their row maxima) and ``"solve"`` (assignment and acceptance), each ending at a host sync."""
 
     perms: list[dict[str, torch.Tensor]]
     sweeps: list[int]
     solved: int = 0
     skipped: int = 0
     solvers: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _expand_batched(perm: torch.Tensor, ap: AxisPerm) -> torch.Tensor:
@@ -122,7 +127,7 @@ def align_rows(
                                   restarts=0, counts=counts, track=False)
             out.perms.append(res.perm)
             out.sweeps.append(res.iterations)
-            out.solved += sum(counts.values())
+            out.solved += sum(c for s_, c in counts.items() if s_ != "argmax")
             for s_, c in counts.items():
                 out.solvers[s_] = out.solvers.get(s_, 0) + c
         return out
@@ -188,6 +193,7 @@ def _solve_group(spec, perm_to_axes, a_blocks, B, perms, p, members, tol, solver
     """Solve permutation ``p`` for the anchors ``members`` at once; returns the anchors whose p changed."""
     n = spec.perm_sizes[p]
     device = perms[p].device
+    start = time.perf_counter()
     sel = torch.as_tensor(members, device=device)
     cost = torch.zeros((len(members), n, n), device=device)
     for k, ax, ap in perm_to_axes[p]:
@@ -197,32 +203,50 @@ def _solve_group(spec, perm_to_axes, a_blocks, B, perms, p, members, tol, solver
                 w = _index_batched(w, i + 1, _expand_batched(perms[a.perm].index_select(0, sel), a))
         cost += torch.matmul(a_blocks[(k, ax)], _blocks_batched(w, ax + 1, ap, n).transpose(1, 2))
     current = perms[p].index_select(0, sel)
-    share = (cost.argmax(dim=2) == current).float().mean(dim=1).tolist()
-    todo = [j for j, s in enumerate(share) if s < 1.0]  # all rows at their maximum: optimal, skip
+    row_max = cost.argmax(dim=2)
+    hit = row_max == current
+    # per anchor: share of rows at their maximum, and whether the maxima form a permutation (one sync)
+    flags = torch.stack([hit.float().mean(dim=1), is_permutation(row_max).float()], dim=1).tolist()
+    now = time.perf_counter()
+    out.seconds["costs"] = out.seconds.get("costs", 0.0) + now - start
+    start = now
+    todo = [j for j, (s, _) in enumerate(flags) if s < 1.0]  # all rows at their maximum: optimal, skip
     out.skipped += len(members) - len(todo)
     if not todo:
         return []
+    # rows' maxima in distinct columns: optimal (it reaches Σ_i max_j C_ij), no solver needed
+    direct = [j for j in todo if flags[j][1] == 1.0]
+    hard = [j for j in todo if flags[j][1] != 1.0]
     sub = cost[todo].double()
     cur = current[todo]
-    if on_cuda:
-        cols = solve_batch(sub, "cuda")
-        out.solvers["cuda"] = out.solvers.get("cuda", 0) + len(todo)
-    else:
-        host = sub.cpu().numpy()
-        picked = [pick_solver(solver, share[j], n=n) for j in todo]
-        cols = torch.as_tensor(np.stack([solve(c, s) for c, s in zip(host, picked)]), device=device)
-        for s in picked:
-            out.solvers[s] = out.solvers.get(s, 0) + 1
-    out.solved += len(todo)
+    cols = row_max[todo].clone()
+    if direct:
+        out.solvers["argmax"] = out.solvers.get("argmax", 0) + len(direct)
+    if hard:
+        pos = torch.as_tensor([todo.index(j) for j in hard], device=device)
+        if on_cuda:
+            cols[pos] = solve_batch(sub[pos], "cuda")
+            out.solvers["cuda"] = out.solvers.get("cuda", 0) + len(hard)
+        elif solver == "scipy":  # one call: the batch's problems on host threads side by side
+            cols[pos] = solve_batch(sub[pos], "scipy")
+            out.solvers["scipy"] = out.solvers.get("scipy", 0) + len(hard)
+        else:
+            host = sub[pos].cpu().numpy()
+            picked = [pick_solver(solver, flags[j][0], n=n) for j in hard]
+            cols[pos] = torch.as_tensor(np.stack([solve(c, s) for c, s in zip(host, picked)]), device=device)
+            for s in picked:
+                out.solvers[s] = out.solvers.get(s, 0) + 1
+        out.solved += len(hard)
     old_val = sub.gather(2, cur[:, :, None]).sum(dim=(1, 2))
     new_val = sub.gather(2, cols[:, :, None]).sum(dim=(1, 2))
     better = (new_val > old_val + tol * old_val.abs().clamp_min(1.0)).tolist()
     changed = []
-    for j, ok in zip(todo, better):
+    for t, (j, ok) in enumerate(zip(todo, better)):
         if ok:
             b = members[j]
-            perms[p][b] = cols[todo.index(j)]
+            perms[p][b] = cols[t]
             changed.append(b)
+    out.seconds["solve"] = out.seconds.get("solve", 0.0) + time.perf_counter() - start
     return changed
 
 

@@ -93,6 +93,13 @@ def _to_blocks(w: torch.Tensor, axis: int, ap: AxisPerm, n: int) -> torch.Tensor
     return w.reshape(n, -1)
 
 
+def is_permutation(cols: torch.Tensor) -> torch.Tensor | bool:
+    """Whether every row of ``cols`` ([..., n] column indices in 0..n-1) holds n distinct columns."""
+    hits = torch.zeros(cols.shape, dtype=torch.bool, device=cols.device).scatter_(-1, cols, True)
+    out = hits.all(dim=-1)
+    return bool(out) if out.ndim == 0 else out
+
+
 def perm_objective(spec, perm, sd_a, sd_b, names=None, dtype=torch.float32) -> float:
     names = names if names is not None else _unique_tensors(spec, sd_a)
     total = 0.0
@@ -218,8 +225,13 @@ def _descend(spec, perm_to_axes, neighbours, A, B, a_blocks, perm, order_gen, ma
             cost_np = cost.double().cpu().numpy()
             old = perm[p].cpu().numpy()
             old_val = cost_np[np.arange(n), old].sum()
-            picked = pick_solver(solver, share, n=n)
-            col = solve(cost_np, picked)
+            if is_permutation(row_max):
+                # the rows' maxima fall in distinct columns: that assignment reaches the bound Σ_i max_j C_ij,
+                # so it is optimal (the one every exact solver returns, ties aside): no problem to solve
+                col, picked = row_max.cpu().numpy(), "argmax"
+            else:
+                picked = pick_solver(solver, share, n=n)
+                col = solve(cost_np, picked)
             if counts is not None:
                 counts[picked] = counts.get(picked, 0) + 1
             new_val = cost_np[np.arange(n), col].sum()
