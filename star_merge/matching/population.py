@@ -6,7 +6,8 @@ skipped problems, same acceptance test; no restarts), but
 
 - on θ's device: θ and the anchor rows are never copied to the host (anchors held on the host are
   moved to θ's device a chunk at a time); only the n×n cost matrices go to a host solver;
-- batched: at each step of a sweep the anchors that visit the same permutation are grouped, and the
+- batched: anchors whose next visit is the same permutation are grouped (each round takes the
+  permutation most anchors wait for; each anchor still follows its own seeded order), and the
   cost matrices of the whole group are built with one batched product per tensor
   (``[n, r] @ [g, r, n]``) and handed to the solver together (one launch with ``solver="cuda"``).
 
@@ -37,7 +38,7 @@ class PopulationAlignment:
     its sweeps; ``solved``: assignment problems handed to a solver, ``skipped``: cost matrices whose
     current assignment already took every row's maximum (batched path); ``solvers``: problems per
     backend, ``"argmax"`` counting those whose rows' maxima formed a permutation (optimal, no solver);
-    ``seconds``: wall time of the batched path's phases, ``"costs"`` (building the cost matrices and
+    ``groups``: batched solves (rounds) made; ``seconds``: wall time of the batched path's phases, ``"costs"`` (building the cost matrices and
     their row maxima) and ``"solve"`` (assignment and acceptance), each ending at a host sync."""
 
     perms: list[dict[str, torch.Tensor]]
@@ -46,6 +47,7 @@ class PopulationAlignment:
     skipped: int = 0
     solvers: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    groups: int = 0
 
 
 def _expand_batched(perm: torch.Tensor, ap: AxisPerm) -> torch.Tensor:
@@ -156,6 +158,9 @@ def align_slice(spec, layout, theta, rows, rank: int, world: int, seed: int, max
 
 
 def _descend_batched(spec, perm_to_axes, neighbours, a_blocks, B, seeds, max_iter, tol, solver, out):
+    """Every anchor's own descent (its seeded order, skips and acceptance, as weight_matching's), scheduled
+    so that anchors whose next visit is the same permutation are solved together: each round takes the
+    permutation most anchors wait for (anchors are independent, so only each one's own order matters)."""
     g = len(seeds)
     device = next(iter(B.values())).device
     perm_names = sorted(spec.perm_sizes)
@@ -164,28 +169,38 @@ def _descend_batched(spec, perm_to_axes, neighbours, a_blocks, B, seeds, max_ite
     solved_at: list[dict] = [{} for _ in range(g)]
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     sweeps = [0] * g
-    active = list(range(g))
+    queue: list[list[str]] = [[] for _ in range(g)]  # the rest of each anchor's current sweep
+    improved = [False] * g
+    active = set(range(g))
     on_cuda = device.type == "cuda" and solver in ("auto", "cuda") and "cuda" in available_solvers()
     while active:
-        orders = {b: torch.randperm(len(perm_names), generator=gens[b]).tolist() for b in active}
-        improved = {b: False for b in active}
-        for b in active:
-            sweeps[b] += 1
-        for step in range(len(perm_names)):
-            groups: dict[str, list[int]] = defaultdict(list)
-            for b in active:
-                p = perm_names[orders[b][step]]
+        waiting: dict[str, list[int]] = defaultdict(list)
+        for b in sorted(active):
+            while True:  # skip what needs no solve; start the next sweep when this one is done
+                if not queue[b]:
+                    if sweeps[b] and (not improved[b] or sweeps[b] >= max_iter):
+                        active.discard(b)
+                        break
+                    sweeps[b] += 1
+                    improved[b] = False
+                    queue[b] = [perm_names[i] for i in torch.randperm(len(perm_names), generator=gens[b]).tolist()]
+                p = queue[b][0]
                 state = tuple(version[b][q] for q in neighbours[p])
-                if solved_at[b].get(p) == state:
-                    continue
-                solved_at[b][p] = state
-                groups[p].append(b)
-            for p, members in groups.items():  # anchors are independent: group order is immaterial
-                changed = _solve_group(spec, perm_to_axes, a_blocks, B, perms, p, members, tol, solver, on_cuda, out)
-                for b in changed:
-                    version[b][p] += 1
-                    improved[b] = True
-        active = [b for b in active if improved[b] and sweeps[b] < max_iter]
+                if solved_at[b].get(p) != state:
+                    waiting[p].append(b)
+                    break
+                queue[b].pop(0)
+        if not waiting:
+            break
+        p = max(perm_names, key=lambda q: (len(waiting.get(q, ())), -perm_names.index(q)))
+        members = waiting[p]
+        for b in members:
+            queue[b].pop(0)
+            solved_at[b][p] = tuple(version[b][q] for q in neighbours[p])
+        out.groups += 1
+        for b in _solve_group(spec, perm_to_axes, a_blocks, B, perms, p, members, tol, solver, on_cuda, out):
+            version[b][p] += 1
+            improved[b] = True
     return perms, sweeps
 
 
