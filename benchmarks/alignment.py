@@ -219,7 +219,7 @@ def resnet18_population(args) -> None:
                 solve_batch(torch.randn(2, n, n, device=device, dtype=torch.float64), "cuda")
             sync()
     print(f"{'N':>3} {'phase':>5} {'align s':>8} {'x epoch':>8} {'sweeps':>7} {'solved':>7} {'costs s':>8} "
-          f"{'solve s':>8}  solvers")
+          f"{'solve s':>8} {'groups':>7}  solvers")
     for n in args.anchors:
         idx, seeds = list(range(n)), list(range(n))
         work = rows[:n].clone()
@@ -232,13 +232,14 @@ def resnet18_population(args) -> None:
             sync()
             took = time.perf_counter() - start
             print(f"{n:>3} {phase:>5} {took:>8.2f} {took / epoch_s:>8.3f} {statistics.mean(res.sweeps):>7.2f} "
-                  f"{res.solved:>7} {res.seconds.get('costs', nan):>8.2f} {res.seconds.get('solve', nan):>8.2f}  "
+                  f"{res.solved:>7} {res.seconds.get('costs', nan):>8.2f} {res.seconds.get('solve', nan):>8.2f} {res.groups:>7}  "
                   f"{res.solvers}", flush=True)
             if phase == "cold":  # keep the rows in the star's frame, as the trainer does
                 for i, p in enumerate(res.perms):
                     work[i].copy_(layout.flatten(apply_permutation(spec, p, layout.views(work[i])), device=work.device))
     print("x epoch: alignment time / one plain training epoch (target on CUDA, warm, N=50: <= 0.10); costs s / "
           "solve s: the batched path's time building cost matrices / solving and accepting (nan: per-anchor path); "
+          "groups: batched solves; "
           "solvers: problems per backend, 'argmax' = rows' maxima formed a permutation (optimal without a solver)")
 
 
