@@ -183,8 +183,13 @@ def _descend(spec, perm_to_axes, neighbours, A, B, a_blocks, perm, order_gen, ma
     # for it: the solve is skipped (same result, fewer assignment problems near convergence).
     version = {p: 0 for p in spec.perm_sizes}
     solved_at: dict[str, tuple] = {}
-    terms.clear()  # cached terms are keyed by this run's versions
-    cache_budget = [budget]
+    # Cached terms are keyed by versions, which restart at 0: an earlier run's term stays valid when the
+    # permutations it was built with (its snapshot) are the current ones (key 0, as if built now); one
+    # built with other permutations gets key -1 on those axes (updated or recomputed when first used).
+    for (k, ax), (_, term, snap) in list(terms.items()):
+        terms[(k, ax)] = (tuple(0 if torch.equal(old, perm[spec.axes_to_perm[k][i].perm]) else -1
+                                for i, old in snap.items()), term, snap)
+    cache_budget = [budget - sum(t.numel() for _, t, _ in terms.values())]
     perm_names = sorted(spec.perm_sizes)
     history: list[float] = []
     iterations = 0
