@@ -64,6 +64,8 @@ def main(argv=None) -> None:
     parser.add_argument("--max-iter", type=int, default=100, help="sweep limit for both")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--quick", action="store_true", help="width 512, 3 rounds")
+    parser.add_argument("--pair", type=int, nargs=2, default=[0, 1], metavar=("SEED_A", "SEED_B"),
+                        help="init seeds of models A and B")
     parser.add_argument("--no-presolve", dest="presolve", action="store_false",
                         help="time weight_matching's plain descent (presolve=False)")
     parser.add_argument("--no-plain", dest="plain", action="store_false",
@@ -80,10 +82,11 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = StarMLPConfig(hidden_sizes=[args.width] * args.layers)
-    model_a, model_b = build_model(cfg, seed=0).eval(), build_model(cfg, seed=1).eval()
+    model_a, model_b = build_model(cfg, seed=args.pair[0]).eval(), build_model(cfg, seed=args.pair[1]).eval()
     n_params = sum(p.numel() for p in model_a.parameters())
     print(f"torch {torch.__version__}, cpu, {torch.get_num_threads()} thread(s); star-mlp 40-"
-          f"{'-'.join([str(args.width)] * args.layers)}-10 ({n_params / 1e6:.2f}M params), random inits (seeds 0, 1)")
+          f"{'-'.join([str(args.width)] * args.layers)}-10 ({n_params / 1e6:.2f}M params), "
+          f"random inits (seeds {args.pair[0]}, {args.pair[1]})")
     try:
         import rebasin  # noqa: F401
     except ImportError as e:
