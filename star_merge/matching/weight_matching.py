@@ -16,9 +16,10 @@ weighted objective in which each unit's incoming weights (axis 0 of its weight m
 count ``PRESOLVE_INCOMING`` times as much as its outgoing ones, then continues on the true objective from
 the result. Weighting the incoming side makes each permutation follow mostly from its own layer given
 the previous one (a layer-by-layer match), a better basin than the identity start's: measured on
-star-mlp 3x512 / 3x1024 random inits, +3.7% / +2.3% objective in fewer sweeps (docs/performance.md).
-rebasin 0.0.47 stumbles on a similar weighting: its graph lists a layer's own weight twice as often as
-the next layer's (incoming ×2), which is why it beat the plain descent. Off by default: it changes results wherever the objective has several local optima.
+star-mlp 3x512 / 3x1024 / 3x2048 random inits, +3.6% / +2.3% / +1.4% objective in fewer sweeps
+(docs/performance.md). rebasin 0.0.47 stumbles on a similar weighting (its graph lists a layer's own
+weight twice as often as the next layer's), which is why it beat the plain descent. Off by default: it
+changes results wherever the objective has several local optima.
 """
 
 from __future__ import annotations
