@@ -1,12 +1,17 @@
 """Time the per-epoch re-alignment of N anchors against the training epoch it precedes.
 
-    python benchmarks/alignment.py                    # the default demo (star-mlp [512, 512]), N = 5, 20, 50
+    python benchmarks/alignment.py                    # the default demo's model and settings, N = 5, 20, 50
+    python benchmarks/alignment.py --population mlp512   # the former demo, star-mlp [512, 512] (continuity)
     python benchmarks/alignment.py --quick            # demo, 5 and 20 anchors, 2 epochs
     python benchmarks/alignment.py --population resnet18                 # ResNet-18 sized, CPU, N = 10
     python benchmarks/alignment.py --population resnet18 --device cuda   # on a GPU, N = 10 and 50 (< 4 min)
 
-``--population demo``: anchors are trained here first (``--anchor-epochs`` epochs of AdamW each, seeds
-1..N; far shorter than the demo's 20 epochs, so they are closer to their inits than real anchors). Then,
+``--population demo``: the default demo's configuration, read from ``recipes/configs/mnist1d_cnn1d_demo.yaml``
+(the file ``recipes/star.py`` runs without arguments): its model (star-cnn1d), Starlight settings (μ, t
+sampling, optimizer, learning rate, init, batch size) and MNIST-1D size. ``--population mlp512``: the former
+demo, star-mlp [512, 512] with ``StarlightConfig`` defaults, μ=``--mu`` and ``--batch-size`` (the figures
+before the demo changed). For both, anchors are trained here first (``--anchor-epochs`` epochs of AdamW each,
+seeds 1..N; far shorter than the demo's 20 epochs, so they are closer to their inits than real anchors). Then,
 per N, a real ``StarlightTrainer`` runs ``--epochs`` epochs with ``align_every=1``; ``align_anchors`` and
 the population alignment inside it (``matching.population.align_rows``) are timed by wrappers. Epoch 0
 aligns from the identity (the star is its random init); later epochs start from the anchors as last
@@ -18,20 +23,24 @@ of the two slices' times (process r aligns anchors r, r+2, ...), simulated by al
 11.2M parameters, 12 permutations), CIFAR-sized inputs (3x32x32, 10 classes). Anchors are made cheaply:
 one random model θ0, anchor i = a random permutation of θ0 + ``--noise``·(per-tensor std)·noise. The star
 starts at θ0 + noise; "cold" aligns every anchor from its random frame (epoch 0), "warm" moves the star by
-a small step (``--drift``, like one epoch of training) and re-aligns the already aligned anchors (every
-later epoch). "epoch" is one epoch of plain training on 50,000 samples at ``--batch-size`` (median step
-time of a few AdamW steps on random data, times the steps per epoch).
+a small step (``--drift``, in per-tensor stds; one warm phase ``wD`` per value, each from the cold result) and
+re-aligns the already aligned anchors (every later epoch). Plain training of the demo's star-cnn1d moves
+its weight tensors by a median 0.39 / 0.27 / 0.12 / 0.05 stds over epochs 1 / 2 / 5 / 10 (RMS change over
+the tensor's std), hence the defaults 0.5 (an early epoch) and 0.1 (mid-training). "epoch" is one epoch of
+plain training on 50,000 samples at ``--batch-size`` (median step time of a few AdamW steps on random data,
+times the steps per epoch).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 
-def train_anchors(model_config, data, n: int, epochs: int, batch: int, seed0: int = 1, progress=True):
-    """N ordinary models (AdamW 1e-3, constant lr) trained on tensors directly; returns (name, state dict)."""
+def train_anchors(model_config, data, n: int, epochs: int, batch: int, seed0: int = 1, progress=True, lr=1e-3):
+    """N ordinary models (AdamW ``lr``, constant) trained on tensors directly; returns (name, state dict)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -42,7 +51,7 @@ def train_anchors(model_config, data, n: int, epochs: int, batch: int, seed0: in
     out = []
     for i in tqdm(range(n), desc="training anchors", disable=not progress):
         model = build_model(model_config, seed=seed0 + i).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr)
         g = torch.Generator().manual_seed(seed0 + i)
         for _ in range(epochs):
             order = torch.randperm(len(y), generator=g)
@@ -56,15 +65,14 @@ def train_anchors(model_config, data, n: int, epochs: int, batch: int, seed0: in
     return out
 
 
-def run(n: int, anchors, model_config, data, args) -> dict:
-    """One Starlight run over the first ``n`` anchors; wall times of epochs, alignments and matchings."""
+def run(n: int, anchors, model_config, data, args, config) -> dict:
+    """One Starlight run (``config``, a ``StarlightConfig``) over the first ``n`` anchors; wall times of epochs,
+    alignments and matchings."""
     from accelerate import Accelerator
 
     import star_merge.matching.population as population_mod
-    from star_merge.starlight import StarlightConfig, StarlightTrainer
+    from star_merge.starlight import StarlightTrainer
 
-    config = StarlightConfig(num_train_epochs=args.epochs, star_ce_weight=args.mu, align_every=1,
-                             per_device_train_batch_size=args.batch_size, seed=0)
     trainer = StarlightTrainer(model=model_config, args=config, anchors=anchors[:n], train_dataset=data["train"],
                                accelerator=Accelerator(cpu=True))
     trainer.args.matching_solver = args.solver
@@ -76,7 +84,8 @@ def run(n: int, anchors, model_config, data, args) -> dict:
         real_align(*a, **k)
         aligns.append(time.perf_counter() - start)
 
-    def timed_rows(spec, layout, theta, rows, indices, seeds, **k):
+    def timed_rows(spec, layout, theta, rows, indices, seeds, max_iter=100, solver="auto", **k):
+        k = {**k, "max_iter": max_iter, "solver": solver, "batched": BATCHED[args.batched]}
         # the real alignment of all anchors, then each 2-process slice alone (simulated processes)
         start = time.perf_counter()
         res = real_rows(spec, layout, theta, rows, indices, seeds, **k)
@@ -117,6 +126,37 @@ def run(n: int, anchors, model_config, data, args) -> dict:
     }
 
 
+BATCHED = {"auto": None, "yes": True, "no": False}
+DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "recipes", "configs",
+                           "mnist1d_cnn1d_demo.yaml")
+
+
+def population_settings(args):
+    """(StarlightConfig, model config, MNIST-1D samples, anchor learning rate, description) of the population."""
+    from star_merge.starlight import StarlightConfig
+
+    if args.population == "mlp512":
+        from star_merge.models import StarMLPConfig
+
+        config = StarlightConfig(num_train_epochs=args.epochs, star_ce_weight=args.mu, align_every=1,
+                                 per_device_train_batch_size=args.batch_size, seed=0)
+        return config, StarMLPConfig(hidden_sizes=args.hidden), args.num_samples, 1e-3, f"star-mlp {args.hidden}"
+    # the demo: every setting from its YAML (what `recipes/star.py` runs with no arguments), no copy here
+    from star_merge.argparsing import ArgumentsParser
+    from star_merge.data import DataArguments
+    from star_merge.population import PopulationArguments
+    from star_merge.starlight.pipeline import RunArguments
+
+    parser = ArgumentsParser([StarlightConfig, DataArguments, PopulationArguments, RunArguments], prog="alignment.py")
+    (config, data_args, pop, _run_args), _ = parser.parse(["--config", args.config])
+    if data_args.dataset_name != "mnist1d":
+        raise SystemExit(f"alignment.py: {args.config} uses dataset {data_args.dataset_name!r}; only mnist1d is supported")
+    config.num_train_epochs, config.align_every, config.seed = args.epochs, 1, 0
+    config.align_overlap = False
+    what = f"{pop.model_type} {pop.model_config} from {os.path.relpath(args.config)}"
+    return config, pop.build_config(num_labels=10), data_args.num_samples, pop.population_learning_rate, what
+
+
 def resnet18_population(args) -> None:
     """Alignment of 10 / 50 ResNet-18 anchors (cold and warm) against one epoch of plain training."""
     import torch
@@ -126,6 +166,7 @@ def resnet18_population(args) -> None:
     from star_merge.matching.population import align_rows
     from star_merge.starlight.flat import FlatLayout
 
+    nan = float("nan")
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     cfg = T.ResNetConfig(num_channels=3, embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
@@ -173,24 +214,36 @@ def resnet18_population(args) -> None:
             rows[i].copy_(layout.flatten(sd))
         star = noisy(args.noise, 0).to(device)
     del g
-    print(f"{'N':>3} {'phase':>5} {'align s':>8} {'x epoch':>8} {'sweeps':>7} {'solved':>7}  solvers")
+    if device.type == "cuda" and args.solver in ("auto", "cuda"):  # compile the Triton solver for every size first
+        from star_merge.matching.solvers import available_solvers, solve_batch
+
+        if "cuda" in available_solvers():
+            for n in sorted(set(spec.perm_sizes.values())):
+                solve_batch(torch.randn(2, n, n, device=device, dtype=torch.float64), "cuda")
+            sync()
+    print(f"{'N':>3} {'phase':>5} {'align s':>8} {'x epoch':>8} {'sweeps':>7} {'solved':>7} {'costs s':>8} "
+          f"{'solve s':>8} {'groups':>7}  solvers")
     for n in args.anchors:
         idx, seeds = list(range(n)), list(range(n))
         work = rows[:n].clone()
-        for phase in ("cold", "warm"):
-            theta = star if phase == "cold" else star + args.drift * std.to(device) * torch.randn(
+        for phase, drift in [("cold", 0.0)] + [(f"w{d:g}", d) for d in args.drift]:
+            theta = star if phase == "cold" else star + drift * std.to(device) * torch.randn(
                 star.shape, generator=torch.Generator().manual_seed(7)).to(device)
             sync()
             start = time.perf_counter()
-            res = align_rows(spec, layout, theta, work, idx, seeds, solver=args.solver)
+            res = align_rows(spec, layout, theta, work, idx, seeds, solver=args.solver, batched=BATCHED[args.batched])
             sync()
             took = time.perf_counter() - start
             print(f"{n:>3} {phase:>5} {took:>8.2f} {took / epoch_s:>8.3f} {statistics.mean(res.sweeps):>7.2f} "
-                  f"{res.solved:>7}  {res.solvers}", flush=True)
+                  f"{res.solved:>7} {res.seconds.get('costs', nan):>8.2f} {res.seconds.get('solve', nan):>8.2f} {res.groups:>7}  "
+                  f"{res.solvers}", flush=True)
             if phase == "cold":  # keep the rows in the star's frame, as the trainer does
                 for i, p in enumerate(res.perms):
                     work[i].copy_(layout.flatten(apply_permutation(spec, p, layout.views(work[i])), device=work.device))
-    print("x epoch: alignment time / one plain training epoch (target on CUDA, warm, N=50: <= 0.10)")
+    print("x epoch: alignment time / one plain training epoch (target on CUDA, warm, N=50: <= 0.10); costs s / "
+          "solve s: the batched path's time building cost matrices / solving and accepting (nan: per-anchor path); "
+          "groups: batched solves; "
+          "solvers: problems per backend, 'argmax' = rows' maxima formed a permutation (optimal without a solver)")
 
 
 def main(argv=None) -> None:
@@ -198,21 +251,26 @@ def main(argv=None) -> None:
     parser.add_argument("--anchors", type=int, nargs="+", default=[5, 20, 50], help="anchor counts to compare")
     parser.add_argument("--epochs", type=int, default=3, help="Starlight epochs per N (>= 2 to see warm starts)")
     parser.add_argument("--anchor-epochs", type=int, default=3, help="training epochs of each anchor")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[512, 512], help="star-mlp hidden sizes")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--mu", type=float, default=0.0, help="star_ce_weight (the demo's 0.0)")
-    parser.add_argument("--num-samples", type=int, default=5000, help="MNIST-1D samples (80%% train)")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[512, 512], help="mlp512: star-mlp hidden sizes")
+    parser.add_argument("--batch-size", type=int, default=128, help="mlp512 and resnet18 (demo: the config's)")
+    parser.add_argument("--mu", type=float, default=0.0, help="mlp512: star_ce_weight")
+    parser.add_argument("--num-samples", type=int, default=5000, help="mlp512: MNIST-1D samples (80%% train)")
+    parser.add_argument("--config", default=DEMO_CONFIG, help="demo: the YAML config (default: the built-in demo's)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--quick", action="store_true", help="5 and 20 anchors, 2 epochs")
     parser.add_argument("--solver", default="auto", choices=["auto", "scipy", "lapjv", "cuda"],
                         help="matching_solver of the alignment")
-    parser.add_argument("--population", default="demo", choices=["demo", "resnet18"],
-                        help="demo: the Starlight demo's MLP and trainer; resnet18: a ResNet-18 sized population")
+    parser.add_argument("--population", default="demo", choices=["demo", "mlp512", "resnet18"],
+                        help="demo: the default demo's config (recipes/configs/mnist1d_cnn1d_demo.yaml); mlp512: the "
+                             "former demo, star-mlp [512, 512]; resnet18: a ResNet-18 sized population")
+    parser.add_argument("--batched", default="auto", choices=sorted(BATCHED),
+                        help="align_rows(batched=): auto = batched on a GPU only, per-anchor weight_matching on a CPU")
     parser.add_argument("--device", default="cpu", help="resnet18: cpu | cuda (where θ and the anchors live)")
     parser.add_argument("--anchor-device", default="device", choices=["device", "cpu"],
                         help="resnet18: anchors on --device, or pinned on the host and moved a chunk at a time")
     parser.add_argument("--noise", type=float, default=2.0, help="resnet18: anchor noise, in per-tensor stds")
-    parser.add_argument("--drift", type=float, default=0.5, help="resnet18: star step before the warm alignment")
+    parser.add_argument("--drift", type=float, nargs="+", default=[0.5, 0.1],
+                        help="resnet18: star steps (per-tensor stds) before each warm alignment (phase wD)")
     parser.add_argument("--train-steps", type=int, default=5, help="resnet18: timed plain training steps")
     args = parser.parse_args(argv)
     if args.quick:
@@ -232,20 +290,21 @@ def main(argv=None) -> None:
     import torch
 
     from star_merge.data import load_mnist1d
-    from star_merge.models import StarMLPConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, cpu, {torch.get_num_threads()} thread(s); star-mlp {args.hidden}, "
-          f"batch {args.batch_size}, mu={args.mu:g}, {args.epochs} epochs per N, solver {args.solver}")
-    data = load_mnist1d(args.num_samples)
-    model_config = StarMLPConfig(hidden_sizes=args.hidden)
-    anchors = train_anchors(model_config, data, max(args.anchors), args.anchor_epochs, args.batch_size)
-    print(f"{len(data['train'])} training samples, {-(-len(data['train']) // args.batch_size)} steps per epoch")
+    config, model_config, num_samples, anchor_lr, what = population_settings(args)
+    print(f"torch {torch.__version__}, cpu, {torch.get_num_threads()} thread(s); {what}; "
+          f"batch {config.per_device_train_batch_size}, mu={config.star_ce_weight:g}, t {config.t_sampling}, "
+          f"{args.epochs} epochs per N, solver {args.solver}")
+    data = load_mnist1d(num_samples)
+    anchors = train_anchors(model_config, data, max(args.anchors), args.anchor_epochs,
+                            config.per_device_train_batch_size, lr=anchor_lr)
+    print(f"{len(data['train'])} training samples, {-(-len(data['train']) // config.per_device_train_batch_size)} steps per epoch")
     rows = []
     for n in args.anchors:
         print(f"[N={n}] Starlight run ...", flush=True)
-        rows.append(run(n, anchors, model_config, data, args))
+        rows.append(run(n, anchors, model_config, data, args, config))
     print()
     print("epoch = the epoch's training time without its alignment; align/(epoch+align) is the share of wall time")
     print(f"{'N':>3} {'epoch s':>8} {'align0 s':>9} {'sweeps0':>8} {'align s':>8} {'sweeps':>7} {'x epoch':>8} "

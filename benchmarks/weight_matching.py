@@ -4,7 +4,10 @@
     python benchmarks/weight_matching.py                  # star-mlp 40-2048-2048-2048-10, random inits
     python benchmarks/weight_matching.py --quick          # width 512
 
-Both align model B (seed 1) to model A (seed 0), random initialisations (untrained). Time: ours includes
+Both align model B (seed 1) to model A (seed 0), random initialisations (untrained). Ours runs with
+``presolve=True`` (a descent on the incoming-weighted objective first, then on the objective; the
+option for unrelated models); ``--no-presolve`` times the plain descent instead, and unless ``--no-plain``
+one plain descent (seed 0, untimed against rebasin) is printed for reference. Time: ours includes
 building the spec; rebasin's includes its graph tracing (``PermutationCoordinateDescent(...)``) and
 ``rebasin()``, which permutes B in place. Objective, both ways: Σ <A, B'> over the tensors our spec
 permutes, B' being B after alignment. Repetitions alternate the two matchers; the ratio is the median of
@@ -26,13 +29,13 @@ def objective(spec, sd_a, sd_b) -> float:
     return sum(float((sd_a[k].double() * sd_b[k].double()).sum()) for k in _unique_tensors(spec, sd_a))
 
 
-def ours(model_a, model_b, max_iter: int, seed: int):
+def ours(model_a, model_b, max_iter: int, seed: int, presolve: bool = True):
     from star_merge import apply_permutation, spec_for, weight_matching
 
     start = time.perf_counter()
     spec = spec_for(model_a)
     sd_a, sd_b = model_a.state_dict(), model_b.state_dict()
-    res = weight_matching(spec, sd_a, sd_b, seed=seed, max_iter=max_iter)
+    res = weight_matching(spec, sd_a, sd_b, seed=seed, max_iter=max_iter, presolve=presolve)
     seconds = time.perf_counter() - start
     return seconds, objective(spec, sd_a, apply_permutation(spec, res.perm, sd_b)), res.iterations
 
@@ -61,6 +64,12 @@ def main(argv=None) -> None:
     parser.add_argument("--max-iter", type=int, default=100, help="sweep limit for both")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--quick", action="store_true", help="width 512, 3 rounds")
+    parser.add_argument("--pair", type=int, nargs=2, default=[0, 1], metavar=("SEED_A", "SEED_B"),
+                        help="init seeds of models A and B")
+    parser.add_argument("--no-presolve", dest="presolve", action="store_false",
+                        help="time weight_matching's plain descent (presolve=False)")
+    parser.add_argument("--no-plain", dest="plain", action="store_false",
+                        help="skip the reference run of the plain descent")
     args = parser.parse_args(argv)
     if args.quick:
         args.width, args.rounds = 512, 3
@@ -73,10 +82,11 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = StarMLPConfig(hidden_sizes=[args.width] * args.layers)
-    model_a, model_b = build_model(cfg, seed=0).eval(), build_model(cfg, seed=1).eval()
+    model_a, model_b = build_model(cfg, seed=args.pair[0]).eval(), build_model(cfg, seed=args.pair[1]).eval()
     n_params = sum(p.numel() for p in model_a.parameters())
     print(f"torch {torch.__version__}, cpu, {torch.get_num_threads()} thread(s); star-mlp 40-"
-          f"{'-'.join([str(args.width)] * args.layers)}-10 ({n_params / 1e6:.2f}M params), random inits (seeds 0, 1)")
+          f"{'-'.join([str(args.width)] * args.layers)}-10 ({n_params / 1e6:.2f}M params), "
+          f"random inits (seeds {args.pair[0]}, {args.pair[1]})")
     try:
         import rebasin  # noqa: F401
     except ImportError as e:
@@ -87,7 +97,7 @@ def main(argv=None) -> None:
     t_ours, t_theirs, obj_ours, obj_theirs, iters = [], [], [], [], []
     for r in range(args.rounds):
         print(f"round {r + 1}/{args.rounds}: star_merge.weight_matching ...", flush=True)
-        s, o, it = ours(model_a, model_b, args.max_iter, seed=r)
+        s, o, it = ours(model_a, model_b, args.max_iter, seed=r, presolve=args.presolve)
         t_ours.append(s), obj_ours.append(o), iters.append(it)
         if rebasin_error is None:
             print(f"round {r + 1}/{args.rounds}: rebasin ...", flush=True)
@@ -106,11 +116,18 @@ def main(argv=None) -> None:
     print()
     print(f"{'matcher':<24} {'seconds (median)':>17} {'objective (median)':>19} {'sweeps':>7}")
     print(f"{'(no alignment)':<24} {'':>17} {identity:>19.4f}")
-    print(f"{'star_merge':<24} {statistics.median(t_ours):>17.3f} {statistics.median(obj_ours):>19.4f} "
+    if args.plain:
+        s, o, it = ours(model_a, model_b, args.max_iter, seed=0, presolve=False)
+        print(f"{'star_merge plain, seed 0':<24} {s:>17.3f} {o:>19.4f} {it:>7}")
+    label = "star_merge presolve" if args.presolve else "star_merge"
+    print(f"{label:<24} {statistics.median(t_ours):>17.3f} {statistics.median(obj_ours):>19.4f} "
           f"{statistics.median(iters):>7}")
     if t_theirs:
         print(f"{'rebasin 0.0.47':<24} {statistics.median(t_theirs):>17.3f} {statistics.median(obj_theirs):>19.4f}")
         ratio = statistics.median(b / a for a, b in zip(t_ours, t_theirs))
+        for r, (a, b, oa, ob) in enumerate(zip(t_ours, t_theirs, obj_ours, obj_theirs)):
+            print(f"  round {r} (seed {r}): ours {a:.3f} s {oa:.4f}, rebasin {b:.3f} s {ob:.4f}: {b / a:.1f}x, "
+                  f"objective {'>=' if oa >= ob else '<'} rebasin's ({oa - ob:+.4f})")
         print(f"speed-up (rebasin time / ours, median of {len(t_theirs)} paired rounds): {ratio:.1f}x; "
               f"objective ours - rebasin: {statistics.median(obj_ours) - statistics.median(obj_theirs):+.4f}; "
               f"rebasin-permuted B vs B, max |Δlogits| = {drift:.1e}")

@@ -6,7 +6,8 @@ skipped problems, same acceptance test; no restarts), but
 
 - on θ's device: θ and the anchor rows are never copied to the host (anchors held on the host are
   moved to θ's device a chunk at a time); only the n×n cost matrices go to a host solver;
-- batched: at each step of a sweep the anchors that visit the same permutation are grouped, and the
+- batched: anchors whose next visit is the same permutation are grouped (each round takes the
+  permutation most anchors wait for; each anchor still follows its own seeded order), and the
   cost matrices of the whole group are built with one batched product per tensor
   (``[n, r] @ [g, r, n]``) and handed to the solver together (one launch with ``solver="cuda"``).
 
@@ -16,6 +17,7 @@ permutations (up to ties, and float rounding of the batched products on near-tie
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -25,7 +27,7 @@ import torch
 
 from ..spec import AxisPerm, PermutationSpec, SpecError
 from .solvers import available_solvers, check_solver, pick_solver, solve, solve_batch
-from .weight_matching import _neighbours, _to_blocks, weight_matching
+from .weight_matching import _neighbours, _to_blocks, is_permutation, weight_matching
 
 __all__ = ["PopulationAlignment", "align_rows", "align_slice", "BackgroundAlignment"]
 
@@ -33,14 +35,19 @@ __all__ = ["PopulationAlignment", "align_rows", "align_slice", "BackgroundAlignm
 @dataclass
 class PopulationAlignment:
     """``perms[j]``: the permutation aligning row ``indices[j]`` to θ (CPU LongTensors), ``sweeps[j]``
-    its sweeps; ``solved``: assignment problems solved, ``skipped``: cost matrices whose current
-    assignment already took every row's maximum; ``solvers``: problems per backend."""
+    its sweeps; ``solved``: assignment problems handed to a solver, ``skipped``: cost matrices whose
+    current assignment already took every row's maximum (batched path); ``solvers``: problems per
+    backend, ``"argmax"`` counting those whose rows' maxima formed a permutation (optimal, no solver);
+    ``groups``: batched solves (rounds) made; ``seconds``: wall time of the batched path's phases, ``"costs"`` (building the cost matrices and
+    their row maxima) and ``"solve"`` (assignment and acceptance), each ending at a host sync."""
 
     perms: list[dict[str, torch.Tensor]]
     sweeps: list[int]
     solved: int = 0
     skipped: int = 0
     solvers: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    groups: int = 0
 
 
 def _expand_batched(perm: torch.Tensor, ap: AxisPerm) -> torch.Tensor:
@@ -122,7 +129,7 @@ def align_rows(
                                   restarts=0, counts=counts, track=False)
             out.perms.append(res.perm)
             out.sweeps.append(res.iterations)
-            out.solved += sum(counts.values())
+            out.solved += sum(c for s_, c in counts.items() if s_ != "argmax")
             for s_, c in counts.items():
                 out.solvers[s_] = out.solvers.get(s_, 0) + c
         return out
@@ -151,6 +158,9 @@ def align_slice(spec, layout, theta, rows, rank: int, world: int, seed: int, max
 
 
 def _descend_batched(spec, perm_to_axes, neighbours, a_blocks, B, seeds, max_iter, tol, solver, out):
+    """Every anchor's own descent (its seeded order, skips and acceptance, as weight_matching's), scheduled
+    so that anchors whose next visit is the same permutation are solved together: each round takes the
+    permutation most anchors wait for (anchors are independent, so only each one's own order matters)."""
     g = len(seeds)
     device = next(iter(B.values())).device
     perm_names = sorted(spec.perm_sizes)
@@ -159,28 +169,38 @@ def _descend_batched(spec, perm_to_axes, neighbours, a_blocks, B, seeds, max_ite
     solved_at: list[dict] = [{} for _ in range(g)]
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     sweeps = [0] * g
-    active = list(range(g))
+    queue: list[list[str]] = [[] for _ in range(g)]  # the rest of each anchor's current sweep
+    improved = [False] * g
+    active = set(range(g))
     on_cuda = device.type == "cuda" and solver in ("auto", "cuda") and "cuda" in available_solvers()
     while active:
-        orders = {b: torch.randperm(len(perm_names), generator=gens[b]).tolist() for b in active}
-        improved = {b: False for b in active}
-        for b in active:
-            sweeps[b] += 1
-        for step in range(len(perm_names)):
-            groups: dict[str, list[int]] = defaultdict(list)
-            for b in active:
-                p = perm_names[orders[b][step]]
+        waiting: dict[str, list[int]] = defaultdict(list)
+        for b in sorted(active):
+            while True:  # skip what needs no solve; start the next sweep when this one is done
+                if not queue[b]:
+                    if sweeps[b] and (not improved[b] or sweeps[b] >= max_iter):
+                        active.discard(b)
+                        break
+                    sweeps[b] += 1
+                    improved[b] = False
+                    queue[b] = [perm_names[i] for i in torch.randperm(len(perm_names), generator=gens[b]).tolist()]
+                p = queue[b][0]
                 state = tuple(version[b][q] for q in neighbours[p])
-                if solved_at[b].get(p) == state:
-                    continue
-                solved_at[b][p] = state
-                groups[p].append(b)
-            for p, members in groups.items():  # anchors are independent: group order is immaterial
-                changed = _solve_group(spec, perm_to_axes, a_blocks, B, perms, p, members, tol, solver, on_cuda, out)
-                for b in changed:
-                    version[b][p] += 1
-                    improved[b] = True
-        active = [b for b in active if improved[b] and sweeps[b] < max_iter]
+                if solved_at[b].get(p) != state:
+                    waiting[p].append(b)
+                    break
+                queue[b].pop(0)
+        if not waiting:
+            break
+        p = max(perm_names, key=lambda q: (len(waiting.get(q, ())), -perm_names.index(q)))
+        members = waiting[p]
+        for b in members:
+            queue[b].pop(0)
+            solved_at[b][p] = tuple(version[b][q] for q in neighbours[p])
+        out.groups += 1
+        for b in _solve_group(spec, perm_to_axes, a_blocks, B, perms, p, members, tol, solver, on_cuda, out):
+            version[b][p] += 1
+            improved[b] = True
     return perms, sweeps
 
 
@@ -188,6 +208,7 @@ def _solve_group(spec, perm_to_axes, a_blocks, B, perms, p, members, tol, solver
     """Solve permutation ``p`` for the anchors ``members`` at once; returns the anchors whose p changed."""
     n = spec.perm_sizes[p]
     device = perms[p].device
+    start = time.perf_counter()
     sel = torch.as_tensor(members, device=device)
     cost = torch.zeros((len(members), n, n), device=device)
     for k, ax, ap in perm_to_axes[p]:
@@ -197,32 +218,50 @@ def _solve_group(spec, perm_to_axes, a_blocks, B, perms, p, members, tol, solver
                 w = _index_batched(w, i + 1, _expand_batched(perms[a.perm].index_select(0, sel), a))
         cost += torch.matmul(a_blocks[(k, ax)], _blocks_batched(w, ax + 1, ap, n).transpose(1, 2))
     current = perms[p].index_select(0, sel)
-    share = (cost.argmax(dim=2) == current).float().mean(dim=1).tolist()
-    todo = [j for j, s in enumerate(share) if s < 1.0]  # all rows at their maximum: optimal, skip
+    row_max = cost.argmax(dim=2)
+    hit = row_max == current
+    # per anchor: share of rows at their maximum, and whether the maxima form a permutation (one sync)
+    flags = torch.stack([hit.float().mean(dim=1), is_permutation(row_max).float()], dim=1).tolist()
+    now = time.perf_counter()
+    out.seconds["costs"] = out.seconds.get("costs", 0.0) + now - start
+    start = now
+    todo = [j for j, (s, _) in enumerate(flags) if s < 1.0]  # all rows at their maximum: optimal, skip
     out.skipped += len(members) - len(todo)
     if not todo:
         return []
+    # rows' maxima in distinct columns: optimal (it reaches Σ_i max_j C_ij), no solver needed
+    direct = [j for j in todo if flags[j][1] == 1.0]
+    hard = [j for j in todo if flags[j][1] != 1.0]
     sub = cost[todo].double()
     cur = current[todo]
-    if on_cuda:
-        cols = solve_batch(sub, "cuda")
-        out.solvers["cuda"] = out.solvers.get("cuda", 0) + len(todo)
-    else:
-        host = sub.cpu().numpy()
-        picked = [pick_solver(solver, share[j], n=n) for j in todo]
-        cols = torch.as_tensor(np.stack([solve(c, s) for c, s in zip(host, picked)]), device=device)
-        for s in picked:
-            out.solvers[s] = out.solvers.get(s, 0) + 1
-    out.solved += len(todo)
+    cols = row_max[todo].clone()
+    if direct:
+        out.solvers["argmax"] = out.solvers.get("argmax", 0) + len(direct)
+    if hard:
+        pos = torch.as_tensor([todo.index(j) for j in hard], device=device)
+        if on_cuda:
+            cols[pos] = solve_batch(sub[pos], "cuda")
+            out.solvers["cuda"] = out.solvers.get("cuda", 0) + len(hard)
+        elif solver == "scipy":  # one call: the batch's problems on host threads side by side
+            cols[pos] = solve_batch(sub[pos], "scipy")
+            out.solvers["scipy"] = out.solvers.get("scipy", 0) + len(hard)
+        else:
+            host = sub[pos].cpu().numpy()
+            picked = [pick_solver(solver, flags[j][0], n=n) for j in hard]
+            cols[pos] = torch.as_tensor(np.stack([solve(c, s) for c, s in zip(host, picked)]), device=device)
+            for s in picked:
+                out.solvers[s] = out.solvers.get(s, 0) + 1
+        out.solved += len(hard)
     old_val = sub.gather(2, cur[:, :, None]).sum(dim=(1, 2))
     new_val = sub.gather(2, cols[:, :, None]).sum(dim=(1, 2))
     better = (new_val > old_val + tol * old_val.abs().clamp_min(1.0)).tolist()
     changed = []
-    for j, ok in zip(todo, better):
+    for t, (j, ok) in enumerate(zip(todo, better)):
         if ok:
             b = members[j]
-            perms[p][b] = cols[todo.index(j)]
+            perms[p][b] = cols[t]
             changed.append(b)
+    out.seconds["solve"] = out.seconds.get("solve", 0.0) + time.perf_counter() - start
     return changed
 
 

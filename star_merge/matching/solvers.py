@@ -41,6 +41,13 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def _host_threads() -> int:
+    """Host threads for a batch of scipy problems: the CPUs this process may use, at most 16."""
+    import os
+
+    return max(1, min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 def available_solvers() -> list[str]:
     """The concrete backends importable here (``cuda`` also needs a CUDA device at call time)."""
     out = ["scipy"]
@@ -99,8 +106,9 @@ def solve(cost: np.ndarray, solver: str = "scipy") -> np.ndarray:
             c /= scale
         _, x, _ = lap.lapjv(np.ascontiguousarray(c, dtype=np.float64), extend_cost=False)
         return np.asarray(x, dtype=np.int64)
-    if solver == "cuda":
-        return solve_batch(torch.as_tensor(cost)[None], "cuda")[0].numpy()
+    if solver == "cuda":  # one problem: on the GPU when there is one (else torch-linear-assignment's scipy)
+        t = torch.as_tensor(cost)[None]
+        return solve_batch(t.cuda() if torch.cuda.is_available() else t, "cuda")[0].cpu().numpy()
     raise ValueError(f"matching solver {solver!r} is not one of {', '.join(SOLVERS)}")
 
 
@@ -109,7 +117,8 @@ def solve_batch(costs: torch.Tensor, solver: str = "scipy") -> torch.Tensor:
 
     ``cuda`` solves the whole batch in one Triton launch when ``costs`` is on a GPU (on the host
     ``torch_linear_assignment`` falls back to scipy per problem); the host backends copy the cost
-    matrices (not the weights) to the host and solve them one by one.
+    matrices (not the weights) to the host and solve them one by one (``scipy``: on up to 16 host
+    threads at once, since it releases the GIL).
     """
     if costs.ndim != 3:
         raise ValueError(f"solve_batch needs a [B, n, n] tensor, got shape {tuple(costs.shape)}")
@@ -119,5 +128,13 @@ def solve_batch(costs: torch.Tensor, solver: str = "scipy") -> torch.Tensor:
         # It minimises; float64 stays float64 so the result matches scipy's on the same numbers.
         return batch_linear_assignment(-costs).to(torch.long)
     host = costs.detach().to("cpu", torch.float64).numpy()
-    cols = np.stack([solve(c, solver) for c in host]) if len(host) else np.zeros((0, costs.shape[1]), np.int64)
+    if solver == "scipy" and len(host) > 1 and _host_threads() > 1:
+        # scipy's solver releases the GIL: the problems of a batch run on host threads side by side
+        # (lap's does not, so lapjv stays one problem at a time)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(len(host), _host_threads())) as pool:
+            cols = np.stack(list(pool.map(lambda c: solve(c, "scipy"), host)))
+    else:
+        cols = np.stack([solve(c, solver) for c in host]) if len(host) else np.zeros((0, costs.shape[1]), np.int64)
     return torch.as_tensor(cols, dtype=torch.long).to(costs.device)

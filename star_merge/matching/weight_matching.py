@@ -10,6 +10,16 @@ at least ``restart_similarity`` of the Cauchy-Schwarz bound ||A||·||B||, which 
 reaches) but not an exact one, it restarts: first from the sorted-rows start (each permutation solved
 alone on its units' weights sorted, which no other permutation can change), then from the best result
 with one permutation re-drawn at random; the best objective wins.
+
+``presolve=True`` (for unrelated models, e.g. independent inits) first runs the same descent on a
+weighted objective in which each unit's incoming weights (axis 0 of its weight matrices and kernels)
+count ``PRESOLVE_INCOMING`` times as much as its outgoing ones, then continues on the true objective from
+the result. Weighting the incoming side makes each permutation follow mostly from its own layer given
+the previous one (a layer-by-layer match), a better basin than the identity start's: measured on
+star-mlp 3x512 / 3x1024 / 3x2048 random inits, +3.6% / +2.3% / +1.4% objective in fewer sweeps
+(docs/performance.md). rebasin 0.0.47 stumbles on a similar weighting (its graph lists a layer's own
+weight twice as often as the next layer's), which is why it beat the plain descent. Off by default: it
+changes results wherever the objective has several local optima.
 """
 
 from __future__ import annotations
@@ -25,6 +35,9 @@ from ..spec import AxisPerm, PermutationSpec, SpecError, expand_index, identity_
 from .solvers import check_solver, pick_solver, solve
 
 __all__ = ["MatchingResult", "weight_matching", "check_state_dicts", "perm_objective"]
+
+# presolve: the factor of each unit's incoming weights in the weighted objective (see the module docstring).
+PRESOLVE_INCOMING = 16.0
 
 
 @dataclass
@@ -79,6 +92,13 @@ def _to_blocks(w: torch.Tensor, axis: int, ap: AxisPerm, n: int) -> torch.Tensor
     w = w.reshape(ap.repeat, n, ap.block, *rest)
     w = torch.movedim(w, 1, 0)
     return w.reshape(n, -1)
+
+
+def is_permutation(cols: torch.Tensor) -> torch.Tensor | bool:
+    """Whether every row of ``cols`` ([..., n] column indices in 0..n-1) holds n distinct columns."""
+    hits = torch.zeros(cols.shape, dtype=torch.bool, device=cols.device).scatter_(-1, cols, True)
+    out = hits.all(dim=-1)
+    return bool(out) if out.ndim == 0 else out
 
 
 def perm_objective(spec, perm, sd_a, sd_b, names=None, dtype=torch.float32) -> float:
@@ -149,11 +169,12 @@ def _updated_term(spec, k, ax, ap, n, A, B, perm, cached, key, others):
 
 
 def _descend(spec, perm_to_axes, neighbours, A, B, a_blocks, perm, order_gen, max_iter, tol, solver, terms, budget,
-             counts=None, track=True):
+             counts=None, track=True, weights=None):
     """Coordinate descent from ``perm`` (updated in place); returns (history, sweeps).
 
     ``counts`` (a dict) receives the assignment problems solved per backend; ``track=False`` skips the
-    objective after each sweep (history stays empty).
+    objective after each sweep (history stays empty). ``weights``: (tensor, axis) -> factor of that
+    term in the cost matrices (the presolve's weighted objective); ``None``: the objective itself.
     """
     names = list(A)
     dtype = next(iter(A.values())).dtype if A else torch.float32
@@ -163,8 +184,13 @@ def _descend(spec, perm_to_axes, neighbours, A, B, a_blocks, perm, order_gen, ma
     # for it: the solve is skipped (same result, fewer assignment problems near convergence).
     version = {p: 0 for p in spec.perm_sizes}
     solved_at: dict[str, tuple] = {}
-    terms.clear()  # cached terms are keyed by this run's versions
-    cache_budget = [budget]
+    # Cached terms are keyed by versions, which restart at 0: an earlier run's term stays valid when the
+    # permutations it was built with (its snapshot) are the current ones (key 0, as if built now); one
+    # built with other permutations gets key -1 on those axes (updated or recomputed when first used).
+    for (k, ax), (_, term, snap) in list(terms.items()):
+        terms[(k, ax)] = (tuple(0 if torch.equal(old, perm[spec.axes_to_perm[k][i].perm]) else -1
+                                for i, old in snap.items()), term, snap)
+    cache_budget = [budget - sum(t.numel() for _, t, _ in terms.values())]
     perm_names = sorted(spec.perm_sizes)
     history: list[float] = []
     iterations = 0
@@ -197,7 +223,7 @@ def _descend(spec, perm_to_axes, neighbours, A, B, a_blocks, perm, order_gen, ma
                         cache_budget[0] -= term.numel()
                         terms[(k, ax)] = (key, term, snap)
                     cached = (key, term, snap)
-                cost += cached[1]
+                cost += cached[1] if weights is None else weights.get((k, ax), 1.0) * cached[1]
             row_max = cost.argmax(dim=1)
             share = float((row_max == perm[p]).float().mean())
             if share == 1.0:
@@ -205,8 +231,13 @@ def _descend(spec, perm_to_axes, neighbours, A, B, a_blocks, perm, order_gen, ma
             cost_np = cost.double().cpu().numpy()
             old = perm[p].cpu().numpy()
             old_val = cost_np[np.arange(n), old].sum()
-            picked = pick_solver(solver, share, n=n)
-            col = solve(cost_np, picked)
+            if is_permutation(row_max):
+                # the rows' maxima fall in distinct columns: that assignment reaches the bound Σ_i max_j C_ij,
+                # so it is optimal (the one every exact solver returns, ties aside): no problem to solve
+                col, picked = row_max.cpu().numpy(), "argmax"
+            else:
+                picked = pick_solver(solver, share, n=n)
+                col = solve(cost_np, picked)
             if counts is not None:
                 counts[picked] = counts.get(picked, 0) + 1
             new_val = cost_np[np.arange(n), col].sum()
@@ -237,6 +268,7 @@ def weight_matching(
     restart_similarity: float = 0.5,
     counts: dict | None = None,
     track: bool = True,
+    presolve: bool = False,
 ) -> MatchingResult:
     """Find the permutation of B's units that best aligns B to A (maximises Σ <A, π(B)>).
 
@@ -249,6 +281,9 @@ def weight_matching(
     >= ``restart_similarity`` · ||A||·||B||) that is not exact; 0 turns restarts off. ``counts``: a dict
     that receives the number of assignment problems solved per backend. ``track=False`` skips computing
     the objective after each sweep (``objective`` is then NaN, ``history`` empty and no restart is made).
+    ``presolve``: first descend on a weighted objective in which each unit's incoming weights (axis 0 of
+    its tensors of two or more dimensions) count ``PRESOLVE_INCOMING`` times, then continue on the
+    objective from there (see the module docstring); ``iterations`` counts both descents.
     """
     if validate:
         check_state_dicts(spec, sd_a, sd_b)
@@ -278,7 +313,14 @@ def weight_matching(
         spec, perm_to_axes, neighbours, A, B, a_blocks, start, gen, max_iter, tol, solver, terms, int(cache_elements),
         counts, track,
     )
+    presweeps = 0
+    if presolve:
+        weights = {(k, ax): PRESOLVE_INCOMING for p, axes in perm_to_axes.items() for k, ax, _ in axes
+                   if ax == 0 and A[k].ndim >= 2}
+        _, presweeps = _descend(spec, perm_to_axes, neighbours, A, B, a_blocks, perm, order_gen, max_iter, tol,
+                                solver, terms, int(cache_elements), counts, False, weights)
     history, iterations = run(perm, order_gen)
+    iterations += presweeps
     if not track:
         return MatchingResult(perm={p: v.cpu() for p, v in perm.items()}, objective=math.nan, iterations=iterations)
     best, best_obj = perm, history[-1]
