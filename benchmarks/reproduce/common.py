@@ -147,7 +147,7 @@ def plot_sweep(rows: list[dict], x: str, xlabel: str, title: str, path: str, log
     for a in axes:
         a.set_xlabel(xlabel)
         if categorical:
-            a.set_xticks(xs, [str(r[x]) for r in rows], fontsize=8)
+            a.set_xticks(xs, [str(r[x]) for r in rows], fontsize=8, rotation=25, ha="right")
         elif logx:
             a.set_xscale("log")
             a.set_xticks(xs, [str(v) for v in xs])
