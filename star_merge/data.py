@@ -8,6 +8,7 @@ model inputs with the population's processor (through the task) and returns the 
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .columns import collate_columns, in_memory
 from .errors import UserError
 
 __all__ = [
@@ -103,6 +105,26 @@ class DataArguments:
         return asdict(self)
 
 
+@functools.lru_cache(maxsize=4)
+def _mnist1d_arrays(num_samples: int, seed: int) -> dict:
+    """The generator's arrays, made once per process (a run loads its dataset several times; ~2 s each)."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = num_samples
+    args.seed = seed
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        raw = make_dataset(args)  # never the package's download path
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    for v in raw.values():
+        if isinstance(v, np.ndarray):
+            v.flags.writeable = False  # shared by every later call
+    return raw
+
+
 def load_mnist1d(num_samples: int = 5000, seed: int = 42):
     """MNIST-1D (Greydanus 2020) generated locally by the ``mnist1d`` package with its default arguments.
 
@@ -110,17 +132,8 @@ def load_mnist1d(num_samples: int = 5000, seed: int = 42):
     RNG side effects are undone, so callers' random streams are unaffected.
     """
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
-    from mnist1d.data import get_dataset_args, make_dataset
 
-    args = get_dataset_args()
-    args.num_samples = int(num_samples)
-    args.seed = int(seed)
-    py_state, np_state = random.getstate(), np.random.get_state()
-    try:
-        raw = make_dataset(args)  # never the package's download path
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
+    raw = _mnist1d_arrays(int(num_samples), int(seed))
     features = Features(
         {"input_values": Sequence(Value("float32"), length=40), "labels": ClassLabel(names=[str(i) for i in range(10)])}
     )
@@ -328,8 +341,13 @@ def make_dataloader(dataset, batch_size: int, shuffle: bool = False, seed: int =
     """A torch DataLoader yielding dicts of tensors; shuffling is reproducible from ``seed``.
 
     ``collate_fn``: the task's collator (``None``: torch's default collate). A dataset with an on-the-fly
-    transform (raw images) keeps it."""
+    transform (raw images) keeps it. A small all-numeric dataset without a collator is held as column tensors
+    (:class:`TensorColumns`: the same batches, sliced instead of formatted row by row)."""
     ds = dataset if _transform(dataset) is not None else dataset.with_format("torch")
+    if collate_fn is None and _transform(dataset) is None:
+        columns = in_memory(dataset)
+        if columns is not None:
+            ds, collate_fn = columns, collate_columns
     generator = torch.Generator().manual_seed(int(seed)) if shuffle else None
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last, collate_fn=collate_fn

@@ -56,3 +56,44 @@ def test_local_dataset_column_mapping_and_errors(tmp_path):
     with pytest.raises(DatasetError, match="is empty"):
         load_task_dataset(DataArguments(dataset_name=path, input_column="signal", label_column="y",
                                         max_eval_samples=0), "input_values")
+
+
+def _hf_reference_batches(ds, batch_size, shuffle=False, seed=0, drop_last=False):
+    """What the loader yielded before TensorColumns: the HF torch-formatted dataset, rows collated by torch."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed) if shuffle else None
+    return list(torch.utils.data.DataLoader(ds.with_format("torch"), batch_size=batch_size, shuffle=shuffle,
+                                            generator=g, drop_last=drop_last))
+
+
+@pytest.mark.parametrize("shuffle,drop_last", [(False, False), (True, False), (True, True)])
+def test_make_dataloader_column_tensors_give_the_hf_batches(mnist1d, shuffle, drop_last):
+    import torch
+
+    from star_merge.columns import TensorColumns
+    from star_merge.data import make_dataloader
+
+    ds = mnist1d["test"].select(range(300))
+    loader = make_dataloader(ds, 64, shuffle=shuffle, seed=5, drop_last=drop_last)
+    assert isinstance(loader.dataset, TensorColumns)
+    got, want = list(loader), _hf_reference_batches(ds, 64, shuffle, 5, drop_last)
+    assert len(got) == len(want) == (300 // 64 if drop_last else -(-300 // 64))
+    for a, b in zip(got, want):
+        assert set(a) == set(b)
+        for k in a:
+            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k])
+
+
+def test_make_dataloader_keeps_row_formatting_for_ragged_or_text_columns():
+    from datasets import Dataset
+
+    from star_merge.columns import TensorColumns
+    from star_merge.data import make_dataloader
+
+    ragged = Dataset.from_dict({"input_ids": [[1, 2], [3], [4, 5, 6]], "labels": [0, 1, 0]})
+    text = Dataset.from_dict({"input_values": [[0.0, 1.0]] * 3, "text": ["a", "b", "c"], "labels": [0, 1, 0]})
+    for ds in (ragged, text):
+        assert not isinstance(make_dataloader(ds, 2).dataset, TensorColumns)
+    numeric = Dataset.from_dict({"input_values": [[0.0, 1.0]] * 3, "labels": [0, 1, 0]})
+    assert not isinstance(make_dataloader(numeric, 2, collate_fn=lambda rows: rows).dataset, TensorColumns)

@@ -32,10 +32,14 @@ def is_done(out_dir: str) -> bool:
 def run_point(out_dir: str, config: str, flags: dict, log=print) -> dict:
     """report.json of ``recipes/star.py --config CONFIG --output_dir OUT_DIR --k v ...`` (run only if missing)."""
     report_path = os.path.join(out_dir, "report.json")
+    timing_path = os.path.join(os.path.dirname(os.path.abspath(out_dir)), os.path.basename(out_dir) + ".time.json")
     if os.path.isfile(report_path):
         with open(report_path) as f:
             report = json.load(f)
         if "summary" in report:
+            if os.path.isfile(timing_path):  # the wall/CPU seconds of the run that made it
+                with open(timing_path) as f:
+                    report.setdefault("training", {}).update(json.load(f))
             return report
     argv = [sys.executable, RECIPE, "--config", config, "--output_dir", out_dir]
     if os.path.isdir(out_dir):
@@ -45,12 +49,21 @@ def run_point(out_dir: str, config: str, flags: dict, log=print) -> dict:
     log(f"[run] {' '.join(argv[1:])}")
     started = time.time()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
+    log_path = os.path.join(os.path.dirname(os.path.abspath(out_dir)), os.path.basename(out_dir) + ".log")
+    with open(log_path, "w") as log_file:  # beside the run (the recipe owns OUT_DIR's entries)
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, text=True, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)  # CPU time of the recipe and its children
+    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
-        raise SystemExit(f"point {out_dir} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        raise SystemExit(f"point {out_dir} failed (exit {proc.returncode}; log {log_path}):\n{tail}")
     with open(report_path) as f:
         report = json.load(f)
     report.setdefault("training", {})["wall_seconds"] = round(time.time() - started, 1)
+    report["training"]["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 1)
+    write_json(timing_path, {k: report["training"][k] for k in ("wall_seconds", "cpu_seconds")})
     log(f"[done] {out_dir} in {time.time() - started:.0f}s")
     return report
 
@@ -134,7 +147,7 @@ def plot_sweep(rows: list[dict], x: str, xlabel: str, title: str, path: str, log
     for a in axes:
         a.set_xlabel(xlabel)
         if categorical:
-            a.set_xticks(xs, [str(r[x]) for r in rows], fontsize=8)
+            a.set_xticks(xs, [str(r[x]) for r in rows], fontsize=8, rotation=25, ha="right")
         elif logx:
             a.set_xscale("log")
             a.set_xticks(xs, [str(v) for v in xs])
