@@ -36,7 +36,7 @@ BN_BATCH = 512  # the evaluation engine's batch size (its BatchNorm reset averag
 SETTING = dict(
     model_type="star-cnn1d", model_config='{"channels": [32, 64, 64]}', num_samples=NUM_SAMPLES,
     num_anchors=8, num_held_out=3, population_epochs=15, population_learning_rate=3e-3,
-    num_train_epochs=30, learning_rate=3e-3, weight_decay=0.1, init="anchor", t_sampling="beta", t_beta=4.0,
+    num_train_epochs=30, learning_rate=3e-3, weight_decay=0.5, init="anchor", t_sampling="beta", t_beta=4.0,
     star_ce_weight=0.0, eval_pairs="12", eval_num_points=NUM_POINTS, skip_bma=True, seed=SEED,
 )
 
@@ -77,8 +77,8 @@ def test_the_star_is_a_good_model(run):
     _, report = run
     s = RunSummary.from_report(report)
     assert s.star_test_accuracy >= s.mean_anchor_test_accuracy - 0.02, (s.star_test_accuracy, s.mean_anchor_test_accuracy)
-    assert s.star_test_nll <= 1.2 * s.mean_anchor_test_nll, (s.star_test_nll, s.mean_anchor_test_nll)
-    assert s.star_train_loss <= s.mean_anchor_train_loss, (s.star_train_loss, s.mean_anchor_train_loss)
+    assert s.star_test_nll <= 1.1 * s.mean_anchor_test_nll, (s.star_test_nll, s.mean_anchor_test_nll)
+    assert s.star_train_loss <= 2 * s.mean_anchor_train_loss, (s.star_train_loss, s.mean_anchor_train_loss)
     assert s.mean_anchor_test_accuracy > 0.8  # the population itself learned the task (10 classes)
 
 
