@@ -57,8 +57,9 @@ def test_trainer_shaped_api_learns_a_star_connected_to_its_anchors(tmp_path):
 
 
 def test_push_to_hub_uploads_the_saved_star_offline(monkeypatch):
-    """StarlightTrainer.push_to_hub through a fake HfApi bound to the real methods' signatures: what is uploaded
-    is the checkpoint save_model writes (the trained weights, bit for bit), to the repo asked, with its options."""
+    """StarlightTrainer.push_to_hub through a fake HfApi bound to the real methods' signatures: what is
+    uploaded is the checkpoint save_model writes (the trained weights, bit for bit), to the repo asked, with
+    its options."""
     import json
 
     import huggingface_hub
