@@ -35,6 +35,7 @@ COPIED = ("star_merge", "tests", "recipes", "pyproject.toml")
 
 REF = "tests/test_starlight_reference.py"
 STATE = "tests/test_starlight_state.py"
+END_TO_END = "tests/test_starlight_barrier.py"  # slow (about a minute): star<->held-out below anchor<->held-out
 TRAINER = "star_merge/starlight/trainer.py"
 
 
@@ -58,7 +59,7 @@ MUTATIONS = [
         TRAINER,
         "torch.lerp(theta, anchor, t, out=bound.weights)",
         "torch.lerp(theta, anchor, 1.0 - t, out=bound.weights)",
-        (f"{REF}::test_one_step_matches_the_autograd_reference",),
+        (f"{REF}::test_one_step_matches_the_autograd_reference", END_TO_END),
     ),
     Mutation(
         "rank 0's gradient broadcast instead of all-reduced (rank 1's data ignored)",
@@ -144,7 +145,7 @@ MUTATIONS = [
         TRAINER,
         "            self.optimizer.step()\n",
         "",
-        (f"{REF}::test_one_step_matches_the_autograd_reference",),
+        (f"{REF}::test_one_step_matches_the_autograd_reference", END_TO_END),
     ),
     # ---- beyond issue 17's table
     Mutation(

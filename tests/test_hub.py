@@ -491,7 +491,11 @@ class FakeHfApi:
                 with open(p, "rb") as f:
                     staged[os.path.relpath(p, folder_path)] = f.read()
         self.calls.append(("upload_folder", repo_id, {**kwargs, "staged": staged}))
-        return argparse.Namespace(commit_url=f"https://huggingface.co/{repo_id}/commit/{fake_sha(repo_id)}")
+        from huggingface_hub.hf_api import CommitInfo  # what the real method returns (a str: the commit url)
+
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{fake_sha(repo_id)}",
+                          commit_message=kwargs.get("commit_message") or "", commit_description="",
+                          oid=fake_sha(repo_id))
 
 
 @pytest.fixture

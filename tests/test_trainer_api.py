@@ -54,3 +54,43 @@ def test_trainer_shaped_api_learns_a_star_connected_to_its_anchors(tmp_path):
         assert abs(_ce(container, aligned, x, y) - _ce(container, sd, x, y)) < 1e-4
         star_path = max(_ce(container, _lerp(star_sd, aligned, t), x, y) for t in (0.25, 0.5, 0.75))
         assert star_path < naive_mid, (name, star_path, naive_mid)
+
+
+def test_push_to_hub_uploads_the_saved_star_offline(monkeypatch):
+    """StarlightTrainer.push_to_hub through a fake HfApi bound to the real methods' signatures: what is
+    uploaded is the checkpoint save_model writes (the trained weights, bit for bit), to the repo asked, with
+    its options."""
+    import json
+
+    import huggingface_hub
+    from safetensors.torch import load as load_safetensors
+
+    from fixtures import build_model, make_trainer
+    from hf_cache import fake_sha
+    from test_hub import FakeHfApi
+
+    FakeHfApi.instances, FakeHfApi.fail_on = [], None
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    dataset = load_task_dataset(DataArguments(num_samples=200))
+    config = StarMLPConfig(hidden_sizes=[8])
+    anchors = [(f"a{i}", build_model(config, i).state_dict()) for i in range(2)]
+    args = sm.StarlightConfig(num_train_epochs=1, learning_rate=3e-3, per_device_train_batch_size=64, seed=0)
+    trainer = make_trainer(args, config, anchors, dataset)
+    result = trainer.train()
+
+    url = trainer.push_to_hub("me/star", private=True, token="hf_x", commit_message="first star")
+
+    (api,) = FakeHfApi.instances
+    assert api.token == "hf_x"
+    (create, repo, options), (upload, upload_repo, uploaded) = api.calls
+    assert (create, repo, options) == ("create_repo", "me/star", {"private": True, "exist_ok": True})
+    assert (upload, upload_repo, uploaded["commit_message"]) == ("upload_folder", "me/star", "first star")
+    assert url == f"https://huggingface.co/me/star/commit/{fake_sha('me/star')}"
+    staged = uploaded["staged"]
+    assert set(staged) == {"config.json", "model.safetensors", "training_info.json"}, sorted(staged)
+    weights = load_safetensors(staged["model.safetensors"])
+    expected = result.model.state_dict()
+    assert set(weights) == set(expected) and all(torch.equal(weights[k], expected[k]) for k in expected)
+    assert json.loads(staged["config.json"])["model_type"] == "star-mlp"
+    info = json.loads(staged["training_info.json"])
+    assert info["starlight"]["learning_rate"] == 3e-3 and info["history"] == result.history
