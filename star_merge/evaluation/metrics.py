@@ -95,7 +95,11 @@ def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = EC
     Bins are ``[k/n, (k+1)/n)``, the last one closed at 1. Empty bins have ``None`` confidence/accuracy.
     """
     conf, pred = probs.double().max(-1)
-    correct = (pred == labels).double()
+    return confidence_bins(conf, (pred == labels).double(), n_bins)
+
+
+def confidence_bins(conf: torch.Tensor, correct: torch.Tensor, n_bins: int = ECE_BINS) -> dict[str, list]:
+    """:func:`reliability_bins` from each unit's top-label confidence and correctness (float64, one value per unit)."""
     idx = (conf * n_bins).floor().long().clamp(0, n_bins - 1)
     count = torch.bincount(idx, minlength=n_bins).double()
     conf_sum = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, conf)

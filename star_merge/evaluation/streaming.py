@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .metrics import ECE_BINS, MetricError, check_predictions
+from .metrics import ECE_BINS, MetricError, check_predictions, confidence_bins
 
 __all__ = ["UnitStats", "score_models", "unit_stats"]
 
@@ -74,18 +74,7 @@ class UnitStats:
 
     def reliability_bins(self, n_bins: int = ECE_BINS) -> dict[str, list]:
         """As :func:`.metrics.reliability_bins`."""
-        conf, correct = self.confidence, self.correct.double()
-        idx = (conf * n_bins).floor().long().clamp(0, n_bins - 1)
-        count = torch.bincount(idx, minlength=n_bins).double()
-        conf_sum = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, conf)
-        acc_sum = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, correct)
-        nonempty = count > 0
-        return {
-            "edges": [k / n_bins for k in range(n_bins + 1)],
-            "confidence": [float(c / n) if e else None for c, n, e in zip(conf_sum, count, nonempty)],
-            "accuracy": [float(a / n) if e else None for a, n, e in zip(acc_sum, count, nonempty)],
-            "count": [int(n) for n in count],
-        }
+        return confidence_bins(self.confidence, self.correct.double(), n_bins)
 
     def _auroc(self, confidence: torch.Tensor) -> float | None:
         from torchmetrics.functional.classification import binary_auroc
