@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["SOLVERS", "available_solvers", "check_solver", "solve", "solve_batch", "pick_solver"]
+__all__ = ["SOLVERS", "available_solvers", "check_solver", "solve", "solve_batch", "solve_batches", "pick_solver",
+           "pad_problems"]
 
 SOLVERS = ("auto", "scipy", "lapjv", "cuda")
 # Share of rows whose maximum is already at the current assignment above which ``auto`` takes lapjv.
@@ -138,3 +139,64 @@ def solve_batch(costs: torch.Tensor, solver: str = "scipy") -> torch.Tensor:
     else:
         cols = np.stack([solve(c, solver) for c in host]) if len(host) else np.zeros((0, costs.shape[1]), np.int64)
     return torch.as_tensor(cols, dtype=torch.long).to(costs.device)
+
+
+def pad_problems(batches: list[torch.Tensor]) -> torch.Tensor:
+    """Problems of several sizes as one batch [ΣB_i, N, N] (N the largest n_i) with the same optimal assignments.
+
+    Each float64 problem is shifted by its maximum (every assignment's value moves by the same n·max, so
+    the optimum does not change) and embedded top-left; the padding rows and columns meet at 0 and cross
+    the real block at ``-(n·range + 1)``. A real row assigned to a padding column forces a padding row onto
+    a real column: two such entries cost more than any real assignment can gain (at most n·range), so every
+    optimum of the padded problem takes the real rows to the real columns, optimally.
+    """
+    size = max(b.shape[-1] for b in batches)
+    total = sum(b.shape[0] for b in batches)
+    out = torch.zeros((total, size, size), dtype=torch.float64, device=batches[0].device)
+    at = 0
+    for b in batches:
+        k, n = b.shape[0], b.shape[-1]
+        if n < size:
+            c = b.to(torch.float64)
+            top = c.amax(dim=(1, 2), keepdim=True)
+            low = -(n * (top - c.amin(dim=(1, 2), keepdim=True)) + 1)
+            out[at:at + k, :n, n:] = low
+            out[at:at + k, n:, :n] = low
+            out[at:at + k, :n, :n] = c - top
+        else:
+            out[at:at + k] = b
+        at += k
+    return out
+
+
+def solve_batches(batches: list[torch.Tensor], solver: str = "scipy") -> list[torch.Tensor]:
+    """:func:`solve_batch` of several batches ([B_i, n_i, n_i], sizes may differ) in one call.
+
+    ``cuda``: one launch for all (padded to the largest size by :func:`pad_problems`; a
+    launch costs about its largest problem, whatever the batch, so one padded launch beats one per size). ``scipy``: all
+    problems on the host threads together. Others: one by one.
+    """
+    if not batches:
+        return []
+    if solver == "cuda" and len({b.shape[-1] for b in batches}) > 1:
+        cols = solve_batch(pad_problems(batches), "cuda")
+        out, at = [], 0
+        for b in batches:
+            out.append(cols[at:at + b.shape[0], :b.shape[-1]])
+            at += b.shape[0]
+        return out
+    if solver in ("cuda", "scipy"):
+        if len({b.shape[-1] for b in batches}) == 1:
+            cols = solve_batch(torch.cat(list(batches)), solver)
+            return list(torch.split(cols, [b.shape[0] for b in batches]))
+        flat = [c for b in batches for c in b.detach().to("cpu", torch.float64).numpy()]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max(1, min(len(flat), _host_threads()))) as pool:
+            found = list(pool.map(lambda c: solve(c, "scipy"), flat))
+        out, at = [], 0
+        for b in batches:
+            out.append(torch.as_tensor(np.stack(found[at:at + b.shape[0]]), dtype=torch.long).to(b.device))
+            at += b.shape[0]
+        return out
+    return [solve_batch(b, solver) for b in batches]

@@ -52,6 +52,12 @@ class StarlightConfig:
     matching_solver: str = field(
         default="auto", metadata={"help": "auto | scipy | lapjv | cuda: assignment solver of the re-alignment (all exact)."}
     )
+    matching_order: str = field(
+        default="auto",
+        metadata={"help": "auto | random | colored: the re-alignment's visiting order; colored visits classes of "
+                          "independent permutations (one batched round each); auto = colored where the alignment is "
+                          "batched (θ on a GPU), random elsewhere."},
+    )
     align_overlap: bool = field(
         default=False,
         metadata={"help": "Re-align in a background thread while the epoch trains (single process): a schedule "
@@ -70,6 +76,7 @@ class StarlightConfig:
             "t_sampling": ("uniform", "beta", "constant"),
             "anchor_device": ("cpu", "accelerator"),
             "matching_solver": ("auto", "scipy", "lapjv", "cuda"),
+            "matching_order": ("auto", "random", "colored"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -186,7 +186,7 @@ class StarlightTrainer:
     def _align_rows(self, theta: torch.Tensor):  # [(row, permutation)] of this process's slice, where θ lives
         a, acc = self.args, self.accelerator
         return align_slice(self.match_spec, self.layout, theta.detach(), self.anchors, acc.process_index,
-                           acc.num_processes, a.seed, a.matching_max_iter, a.matching_solver)
+                           acc.num_processes, a.seed, a.matching_max_iter, a.matching_solver, a.matching_order)
 
     def align_anchors(self, theta: torch.Tensor, state: StarlightState, progress: bool, found=None) -> None:
         """Weight-match every anchor to θ (a slice per process, exchanged); apply, compose into ``state.perms``.
