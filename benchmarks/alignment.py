@@ -164,6 +164,7 @@ def resnet18_population(args) -> None:
 
     from star_merge import apply_permutation, random_permutation, spec_for
     from star_merge.matching.population import align_rows
+    from star_merge.matching.weight_matching import perm_objective
     from star_merge.starlight.flat import FlatLayout
 
     nan = float("nan")
@@ -221,9 +222,9 @@ def resnet18_population(args) -> None:
             for n in sorted(set(spec.perm_sizes.values())):
                 solve_batch(torch.randn(2, n, n, device=device, dtype=torch.float64), "cuda")
             sync()
-    print(f"{'N':>3} {'phase':>5} {'align s':>8} {'x epoch':>8} {'sweeps':>7} {'solved':>7} {'costs s':>8} "
-          f"{'solve s':>8} {'groups':>7}  solvers")
-    for n in args.anchors:
+    print(f"{'N':>3} {'order':>7} {'phase':>5} {'align s':>8} {'x epoch':>8} {'sweeps':>7} {'max':>4} {'solved':>7} "
+          f"{'costs s':>8} {'solve s':>8} {'groups':>7} {'cos':>9}  solvers")
+    for n, order in [(n, o) for n in args.anchors for o in args.order]:
         idx, seeds = list(range(n)), list(range(n))
         work = rows[:n].clone()
         for phase, drift in [("cold", 0.0)] + [(f"w{d:g}", d) for d in args.drift]:
@@ -231,18 +232,23 @@ def resnet18_population(args) -> None:
                 star.shape, generator=torch.Generator().manual_seed(7)).to(device)
             sync()
             start = time.perf_counter()
-            res = align_rows(spec, layout, theta, work, idx, seeds, solver=args.solver, batched=BATCHED[args.batched])
+            res = align_rows(spec, layout, theta, work, idx, seeds, solver=args.solver, batched=BATCHED[args.batched],
+                             order=order, chunk_elements=args.chunk_elements)
             sync()
             took = time.perf_counter() - start
-            print(f"{n:>3} {phase:>5} {took:>8.2f} {took / epoch_s:>8.3f} {statistics.mean(res.sweeps):>7.2f} "
-                  f"{res.solved:>7} {res.seconds.get('costs', nan):>8.2f} {res.seconds.get('solve', nan):>8.2f} {res.groups:>7}  "
-                  f"{res.solvers}", flush=True)
+            # the objective reached: mean over anchors of <θ, π(row)> / (|θ| |row|) over the matched tensors
+            cos = statistics.mean(
+                perm_objective(spec, p, layout.views(theta), layout.views(work[i].to(device)))
+                / float(theta.norm() * work[i].norm()) for i, p in enumerate(res.perms))
+            print(f"{n:>3} {order:>7} {phase:>5} {took:>8.2f} {took / epoch_s:>8.3f} {statistics.mean(res.sweeps):>7.2f} {max(res.sweeps):>4} "
+                  f"{res.solved:>7} {res.seconds.get('costs', nan):>8.2f} {res.seconds.get('solve', nan):>8.2f} "
+                  f"{res.groups:>7} {cos:>9.6f}  {res.solvers}", flush=True)
             if phase == "cold":  # keep the rows in the star's frame, as the trainer does
                 for i, p in enumerate(res.perms):
                     work[i].copy_(layout.flatten(apply_permutation(spec, p, layout.views(work[i])), device=work.device))
     print("x epoch: alignment time / one plain training epoch (target on CUDA, warm, N=50: <= 0.10); costs s / "
           "solve s: the batched path's time building cost matrices / solving and accepting (nan: per-anchor path); "
-          "groups: batched solves; "
+          "groups: batched solves (rounds); cos: mean <θ, π(anchor)> / (|θ| |anchor|), the objective reached; "
           "solvers: problems per backend, 'argmax' = rows' maxima formed a permutation (optimal without a solver)")
 
 
@@ -272,6 +278,12 @@ def main(argv=None) -> None:
     parser.add_argument("--drift", type=float, nargs="+", default=[0.5, 0.1],
                         help="resnet18: star steps (per-tensor stds) before each warm alignment (phase wD)")
     parser.add_argument("--train-steps", type=int, default=5, help="resnet18: timed plain training steps")
+    parser.add_argument("--chunk-elements", type=int, default=None,
+                        help="resnet18: align_rows(chunk_elements=), anchor numbers per batched chunk (default: "
+                             "its own; each chunk is scheduled alone, so one chunk = the fewest rounds)")
+    parser.add_argument("--order", nargs="+", default=None, choices=["random", "colored"],
+                        help="visiting order(s) of the descent (matching_order); resnet18 default: both, side by "
+                             "side; demo/mlp512 default: the config's")
     args = parser.parse_args(argv)
     if args.quick:
         args.anchors, args.epochs = [5, 20], 2
@@ -280,6 +292,7 @@ def main(argv=None) -> None:
             args.anchors = [10, 50] if args.device.startswith("cuda") else [10]
         if args.batch_size == 128:
             args.batch_size = 512 if args.device.startswith("cuda") else 64
+        args.order = args.order or ["random", "colored"]
         import torch
 
         if args.threads:
