@@ -233,7 +233,7 @@ def resnet18_population(args) -> None:
             sync()
             start = time.perf_counter()
             res = align_rows(spec, layout, theta, work, idx, seeds, solver=args.solver, batched=BATCHED[args.batched],
-                             order=order, chunk_elements=args.chunk_elements)
+                             order=order, chunk_elements=args.chunk_elements, max_iter=args.max_iter)
             sync()
             took = time.perf_counter() - start
             # the objective reached: mean over anchors of <θ, π(row)> / (|θ| |row|) over the matched tensors
@@ -278,6 +278,8 @@ def main(argv=None) -> None:
     parser.add_argument("--drift", type=float, nargs="+", default=[0.5, 0.1],
                         help="resnet18: star steps (per-tensor stds) before each warm alignment (phase wD)")
     parser.add_argument("--train-steps", type=int, default=5, help="resnet18: timed plain training steps")
+    parser.add_argument("--max-iter", type=int, default=100,
+                        help="resnet18: matching_max_iter, the sweep limit of each anchor's descent (a cap on the rounds)")
     parser.add_argument("--chunk-elements", type=int, default=None,
                         help="resnet18: align_rows(chunk_elements=), anchor numbers per batched chunk (default: "
                              "its own; each chunk is scheduled alone, so one chunk = the fewest rounds)")

@@ -15,7 +15,7 @@ import re
 import shutil
 import socket
 
-__all__ = ["LOCK_NAME", "RunLockedError", "lock_output_dir", "recover_atomic_leftovers"]
+__all__ = ["LOCK_NAME", "RunLockedError", "lock_output_dir", "lock_run_dir", "recover_atomic_leftovers"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +36,12 @@ def _holder(path: str) -> str:
 
 
 @contextlib.contextmanager
-def lock_output_dir(folder: str):
+def lock_output_dir(folder: str, role: str = "output_dir", alternative: str = "or choose another --output_dir"):
     """Hold an exclusive lock on ``folder`` (created if missing) for the ``with`` block.
 
-    Raises :class:`RunLockedError` at once if a live process holds it. A folder this call created is
-    removed again on exit when nothing but the lock was written into it.
+    Raises :class:`RunLockedError` at once if a live process holds it (its one-line message names ``role``
+    and ends with ``alternative``). A folder this call created is removed again on exit when nothing but
+    the lock was written into it.
     """
     folder = os.path.abspath(folder)
     created = not os.path.exists(folder)
@@ -53,8 +54,8 @@ def lock_output_dir(folder: str):
         except BlockingIOError:
             os.close(fd)
             raise RunLockedError(
-                f"output_dir {folder} is in use by {_holder(path)}; wait for that run to end (or stop it) "
-                "or choose another --output_dir"
+                f"{role} {folder} is in use by {_holder(path)}; wait for that run to end (or stop it) "
+                f"{alternative}".rstrip()
             ) from None
         try:  # the holder may have removed the file between our open and flock: lock the file now there
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
@@ -74,6 +75,18 @@ def lock_output_dir(folder: str):
         if created:
             with contextlib.suppress(OSError):
                 os.rmdir(folder)  # only if empty: a bad input leaves no folder behind
+
+
+@contextlib.contextmanager
+def lock_run_dir(run_dir: str):
+    """The lock of an existing run directory, for commands that read it and write into it (``star-merge
+    evaluate``, ``export-bma``): refused while the run (or another such command) holds it. A folder that
+    does not exist is not created: the command's own check reports it."""
+    if not os.path.isdir(run_dir):
+        yield None
+        return
+    with lock_output_dir(run_dir, role="run directory", alternative="before evaluating or exporting it") as path:
+        yield path
 
 
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-[A-Za-z0-9_]+$")

@@ -195,6 +195,31 @@ def test_a_locked_output_dir_is_refused_and_a_dead_holders_lock_is_free(tmp_path
     assert not os.path.exists(out / ".star-merge.lock")
 
 
+@pytest.mark.parametrize("command", ["evaluate", "export-bma"])
+def test_evaluate_and_export_refuse_a_run_directory_in_use(tmp_path, capsys, command):
+    """The commands that write into a run directory take its lock: refused (one line, exit 2, nothing
+    written) while the run, or another such command, holds it; a lock left by a dead holder is free."""
+    run = tmp_path / "run"
+    run.mkdir()
+    code = LOCKER.format(path=os.path.join(ROOT, "star_merge", "locking.py"), out=str(run))
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        capsys.readouterr()
+        one_line_error(capsys, cli([command, str(run)]), f"run directory {run} is in use by process {holder.pid}",
+                       prefix=f"star-merge {command}: error:")
+        assert sorted(os.listdir(run)) == [".star-merge.lock"]  # nothing written
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    capsys.readouterr()
+    # the holder is dead: the command goes on to its own check of the folder (an empty one is no run)
+    code = cli([command, str(run)])
+    err = capsys.readouterr().err
+    assert code == 2 and "in use" not in err and "Traceback" not in err, err
+    assert not os.path.exists(run / ".star-merge.lock")
+
+
 # ------------------------------------------------------------------ item 8: disk full, corrupt files
 def test_disk_full_is_one_line(tmp_path, capsys, monkeypatch):
     import star_merge.matching.checkpoints as align_cmd

@@ -237,6 +237,10 @@ def make_parser(subparsers):
 
 
 def run(args: ExportBMAArguments) -> int:
-    """Handler of ``star-merge export-bma``; errors propagate (star_merge.cli prints them as one line)."""
-    print(export_bma(**asdict(args)))
+    """Handler of ``star-merge export-bma``; errors propagate (star_merge.cli prints them as one line). Holds
+    the run directory's lock while it reads the run and writes the wrapper (by default into it)."""
+    from ..locking import lock_run_dir
+
+    with lock_run_dir(args.run_dir):
+        print(export_bma(**asdict(args)))
     return 0

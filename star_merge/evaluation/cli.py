@@ -106,9 +106,14 @@ def make_evaluate_parser(subparsers):
 
 
 def run_evaluate(args: EvaluateArguments) -> int:
-    """Handler of ``star-merge evaluate``: prints the summary; errors propagate as exceptions."""
-    out = evaluate_run(args.run_dir, pairs=args.pairs, seed=args.seed, metrics=args.metrics, overwrite=args.overwrite,
-                       num_points=args.num_points, batch_size=args.batch_size, progress=not args.no_progress)
+    """Handler of ``star-merge evaluate``: prints the summary; errors propagate as exceptions. Holds the run
+    directory's lock while it writes there (refused while a run, or another evaluate, holds it)."""
+    from ..locking import lock_run_dir
+
+    with lock_run_dir(args.run_dir):
+        out = evaluate_run(args.run_dir, pairs=args.pairs, seed=args.seed, metrics=args.metrics,
+                           overwrite=args.overwrite, num_points=args.num_points, batch_size=args.batch_size,
+                           progress=not args.no_progress)
     s = out["summary"]
     for group, label in GROUPS.items():
         for split in SPLITS:
