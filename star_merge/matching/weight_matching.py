@@ -1,6 +1,7 @@
 """Weight matching (Ainsworth et al., git re-basin): align model B to model A modulo permutation.
 
-Coordinate descent over the spec's permutations, visited in a seeded random order; each visit solves
+Coordinate descent over the spec's permutations, visited in a seeded random order (or, ``order="colored"``,
+class by class of independent permutations in a fixed order, see :func:`colour_classes`); each visit solves
 one linear assignment problem (``solvers.py``: scipy, lapjv or a CUDA batch solver, all exact) that
 maximises the summed inner product of every tensor touching that permutation, the others held fixed.
 Stops after a full sweep in which no permutation improves the objective.
