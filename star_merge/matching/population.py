@@ -52,14 +52,15 @@ class PopulationAlignment:
     groups: int = 0
 
 
-def _expand_batched(perm: torch.Tensor, ap: AxisPerm) -> torch.Tensor:
-    """``expand_index`` for a batch of permutations [g, n] -> element indices [g, repeat*n*block]."""
+def _expand_batched(perm: torch.Tensor, ap: AxisPerm, size: int | None = None) -> torch.Tensor:
+    """``expand_index`` for a batch of permutations [g, n] -> element indices [g, repeat*n*block]; with
+    ``size``, ``perm`` holds some units [g, s] of a permutation of ``size`` units (their element positions)."""
     g, n = perm.shape
     idx = perm
     if ap.block > 1:
         idx = (perm[:, :, None] * ap.block + torch.arange(ap.block, device=perm.device)).reshape(g, -1)
     if ap.repeat > 1:
-        stride = n * ap.block
+        stride = (n if size is None else size) * ap.block
         idx = (torch.arange(ap.repeat, device=perm.device)[None, :, None] * stride + idx[:, None, :]).reshape(g, -1)
     return idx
 
@@ -174,17 +175,6 @@ def align_slice(spec, layout, theta, rows, rank: int, world: int, seed: int, max
     return list(zip(indices, found.perms))
 
 
-def _positions(units: torch.Tensor, ap: AxisPerm, size: int) -> torch.Tensor:
-    """Element positions along an axis of ``repeat * size * block`` elements for units [g, s] of a permutation."""
-    g, s = units.shape
-    idx = units
-    if ap.block > 1:
-        idx = (units[:, :, None] * ap.block + torch.arange(ap.block, device=units.device)).reshape(g, -1)
-    if ap.repeat > 1:
-        idx = (torch.arange(ap.repeat, device=units.device)[None, :, None] * (size * ap.block) + idx[:, None, :]).reshape(g, -1)
-    return idx
-
-
 # A (tensor, axis) term is cached when building it costs at least this many flops per cached number
 # (2·n²·r flops for n² numbers: r = elements per unit); smaller ones (BatchNorm vectors) are rebuilt.
 CACHE_MIN_ROW = 16
@@ -204,23 +194,24 @@ class _TermCache:
         # (k, ax) -> [term [G, n, n], keys per anchor (None: not built), snaps {axis i: [G, n_i]}, other axes]
         self.entries: dict = {}
 
-    def _build(self, k, ax, ap, n, perms, sel):
+    def _permuted(self, k, perms, sel, keep):
+        """The anchors ``sel``'s tensor k with every permuted axis but those in ``keep`` permuted as now."""
         w = self.B[k].index_select(0, sel)
         for i, a in enumerate(self.spec.axes_to_perm[k]):
-            if a is not None and i != ax:
+            if a is not None and i not in keep:
                 w = _index_batched(w, i + 1, _expand_batched(perms[a.perm].index_select(0, sel), a))
+        return w
+
+    def _build(self, k, ax, ap, n, perms, sel):
+        w = self._permuted(k, perms, sel, keep=(ax,))
         return torch.matmul(self.a_blocks[(k, ax)], _blocks_batched(w, ax + 1, ap, n).transpose(1, 2))
 
     def _rank_update(self, k, ax, ap, n, i, perms, sel, old_p, new_p, mask, s):
         """term[sel] += A[S] @ (π_new(B)[S] - π_old(B)[S])^T, S the units of axis i that moved (padded to s)."""
-        spec, a = self.spec, self.spec.axes_to_perm[k][i]
-        size = old_p.shape[1]
+        a = self.spec.axes_to_perm[k][i]
         units = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :s]  # moved units first
-        pos = _positions(units, a, size)  # padding units did not move: their difference is exactly 0
-        w = self.B[k].index_select(0, sel)
-        for j, other in enumerate(spec.axes_to_perm[k]):  # the axes other than ax and i, permuted as now
-            if other is not None and j not in (ax, i):
-                w = _index_batched(w, j + 1, _expand_batched(perms[other.perm].index_select(0, sel), other))
+        pos = _expand_batched(units, a, old_p.shape[1])  # padding units did not move: their difference is 0
+        w = self._permuted(k, perms, sel, keep=(ax, i))
         new_e = _expand_batched(new_p, a).gather(1, pos)
         old_e = _expand_batched(old_p, a).gather(1, pos)
         diff = _index_batched(w, i + 1, new_e) - _index_batched(w, i + 1, old_e)

@@ -128,17 +128,26 @@ def solve_batch(costs: torch.Tensor, solver: str = "scipy") -> torch.Tensor:
 
         # It minimises; float64 stays float64 so the result matches scipy's on the same numbers.
         return batch_linear_assignment(-costs).to(torch.long)
-    host = costs.detach().to("cpu", torch.float64).numpy()
-    if solver == "scipy" and len(host) > 1 and _host_threads() > 1:
-        # scipy's solver releases the GIL: the problems of a batch run on host threads side by side
-        # (lap's does not, so lapjv stays one problem at a time)
+    host = list(costs.detach().to("cpu", torch.float64).numpy())
+    cols = _scipy_on_threads(host) if solver == "scipy" else [solve(c, solver) for c in host]
+    return _stacked(cols, costs)
+
+
+def _scipy_on_threads(host: list[np.ndarray]) -> list[np.ndarray]:
+    """scipy's solution of every problem; its solver releases the GIL, so they run on host threads side by
+    side (lap's does not, so lapjv stays one problem at a time)."""
+    if len(host) > 1 and _host_threads() > 1:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(min(len(host), _host_threads())) as pool:
-            cols = np.stack(list(pool.map(lambda c: solve(c, "scipy"), host)))
-    else:
-        cols = np.stack([solve(c, solver) for c in host]) if len(host) else np.zeros((0, costs.shape[1]), np.int64)
-    return torch.as_tensor(cols, dtype=torch.long).to(costs.device)
+            return list(pool.map(lambda c: solve(c, "scipy"), host))
+    return [solve(c, "scipy") for c in host]
+
+
+def _stacked(cols: list[np.ndarray], like: torch.Tensor) -> torch.Tensor:
+    """Host solutions of the problems of ``like`` ([B, n, n]) as a LongTensor [B, n] on its device."""
+    out = np.stack(cols) if cols else np.zeros((0, like.shape[1]), np.int64)
+    return torch.as_tensor(out, dtype=torch.long).to(like.device)
 
 
 def pad_problems(batches: list[torch.Tensor]) -> torch.Tensor:
@@ -178,25 +187,13 @@ def solve_batches(batches: list[torch.Tensor], solver: str = "scipy") -> list[to
     """
     if not batches:
         return []
-    if solver == "cuda" and len({b.shape[-1] for b in batches}) > 1:
-        cols = solve_batch(pad_problems(batches), "cuda")
-        out, at = [], 0
-        for b in batches:
-            out.append(cols[at:at + b.shape[0], :b.shape[-1]])
-            at += b.shape[0]
-        return out
-    if solver in ("cuda", "scipy"):
-        if len({b.shape[-1] for b in batches}) == 1:
-            cols = solve_batch(torch.cat(list(batches)), solver)
-            return list(torch.split(cols, [b.shape[0] for b in batches]))
-        flat = [c for b in batches for c in b.detach().to("cpu", torch.float64).numpy()]
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max(1, min(len(flat), _host_threads()))) as pool:
-            found = list(pool.map(lambda c: solve(c, "scipy"), flat))
-        out, at = [], 0
-        for b in batches:
-            out.append(torch.as_tensor(np.stack(found[at:at + b.shape[0]]), dtype=torch.long).to(b.device))
-            at += b.shape[0]
-        return out
+    counts = [b.shape[0] for b in batches]
+    if solver == "cuda":
+        same = len({b.shape[-1] for b in batches}) == 1
+        cols = solve_batch(torch.cat(list(batches)) if same else pad_problems(batches), "cuda")
+        return [c[:, :b.shape[-1]] for c, b in zip(torch.split(cols, counts), batches)]
+    if solver == "scipy":
+        found = _scipy_on_threads([c for b in batches for c in b.detach().to("cpu", torch.float64).numpy()])
+        starts = np.cumsum([0] + counts)
+        return [_stacked(found[a:a + k], b) for a, k, b in zip(starts, counts, batches)]
     return [solve_batch(b, solver) for b in batches]
