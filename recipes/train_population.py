@@ -30,7 +30,8 @@ def main(argv=None) -> int:
 
 def _run(argv) -> int:
     from star_merge.argparsing import ArgumentsParser
-    from star_merge.data import DataArguments, check_labels, load_task_dataset
+    from star_merge.data import DataArguments, load_task_dataset
+    from star_merge.tasks import check_labels
     from star_merge.locking import lock_output_dir, recover_atomic_leftovers
     from star_merge.population import train_population
     from star_merge.starlight import StarlightConfig

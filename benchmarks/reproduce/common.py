@@ -105,7 +105,7 @@ def summary_line(label: str, r: dict) -> str:
 
 
 def write_json(path: str, payload: dict) -> None:
-    from star_merge.rundir import atomic_write_json
+    from star_merge.io import atomic_write_json
 
     atomic_write_json(path, payload)
 

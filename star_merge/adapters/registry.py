@@ -12,6 +12,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from ..discovery import import_submodules
 from ..spec import PermutationSpec, SpecError
 
 __all__ = ["register_adapter", "spec_for", "supported_model_types", "UnsupportedModelError", "model_shapes"]
@@ -48,15 +49,8 @@ _NOT_ADAPTERS = {"registry", "layout", "heads"}
 
 
 def _load_builtin_adapters() -> None:
-    """Import every adapter module of this folder (found with pkgutil); importing one registers its adapters."""
-    import importlib
-    import pkgutil
-
-    from .. import adapters as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in _NOT_ADAPTERS:
-            importlib.import_module(f"{package.__name__}.{info.name}")
+    """Import every adapter module of this folder; importing one registers its adapters."""
+    import_submodules(__package__, __file__, skip=_NOT_ADAPTERS)
 
 
 def model_shapes(model_or_config) -> dict[str, tuple[int, ...]]:

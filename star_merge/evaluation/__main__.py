@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..cli import main as _star_merge_main
+from ..cli import main as _star_merge_main  # floor 10: this module is an entry point, not the engine
 
 COMMANDS = ("barrier", "evaluate")
 

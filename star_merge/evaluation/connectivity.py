@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .engine import EvalData, evaluate_loss_accuracy, has_batchnorm, reset_bn_stats
+from ..batchnorm import has_batchnorm, reset_bn_stats
+from .engine import EvalData, evaluate_loss_accuracy
 
 __all__ = [
     "interpolate_state_dicts",

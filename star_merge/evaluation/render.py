@@ -23,7 +23,7 @@ SPLITS = ("train", "test")
 
 def write_outputs(run_dir: str, ours: dict, test_stats: Mapping[str, Any], seed: int) -> None:
     """report.json / report.md and the plots; ``test_stats``: name -> :class:`.streaming.UnitStats` (test split)."""
-    from ..rundir import atomic_write_json, atomic_write_text
+    from ..io import atomic_write_json, atomic_write_text
     from .plots import plot_barrier_distribution, plot_interpolation_bands, plot_reliability
 
     paths = RunPaths(run_dir)

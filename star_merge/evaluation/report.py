@@ -159,7 +159,7 @@ def evaluate_run(
     from accelerate import Accelerator
 
     from ..adapters import spec_for
-    from .engine import has_batchnorm
+    from ..batchnorm import has_batchnorm
     from ..matching import weight_matching
     from .metrics import evaluate_metrics_on_predictions, load_evaluate_metrics
     from ..rundir import RunDirectory
@@ -203,7 +203,7 @@ def evaluate_run(
                                                        accelerator=accelerator, desc=f"{name} train", progress=progress)
         models[name] = {
             "role": role,
-            "path": os.path.relpath(path, rd.path) if path.startswith(rd.path) else path,
+            "path": rd.relative(path),
             "train": {"loss": train_loss, "accuracy": train_acc},
         }
     ensemble_members = {"deep ensemble": anchors} if len(anchors) >= 2 else {}

@@ -11,8 +11,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import make_dataloader
-from ..evaluation.engine import evaluate_loss_accuracy, reset_bn_stats
-from ..modeling import build_model, set_seed
+from ..batchnorm import reset_bn_stats
+from ..evaluation.engine import evaluate_loss_accuracy
+from ..modeling import build_model
+from ..seeding import set_seed
 
 __all__ = ["TrainArguments", "train_classifier", "build_model", "save_checkpoint", "set_seed", "make_optimizer"]
 
@@ -93,7 +95,7 @@ def save_checkpoint(model, output_dir: str, extra_json: dict | None = None, over
     if os.path.exists(output_dir):
         if not overwrite:
             raise FileExistsError(f"{output_dir} already exists; pass overwrite=True to replace it")
-    from ..rundir import atomic_folder
+    from ..io import atomic_folder
 
     with atomic_folder(output_dir) as tmp:
         model.save_pretrained(tmp)

@@ -47,7 +47,7 @@ def normalize_anchors(anchors: Sequence[Any]) -> list[AnchorSource]:
     for item in anchors:
         name = f"anchor-{len(out):02d}"
         if isinstance(item, str):
-            from ..hub import resolve_members
+            from ..hub.resolve import resolve_members
 
             for m in resolve_members([item], role="anchor", progress=False):
                 out.append(_from_path(m.path, f"anchor-{len(out):02d}"))

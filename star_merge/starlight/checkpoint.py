@@ -38,7 +38,8 @@ class StarlightState:
     def save(self, folder: str, scheduler, theta: torch.Tensor) -> None:
         from safetensors.torch import save_file
 
-        from ..rundir import atomic_write_json, save_permutations
+        from ..io import atomic_write_json
+        from ..rundir import save_permutations
 
         save_file({"theta": theta.detach().contiguous().cpu()}, os.path.join(folder, self.THETA_NAME))
         save_permutations(os.path.join(folder, self.PERMS_NAME), self.perms)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .._faults import fault_point
 from ..adapters import spec_for
 from ..data import make_dataloader, set_data_epoch, without_augmentation
-from ..evaluation.engine import has_batchnorm, reset_bn_stats
+from ..batchnorm import has_batchnorm, reset_bn_stats
 from ..matching.population import BackgroundAlignment, align_slice
 from ..modeling import build_model
 from ..rundir import RunPaths
@@ -38,7 +38,8 @@ from .checkpoint import StarlightState
 from .config import StarlightConfig
 from .flat import FlatBoundModel, FlatLayout, FlatStar
 from .rotation import resume_with_fallback, save_checkpoint_state
-from .sampling import beta_from_uniform, mix_seed
+from ..seeding import mix_seed
+from .sampling import beta_from_uniform
 
 logger = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from ..discovery import import_submodules
 from ..errors import UserError
+from .labels import LABEL_KEYS, check_labels
 
-__all__ = ["Task", "TaskError", "register_task", "task_for", "available_tasks", "LABEL_KEYS", "STANDARD_INPUTS"]
+__all__ = ["Task", "TaskError", "register_task", "task_for", "available_tasks", "task_of", "LABEL_KEYS", "STANDARD_INPUTS"]
 
-# Batch keys that are targets, never model inputs (the loss is computed by the task, not the model).
-LABEL_KEYS = ("labels", "label", "label_ids")
 
 _TASKS: dict[str, "Task"] = {}
 _SUFFIXES: list[tuple[str, str]] = []  # (architecture suffix, task name)
@@ -45,8 +45,6 @@ class Task:
 
     def check_dataset(self, dataset, config) -> None:
         """Raise a one-line DatasetError when the prepared dataset does not fit the model (default: labels)."""
-        from ..data import check_labels
-
         check_labels(dataset, config.num_labels)
 
     @property
@@ -117,14 +115,8 @@ def available_tasks() -> list[str]:
 
 
 def _load_builtin_tasks() -> None:
-    import importlib
-    import pkgutil
-
-    from .. import tasks as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name != "base":
-            importlib.import_module(f"{package.__name__}.{info.name}")
+    """Import every task module of this folder; importing one registers its tasks."""
+    import_submodules(__package__, __file__, skip=("base", "labels"))
 
 
 def task_for(config_or_model=None, name: str | None = None) -> Task:
@@ -157,6 +149,15 @@ def task_for(config_or_model=None, name: str | None = None) -> Task:
         f"cannot tell the task of architecture {arch!r} (model_type {getattr(config, 'model_type', None)!r}); "
         f"name it with --task ({', '.join(sorted(_TASKS))})"
     )
+
+
+def task_of(model, task: Task | None = None) -> Task:
+    """``task``, else the model's (a plain ``nn.Module`` without an HF config is scored as a classifier)."""
+    if task is not None:
+        return task
+    if getattr(model, "config", None) is None:
+        return task_for(name="sequence-classification")
+    return task_for(model)
 
 
 class _Named:  # a stand-in config naming one architecture
