@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .tasks import task_of
+from .errors import UserError
 
 __all__ = ["BN_TYPES", "has_batchnorm", "reset_bn_stats", "to_device"]
 
@@ -55,5 +56,5 @@ def reset_bn_stats(model: nn.Module, dataloader: Iterable, max_batches: int | No
     for bn, mom in zip(bns, momenta):
         bn.momentum = mom
     if seen == 0:
-        raise ValueError("cannot reset BatchNorm statistics: the dataloader yielded no batches")
+        raise UserError("cannot reset BatchNorm statistics: the dataloader yielded no batches")
     return model.eval()

@@ -37,7 +37,7 @@ def model_class_for(config):
     if arch is not None and hasattr(transformers, arch):
         cls = getattr(transformers, arch)
         if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-            raise ValueError(f"config.architectures[0] = {arch!r} is not a model class; write the model's class "
+            raise UserError(f"config.architectures[0] = {arch!r} is not a model class; write the model's class "
                              "name, e.g. BertForSequenceClassification")
         return cls
     for auto in (transformers.AutoModelForSequenceClassification, transformers.AutoModel):
@@ -45,7 +45,7 @@ def model_class_for(config):
             return auto._model_mapping[type(config)]
         except KeyError:
             continue
-    raise ValueError(
+    raise UserError(
         f"cannot tell which model class to build for model_type {getattr(config, 'model_type', None)!r} "
         f"(architectures={getattr(config, 'architectures', None)}); set config.architectures"
     )
@@ -69,7 +69,7 @@ def load_config(path: str):
         return AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{os.path.join(path, 'config.json')} cannot be read as a model config ({first})") from None
+        raise UserError(f"{os.path.join(path, 'config.json')} cannot be read as a model config ({first})") from None
 
 
 def load_checkpoint(path: str, device="cpu"):
@@ -80,7 +80,7 @@ def load_checkpoint(path: str, device="cpu"):
     if not any(f.endswith(".safetensors") for f in files):
         pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
         if pickles:
-            raise ValueError(
+            raise UserError(
                 f"{path} holds only pickle weights ({pickles[0]}); star-merge loads safetensors only. "
                 "Convert it (load it yourself if you trust it, then save_pretrained) and retry"
             )
@@ -89,7 +89,7 @@ def load_checkpoint(path: str, device="cpu"):
     try:
         model = cls.from_pretrained(path, use_safetensors=True)
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"could not load weights from {path}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"could not load weights from {path}: {str(e).splitlines()[0]}") from None
     return model.to(device).eval()
 
 

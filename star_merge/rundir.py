@@ -24,6 +24,7 @@ import torch
 
 from .io import atomic_file
 from .modeling import load_checkpoint
+from .errors import UserError
 
 __all__ = [
     "RunDirectory", "RunPaths", "NotARunDirectoryError", "Member", "MANIFEST_NAME", "load_checkpoint",
@@ -171,7 +172,7 @@ class RunDirectory(RunPaths):
             with open(self.manifest_path) as f:
                 self.manifest: dict[str, Any] = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{self.manifest_path} is not valid JSON ({e}); the run directory is damaged, rerun "
+            raise UserError(f"{self.manifest_path} is not valid JSON ({e}); the run directory is damaged, rerun "
                              "recipes/star.py with --overwrite_output_dir") from None
 
     # ---------------------------------------------------------------- members
@@ -197,7 +198,7 @@ class RunDirectory(RunPaths):
         for m in self.members:
             if m.name == name:
                 return m
-        raise KeyError(f"run {self.path} has no member {name!r}")
+        raise UserError(f"run {self.path} has no member {name!r}")
 
     # ---------------------------------------------------------------- models
     def load_star(self, device="cpu"):
@@ -292,7 +293,7 @@ def load_permutations(path: str) -> dict[str, dict[str, torch.Tensor]]:
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001  (safetensors raises its own error type for a truncated file)
-        raise ValueError(f"{path} is truncated or not a safetensors file ({str(e).strip().splitlines()[0]}); "
+        raise UserError(f"{path} is truncated or not a safetensors file ({str(e).strip().splitlines()[0]}); "
                          "rerun recipes/star.py with --resume_from_checkpoint latest to rewrite it") from None
     for k, v in tensors.items():
         member, perm = k.split("::", 1)

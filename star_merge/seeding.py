@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["mix_seed", "set_seed"]
+__all__ = ["beta_from_uniform", "mix_seed", "set_seed"]
 
 
 def set_seed(seed: int) -> None:
@@ -23,3 +23,10 @@ def mix_seed(*parts: int) -> int:
     for p in parts:
         h = (h * 6364136223846793005 + int(p) + 1442695040888963407) % (2**63)
     return h
+
+
+def beta_from_uniform(u: float, a: float) -> float:
+    """A Beta(a, a) draw: the inverse CDF (scipy's ``betaincinv``) at a uniform ``u`` (the Starlight step's t)."""
+    from scipy.special import betaincinv
+
+    return float(betaincinv(a, a, u))

@@ -14,6 +14,7 @@ import torch
 
 from ..discovery import import_submodules
 from ..spec import PermutationSpec, SpecError
+from ..errors import UserError
 
 __all__ = ["register_adapter", "spec_for", "supported_model_types", "UnsupportedModelError", "model_shapes"]
 
@@ -30,7 +31,7 @@ def register_adapter(model_type: str, builder: SpecBuilder | None = None, *, ove
 
     def _register(fn: SpecBuilder) -> SpecBuilder:
         if model_type in _REGISTRY and not overwrite and _REGISTRY[model_type] is not fn:
-            raise ValueError(
+            raise UserError(
                 f"an adapter for model_type {model_type!r} is already registered; pass overwrite=True to replace it"
             )
         _REGISTRY[model_type] = fn

@@ -15,6 +15,7 @@ from ..io import atomic_folder
 from ..processing import copy_processor_files
 from .configuration_star_bma import StarBMAConfig
 from .modeling_star_bma import HEAD_AUTO_SUFFIX, HEAD_CLASSES, StarBMAPreTrainedModel, head_of
+from ..errors import UserError
 
 __all__ = ["bma_predict_proba", "build_bma", "export_bma", "load_bma", "save_bma"]
 
@@ -48,9 +49,9 @@ def build_bma(
     from ..batchnorm import reset_bn_stats
 
     if int(num_samples) < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        raise UserError(f"num_samples must be >= 1, got {num_samples}")
     if not anchors:
-        raise ValueError("a BMA needs at least one aligned anchor; the run has none")
+        raise UserError("a BMA needs at least one aligned anchor; the run has none")
     member_config = star.config.to_dict()
     member_config["architectures"] = [type(star).__name__]
     head = head_of(type(star).__name__)
@@ -69,7 +70,7 @@ def build_bma(
         model.anchors[i].fill(state_dict, f"anchor {name!r}")
     if model.bn_buffer_names:
         if bn_dataloader is None:
-            raise ValueError(
+            raise UserError(
                 f"{type(star).__name__} has BatchNorm: pass bn_dataloader (training data) so the statistics of every "
                 "sampled point are recomputed"
             )
@@ -136,8 +137,11 @@ def export_bma(
     from .configuration_star_bma import parse_t_distribution
 
     if int(num_samples) < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}; use --samples 16 or more")
-    parse_t_distribution(t_distribution)  # fail before loading anything
+        raise UserError(f"num_samples must be >= 1, got {num_samples}; use --samples 16 or more")
+    try:  # fail before loading anything; the self-contained configuration file raises plain ValueErrors
+        parse_t_distribution(t_distribution)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     run_dir_ = RunDirectory(run_dir)
     output_dir = os.path.abspath(output_dir or run_dir_.bma_path)
     if os.path.exists(output_dir) and not overwrite:
@@ -149,7 +153,7 @@ def export_bma(
         )
     unaligned = [m.name for m in run_dir_.anchors if m.name not in run_dir_.anchor_permutations()]
     if unaligned:
-        raise ValueError(
+        raise UserError(
             f"{perms_path} has no permutation for anchor {unaligned[0]!r}; rerun recipes/star.py"
         )
     star = run_dir_.load_star()
@@ -172,7 +176,7 @@ def load_bma(path: str, device="cpu") -> StarBMAPreTrainedModel:
     arch = (config.architectures or [None])[0]
     classes = {cls.__name__: cls for cls in HEAD_CLASSES.values()}
     if arch not in classes:
-        raise ValueError(f"{path}: architecture {arch!r} is not a star-merge BMA class ({sorted(classes)})")
+        raise UserError(f"{path}: architecture {arch!r} is not a star-merge BMA class ({sorted(classes)})")
     return classes[arch].from_pretrained(path, config=config, use_safetensors=True).to(device).eval()
 
 
@@ -186,5 +190,5 @@ def bma_predict_proba(model: nn.Module, dataloader: Iterable, device=None) -> to
     probs = [p.cpu() for p in forward_loader(model, dataloader, lambda m, b: task.logits(m, b).softmax(-1),
                                              device=device)]
     if not probs:
-        raise ValueError("cannot predict: the dataloader yielded no batches")
+        raise UserError("cannot predict: the dataloader yielded no batches")
     return torch.cat(probs)

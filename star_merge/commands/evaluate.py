@@ -10,6 +10,7 @@ from ..evaluation.report import evaluate_run
 from ..evaluation.verdict import headline, judge_star
 from ..locking import lock_run_dir
 from ..rundir import RunPaths
+from ..errors import UserError
 
 __all__ = ["EvaluateArguments", "make_parser", "run"]
 
@@ -34,7 +35,7 @@ class EvaluateArguments:
             except (TypeError, ValueError):
                 n = 0
             if n < 1:
-                raise ValueError(f"--pairs must be 'all' or a positive integer, got {self.pairs!r}")
+                raise UserError(f"--pairs must be 'all' or a positive integer, got {self.pairs!r}")
             self.pairs = n
 
 

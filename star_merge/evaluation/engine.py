@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..batchnorm import to_device
 from ..data import make_dataloader
 from ..tasks import task_of
+from ..errors import UserError
 
 __all__ = [
     "EvalData",
@@ -108,7 +109,7 @@ def predict(model: nn.Module, dataloader, accelerator=None, desc: str | None = N
         log_probs.append(lp.cpu())
         labels.append(y.cpu())
     if not labels:
-        raise ValueError("cannot evaluate: the dataloader yielded no samples; check that the split is not empty")
+        raise UserError("cannot evaluate: the dataloader yielded no samples; check that the split is not empty")
     return Predictions(torch.cat(log_probs), torch.cat(labels))
 
 
@@ -137,7 +138,7 @@ def evaluate_loss_accuracy(model: nn.Module, dataloader: Iterable, device=None, 
     for sums in forward_loader(model, dataloader, _unit_sums(task), accelerator, device, desc, progress):
         total += sums.cpu().sum(0)
     if total[2] == 0:
-        raise ValueError("cannot evaluate: the dataloader yielded no samples; check that the split is not empty")
+        raise UserError("cannot evaluate: the dataloader yielded no samples; check that the split is not empty")
     return float(total[0] / total[2]), float(total[1] / total[2])
 
 

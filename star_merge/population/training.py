@@ -15,6 +15,7 @@ from ..batchnorm import reset_bn_stats
 from ..evaluation.engine import evaluate_loss_accuracy
 from ..modeling import build_model
 from ..seeding import set_seed
+from ..errors import UserError
 
 __all__ = ["TrainArguments", "train_classifier", "build_model", "save_checkpoint", "set_seed", "make_optimizer"]
 
@@ -32,9 +33,9 @@ class TrainArguments:
 
     def __post_init__(self):
         if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+            raise UserError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.lr_scheduler_type not in ("cosine", "constant"):
-            raise ValueError(f"lr_scheduler_type must be 'cosine' or 'constant', got {self.lr_scheduler_type!r}")
+            raise UserError(f"lr_scheduler_type must be 'cosine' or 'constant', got {self.lr_scheduler_type!r}")
 
 
 def make_optimizer(params, name: str, lr: float, weight_decay: float):

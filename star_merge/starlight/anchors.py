@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from ..errors import UserError
+
 __all__ = ["AnchorSource", "anchors_config", "normalize_anchors", "population_dtype"]
 
 
@@ -71,7 +73,7 @@ def normalize_anchors(anchors: Sequence[Any]) -> list[AnchorSource]:
     names = [a.name for a in out]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
-        raise ValueError(f"two anchors are named {dup!r}; give each (name, state_dict) pair its own name")
+        raise UserError(f"two anchors are named {dup!r}; give each (name, state_dict) pair its own name")
     return out
 
 

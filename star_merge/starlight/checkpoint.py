@@ -13,6 +13,7 @@ import os
 import torch
 
 from .rotation import STATE_FILE, find_latest_checkpoint
+from ..errors import UserError
 
 __all__ = ["StarlightState", "find_latest_checkpoint"]
 
@@ -67,6 +68,6 @@ class StarlightState:
         scheduler.load_state_dict({**scheduler.state_dict(), **d["scheduler"]})
         saved = load_file(os.path.join(folder, self.THETA_NAME))["theta"]
         if saved.shape != theta.shape:
-            raise ValueError(f"{folder} holds a star of {saved.numel()} parameters, this model has {theta.numel()}")
+            raise UserError(f"{folder} holds a star of {saved.numel()} parameters, this model has {theta.numel()}")
         with torch.no_grad():
             theta.copy_(saved)
