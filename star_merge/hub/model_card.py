@@ -84,17 +84,9 @@ def card_metrics(report: dict, manifest: dict | None = None, *, task_type: str =
         if value is None:
             continue
         split = "train" if metric_name.startswith("Train") else test_split  # metric names say the split
-        out.append(
-            EvalResult(
-                task_type=task_type,
-                dataset_type=dataset_type,
-                dataset_name=dataset_name,
-                dataset_split=split,
-                metric_type=metric_type,
-                metric_name=metric_name,
-                metric_value=value,
-            )
-        )
+        out.append(EvalResult(task_type=task_type, dataset_type=dataset_type, dataset_name=dataset_name,
+                              dataset_split=split, metric_type=metric_type, metric_name=metric_name,
+                              metric_value=value))
     return out
 
 
