@@ -56,13 +56,18 @@ def modules() -> dict[str, Path]:
     return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def floor_of(module: str) -> int:
+def floor_key(module: str) -> str:
+    """The entry of FLOORS that decides ``module``'s floor: the longest matching prefix."""
     parts = module.split(".")
     for n in range(len(parts), 0, -1):
         key = ".".join(parts[:n])
         if key in FLOORS:
-            return FLOORS[key]
+            return key
     raise AssertionError(f"star_merge.{module} has no floor; add it to FLOORS here and to docs/concepts.md")
+
+
+def floor_of(module: str) -> int:
+    return FLOORS[floor_key(module)]
 
 
 def _target(name: str, known: dict[str, Path]) -> str | None:
@@ -196,6 +201,27 @@ def long_functions() -> list[str]:
 def test_no_function_over_80_lines():
     long = long_functions()
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps):\n  " + "\n  ".join(long)
+
+
+def test_the_package_map_in_the_docs_gives_every_listed_module_its_floor():
+    """docs/concepts.md's table names modules (``evaluation/report.py``) and folders (``adapters/``) per floor."""
+    import re
+
+    doc = (PACKAGE.parent / "docs" / "concepts.md").read_text()
+    rows = re.findall(r"^\| (\d+) \| (.+?) \| .+ \|$", doc, re.M)
+    assert len(rows) == 10, "docs/concepts.md's package map has one row per floor"
+    known = modules()
+    for floor, cell in rows:
+        for name in re.findall(r"`([^`]+)`", cell):
+            module = name.removesuffix(".py").rstrip("/").replace("/", ".")
+            if module not in known and f"{module}.__init__" not in known and not any(
+                    m.startswith(module + ".") for m in known):
+                raise AssertionError(f"docs/concepts.md lists {name} on floor {floor}, but star_merge has no such module")
+            probe = module if module in known else None
+            if probe is None:  # a folder: one of its modules that no more specific entry of FLOORS places
+                probe = next((m for m in sorted(known) if m.startswith(module + ".") and floor_key(m) == module),
+                             f"{module}.__init__")
+            assert floor_of(probe) == int(floor), f"docs/concepts.md puts {name} on floor {floor}, the code on {floor_of(probe)}"
 
 
 # ------------------------------------------------------------------------------------ the checks can fail
