@@ -24,9 +24,9 @@ import time
 
 
 def objective(spec, sd_a, sd_b) -> float:
-    from star_merge.matching.weight_matching import _unique_tensors
+    from star_merge.matching.weight_matching import unique_tensors
 
-    return sum(float((sd_a[k].double() * sd_b[k].double()).sum()) for k in _unique_tensors(spec, sd_a))
+    return sum(float((sd_a[k].double() * sd_b[k].double()).sum()) for k in unique_tensors(spec, sd_a))
 
 
 def ours(model_a, model_b, max_iter: int, seed: int, presolve: bool = True):

@@ -13,7 +13,8 @@ from scipy.optimize import linear_sum_assignment
 import star_merge as sm
 from star_merge.matching.population import align_rows
 from star_merge.matching.solvers import pad_problems, solve_batches
-from star_merge.matching.weight_matching import _neighbours, colour_classes, perm_objective
+from star_merge.matching.terms import TermCache, neighbours, to_blocks
+from star_merge.matching.weight_matching import colour_classes, perm_objective
 from star_merge.models import StarCNN1dConfig, StarMLPConfig
 from star_merge.modeling import build_model
 from star_merge.starlight.flat import FlatLayout
@@ -22,7 +23,7 @@ from test_population import population, tiny_models
 
 
 def interactions(spec):
-    """Pairs of permutations that share a tensor, computed from the spec's axes (not from _neighbours)."""
+    """Pairs of permutations that share a tensor, computed from the spec's axes (not from terms.neighbours)."""
     pairs = set()
     for k, axes in spec.axes_to_perm.items():
         names = {a.perm for a in axes if a is not None}
@@ -48,7 +49,7 @@ def test_colour_classes_are_independent_and_cover_every_permutation(which):
     else:
         model = tiny_models()[["mlp", "cnn1d", "bottleneck"].index(which)]
     spec = sm.spec_for(model)
-    classes = colour_classes(_neighbours(spec, spec.perm_to_axes))
+    classes = colour_classes(neighbours(spec, spec.perm_to_axes))
     flat = [p for c in classes for p in c]
     assert sorted(flat) == sorted(spec.perm_sizes) and len(flat) == len(set(flat))
     edges = interactions(spec)
@@ -121,7 +122,7 @@ def test_colored_population_alignment_equals_weight_matching_and_runs_in_lockste
         for p in ref.perm:
             assert torch.equal(res.perms[j][p], ref.perm[p]), (i, p)
     # every anchor visits the classes in the same order, so each round serves one class for all of them
-    classes = colour_classes(_neighbours(spec, spec.perm_to_axes))
+    classes = colour_classes(neighbours(spec, spec.perm_to_axes))
     assert res.groups <= len(classes) * max(res.sweeps)
     rnd = align_rows(spec, layout, theta, rows, indices, seeds, solver=solver, batched=True, order="random")
     assert res.groups < rnd.groups
@@ -220,7 +221,7 @@ def test_cuda_colored_alignment_equals_the_host_one(solver):
                      order="auto")  # auto: colored, since the batched path runs on a GPU
     for j in range(4):
         assert all(torch.equal(host.perms[j][p], dev.perms[j][p]) for p in spec.perm_sizes), j
-    assert dev.groups <= len(colour_classes(_neighbours(spec, spec.perm_to_axes))) * max(dev.sweeps)
+    assert dev.groups <= len(colour_classes(neighbours(spec, spec.perm_to_axes))) * max(dev.sweeps)
 
 
 @pytest.mark.parametrize("order", ["colored", "auto"])
@@ -256,27 +257,21 @@ def test_matching_order_setting_is_checked():
 # ------------------------------------------------------------------ the batched path's term cache
 def fresh_term(spec, w_a, w_b, ax, perm):
     """A (tensor, axis) term from scratch with permute_tensor, one anchor (the reference)."""
-    import sys
-
     from star_merge.spec import permute_tensor
 
-    wm = sys.modules["star_merge.matching.weight_matching"]
     ap = spec.axes_to_perm["w"][ax]
     n = spec.perm_sizes[ap.perm]
     wb = permute_tensor(w_b, spec.axes_to_perm["w"], perm, except_axis=ax)
-    return wm._to_blocks(w_a, ax, ap, n) @ wm._to_blocks(wb, ax, ap, n).T
+    return to_blocks(w_a, ax, ap, n) @ to_blocks(wb, ax, ap, n).T
 
 
 @pytest.mark.parametrize("ax", [0, 1, 2])
 def test_term_cache_updates_equal_recomputation(ax):
-    """_TermCache on a tensor with three permuted axes (one of blocks of 2 repeated 3 times): unchanged
+    """TermCache on a tensor with three permuted axes (one of blocks of 2 repeated 3 times): unchanged
     permutations, a swap of two units (rank update), a large move (rebuild), two axes moved at once
     (rebuild) and a move undone, each anchor its own history, against permute_tensor from scratch."""
-    import sys
-
     from star_merge.spec import AxisPerm, PermutationSpec
 
-    pop = sys.modules["star_merge.matching.population"]
     g = torch.Generator().manual_seed(ax)
     w_a = torch.randn(48, 12, 8, 3, generator=g)
     rows = torch.randn(4, 48, 12, 8, 3, generator=g)
@@ -287,8 +282,8 @@ def test_term_cache_updates_equal_recomputation(ax):
     n = sizes[target]
     perms = {p: torch.stack([torch.randperm(m, generator=g) for _ in range(4)]) for p, m in sizes.items()}
     version = [{p: 0 for p in sizes} for _ in range(4)]
-    a_blocks = {("w", ax): sys.modules["star_merge.matching.weight_matching"]._to_blocks(w_a, ax, ap, n)}
-    cache = pop._TermCache(spec, {"w": w_a}, a_blocks, {"w": rows}, version, budget=10**9)
+    a_blocks = {("w", ax): to_blocks(w_a, ax, ap, n)}
+    cache = TermCache(spec, {"w": w_a}, a_blocks, {"w": rows}, version, budget=10**9)
     others = [q for q in sizes if q != target]
 
     def move(b, q, units):
@@ -341,20 +336,17 @@ def test_batched_term_cache_gives_the_uncached_descent(case_id, order):
         rows.append(layout.flatten({k: v + noise * v.std() * torch.randn(v.shape, generator=g) for k, v in sd.items()}))
     rows = torch.stack(rows)
     idx, seeds = [0, 1, 2, 3], [3, 4, 5, 6]
-    import sys
-
-    pop = sys.modules["star_merge.matching.population"]
-    real, calls = pop._TermCache._rank_update, []
+    real, calls = TermCache._rank_update, []
 
     def counted(self, *a, **k):
         calls.append(1)
         return real(self, *a, **k)
 
-    pop._TermCache._rank_update = counted
+    TermCache._rank_update = counted
     try:
         cached = align_rows(spec, layout, theta, rows, idx, seeds, batched=True, order=order, solver="scipy")
     finally:
-        pop._TermCache._rank_update = real
+        TermCache._rank_update = real
     # not vacuous: the rank updates ran on the ResNet (on the tiny transformers most accepted moves shift
     # more than a quarter of a permutation's units, so their terms are rebuilt, depending on the order;
     # the blocks-and-repeats update is checked directly by the test above)

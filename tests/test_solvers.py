@@ -177,12 +177,12 @@ def test_rank_updates_of_cached_terms_match_recomputation(case_id):
 
 @pytest.mark.parametrize("ax", [0, 1])
 def test_rank_update_with_blocks_and_repeats_equals_recomputation(ax):
-    """_updated_term on an axis of blocks (block=2) repeated 3 times, the other axis plain, and back."""
-    import sys
-
+    """The term cache of ONE model (single-model weight matching's batch of one, its 2-D products) on an
+    axis of blocks (block=2) repeated 3 times, the other axis plain: two units of the other permutation
+    move, the term is updated by a rank-2 product (counted), equal to the term from scratch."""
+    from star_merge.matching.terms import TermCache, to_blocks
     from star_merge.spec import AxisPerm, PermutationSpec, permute_tensor
 
-    wm = sys.modules["star_merge.matching.weight_matching"]
     g = torch.Generator().manual_seed(0)
     w_a, w_b = torch.randn(48, 12, 5, generator=g), torch.randn(48, 12, 5, generator=g)
     spec = PermutationSpec.from_axes({"w": (AxisPerm("q", block=2, repeat=3), "p", None)}, {"w": w_a})
@@ -190,17 +190,26 @@ def test_rank_update_with_blocks_and_repeats_equals_recomputation(ax):
     n = spec.perm_sizes[target]
     ap = spec.axes_to_perm["w"][ax]
     old = {"q": torch.randperm(8, generator=g), "p": torch.randperm(12, generator=g)}
-    new = dict(old)
     moved = old[other].clone()
     moved[[1, 4]] = moved[[4, 1]]  # two units of the other permutation move
-    new[other] = moved
+    new = {**old, other: moved}
 
     def fresh(perm):
         wb = permute_tensor(w_b, spec.axes_to_perm["w"], perm, except_axis=ax)
-        return wm._to_blocks(w_a, ax, ap, n) @ wm._to_blocks(wb, ax, ap, n).T
+        return to_blocks(w_a, ax, ap, n) @ to_blocks(wb, ax, ap, n).T
 
-    others = [1 - ax]
-    cached = ((0,), fresh(old), {1 - ax: old[other]})
-    updated = wm._updated_term(spec, "w", ax, ap, n, {"w": w_a}, {"w": w_b}, new, cached, (1,), others)
-    assert updated is not None
+    version = [{"q": 0, "p": 0}]
+    cache = TermCache(spec, {"w": w_a}, {("w", ax): to_blocks(w_a, ax, ap, n)}, {"w": w_b[None]}, version, 10**9)
+    perms = {p: v[None].clone() for p, v in old.items()}
+    sel = torch.tensor([0])
+    torch.testing.assert_close(cache.term("w", ax, ap, n, perms, [0], sel)[0], fresh(old), rtol=1e-5, atol=1e-4)
+    perms[other][0] = moved
+    version[0][other] += 1
+    real, calls = TermCache._rank_update, []
+    TermCache._rank_update = lambda self, *a: calls.append(1) or real(self, *a)
+    try:
+        updated = cache.term("w", ax, ap, n, perms, [0], sel)[0]
+    finally:
+        TermCache._rank_update = real
+    assert calls == [1]
     torch.testing.assert_close(updated, fresh(new), rtol=1e-5, atol=1e-4)

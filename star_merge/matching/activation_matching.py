@@ -6,10 +6,10 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
 from ..spec import PermutationSpec, SpecError
+from .solvers import solve
 from .weight_matching import MatchingResult
 from ..errors import UserError
 
@@ -105,7 +105,7 @@ def activation_matching(
             raise UserError("the dataloader yielded no batches; activation matching needs data")
         corr = stats[p].correlation().cpu().numpy()
         corr = np.nan_to_num(corr)
-        _, col = linear_sum_assignment(corr, maximize=True)
+        col = solve(corr, "scipy")
         perm[p] = torch.as_tensor(col, dtype=torch.long)
         objective += float(corr[np.arange(len(col)), col].sum())
     return MatchingResult(perm=perm, objective=objective, iterations=1, history=[objective])

@@ -21,15 +21,20 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import time
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["SOLVERS", "available_solvers", "check_solver", "solve", "solve_batch", "solve_batches", "pick_solver",
-           "pad_problems"]
+from ..errors import UserError
+
+__all__ = ["SOLVERS", "GROUP_KINDS", "available_solvers", "check_solver", "solve", "solve_batch", "solve_batches",
+           "pick_solver", "pad_problems", "is_permutation", "solve_group"]
 
 SOLVERS = ("auto", "scipy", "lapjv", "cuda")
+# The kinds of group a matching coordinate may range over, each solved by :func:`solve_group`.
+GROUP_KINDS = ("permutation",)
 # Share of rows whose maximum is already at the current assignment above which ``auto`` takes lapjv.
 NEAR_ALIGNED = 0.5
 # Up to this size lapjv beat scipy on every structure measured (Gaussian and Starlight cost matrices,
@@ -62,11 +67,11 @@ def available_solvers() -> list[str]:
 def check_solver(name: str) -> None:
     """Fail with one line naming the fix when ``name`` is unknown or its package is missing."""
     if name not in SOLVERS:
-        raise ValueError(f"matching solver {name!r} is not one of {', '.join(SOLVERS)}")
+        raise UserError(f"matching solver {name!r} is not one of {', '.join(SOLVERS)}")
     if name == "lapjv" and not _has("lap"):
-        raise ValueError("matching solver 'lapjv' needs the lap package: pip install lap (or use --matching_solver auto)")
+        raise UserError("matching solver 'lapjv' needs the lap package: pip install lap (or use --matching_solver auto)")
     if name == "cuda" and not _has("torch_linear_assignment"):
-        raise ValueError(
+        raise UserError(
             "matching solver 'cuda' needs torch-linear-assignment: pip install torch-linear-assignment "
             "(or use --matching_solver auto)"
         )
@@ -110,7 +115,7 @@ def solve(cost: np.ndarray, solver: str = "scipy") -> np.ndarray:
     if solver == "cuda":  # one problem: on the GPU when there is one (else torch-linear-assignment's scipy)
         t = torch.as_tensor(cost)[None]
         return solve_batch(t.cuda() if torch.cuda.is_available() else t, "cuda")[0].cpu().numpy()
-    raise ValueError(f"matching solver {solver!r} is not one of {', '.join(SOLVERS)}")
+    raise UserError(f"matching solver {solver!r} is not one of {', '.join(SOLVERS)}")
 
 
 def solve_batch(costs: torch.Tensor, solver: str = "scipy") -> torch.Tensor:
@@ -197,3 +202,101 @@ def solve_batches(batches: list[torch.Tensor], solver: str = "scipy") -> list[to
         starts = np.cumsum([0] + counts)
         return [_stacked(found[a:a + k], b) for a, k, b in zip(starts, counts, batches)]
     return [solve_batch(b, solver) for b in batches]
+
+
+def is_permutation(cols: torch.Tensor) -> torch.Tensor | bool:
+    """Whether every row of ``cols`` ([..., n] column indices in 0..n-1) holds n distinct columns."""
+    hits = torch.zeros(cols.shape, dtype=torch.bool, device=cols.device).scatter_(-1, cols, True)
+    out = hits.all(dim=-1)
+    return bool(out) if out.ndim == 0 else out
+
+
+def solve_group(kind: str, costs: dict, currents: dict, solver: str = "auto", tol: float = 1e-12,
+                on_device: bool = False, stats=None, started: float | None = None) -> list[tuple[str, int, torch.Tensor]]:
+    """One round of the coordinate descent's solves for the coordinates ``costs`` of one group kind.
+
+    ``costs[p]``: [m, n, n] cost matrices (maximise ⟨C, map⟩) of m models for coordinate p, ``currents[p]``
+    their current maps ([m, n] for permutations). Returns (p, j, new map) for every problem j whose best
+    map beats its current one by more than ``tol`` (relative); the others keep theirs. ``stats`` (a
+    ``DescentStats``) receives the problems solved / skipped / per backend and the seconds of the phases
+    (``started``: when building the cost matrices began). The descent reaches solving only through here:
+    a new kind of group (issue 25: orthogonal maps) adds its branch.
+    """
+    if kind == "permutation":
+        return _assign_round(costs, currents, solver, tol, on_device, stats, started)
+    raise UserError(f"no solver for group kind {kind!r}; known kinds: {', '.join(GROUP_KINDS)}")
+
+
+def _shortcuts(costs, currents, stats, started):
+    """Per problem: whether it needs solving (not every row at its maximum), whether its rows' maxima form a
+    permutation (then optimal: they reach Σ_i max_j C_ij, no solver needed), its share of rows at their
+    maximum; one host sync for the round."""
+    row_maxs, flags = {}, []
+    for p, cost in costs.items():
+        row_max = cost.argmax(dim=2)
+        row_maxs[p] = row_max
+        flags.append(torch.stack([(row_max == currents[p]).float().mean(dim=1), is_permutation(row_max).float()], dim=1))
+    flags = torch.cat(flags).tolist()
+    now = time.perf_counter()
+    stats.seconds["costs"] = stats.seconds.get("costs", 0.0) + now - (now if started is None else started)
+    todo, hard, share, at = {}, {}, {}, 0
+    for p, cost in costs.items():
+        f = flags[at:at + cost.shape[0]]
+        at += cost.shape[0]
+        todo[p] = [j for j, (s_, _) in enumerate(f) if s_ < 1.0]
+        stats.skipped += cost.shape[0] - len(todo[p])
+        direct = sum(1 for j in todo[p] if f[j][1] == 1.0)
+        if direct:
+            stats.solvers["argmax"] = stats.solvers.get("argmax", 0) + direct
+        hard[p] = [t for t, j in enumerate(todo[p]) if f[j][1] != 1.0]  # positions in todo[p]
+        share[p] = [f[todo[p][t]][0] for t in hard[p]]
+    return row_maxs, {p: t for p, t in todo.items() if t}, hard, share, now
+
+
+def _solve_hard(subs, hard, share, solver, on_device, stats) -> dict:
+    """The assignment problems the shortcuts left, every size together (one launch on a GPU)."""
+    need = [p for p in subs if hard[p]]
+    if not need:
+        return {}
+    device = subs[need[0]].device
+    pos = {p: torch.as_tensor(hard[p], device=device) for p in need}
+    batches = [subs[p][pos[p]] for p in need]
+    if on_device or solver == "scipy":  # one call (cuda: one launch; scipy: the problems on host threads)
+        backend = "cuda" if on_device else "scipy"
+        found = solve_batches(batches, backend)
+        for p in need:
+            stats.solvers[backend] = stats.solvers.get(backend, 0) + len(hard[p])
+    else:
+        found = []
+        for p, batch in zip(need, batches):
+            picked = [pick_solver(solver, sh, n=batch.shape[-1]) for sh in share[p]]
+            host = batch.cpu().numpy()
+            found.append(torch.as_tensor(np.stack([solve(c, s_) for c, s_ in zip(host, picked)]), device=device))
+            for s_ in picked:
+                stats.solvers[s_] = stats.solvers.get(s_, 0) + 1
+    stats.solved += sum(len(hard[p]) for p in need)
+    return {p: (pos[p], sol) for p, sol in zip(need, found)}
+
+
+def _assign_round(costs, currents, solver, tol, on_device, stats, started):
+    """:func:`solve_group` for permutations: shortcuts, exact assignment, acceptance (one sync)."""
+    row_maxs, todo, hard, share, start = _shortcuts(costs, currents, stats, started)
+    if not todo:
+        return []
+    subs = {p: costs[p][t].double() for p, t in todo.items()}
+    cols = {p: row_maxs[p][t].clone() for p, t in todo.items()}
+    for p, (pos, sol) in _solve_hard(subs, hard, share, solver, on_device, stats).items():
+        cols[p][pos] = sol
+    gains = []
+    for p, t in todo.items():
+        cur = currents[p][t]
+        old_val = subs[p].gather(2, cur[:, :, None]).sum(dim=(1, 2))
+        new_val = subs[p].gather(2, cols[p][:, :, None]).sum(dim=(1, 2))
+        gains.append(new_val > old_val + tol * old_val.abs().clamp_min(1.0))
+    better = torch.cat(gains).tolist()  # one sync
+    changed, at = [], 0
+    for p, t in todo.items():
+        changed += [(p, j, cols[p][r]) for r, j in enumerate(t) if better[at + r]]
+        at += len(t)
+    stats.seconds["solve"] = stats.seconds.get("solve", 0.0) + time.perf_counter() - start
+    return changed
