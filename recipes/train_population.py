@@ -36,7 +36,7 @@ def _run(argv) -> int:
     from star_merge.population import train_population
     from star_merge.starlight import StarlightConfig
     from star_merge.population import PopulationArguments
-    from star_merge.starlight.pipeline import RunArguments
+    from star_merge.pipeline import RunArguments
 
     # The recipe configs also carry Starlight/run settings: parse them all (so the same YAML files work
     # here), use the data and population parts; --output_dir is the population folder.

@@ -12,7 +12,7 @@ from .errors import UserError
 __all__ = ["NonFiniteError", "check_finite", "check_finite_checkpoint"]
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(UserError):
     """A model holds NaN or infinite weights."""
 
 

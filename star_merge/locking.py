@@ -15,6 +15,8 @@ import re
 import shutil
 import socket
 
+from .errors import UserError
+
 __all__ = ["LOCK_NAME", "RunLockedError", "lock_output_dir", "lock_run_dir", "recover_atomic_leftovers"]
 
 logger = logging.getLogger(__name__)
@@ -22,7 +24,7 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = ".star-merge.lock"
 
 
-class RunLockedError(ValueError):
+class RunLockedError(UserError):
     """Another live process holds the run directory."""
 
 

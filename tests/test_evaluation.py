@@ -25,7 +25,7 @@ from star_merge.evaluation import (
     predict,
     select_pairs,
 )
-from star_merge.evaluation.__main__ import main as cli_main
+from star_merge.cli import main as cli_main
 from star_merge.evaluation.metrics import MetricError
 from star_merge.models import StarMLPConfig
 from star_merge.io import atomic_write_json

@@ -24,7 +24,7 @@ FLOORS = {
     # 3: one adapter module per family
     "adapters": 3,
     # 4: the task seam, datasets, the run directory, references and populations -> local folders
-    "tasks": 4, "data": 4, "population_data": 4, "rundir": 4, "batchnorm": 4, "hub.sources": 4, "hub.resolve": 4,
+    "tasks": 4, "data": 4, "population_data": 4, "rundir": 4, "batchnorm": 4, "references": 4,
     # 5: the matching engine and what is built on it
     "matching": 5,
     # 6: the evaluation engine (forward loop, interpolation, metrics, barriers between two checkpoints)
@@ -36,7 +36,7 @@ FLOORS = {
     # 9: scoring and rendering a run
     "evaluation.report": 9, "evaluation.render": 9, "evaluation.__init__": 9,
     # 10: entry points: the end-to-end run, the commands, the public face of the package
-    "starlight.pipeline": 10, "commands": 10, "cli": 10, "__init__": 10, "evaluation.__main__": 10,
+    "pipeline": 10, "commands": 10, "cli": 10, "__init__": 10,
 }
 
 MAX_MODULE_LINES = 400
@@ -243,7 +243,7 @@ def test_the_reader_resolves_relative_and_lazy_imports(tmp_path):
     assert imports_of("evaluation.m", src, known) == {"data", "tasks.__init__", "evaluation.engine", "spec"}
 
 
-@pytest.mark.parametrize("module,floor", [("tasks.base", 4), ("hub.resolve", 4), ("hub.push", 8),
+@pytest.mark.parametrize("module,floor", [("tasks.base", 4), ("references.resolve", 4), ("hub.push", 8),
                                           ("evaluation.report", 9), ("evaluation.engine", 6)])
 def test_floor_lookup_takes_the_longest_prefix(module, floor):
     assert floor_of(module) == floor

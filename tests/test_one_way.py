@@ -70,7 +70,7 @@ def test_architecture_check_names_the_difference():
 
 
 def test_resolve_reference_folder_file_and_unknown_id(tmp_path, monkeypatch):
-    from star_merge.hub.resolve import load_reference, resolve_reference
+    from star_merge.references import load_reference, resolve_reference
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     a, _, _ = _pair()
@@ -109,6 +109,28 @@ def test_load_population_data_checks_labels_and_the_input_column(tmp_path):
     few = build_model(StarMLPConfig(hidden_sizes=[12], num_labels=3), 0)  # MNIST-1D has 10 labels
     with pytest.raises(DatasetError, match="num_labels=3"):
         load_population_data(DataArguments(num_samples=200), [save_checkpoint(few, str(tmp_path / "few"))])
+
+
+# ------------------------------------------------------------------------------------------------ facts once
+def test_architecture_suffixes_give_task_pipeline_tag_and_bma_head_from_one_table():
+    from star_merge.bma.modeling_star_bma import head_of  # self-contained file: its own copy, held to the table
+    from star_merge.tasks import pipeline_tag_for, task_for
+
+    expected = {  # suffix: (task, Hub pipeline tag), written out by hand
+        "ForSequenceClassification": ("sequence-classification", "text-classification"),
+        "ForImageClassification": ("image-classification", "image-classification"),
+        "ForCausalLM": ("causal-lm", "text-generation"),
+        "LMHeadModel": ("causal-lm", "text-generation"),
+        "ForMaskedLM": ("masked-lm", "fill-mask"),
+        "ForPreTraining": ("masked-lm", "fill-mask"),
+    }
+    for suffix, (task, tag) in expected.items():
+        arch = "Some" + suffix
+        assert task_for(name=None, config_or_model=type("C", (), {"architectures": [arch]})()).name == task
+        assert pipeline_tag_for(arch) == tag and head_of(arch) == task_for(name=task).bma_head
+    assert pipeline_tag_for("WhisperForAudioClassification") == "audio-classification"
+    assert pipeline_tag_for("BertForTokenClassification") == "token-classification"
+    assert pipeline_tag_for("BertModel") is None
 
 
 # ------------------------------------------------------------------------------------------------ paths

@@ -221,7 +221,7 @@ def _recipe_args(config: str, flags: dict):
     from star_merge.data import DataArguments
     from star_merge.population import PopulationArguments
     from star_merge.starlight import StarlightConfig
-    from star_merge.starlight.pipeline import RunArguments
+    from star_merge.pipeline import RunArguments
 
     argv = ["--config", config]
     for k, v in flags.items():

@@ -86,7 +86,7 @@ def barrier_between(
     Raw text / image columns are processed with A's tokenizer / image processor (``data_args.processor_name_or_path``
     overrides it; B's must agree), never augmented; a language model's text is tokenised into blocks."""
     from ..data import DataArguments
-    from ..hub.resolve import load_reference
+    from ..references import load_reference
     from ..population_data import load_population_data
 
     model_a, folder_a = load_reference(checkpoint_a)

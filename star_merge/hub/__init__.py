@@ -1,7 +1,8 @@
 """The Hugging Face Hub, both directions: populations in (:func:`resolve_members`), runs out (:func:`push_run`).
 
-Names are imported on first use, so that reading a reference (:mod:`.resolve`, floor 4) never loads the
-publishing side (:mod:`.push`, the model cards; floor 8).
+Resolving lives in :mod:`star_merge.references` (floor 4: matching, evaluation and training read references);
+its names are re-exported here. Names are imported on first use, so that reading a reference never loads the
+publishing side (:mod:`.push`, the model cards).
 """
 
 import importlib
@@ -26,5 +27,6 @@ _PUSH = {"PlannedFile", "PushError", "push_run", "upload_plan"}
 
 def __getattr__(name):
     if name in __all__:
-        return getattr(importlib.import_module(f".{'push' if name in _PUSH else 'resolve'}", __name__), name)
+        module = f"{__name__}.push" if name in _PUSH else "star_merge.references"
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

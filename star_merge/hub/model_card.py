@@ -20,22 +20,13 @@ from ..evaluation.summary import RunSummary, finite_number
 from ..evaluation.verdict import headline, judge_star
 from ..io import atomic_write_text
 from ..rundir import RunPaths
+from ..tasks import pipeline_tag_for
 from .bma_card import build_bma_card
 from .cards import PAPER_URL, TAGS, citation, member_rows, merge_card, new_or_existing, read_json
 
 __all__ = ["build_model_card", "card_metrics", "run_cards", "write_model_card"]
 
 BUILTIN_MODEL_TYPES = ("star-mlp", "star-cnn1d")
-_PIPELINE_BY_SUFFIX = [
-    ("ForSequenceClassification", "text-classification"),
-    ("ForImageClassification", "image-classification"),
-    ("ForAudioClassification", "audio-classification"),
-    ("ForCausalLM", "text-generation"),
-    ("LMHeadModel", "text-generation"),
-    ("ForMaskedLM", "fill-mask"),
-    ("ForPreTraining", "fill-mask"),
-    ("ForTokenClassification", "token-classification"),
-]
 
 # ------------------------------------------------------------------------------------------- metrics
 STAR_BARRIER = "Test loss barrier, star ↔ held-out (mean)"
@@ -99,7 +90,7 @@ def _pipeline_tag(config: dict) -> str | None:
     arch = _architecture(config) or ""
     if config.get("model_type") in BUILTIN_MODEL_TYPES:
         return None
-    return next((tag for suffix, tag in _PIPELINE_BY_SUFFIX if arch.endswith(suffix)), None)
+    return pipeline_tag_for(arch)
 
 
 def _library_name(config: dict) -> str:

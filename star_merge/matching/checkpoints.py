@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..hub.resolve import load_reference, resolve_reference
+from ..references import load_reference, resolve_reference
 from ..io import atomic_folder
 from ..modeling import check_same_architecture
 from ..processing import copy_processor_files

@@ -17,12 +17,14 @@ from ..discovery import import_submodules
 from ..errors import UserError
 from .labels import LABEL_KEYS, check_labels
 
-__all__ = ["Task", "TaskError", "register_task", "task_for", "available_tasks", "task_of", "LABEL_KEYS", "STANDARD_INPUTS"]
+__all__ = ["Task", "TaskError", "register_task", "register_pipeline_tag", "pipeline_tag_for", "task_for",
+           "available_tasks", "task_of", "LABEL_KEYS", "STANDARD_INPUTS"]
 
 
 _TASKS: dict[str, "Task"] = {}
 _SUFFIXES: list[tuple[str, str]] = []  # (architecture suffix, task name)
 _ARCHITECTURES: dict[str, str] = {}  # exact architecture name -> task name
+_PIPELINE_TAGS: list[tuple[str, str]] = []  # (architecture suffix, Hub pipeline tag) where the task's tag is not it
 
 
 class TaskError(UserError):
@@ -107,6 +109,21 @@ def register_task(task: Task, suffixes: tuple[str, ...] = (), architectures: tup
     _SUFFIXES.extend((s, task.name) for s in suffixes)
     _ARCHITECTURES.update({a: task.name for a in architectures})
     return task
+
+
+def register_pipeline_tag(suffix: str, tag: str) -> None:
+    """The Hub pipeline tag of architectures ending in ``suffix``, where it is not their task's (or no task fits)."""
+    _PIPELINE_TAGS.append((suffix, tag))
+
+
+def pipeline_tag_for(architecture: str | None) -> str | None:
+    """The Hub pipeline tag of an architecture, from the one table of architecture suffixes (None if unknown)."""
+    _load_builtin_tasks()
+    arch = architecture or ""
+    for suffix, tag in _PIPELINE_TAGS:
+        if arch.endswith(suffix):
+            return tag
+    return next((_TASKS[name].pipeline_tag for suffix, name in _SUFFIXES if arch.endswith(suffix)), None)
 
 
 def available_tasks() -> list[str]:

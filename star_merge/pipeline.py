@@ -13,20 +13,20 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .. import __version__
-from ..data import DataArguments, load_task_dataset, prepare_dataset, raw_kind
-from ..finite import check_finite_checkpoint
-from ..locking import lock_output_dir, recover_atomic_leftovers
-from ..modeling import load_checkpoint
-from ..population_data import check_input_column, load_population_data
-from ..tasks import check_labels, task_for
-from ..io import atomic_write_json
-from ..rundir import Member, RunPaths, save_permutations
-from ..population import PopulationArguments, save_checkpoint
-from .config import StarlightConfig
-from .rotation import STATE_FILE
-from .trainer import StarlightTrainer
-from ..errors import UserError
+from . import __version__
+from .data import DataArguments, load_task_dataset, prepare_dataset, raw_kind
+from .finite import check_finite_checkpoint
+from .locking import lock_output_dir, recover_atomic_leftovers
+from .modeling import load_checkpoint
+from .population_data import check_input_column, load_population_data
+from .tasks import check_labels, task_for
+from .io import atomic_write_json
+from .rundir import Member, RunPaths, save_permutations
+from .population import PopulationArguments, save_checkpoint
+from .starlight.config import StarlightConfig
+from .starlight.rotation import STATE_FILE
+from .starlight.trainer import StarlightTrainer
+from .errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _clear_results(out: str) -> None:
 
 
 def _resolve_given(pop: PopulationArguments, accelerator):
-    from ..hub.resolve import resolve_members
+    from .references import resolve_members
 
     with accelerator.main_process_first():
         anchors = resolve_members(pop.anchors, role="anchor", progress=accelerator.is_main_process)
@@ -174,7 +174,7 @@ def _given_population(config, data_args, pop, accelerator) -> _Population:
 
 def _builtin_population(config, data_args, pop, accelerator, paths: RunPaths) -> _Population:
     """The built-in population, trained (or reused, when its recorded settings match) into population/."""
-    from ..population import train_population
+    from .population import train_population
 
     with accelerator.main_process_first():
         dataset = load_task_dataset(data_args)
@@ -270,9 +270,9 @@ def finish_run(run_dir: str, run_args: RunArguments, seed: int = 0, accelerator=
     """Export the BMA, evaluate (all processes), write the model card and optionally push (main process)."""
     from accelerate import PartialState
 
-    from ..bma import export_bma
-    from ..evaluation.report import evaluate_run
-    from ..hub.model_card import write_model_card
+    from .bma import export_bma
+    from .evaluation.report import evaluate_run
+    from .hub.model_card import write_model_card
 
     state = PartialState()
     if state.is_main_process and not run_args.skip_bma:
@@ -284,7 +284,7 @@ def finish_run(run_dir: str, run_args: RunArguments, seed: int = 0, accelerator=
     if state.is_main_process:
         write_model_card(run_dir, license=run_args.license)
         if run_args.push_to_hub:
-            from ..hub.push import push_run
+            from .hub.push import push_run
 
             bma_id = run_args.hub_bma_model_id or (f"{run_args.hub_model_id}-bma" if not run_args.skip_bma else None)
             push_run(run_dir, run_args.hub_model_id, bma_repo_id=bma_id, private=run_args.hub_private)
