@@ -145,7 +145,7 @@ def population_settings(args):
     from star_merge.argparsing import ArgumentsParser
     from star_merge.data import DataArguments
     from star_merge.population import PopulationArguments
-    from star_merge.starlight.pipeline import RunArguments
+    from star_merge.pipeline import RunArguments
 
     parser = ArgumentsParser([StarlightConfig, DataArguments, PopulationArguments, RunArguments], prog="alignment.py")
     (config, data_args, pop, _run_args), _ = parser.parse(["--config", args.config])

@@ -135,7 +135,7 @@ MUTATIONS = [
     ),
     Mutation(
         "short-sha revision resolution disabled",
-        "star_merge/hub/resolve.py",
+        "star_merge/references/resolve.py",
         "elif len(revision) >= 7 and all(",
         "elif False and len(revision) >= 7 and all(",
         ("tests/test_hub.py::test_short_sha_resolves_offline_to_the_full_commit",),

@@ -97,7 +97,7 @@ class Bench:
         """The trainer's sample_anchor_and_t (a fresh seeded generator per minibatch)."""
         import torch
 
-        from star_merge.starlight.sampling import mix_seed as _mix_seed
+        from star_merge.seeding import mix_seed as _mix_seed
 
         g = torch.Generator().manual_seed(_mix_seed(0, 0, step, 0))
         n = int(torch.randint(len(self.anchors), (1,), generator=g))

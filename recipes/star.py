@@ -50,7 +50,7 @@ def _run(argv) -> int:
     from star_merge.evaluation.render import render_markdown
     from star_merge.starlight import StarlightConfig
     from star_merge.population import PopulationArguments
-    from star_merge.starlight.pipeline import RunArguments, run_starlight_pipeline
+    from star_merge.pipeline import RunArguments, run_starlight_pipeline
 
     parser = ArgumentsParser([StarlightConfig, DataArguments, PopulationArguments, RunArguments], prog="recipes/star.py")
     (config, data_args, pop, run_args), name = parser.parse(argv)

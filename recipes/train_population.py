@@ -30,12 +30,13 @@ def main(argv=None) -> int:
 
 def _run(argv) -> int:
     from star_merge.argparsing import ArgumentsParser
-    from star_merge.data import DataArguments, check_labels, load_task_dataset
+    from star_merge.data import DataArguments, load_task_dataset
+    from star_merge.tasks import check_labels
     from star_merge.locking import lock_output_dir, recover_atomic_leftovers
     from star_merge.population import train_population
     from star_merge.starlight import StarlightConfig
     from star_merge.population import PopulationArguments
-    from star_merge.starlight.pipeline import RunArguments
+    from star_merge.pipeline import RunArguments
 
     # The recipe configs also carry Starlight/run settings: parse them all (so the same YAML files work
     # here), use the data and population parts; --output_dir is the population folder.

@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from . import bma  # noqa: F401  (registers the BMA classes with the transformers Auto classes)
 from .adapters import UnsupportedModelError, register_adapter, spec_for, supported_model_types
-from .matching import MatchingResult, activation_matching, align_population, weight_matching
+from .matching import MatchingResult, activation_matching, align, align_population, weight_matching
 from .spec import (
     AxisPerm,
     PermutationSpec,
@@ -30,6 +30,7 @@ __all__ = [
     "spec_for",
     "supported_model_types",
     "weight_matching",
+    "align",
     "activation_matching",
     "align_population",
     "MatchingResult",
@@ -49,7 +50,7 @@ _LAZY = {
     "interpolation_curves": "evaluation",
     "InterpolationCurve": "evaluation",
     "interpolate_state_dicts": "evaluation",
-    "reset_bn_stats": "evaluation",
+    "reset_bn_stats": "batchnorm",
     "evaluate_run": "evaluation",
     "StarlightTrainer": "starlight",
     "StarlightConfig": "starlight",

@@ -2,7 +2,7 @@
 
 Every subcommand is a dataclass of arguments parsed by :class:`~star_merge.argparsing.ArgumentsParser` (the
 recipes' parser: ``--config file.yaml`` defaults, flags override), added with its module's ``make_parser``
-(TRL's pattern); errors a user can act on are printed as one line with exit status 2
+(TRL's pattern; the handlers are in :mod:`star_merge.commands`); errors a user can act on are printed as one line with exit status 2
 (:func:`~star_merge.errors.run_reporting_user_errors`).
 """
 
@@ -11,40 +11,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import dataclass
 
 from . import __version__
-from .argparsing import ArgumentsParser, add_command
+from .argparsing import ArgumentsParser
 from .errors import run_reporting_user_errors
-
-
-@dataclass
-class AdaptersArguments:
-    """``star-merge adapters`` takes no arguments."""
-
-
-def _make_adapters_parser(subparsers):
-    return add_command(subparsers, "adapters", [AdaptersArguments], _run_adapters,
-                       help="list the model types with a permutation adapter")
-
-
-def _run_adapters(args: AdaptersArguments) -> int:
-    from .adapters import supported_model_types
-    from .adapters.heads import supported_heads
-
-    types = supported_model_types()
-    width = max(map(len, types), default=0)
-    for t in types:  # one line per model type: the type, then the model classes (heads) its adapter covers
-        print(f"{t:<{width}}  {' '.join(supported_heads(t)) or '(heads not declared)'}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``star-merge`` parser; ``parser.commands`` maps each subcommand to its :class:`ArgumentsParser`."""
-    from .bma import make_parser as make_export_bma_parser
-    from .evaluation.cli import make_barrier_parser, make_evaluate_parser
-    from .hub import make_parser as make_push_parser
-    from .matching.checkpoints import make_parser as make_align_parser
+    from .commands import adapters, align, barrier, evaluate, export_bma, push
 
     parser = argparse.ArgumentParser(
         prog="star-merge", description="Permutation-aware model merging with Starlight star models."
@@ -52,9 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"star-merge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentsParser)
     sub.required = True
-    for make in (_make_adapters_parser, make_align_parser, make_barrier_parser, make_evaluate_parser,
-                 make_export_bma_parser, make_push_parser):
-        make(sub)
+    for command in (adapters, align, barrier, evaluate, export_bma, push):
+        command.make_parser(sub)
     parser.commands = sub.choices
     return parser
 

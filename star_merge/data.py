@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .columns import collate_columns, in_memory
-from .errors import UserError
+from .tasks.labels import DatasetError
 
 __all__ = [
     "DataArguments",
@@ -26,7 +26,6 @@ __all__ = [
     "load_digits_dataset",
     "load_task_dataset",
     "make_dataloader",
-    "check_labels",
     "prepare_dataset",
     "raw_kind",
     "set_data_epoch",
@@ -35,10 +34,6 @@ __all__ = [
 ]
 
 BUILTIN_DATASETS = ("mnist1d", "digits")
-
-
-class DatasetError(UserError):
-    """A dataset cannot be used as asked (missing column, bad labels, empty split)."""
 
 
 @dataclass
@@ -280,22 +275,6 @@ def load_task_dataset(args: DataArguments, model_input_name: str | None = None, 
         if len(ds[split]) == 0:
             raise DatasetError(f"split {split!r} of dataset {args.dataset_name!r} is empty")
     return ds
-
-
-def check_labels(ds, num_labels: int) -> None:
-    """Raise DatasetError unless every split's labels are integers in [0, num_labels)."""
-    for split, d in ds.items():
-        labels = np.asarray(d["labels"])
-        if labels.size == 0:
-            raise DatasetError(f"split {split!r} is empty")
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise DatasetError(f"split {split!r}: labels must be integers, got {labels.dtype}")
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= num_labels:
-            raise DatasetError(
-                f"split {split!r}: labels span [{lo}, {hi}] but the model has num_labels={num_labels}; "
-                "use models whose head fits the dataset"
-            )
 
 
 def prepare_dataset(dataset, task, processor=None, data_args: DataArguments | None = None, seed: int = 0):

@@ -1,9 +1,10 @@
 """The one user-error handler: errors a user can act on are printed as one line and exit with status 2.
 
-``cli.py`` and both recipes call :func:`run_reporting_user_errors`; library code raises ordinary exceptions
-(``ValueError`` subclasses, ``FileNotFoundError``, ``FileExistsError``, ...) whose message says what to fix.
-A full disk (``ENOSPC``/``EDQUOT``, also as safetensors' ``StorageFull``) is a user error too. Anything else
-is a bug and keeps its traceback. Under ``python -m star_merge.launch`` the line is also written to
+``cli.py`` and both recipes call :func:`run_reporting_user_errors`. Library code raises :class:`UserError` (or a
+subclass) when the input is at fault, with a message that says what to fix. Besides it, only the library errors
+that are the user's by nature count (:data:`USER_ERRORS`: a missing or existing file or folder, a permission),
+and a full disk (``ENOSPC``/``EDQUOT``, also as safetensors' ``StorageFull``). Anything else -- a plain
+``ValueError`` or ``KeyError`` included -- is a bug and keeps its traceback. Under ``python -m star_merge.launch`` the line is also written to
 ``$STAR_MERGE_ERROR_FILE`` so the launcher can exit 2 without Accelerate's traceback.
 """
 
@@ -22,15 +23,13 @@ class UserError(ValueError):
     """Base of star-merge's own errors about bad input (arguments, files, data)."""
 
 
-USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-               KeyError, PermissionError)
+#: The errors printed as one line: star-merge's own, and the OS errors that name a path the user gave.
+USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def user_error_message(e: BaseException) -> str:
     text = str(e).strip()
-    if isinstance(e, KeyError) and e.args:
-        text = str(e.args[0])
     return text.splitlines()[0] if text else type(e).__name__
 
 
@@ -44,9 +43,6 @@ def user_error_line(e: BaseException) -> str | None:
                 "(a Starlight run: add --resume_from_checkpoint latest)")
     if isinstance(e, USER_ERRORS):
         return user_error_message(e)
-    for cls in type(e).__mro__:  # the Hub's own user errors (PushError) without importing it here
-        if cls.__name__ == "PushError":
-            return user_error_message(e)
     return None
 
 

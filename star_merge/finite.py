@@ -7,10 +7,12 @@ from collections.abc import Mapping
 
 import torch
 
+from .errors import UserError
+
 __all__ = ["NonFiniteError", "check_finite", "check_finite_checkpoint"]
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(UserError):
     """A model holds NaN or infinite weights."""
 
 
@@ -58,5 +60,5 @@ def check_finite_checkpoint(path: str, what: str | None = None) -> None:
             raise
         except Exception as e:  # noqa: BLE001  (safetensors raises its own error types)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"{what}: {full} is truncated or not a safetensors file ({first}); "
+            raise UserError(f"{what}: {full} is truncated or not a safetensors file ({first}); "
                              "re-download or re-save it") from None

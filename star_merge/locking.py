@@ -15,6 +15,8 @@ import re
 import shutil
 import socket
 
+from .errors import UserError
+
 __all__ = ["LOCK_NAME", "RunLockedError", "lock_output_dir", "lock_run_dir", "recover_atomic_leftovers"]
 
 logger = logging.getLogger(__name__)
@@ -22,7 +24,7 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = ".star-merge.lock"
 
 
-class RunLockedError(ValueError):
+class RunLockedError(UserError):
     """Another live process holds the run directory."""
 
 
@@ -90,12 +92,14 @@ def lock_run_dir(run_dir: str):
 
 
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-[A-Za-z0-9_]+$")
-# temp files of atomic_write_text (".report.json.k3j_x9a1") and save_permutations (".perms.XXXX.safetensors")
-_TEMP_FILE = re.compile(r"^\.(perms\.[A-Za-z0-9_]+\.safetensors|.+\.(json|md)\.[A-Za-z0-9_]{8})$")
+# temp files of io.atomic_file: atomic_write_text (".report.json.k3j_x9a1"), save_permutations
+# (".anchor_permutations.safetensors.k3j_x9a1.safetensors"; before: ".perms.XXXX.safetensors")
+_TEMP_FILE = re.compile(r"^\.(perms\.[A-Za-z0-9_]+\.safetensors|.+\.(json|md)\.[A-Za-z0-9_]{8}"
+                        r"|.+\.safetensors\.[A-Za-z0-9_]{8}\.safetensors)$")
 
 
 def recover_atomic_leftovers(parent: str) -> list[str]:
-    """Clean up after :func:`star_merge.rundir.atomic_folder` calls a crash interrupted inside ``parent``.
+    """Clean up after :func:`star_merge.io.atomic_folder` calls a crash interrupted inside ``parent``.
 
     ``.NAME.tmp-*`` (a folder being written) is removed. ``.NAME.old-*/dir`` (the previous NAME, set aside
     during the swap) is moved back when NAME is missing (the crash hit between the two renames), else

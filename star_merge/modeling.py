@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import os
 
-import torch
 
-__all__ = ["model_class_for", "build_model", "load_checkpoint", "load_config", "set_seed"]
+from .errors import UserError
+from .seeding import set_seed
 
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+__all__ = ["ArchitectureMismatchError", "PICKLE_SUFFIXES", "build_model", "check_same_architecture", "describe_model",
+           "load_checkpoint", "load_config", "model_class_for"]
 
-
-def set_seed(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+#: Weight files that are pickles (arbitrary code on load): star-merge never loads them.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 def model_class_for(config):
@@ -43,7 +37,7 @@ def model_class_for(config):
     if arch is not None and hasattr(transformers, arch):
         cls = getattr(transformers, arch)
         if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-            raise ValueError(f"config.architectures[0] = {arch!r} is not a model class; write the model's class "
+            raise UserError(f"config.architectures[0] = {arch!r} is not a model class; write the model's class "
                              "name, e.g. BertForSequenceClassification")
         return cls
     for auto in (transformers.AutoModelForSequenceClassification, transformers.AutoModel):
@@ -51,7 +45,7 @@ def model_class_for(config):
             return auto._model_mapping[type(config)]
         except KeyError:
             continue
-    raise ValueError(
+    raise UserError(
         f"cannot tell which model class to build for model_type {getattr(config, 'model_type', None)!r} "
         f"(architectures={getattr(config, 'architectures', None)}); set config.architectures"
     )
@@ -75,7 +69,7 @@ def load_config(path: str):
         return AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{os.path.join(path, 'config.json')} cannot be read as a model config ({first})") from None
+        raise UserError(f"{os.path.join(path, 'config.json')} cannot be read as a model config ({first})") from None
 
 
 def load_checkpoint(path: str, device="cpu"):
@@ -84,9 +78,9 @@ def load_checkpoint(path: str, device="cpu"):
         raise FileNotFoundError(f"{path} is not a model checkpoint (no config.json)")
     files = os.listdir(path)
     if not any(f.endswith(".safetensors") for f in files):
-        pickles = [f for f in files if f.endswith(_PICKLE_SUFFIXES)]
+        pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
         if pickles:
-            raise ValueError(
+            raise UserError(
                 f"{path} holds only pickle weights ({pickles[0]}); star-merge loads safetensors only. "
                 "Convert it (load it yourself if you trust it, then save_pretrained) and retry"
             )
@@ -95,5 +89,40 @@ def load_checkpoint(path: str, device="cpu"):
     try:
         model = cls.from_pretrained(path, use_safetensors=True)
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"could not load weights from {path}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"could not load weights from {path}: {str(e).splitlines()[0]}") from None
     return model.to(device).eval()
+
+
+class ArchitectureMismatchError(UserError):
+    """Two checkpoints that must share an architecture do not."""
+
+
+def describe_model(model) -> str:
+    """``model_type/Architecture`` of a model, for messages."""
+    config = getattr(model, "config", None)
+    arch = (getattr(config, "architectures", None) or [type(model).__name__])[0]
+    return f"{getattr(config, 'model_type', '?')}/{arch}"
+
+
+def check_same_architecture(model_a, model_b, names=("A", "B")) -> None:
+    """Raise ArchitectureMismatchError unless both models have the same model type, tensors and shapes.
+
+    The one architecture check of every comparison of two checkpoints (align, barrier, evaluate)."""
+    a, b = model_a.state_dict(), model_b.state_dict()
+    type_a = getattr(getattr(model_a, "config", None), "model_type", None)
+    type_b = getattr(getattr(model_b, "config", None), "model_type", None)
+    problem = None
+    if type_a != type_b:
+        problem = f"model types {type_a!r} and {type_b!r} differ"
+    elif type(model_a) is not type(model_b):
+        problem = f"classes {type(model_a).__name__} and {type(model_b).__name__} differ"
+    elif set(a) != set(b):
+        problem = f"tensor {min(set(a) ^ set(b))!r} is in only one of them"
+    else:
+        problem = next((f"tensor {k!r} has shape {tuple(a[k].shape)} vs {tuple(b[k].shape)}"
+                        for k in a if a[k].shape != b[k].shape), None)
+    if problem:
+        raise ArchitectureMismatchError(
+            f"checkpoints {names[0]} ({describe_model(model_a)}) and {names[1]} ({describe_model(model_b)}) have "
+            f"different architectures: {problem}; compare two models of one architecture"
+        )

@@ -8,21 +8,22 @@ every model it exports, so ``pipeline(task, model=folder)`` needs no extra argum
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import os
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
 from .errors import UserError
 
-__all__ = ["PROCESSOR_PATTERNS", "ProcessorError", "has_processor_files", "load_processor", "population_processor",
-           "processor_fingerprint", "save_processor", "is_tokenizer"]
+__all__ = ["PROCESSOR_PATTERNS", "ProcessorError", "copy_processor_files", "has_processor_files", "is_processor_file",
+           "load_processor", "population_processor", "processor_fingerprint", "processor_files", "is_tokenizer"]
 
 #: Files that make up a tokenizer / image / audio processor (never weights or the model config).
 PROCESSOR_PATTERNS = (
     "tokenizer*.json", "tokenizer.model", "vocab*", "merges.txt", "spiece.model", "sentencepiece*.model",
     "special_tokens_map.json", "added_tokens.json", "chat_template.*", "preprocessor_config.json",
-    "processor_config.json", "image_processor*.json", "feature_extractor*.json",
+    "processor_config.json", "image_processor*.json", "feature_extractor*.json", "video_preprocessor*.json",
 )
 
 
@@ -30,8 +31,30 @@ class ProcessorError(UserError):
     """No usable processor, or population members whose processors disagree."""
 
 
+def is_processor_file(name: str) -> bool:
+    """Whether a file name is one of a processor's (:data:`PROCESSOR_PATTERNS`)."""
+    return any(fnmatch.fnmatchcase(name, p) for p in PROCESSOR_PATTERNS)
+
+
+def processor_files(folder: str) -> list[str]:
+    """The names of the processor files in ``folder`` (regular files only), sorted."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(f for f in os.listdir(folder) if is_processor_file(f) and os.path.isfile(os.path.join(folder, f)))
+
+
 def has_processor_files(folder: str) -> bool:
-    return os.path.isdir(folder) and any(glob.glob(os.path.join(folder, p)) for p in PROCESSOR_PATTERNS)
+    return bool(processor_files(folder))
+
+
+def copy_processor_files(src: str, dst: str) -> list[str]:
+    """Copy ``src``'s processor files into ``dst`` (files already there are kept); returns the names copied."""
+    copied = []
+    for name in processor_files(src):
+        if not os.path.exists(os.path.join(dst, name)):
+            shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
+            copied.append(name)
+    return copied
 
 
 def is_tokenizer(processor: Any) -> bool:
@@ -111,15 +134,3 @@ def population_processor(member_paths: Sequence[str], override: str | None = Non
                 "tokenizer / image processor (pass --processor_name_or_path to use one for all if the difference is harmless)"
             )
     return processor, source
-
-
-def save_processor(processor_or_folder: Any, folder: str) -> list[str]:
-    """Save a processor (or the processor found in a folder) into ``folder``; returns the files written."""
-    processor = processor_or_folder
-    if isinstance(processor_or_folder, str):
-        processor = load_processor(processor_or_folder)
-    if processor is None:
-        return []
-    before = set(os.listdir(folder)) if os.path.isdir(folder) else set()
-    processor.save_pretrained(folder)
-    return sorted(set(os.listdir(folder)) - before)

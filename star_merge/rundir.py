@@ -14,22 +14,21 @@ Layout (see docs/run_directory.md)::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import torch
 
+from .io import atomic_file
 from .modeling import load_checkpoint
+from .errors import UserError
 
 __all__ = [
-    "RunDirectory", "RunPaths", "NotARunDirectoryError", "Member", "MANIFEST_NAME", "atomic_folder",
-    "atomic_write_text", "atomic_write_json", "load_checkpoint",
+    "RunDirectory", "RunPaths", "NotARunDirectoryError", "Member", "MANIFEST_NAME", "load_checkpoint",
+    "load_permutations", "path_in_run", "save_permutations",
 ]
 
 MANIFEST_NAME = "starlight.json"
@@ -39,55 +38,6 @@ PLOT_NAMES = {
     "distribution": "barrier_distribution.png",
     "reliability": "reliability.png",
 }
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to a temp file in the same folder, then rename it over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_folder(output_dir: str):
-    """Yield a temp folder beside ``output_dir``; on success it replaces ``output_dir`` by rename.
-
-    An existing ``output_dir`` is set aside first and deleted only once the new folder is in place (it is
-    put back if the swap fails); on an exception the temp folder is removed and ``output_dir`` is untouched.
-    Callers decide beforehand whether replacing an existing folder is allowed.
-    """
-    output_dir = os.path.abspath(output_dir)
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
-    try:
-        yield tmp
-        if not os.path.exists(output_dir):
-            os.replace(tmp, output_dir)
-            return
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-", dir=parent)
-        os.replace(output_dir, os.path.join(old, "dir"))
-        try:
-            os.replace(tmp, output_dir)
-        except BaseException:
-            os.replace(os.path.join(old, "dir"), output_dir)
-            raise
-        finally:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 @dataclass
@@ -105,6 +55,17 @@ class Member:
         return dict(self.__dict__)
 
 
+def path_in_run(path: str, run_dir: str) -> str | None:
+    """``path`` relative to ``run_dir`` when it lies inside it (``run_dir`` itself is ``"."``), else None.
+
+    Compared by whole path components: ``/runs/out2/x`` does not lie inside ``/runs/out``.
+    """
+    path, run_dir = os.path.abspath(path), os.path.abspath(run_dir)
+    if os.path.commonpath([path, run_dir]) != run_dir:
+        return None
+    return os.path.relpath(path, run_dir)
+
+
 class NotARunDirectoryError(FileNotFoundError):
     """A folder given as a run directory has no manifest."""
 
@@ -120,6 +81,11 @@ class RunPaths:
 
     def join(self, *parts: str) -> str:
         return os.path.join(self.path, *parts)
+
+    def relative(self, path: str) -> str:
+        """``path`` relative to the run when it lies inside it (as written in the manifest and report), else as given."""
+        inside = path_in_run(path, self.path)
+        return path if inside is None else inside
 
     @property
     def manifest_path(self) -> str:
@@ -206,7 +172,7 @@ class RunDirectory(RunPaths):
             with open(self.manifest_path) as f:
                 self.manifest: dict[str, Any] = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{self.manifest_path} is not valid JSON ({e}); the run directory is damaged, rerun "
+            raise UserError(f"{self.manifest_path} is not valid JSON ({e}); the run directory is damaged, rerun "
                              "recipes/star.py with --overwrite_output_dir") from None
 
     # ---------------------------------------------------------------- members
@@ -232,7 +198,7 @@ class RunDirectory(RunPaths):
         for m in self.members:
             if m.name == name:
                 return m
-        raise KeyError(f"run {self.path} has no member {name!r}")
+        raise UserError(f"run {self.path} has no member {name!r}")
 
     # ---------------------------------------------------------------- models
     def load_star(self, device="cpu"):
@@ -290,18 +256,12 @@ class RunDirectory(RunPaths):
     def load_data(self):
         """``(dataset, collate_fn)``: the run's data made model-ready with its processor, without augmentation
         (what evaluation, BatchNorm resets and the BMA export see)."""
-        import dataclasses
+        from .population_data import load_population_data
 
-        from .data import load_task_dataset, prepare_dataset, task_and_processor
-
-        args = dataclasses.replace(self.data_args, augment=False)
-        task, processor = self.task(), self.processor
-        lm = getattr(task, "data_kind", None) == "text"  # language models: blocks as in training
-        if lm and processor is None:
-            processor = task_and_processor(args, self.anchors[0].path if self.anchors else None)[1]
-        dataset = load_task_dataset(args, self.manifest.get("model_input_name"), task=task, processor=processor)
-        dataset, collate_fn = prepare_dataset(dataset, task, processor, args, seed=int(self.config.get("seed", 0)))
-        return dataset, (None if lm else collate_fn)  # masked LM: the splits' fixed masking, not a re-masking
+        data = load_population_data(self.data_args, [self._model_path()], processor=self.processor,
+                                    model_input_name=self.manifest.get("model_input_name"),
+                                    seed=int(self.config.get("seed", 0)), evaluation=True)
+        return data.dataset, data.collate_fn
 
     def load_dataset(self):
         """The run's model-ready dataset (see :meth:`load_data`, which also returns the batch collator)."""
@@ -312,8 +272,11 @@ class RunDirectory(RunPaths):
         from .modeling import load_config
         from .tasks import task_for
 
-        path = self.star_path if os.path.isdir(self.star_path) else self.members[0].path
-        return task_for(load_config(path), name=self.data_args.task)
+        return task_for(load_config(self._model_path()), name=self.data_args.task)
+
+    def _model_path(self) -> str:
+        """The checkpoint that decides the run's task and config: the star, else (not trained yet) the first member."""
+        return self.star_path if os.path.isdir(self.star_path) else self.members[0].path
 
     @property
     def config(self) -> dict[str, Any]:
@@ -330,7 +293,7 @@ def load_permutations(path: str) -> dict[str, dict[str, torch.Tensor]]:
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001  (safetensors raises its own error type for a truncated file)
-        raise ValueError(f"{path} is truncated or not a safetensors file ({str(e).strip().splitlines()[0]}); "
+        raise UserError(f"{path} is truncated or not a safetensors file ({str(e).strip().splitlines()[0]}); "
                          "rerun recipes/star.py with --resume_from_checkpoint latest to rewrite it") from None
     for k, v in tensors.items():
         member, perm = k.split("::", 1)
@@ -343,13 +306,5 @@ def save_permutations(path: str, perms: dict[str, dict[str, torch.Tensor]]) -> N
     from safetensors.torch import save_file
 
     flat = {f"{member}::{p}": v.contiguous().to(torch.int64).cpu() for member, perm in perms.items() for p, v in perm.items()}
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".perms.", suffix=".safetensors", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_file(path, suffix=".safetensors") as tmp:
         save_file(flat, tmp, metadata={"format": "star-merge-permutations"})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

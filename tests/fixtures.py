@@ -5,7 +5,7 @@ from __future__ import annotations
 from star_merge.data import DataArguments
 from star_merge.starlight import StarlightConfig
 from star_merge.population import PopulationArguments
-from star_merge.starlight.pipeline import RunArguments
+from star_merge.pipeline import RunArguments
 from star_merge.modeling import build_model  # noqa: F401  (re-exported for the tests)
 from star_merge.population.training import save_checkpoint  # noqa: F401
 

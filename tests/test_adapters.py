@@ -20,6 +20,7 @@ import torch
 import transformers as T
 
 from star_merge import apply_permutation, random_permutation, spec_for, weight_matching
+from star_merge.errors import UserError
 from star_merge.adapters.layout import AxesCollector
 from star_merge.spec import SpecError
 
@@ -611,8 +612,6 @@ def test_pretrained_minilm_invariance_and_recovery(monkeypatch):
 @pytest.fixture(scope="module")
 def two_checkpoints(tmp_path_factory):
     """A: a tiny random BERT classifier with MiniLM's tokenizer files; B: A permuted (tokenizer files too)."""
-    from star_merge.matching.checkpoints import PREPROCESSING_PATTERNS  # noqa: F401  (import check)
-
     root = tmp_path_factory.mktemp("ckpts")
     torch.manual_seed(0)
     model = T.BertForSequenceClassification(bert()()).eval()
@@ -683,7 +682,7 @@ def test_align_checkpoints_rejects_bad_requests(two_checkpoints, tmp_path, monke
         align_checkpoints(str(root / "a"), str(root / "b"), str(tmp_path / "x"), method="activation")
     with pytest.raises(ValueError, match="unknown alignment method"):
         align_checkpoints(str(root / "a"), str(root / "b"), str(tmp_path / "x"), method="sinkhorn")
-    with pytest.raises(FileNotFoundError, match="neither a local folder"):
+    with pytest.raises(UserError, match="neither a local folder"):
         align_checkpoints(str(root / "a"), "no-such-owner/no-such-model", str(tmp_path / "x"))
     (tmp_path / "pickled").mkdir()
     (tmp_path / "pickled" / "config.json").write_text((root / "a" / "config.json").read_text())

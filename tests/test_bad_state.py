@@ -168,9 +168,9 @@ def test_overwrite_never_deletes_a_users_folder(tmp_path, capsys):
 
 # ------------------------------------------------------------------ item 7: one run per output directory
 LOCKER = """
-import importlib.util, sys, time
-spec = importlib.util.spec_from_file_location("locking", {path!r})
-locking = importlib.util.module_from_spec(spec); spec.loader.exec_module(locking)
+import sys, time
+sys.path.insert(0, {path!r})
+from star_merge import locking
 with locking.lock_output_dir({out!r}):
     print("locked", flush=True)
     time.sleep(120)
@@ -181,7 +181,7 @@ def test_a_locked_output_dir_is_refused_and_a_dead_holders_lock_is_free(tmp_path
     from star_merge.locking import lock_output_dir
 
     out = tmp_path / "run"
-    code = LOCKER.format(path=os.path.join(ROOT, "star_merge", "locking.py"), out=str(out))
+    code = LOCKER.format(path=ROOT, out=str(out))
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -201,7 +201,7 @@ def test_evaluate_and_export_refuse_a_run_directory_in_use(tmp_path, capsys, com
     written) while the run, or another such command, holds it; a lock left by a dead holder is free."""
     run = tmp_path / "run"
     run.mkdir()
-    code = LOCKER.format(path=os.path.join(ROOT, "star_merge", "locking.py"), out=str(run))
+    code = LOCKER.format(path=ROOT, out=str(run))
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -39,7 +39,8 @@ from star_merge.models import (
     StarMLPConfig,
     StarMLPForClassification,
 )
-from star_merge.rundir import MANIFEST_NAME, RunDirectory, atomic_write_json, save_permutations
+from star_merge.io import atomic_write_json
+from star_merge.rundir import MANIFEST_NAME, RunDirectory, save_permutations
 from star_merge.population.training import TrainArguments, build_model, save_checkpoint, train_classifier
 
 NUM_ANCHORS = 3

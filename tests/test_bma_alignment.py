@@ -17,7 +17,8 @@ from star_merge import random_permutation, spec_for, weight_matching
 from star_merge.bma import export_bma, load_bma
 from star_merge.data import DataArguments
 from star_merge.models import StarMLPConfig
-from star_merge.rundir import MANIFEST_NAME, RunDirectory, atomic_write_json, save_permutations
+from star_merge.io import atomic_write_json
+from star_merge.rundir import MANIFEST_NAME, RunDirectory, save_permutations
 from star_merge.spec import apply_permutation
 
 from fixtures import build_model, save_checkpoint

@@ -75,7 +75,7 @@ def test_both_recipes_have_help():
 
 def test_subcommand_arguments_are_typed_and_read_from_yaml(tmp_path, capsys):
     """The subcommand parser is the recipes' parser: a YAML file gives defaults, typed like the flags."""
-    from star_merge.evaluation.cli import EvaluateArguments
+    from star_merge.commands.evaluate import EvaluateArguments
 
     parser = __import__("star_merge.cli", fromlist=["build_parser"]).build_parser()
     evaluate = parser.commands["evaluate"]

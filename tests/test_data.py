@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import random
 
-from star_merge.data import DataArguments, DatasetError, check_labels, load_digits_dataset, load_mnist1d, load_task_dataset
+from star_merge.tasks import check_labels
+from star_merge.data import DataArguments, DatasetError, load_digits_dataset, load_mnist1d, load_task_dataset
 
 
 def test_mnist1d_defaults(mnist1d):

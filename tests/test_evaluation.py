@@ -25,10 +25,11 @@ from star_merge.evaluation import (
     predict,
     select_pairs,
 )
-from star_merge.evaluation.__main__ import main as cli_main
+from star_merge.cli import main as cli_main
 from star_merge.evaluation.metrics import MetricError
 from star_merge.models import StarMLPConfig
-from star_merge.rundir import MANIFEST_NAME, atomic_write_json, save_permutations
+from star_merge.io import atomic_write_json
+from star_merge.rundir import MANIFEST_NAME, save_permutations
 from star_merge.population.training import TrainArguments, build_model, save_checkpoint, train_classifier
 
 DATA = DataArguments(num_samples=600)

@@ -23,7 +23,8 @@ from star_merge.hub import (
     resolve_members,
     upload_plan,
 )
-from star_merge.hub.model_card import END_MARKER, write_model_card
+from star_merge.hub.cards import END_MARKER
+from star_merge.hub.model_card import write_model_card
 from star_merge.models import StarCNN1dConfig, StarMLPConfig
 from star_merge.rundir import load_checkpoint
 from star_merge.population.training import build_model, save_checkpoint

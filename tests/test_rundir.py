@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from star_merge.rundir import atomic_folder
+from star_merge.io import atomic_folder
 
 
 def test_atomic_folder_replaces_and_leaves_no_temp(tmp_path):

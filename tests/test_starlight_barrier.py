@@ -28,7 +28,7 @@ from star_merge.evaluation.summary import RunSummary
 from star_merge.matching import weight_matching
 from star_merge.rundir import RunDirectory
 from star_merge.spec import apply_permutation
-from star_merge.starlight.pipeline import run_starlight_pipeline
+from star_merge.pipeline import run_starlight_pipeline
 
 from fixtures import recompute_bn_statistics, tiny_arguments
 

@@ -37,7 +37,7 @@ def main(argv=None) -> None:
     from star_merge.bma import bma_predict_proba, build_bma
     from star_merge.bma.configuration_star_bma import draw_samples, parse_t_distribution
     from star_merge.data import make_dataloader
-    from star_merge.evaluation.engine import has_batchnorm
+    from star_merge.batchnorm import has_batchnorm
     from star_merge.evaluation.metrics import classification_metrics
     from star_merge.rundir import RunDirectory
 

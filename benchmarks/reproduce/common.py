@@ -105,7 +105,7 @@ def summary_line(label: str, r: dict) -> str:
 
 
 def write_json(path: str, payload: dict) -> None:
-    from star_merge.rundir import atomic_write_json
+    from star_merge.io import atomic_write_json
 
     atomic_write_json(path, payload)
 
@@ -221,7 +221,7 @@ def _recipe_args(config: str, flags: dict):
     from star_merge.data import DataArguments
     from star_merge.population import PopulationArguments
     from star_merge.starlight import StarlightConfig
-    from star_merge.starlight.pipeline import RunArguments
+    from star_merge.pipeline import RunArguments
 
     argv = ["--config", config]
     for k, v in flags.items():

@@ -15,10 +15,6 @@ from .registry import register_adapter
 
 __all__ = ["build_gpt2_spec"]
 
-#: Task heads that read the final hidden state (token, sequence and span heads alike).
-_RESIDUAL_READERS = ("lm_head", "score", "classifier", "qa_outputs")
-
-
 @register_adapter("gpt2")
 def build_gpt2_spec(
     config, shapes, *, permute_residual: bool = True, permute_heads: bool = True
@@ -44,9 +40,7 @@ def build_gpt2_spec(
         axes.conv1d_transposed(f"{layer}.mlp.c_fc", res, mlp)
         axes.conv1d_transposed(f"{layer}.mlp.c_proj", mlp, res)
     axes.norm("ln_f", res)
-    for head in _RESIDUAL_READERS:
-        if axes.has(f"{head}.weight", absolute=True):
-            axes.linear(head, None, res, absolute=True)
+    axes.residual_readers(res)
     return axes.build()
 
 

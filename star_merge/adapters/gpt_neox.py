@@ -17,16 +17,12 @@ Permutations: ``residual``, ``layers.{i}.heads``, ``layers.{i}.mlp``.
 
 from __future__ import annotations
 
-from ..spec import AxisPerm, PermutationSpec
+from ..spec import PermutationSpec
 from .heads import declare_heads
-from .layout import AxesCollector, find_prefix
+from .layout import AxesCollector, find_prefix, heads_axis
 from .registry import register_adapter
 
 __all__ = ["build_gpt_neox_spec"]
-
-#: Task heads that read the final hidden state (token, sequence and span heads alike).
-_RESIDUAL_READERS = ("lm_head", "score", "classifier", "qa_outputs")
-
 
 @register_adapter("gpt_neox")
 def build_gpt_neox_spec(
@@ -40,9 +36,8 @@ def build_gpt_neox_spec(
     axes.embedding("embed_in", res)
     for i in range(config.num_hidden_layers):
         layer = f"layers.{i}"
-        heads = f"{layer}.heads" if permute_heads else None
-        qkv = AxisPerm(heads, block=3 * head_dim) if heads else None  # rows [num_heads, 3, head_dim]
-        attn_out = AxisPerm(heads, block=head_dim) if heads else None
+        qkv = heads_axis(f"{layer}.heads", 3 * head_dim, permute_heads)  # rows [num_heads, 3, head_dim]
+        attn_out = heads_axis(f"{layer}.heads", head_dim, permute_heads)
         mlp = f"{layer}.mlp"
 
         axes.norm(f"{layer}.input_layernorm", res)
@@ -51,9 +46,7 @@ def build_gpt_neox_spec(
         axes.norm(f"{layer}.post_attention_layernorm", res)
         axes.mlp((f"{layer}.mlp.dense_h_to_4h",), f"{layer}.mlp.dense_4h_to_h", mlp, res)
     axes.norm("final_layer_norm", res)
-    for head in _RESIDUAL_READERS:
-        if axes.has(f"{head}.weight", absolute=True):
-            axes.linear(head, None, res, absolute=True)
+    axes.residual_readers(res)
     return axes.build()
 
 

@@ -12,7 +12,11 @@ from collections.abc import Mapping
 
 from ..spec import AxisEntry, AxisPerm, PermutationSpec, SpecError
 
-__all__ = ["AxesCollector", "find_prefix", "heads_axis"]
+__all__ = ["RESIDUAL_READERS", "AxesCollector", "find_prefix", "heads_axis"]
+
+#: Task heads of decoder-style models that read the final hidden state (language-model, sequence, token and span
+#: heads alike): ``lm_head``, ``score``, ``classifier``, ``qa_outputs``.
+RESIDUAL_READERS = ("lm_head", "score", "classifier", "qa_outputs")
 
 
 def find_prefix(shapes: Mapping[str, tuple[int, ...]], anchor: str, model_type: str) -> str:
@@ -77,6 +81,12 @@ class AxesCollector:
         return True
 
     # ------------------------------------------------------------------ layers
+    def residual_readers(self, res: AxisEntry, heads=RESIDUAL_READERS) -> None:
+        """The task heads present (of ``heads``, named from the model's root) as linear readers of stream ``res``."""
+        for head in heads:
+            if self.has(f"{head}.weight", absolute=True):
+                self.linear(head, None, res, absolute=True)
+
     def linear(self, name: str, out: AxisEntry, in_: AxisEntry, *, absolute: bool = False) -> None:
         """``nn.Linear``: weight ``[out, in]``, optional bias ``[out]``."""
         self.add(f"{name}.weight", out, in_, absolute=absolute)

@@ -15,11 +15,6 @@ from .registry import register_adapter
 
 __all__ = ["build_llama_spec"]
 
-#: Task heads that read the final hidden state: ``lm_head`` (causal LM, tied or not), ``score`` (sequence and
-#: token classification) and ``qa_outputs`` (question answering).
-_RESIDUAL_READERS = ("lm_head", "score", "qa_outputs")
-
-
 def build_llama_spec(
     config, shapes, *, permute_residual: bool = True, permute_heads: bool = True
 ) -> PermutationSpec:
@@ -51,9 +46,7 @@ def build_llama_spec(
         axes.norm(f"{layer}.post_attention_layernorm", res)
         axes.mlp((f"{layer}.mlp.gate_proj", f"{layer}.mlp.up_proj"), f"{layer}.mlp.down_proj", mlp, res)
     axes.norm("norm", res)
-    for head in _RESIDUAL_READERS:
-        if axes.has(f"{head}.weight", absolute=True):
-            axes.linear(head, None, res, absolute=True)
+    axes.residual_readers(res)
     return axes.build()
 
 

@@ -12,7 +12,9 @@ from typing import Callable, Mapping
 
 import torch
 
+from ..discovery import import_submodules
 from ..spec import PermutationSpec, SpecError
+from ..errors import UserError
 
 __all__ = ["register_adapter", "spec_for", "supported_model_types", "UnsupportedModelError", "model_shapes"]
 
@@ -29,7 +31,7 @@ def register_adapter(model_type: str, builder: SpecBuilder | None = None, *, ove
 
     def _register(fn: SpecBuilder) -> SpecBuilder:
         if model_type in _REGISTRY and not overwrite and _REGISTRY[model_type] is not fn:
-            raise ValueError(
+            raise UserError(
                 f"an adapter for model_type {model_type!r} is already registered; pass overwrite=True to replace it"
             )
         _REGISTRY[model_type] = fn
@@ -48,15 +50,8 @@ _NOT_ADAPTERS = {"registry", "layout", "heads"}
 
 
 def _load_builtin_adapters() -> None:
-    """Import every adapter module of this folder (found with pkgutil); importing one registers its adapters."""
-    import importlib
-    import pkgutil
-
-    from .. import adapters as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in _NOT_ADAPTERS:
-            importlib.import_module(f"{package.__name__}.{info.name}")
+    """Import every adapter module of this folder; importing one registers its adapters."""
+    import_submodules(__package__, __file__, skip=_NOT_ADAPTERS)
 
 
 def model_shapes(model_or_config) -> dict[str, tuple[int, ...]]:

@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from .configuration_star_bma import StarBMAConfig, draw_samples, parse_t_distribution
-from .export import ExportBMAArguments, bma_predict_proba, build_bma, export_bma, load_bma, make_parser, run, save_bma
+from .export import bma_predict_proba, build_bma, export_bma, load_bma, save_bma
 from .modeling_star_bma import (
     HEAD_CLASSES,
     StarBMAForCausalLM,
@@ -41,14 +41,11 @@ __all__ = [
     "StarBMAForSequenceClassification",
     "StarBMAOutput",
     "StarBMAPreTrainedModel",
-    "ExportBMAArguments",
-    "make_parser",
     "bma_predict_proba",
     "build_bma",
     "draw_samples",
     "export_bma",
     "load_bma",
     "parse_t_distribution",
-    "run",
     "save_bma",
 ]

@@ -5,19 +5,19 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from .. import models as _builtin_models  # registers star-mlp / star-cnn1d with the Auto classes
 from .._faults import fault_point
-from ..argparsing import add_command, positional
-from ..rundir import atomic_folder
+from ..io import atomic_folder
+from ..processing import copy_processor_files
 from .configuration_star_bma import StarBMAConfig
 from .modeling_star_bma import HEAD_AUTO_SUFFIX, HEAD_CLASSES, StarBMAPreTrainedModel, head_of
+from ..errors import UserError
 
-__all__ = ["ExportBMAArguments", "bma_predict_proba", "build_bma", "export_bma", "load_bma", "make_parser", "run", "save_bma"]
+__all__ = ["bma_predict_proba", "build_bma", "export_bma", "load_bma", "save_bma"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # Code saved beside the weights for trust_remote_code=True: the wrapper, and the built-in member models that
@@ -30,24 +30,6 @@ _CODE_FILES = (
         for f in ("common.py", "mlp.py", "cnn1d.py")
     ),
 )
-# Tokenizer / image-processor files copied from the star checkpoint so pipelines find them in the BMA folder.
-_PROCESSOR_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "tokenizer.model",
-    "chat_template.jinja",
-    "preprocessor_config.json",
-    "processor_config.json",
-)
-
-
 def build_bma(
     star: nn.Module,
     anchors: Mapping[str, Mapping[str, torch.Tensor]],
@@ -64,12 +46,12 @@ def build_bma(
     ``samples``: an explicit ``[[anchor index n, t], ...]`` list of ``num_samples`` points instead of a draw
     from ``seed`` and ``t_distribution`` (kept in the config as given).
     """
-    from ..evaluation.engine import reset_bn_stats
+    from ..batchnorm import reset_bn_stats
 
     if int(num_samples) < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        raise UserError(f"num_samples must be >= 1, got {num_samples}")
     if not anchors:
-        raise ValueError("a BMA needs at least one aligned anchor; the run has none")
+        raise UserError("a BMA needs at least one aligned anchor; the run has none")
     member_config = star.config.to_dict()
     member_config["architectures"] = [type(star).__name__]
     head = head_of(type(star).__name__)
@@ -88,7 +70,7 @@ def build_bma(
         model.anchors[i].fill(state_dict, f"anchor {name!r}")
     if model.bn_buffer_names:
         if bn_dataloader is None:
-            raise ValueError(
+            raise UserError(
                 f"{type(star).__name__} has BatchNorm: pass bn_dataloader (training data) so the statistics of every "
                 "sampled point are recomputed"
             )
@@ -128,10 +110,7 @@ def save_bma(
         if processor is not None:
             processor.save_pretrained(tmp)
         elif processor_files_from is not None:
-            for name in _PROCESSOR_FILES:
-                src = os.path.join(processor_files_from, name)
-                if os.path.isfile(src):
-                    shutil.copyfile(src, os.path.join(tmp, name))
+            copy_processor_files(processor_files_from, tmp)  # pipelines find them in the BMA folder
         card = os.path.join(output_dir, "README.md")  # the model card is not ours to drop on --overwrite
         if os.path.isfile(card) and not os.path.exists(os.path.join(tmp, "README.md")):
             shutil.copyfile(card, os.path.join(tmp, "README.md"))
@@ -152,14 +131,17 @@ def export_bma(
 
     BatchNorm statistics are recomputed per sample over the run's train split. Returns the output folder.
     """
-    from ..evaluation.engine import has_batchnorm
+    from ..batchnorm import has_batchnorm
     from ..data import make_dataloader
     from ..rundir import RunDirectory
     from .configuration_star_bma import parse_t_distribution
 
     if int(num_samples) < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}; use --samples 16 or more")
-    parse_t_distribution(t_distribution)  # fail before loading anything
+        raise UserError(f"num_samples must be >= 1, got {num_samples}; use --samples 16 or more")
+    try:  # fail before loading anything; the self-contained configuration file raises plain ValueErrors
+        parse_t_distribution(t_distribution)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     run_dir_ = RunDirectory(run_dir)
     output_dir = os.path.abspath(output_dir or run_dir_.bma_path)
     if os.path.exists(output_dir) and not overwrite:
@@ -171,7 +153,7 @@ def export_bma(
         )
     unaligned = [m.name for m in run_dir_.anchors if m.name not in run_dir_.anchor_permutations()]
     if unaligned:
-        raise ValueError(
+        raise UserError(
             f"{perms_path} has no permutation for anchor {unaligned[0]!r}; rerun recipes/star.py"
         )
     star = run_dir_.load_star()
@@ -194,7 +176,7 @@ def load_bma(path: str, device="cpu") -> StarBMAPreTrainedModel:
     arch = (config.architectures or [None])[0]
     classes = {cls.__name__: cls for cls in HEAD_CLASSES.values()}
     if arch not in classes:
-        raise ValueError(f"{path}: architecture {arch!r} is not a star-merge BMA class ({sorted(classes)})")
+        raise UserError(f"{path}: architecture {arch!r} is not a star-merge BMA class ({sorted(classes)})")
     return classes[arch].from_pretrained(path, config=config, use_safetensors=True).to(device).eval()
 
 
@@ -208,39 +190,5 @@ def bma_predict_proba(model: nn.Module, dataloader: Iterable, device=None) -> to
     probs = [p.cpu() for p in forward_loader(model, dataloader, lambda m, b: task.logits(m, b).softmax(-1),
                                              device=device)]
     if not probs:
-        raise ValueError("cannot predict: the dataloader yielded no batches")
+        raise UserError("cannot predict: the dataloader yielded no batches")
     return torch.cat(probs)
-
-
-# ---------------------------------------------------------------- CLI
-@dataclass
-class ExportBMAArguments:
-    """``star-merge export-bma RUN_DIR``."""
-
-    run_dir: str = positional("RUN_DIR", "run directory written by recipes/star.py")
-    output_dir: str | None = field(default=None, metadata={"help": "output folder (default RUN_DIR/bma)"})
-    num_samples: int = field(default=16, metadata={"aliases": ["--samples"],
-                                                   "help": "number S of star-domain points averaged (>= 1)"})
-    seed: int = field(default=0, metadata={"help": "seed of the (anchor, t) draw"})
-    t_distribution: str = field(default="uniform",
-                                metadata={"help": "t ~ uniform | uniform(low,high) | beta(a,b) | constant(t)"})
-    bn_max_batches: int | None = field(default=None, metadata={"help": "cap on BatchNorm reset batches"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing output folder"})
-
-
-def make_parser(subparsers):
-    """Add ``export-bma`` to a ``star-merge`` subparsers object; its handler is :func:`run`."""
-    return add_command(subparsers, "export-bma", [ExportBMAArguments], run,
-                       help="export the star-domain BMA wrapper of a run directory (RUN_DIR/bma)",
-                       description="Write RUN_DIR/bma: the star, the aligned anchors and S sampled points (n, t), "
-                       "loadable with AutoModelFor….from_pretrained (import star_merge.bma) or trust_remote_code=True.")
-
-
-def run(args: ExportBMAArguments) -> int:
-    """Handler of ``star-merge export-bma``; errors propagate (star_merge.cli prints them as one line). Holds
-    the run directory's lock while it reads the run and writes the wrapper (by default into it)."""
-    from ..locking import lock_run_dir
-
-    with lock_run_dir(args.run_dir):
-        print(export_bma(**asdict(args)))
-    return 0

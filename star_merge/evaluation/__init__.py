@@ -1,20 +1,15 @@
 """Evaluation: the one engine (forward over a loader, BN reset, predictions), interpolation curves and barriers,
 run-directory reports, calibration metrics, plots.
 
-``star-merge barrier A B`` is :mod:`.barrier`; ``star-merge evaluate RUN_DIR`` is :mod:`.report`
-(:func:`evaluate_run`, also called by ``recipes/star.py`` at the end of a run).
+``star-merge barrier A B`` runs :func:`barrier_between` (:mod:`.barrier`); ``star-merge evaluate RUN_DIR`` runs
+:func:`evaluate_run` (:mod:`.report`, also called by ``recipes/star.py`` at the end of a run); their handlers are
+in :mod:`star_merge.commands`.
 """
 
-from .barrier import (
-    ALIGN_METHODS,
-    ArchitectureMismatchError,
-    BarrierResult,
-    align_state_dict,
-    barrier_between,
-    check_same_architecture,
-    load_model,
-    measure_barrier,
-)
+from ..batchnorm import has_batchnorm, reset_bn_stats
+from ..matching.align import ALIGN_METHODS
+from ..modeling import ArchitectureMismatchError, check_same_architecture
+from .barrier import BarrierResult, barrier_between, measure_barrier
 from .connectivity import (
     InterpolationCurve,
     accuracy_barrier,
@@ -23,7 +18,7 @@ from .connectivity import (
     interpolation_curves,
     loss_barrier,
 )
-from .engine import EvalData, Predictions, evaluate_loss_accuracy, forward_loader, has_batchnorm, predict, reset_bn_stats
+from .engine import EvalData, Predictions, evaluate_loss_accuracy, forward_loader, predict
 from .report import evaluate_run, render_markdown, select_pairs, summarize_barriers
 
 __all__ = [
@@ -34,7 +29,6 @@ __all__ = [
     "InterpolationCurve",
     "Predictions",
     "accuracy_barrier",
-    "align_state_dict",
     "barrier_between",
     "check_same_architecture",
     "evaluate_loss_accuracy",
@@ -44,7 +38,6 @@ __all__ = [
     "interpolate_state_dicts",
     "interpolation_curve",
     "interpolation_curves",
-    "load_model",
     "loss_barrier",
     "measure_barrier",
     "predict",

@@ -2,125 +2,19 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
-from .connectivity import InterpolationCurve
-from ..errors import UserError
+from ..batchnorm import has_batchnorm
+from ..matching.align import align as align_models
+from ..modeling import check_same_architecture
+from .connectivity import InterpolationCurve, interpolation_curves
+from .engine import EvalData
 
-__all__ = [
-    "ALIGN_METHODS",
-    "ArchitectureMismatchError",
-    "BarrierResult",
-    "align_state_dict",
-    "barrier_between",
-    "check_same_architecture",
-    "load_model",
-    "measure_barrier",
-]
-
-ALIGN_METHODS = ("weight", "activation", "none")
-
-
-class ArchitectureMismatchError(UserError):
-    """Two checkpoints that must share an architecture do not."""
-
-
-def load_model(ref: str, device="cpu") -> nn.Module:
-    """Load a checkpoint from a local folder or a Hub id (``org/name[@revision]``; the cache when offline).
-
-    Resolved by :func:`star_merge.hub.resolve_members` (safetensors only, never remote code).
-    """
-    from ..finite import check_finite
-    from ..hub import resolve_members
-    from ..modeling import load_checkpoint
-
-    path = ref if os.path.isdir(ref) else resolve_members([ref], progress=False)[0].path
-    model = load_checkpoint(path, device)
-    check_finite(model.state_dict(), ref)  # a NaN model has no meaningful barrier
-    return model
-
-
-def _describe(model: nn.Module) -> str:
-    config = getattr(model, "config", None)
-    arch = (getattr(config, "architectures", None) or [type(model).__name__])[0]
-    return f"{getattr(config, 'model_type', '?')}/{arch}"
-
-
-def check_same_architecture(model_a: nn.Module, model_b: nn.Module, names: Sequence[str] = ("A", "B")) -> None:
-    """Raise ArchitectureMismatchError unless both models have the same model type and tensor shapes."""
-    a, b = model_a.state_dict(), model_b.state_dict()
-    type_a = getattr(getattr(model_a, "config", None), "model_type", None)
-    type_b = getattr(getattr(model_b, "config", None), "model_type", None)
-    problem = None
-    if type_a != type_b:
-        problem = f"model types {type_a!r} and {type_b!r} differ"
-    elif set(a) != set(b):
-        key = min(set(a) ^ set(b))
-        problem = f"tensor {key!r} is in only one of them"
-    else:
-        for k in a:
-            if a[k].shape != b[k].shape:
-                problem = f"tensor {k!r} has shape {tuple(a[k].shape)} vs {tuple(b[k].shape)}"
-                break
-    if problem:
-        raise ArchitectureMismatchError(
-            f"checkpoints {names[0]} ({_describe(model_a)}) and {names[1]} ({_describe(model_b)}) have different "
-            f"architectures: {problem}; compare two models of one architecture"
-        )
-
-
-def align_state_dict(
-    model_a: nn.Module,
-    model_b: nn.Module,
-    method: str = "weight",
-    *,
-    seed: int = 0,
-    dataloader=None,
-    spec=None,
-    init_perm: Mapping[str, torch.Tensor] | None = None,
-    progress: bool = False,
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """B's state dict permuted into A's frame, and a JSON-ready record of the matching.
-
-    ``method``: ``weight`` (weight matching, seeded), ``activation`` (activation matching over
-    ``dataloader``; needs ``model.activation_sites()``) or ``none``.
-    """
-    from .. import activation_matching, apply_permutation, spec_for, weight_matching
-
-    sd_b = {k: v.detach().cpu().clone() for k, v in model_b.state_dict().items()}
-    if method == "none":
-        return sd_b, {"method": "none"}
-    if method not in ALIGN_METHODS:
-        raise ValueError(f"unknown alignment {method!r}; use one of {', '.join(ALIGN_METHODS)}")
-    spec = spec if spec is not None else spec_for(model_a)
-    if method == "weight":
-        sd_a = {k: v.detach().cpu() for k, v in model_a.state_dict().items()}
-        res = weight_matching(spec, sd_a, sd_b, seed=seed, init_perm=init_perm)
-    else:
-        if not callable(getattr(model_a, "activation_sites", None)):
-            raise ValueError(
-                f"--align activation needs a model with activation_sites(); {_describe(model_a)} has none, "
-                "use --align weight"
-            )
-        if dataloader is None:
-            raise ValueError("activation matching needs a dataloader")
-        try:
-            res = activation_matching(spec, model_a, model_b, dataloader, progress=progress)
-        except NotImplementedError:
-            raise ValueError(
-                f"{_describe(model_a)} does not define activation sites; use --align weight"
-            ) from None
-    return apply_permutation(spec, res.perm, sd_b), {
-        "method": method,
-        "objective": res.objective,
-        "iterations": res.iterations,
-    }
+__all__ = ["BarrierResult", "barrier_between", "measure_barrier"]
 
 
 @dataclass
@@ -167,24 +61,18 @@ def measure_barrier(
     """
     from accelerate import Accelerator
 
-    from .engine import has_batchnorm
-    from .connectivity import interpolation_curves
-    from .engine import EvalData
-
     check_same_architecture(model_a, model_b, names)
     accelerator = accelerator or Accelerator()
     data = EvalData(dataset, accelerator, batch_size, splits, collate_fn=collate_fn)
     model_a.to(accelerator.device)
     model_b.to(accelerator.device)
     sd_a = {k: v.detach().cpu().clone() for k, v in model_a.state_dict().items()}
-    sd_b, alignment = align_state_dict(
-        model_a, model_b, align, seed=seed, dataloader=data.bn_loader, progress=progress
-    )
+    sd_b, record = align_models(None, model_a, model_b, align, seed=seed, data=data.bn_loader, progress=progress)
     try:
         curves = interpolation_curves(model_a, sd_a, sd_b, data, num_points, progress=progress, task=task)
     finally:
         model_a.load_state_dict(sd_a)
-    return BarrierResult(names[0], names[1], curves, alignment, has_batchnorm(model_a))
+    return BarrierResult(names[0], names[1], curves, record.to_dict(), has_batchnorm(model_a))
 
 
 def barrier_between(
@@ -197,34 +85,15 @@ def barrier_between(
 
     Raw text / image columns are processed with A's tokenizer / image processor (``data_args.processor_name_or_path``
     overrides it; B's must agree), never augmented; a language model's text is tokenised into blocks."""
-    import dataclasses
+    from ..data import DataArguments
+    from ..references import load_reference
+    from ..population_data import load_population_data
 
-    from ..data import DataArguments, load_task_dataset, prepare_dataset, raw_kind, task_and_processor
-    from ..processing import population_processor
-
-    model_a = load_model(checkpoint_a)
-    model_b = load_model(checkpoint_b)
+    model_a, folder_a = load_reference(checkpoint_a)
+    model_b, folder_b = load_reference(checkpoint_b)
     check_same_architecture(model_a, model_b, (checkpoint_a, checkpoint_b))
-    data_args = dataclasses.replace(data_args or DataArguments(), augment=False)
-    folders = [_folder_of(checkpoint_a), _folder_of(checkpoint_b)]
-    task, processor = task_and_processor(data_args, folders[0])  # LMs: A's tokenizer
-    dataset = load_task_dataset(data_args, getattr(model_a, "main_input_name", None), task=task, processor=processor)
-    task.check_dataset(dataset, model_a.config)
-    lm = getattr(task, "data_kind", None) == "text"
-    processor, _ = population_processor(folders, data_args.processor_name_or_path,
-                                        required=lm or raw_kind(dataset) is not None)
-    dataset, collate_fn = prepare_dataset(dataset, task, processor, data_args)
-    if lm:  # the stored splits carry one fixed masking: every model is scored on the same positions
-        collate_fn = None
-    kwargs.setdefault("task", task)
+    data = load_population_data(data_args or DataArguments(), [folder_a, folder_b], evaluation=True,
+                                model_input_name=getattr(model_a, "main_input_name", None))
+    kwargs.setdefault("task", data.task)
     kwargs.setdefault("names", (checkpoint_a, checkpoint_b))
-    return measure_barrier(model_a, model_b, dataset, collate_fn=collate_fn, **kwargs)
-
-
-def _folder_of(ref: str) -> str:
-    if os.path.isdir(ref):
-        return ref
-    from ..hub import resolve_members
-
-    (member,) = resolve_members([ref], progress=False)
-    return member.path
+    return measure_barrier(model_a, model_b, data.dataset, collate_fn=data.collate_fn, **kwargs)

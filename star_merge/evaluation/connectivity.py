@@ -19,7 +19,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .engine import EvalData, evaluate_loss_accuracy, has_batchnorm, reset_bn_stats
+from ..batchnorm import has_batchnorm, reset_bn_stats
+from .engine import EvalData, evaluate_loss_accuracy
+from ..errors import UserError
 
 __all__ = [
     "interpolate_state_dicts",
@@ -36,12 +38,12 @@ def interpolate_state_dicts(
     """``(1-t)·A + t·B`` for floating tensors; integer tensors (e.g. ``num_batches_tracked``) copied from A."""
     if set(sd_a) != set(sd_b):
         diff = sorted(set(sd_a) ^ set(sd_b))
-        raise ValueError(f"state dicts have different tensors (e.g. {diff[0]!r}); are they the same architecture?")
+        raise UserError(f"state dicts have different tensors (e.g. {diff[0]!r}); are they the same architecture?")
     out = {}
     for k, a in sd_a.items():
         b = sd_b[k]
         if a.shape != b.shape:
-            raise ValueError(f"tensor {k!r} has shape {tuple(a.shape)} in A but {tuple(b.shape)} in B")
+            raise UserError(f"tensor {k!r} has shape {tuple(a.shape)} in A but {tuple(b.shape)} in B")
         out[k] = torch.lerp(a, b.to(a.dtype), float(t)) if a.is_floating_point() else a.clone()
     return out
 
@@ -102,7 +104,7 @@ def interpolation_curves(
     networks are grossly overstated. B must already be aligned to A when measuring modulo permutation.
     """
     if num_points < 2:
-        raise ValueError(f"num_points must be >= 2, got {num_points}")
+        raise UserError(f"num_points must be >= 2, got {num_points}")
     if reset_bn is None:
         reset_bn = has_batchnorm(model)
     accelerator = data.accelerator

@@ -16,35 +16,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..batchnorm import to_device
 from ..data import make_dataloader
+from ..tasks import task_of
+from ..errors import UserError
 
 __all__ = [
     "EvalData",
     "Predictions",
     "evaluate_loss_accuracy",
     "forward_loader",
-    "has_batchnorm",
     "predict",
-    "reset_bn_stats",
 ]
-
-_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-
-
-def _task(model, task):
-    """``task``, else the model's (a plain ``nn.Module`` without an HF config is scored as a classifier)."""
-    if task is not None:
-        return task
-    from ..tasks import task_for
-
-    if getattr(model, "config", None) is None:
-        return task_for(name="sequence-classification")
-    return task_for(model)
-
-
-def _to(batch, device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
 
 @torch.no_grad()
 def forward_loader(
@@ -71,7 +54,7 @@ def forward_loader(
     model.eval()
     for batch in tqdm(dataloader, desc=desc or "predicting", disable=not show, leave=False):
         if accelerator is None:
-            yield step(model, _to(batch, device))
+            yield step(model, to_device(batch, device))
         else:
             yield accelerator.gather_for_metrics(step(model, batch))
 
@@ -119,14 +102,14 @@ def predict(model: nn.Module, dataloader, accelerator=None, desc: str | None = N
     Holds [units, classes] for the whole split: for language models that is [tokens, vocab]; scores that need
     only the loss and accuracy go through :func:`evaluate_loss_accuracy`, which accumulates per batch, and the
     report's calibration metrics through :func:`.streaming.score_models` (per-unit scalars)."""
-    task = _task(model, task)
+    task = task_of(model, task)
     log_probs, labels = [], []
     for lp, y in forward_loader(model, dataloader, _rows(task), accelerator, device, desc, progress):
         lp, y = _flatten(lp, y)
         log_probs.append(lp.cpu())
         labels.append(y.cpu())
     if not labels:
-        raise ValueError("cannot evaluate: the dataloader yielded no samples; check that the split is not empty")
+        raise UserError("cannot evaluate: the dataloader yielded no samples; check that the split is not empty")
     return Predictions(torch.cat(log_probs), torch.cat(labels))
 
 
@@ -150,48 +133,13 @@ def evaluate_loss_accuracy(model: nn.Module, dataloader: Iterable, device=None, 
                            desc: str | None = None, progress: bool = False) -> tuple[float, float]:
     """Mean loss (cross-entropy per unit: example or token) and accuracy (fraction) of ``model`` in eval mode over
     ``dataloader``, accumulated per batch (no [units, classes] tensor is kept)."""
-    task = _task(model, task)
+    task = task_of(model, task)
     total = torch.zeros(3, dtype=torch.float64)
     for sums in forward_loader(model, dataloader, _unit_sums(task), accelerator, device, desc, progress):
         total += sums.cpu().sum(0)
     if total[2] == 0:
-        raise ValueError("cannot evaluate: the dataloader yielded no samples; check that the split is not empty")
+        raise UserError("cannot evaluate: the dataloader yielded no samples; check that the split is not empty")
     return float(total[0] / total[2]), float(total[1] / total[2])
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, _BN_TYPES) for m in model.modules())
-
-
-@torch.no_grad()
-def reset_bn_stats(model: nn.Module, dataloader: Iterable, max_batches: int | None = None, device=None,
-                   task=None) -> nn.Module:
-    """Recompute every BatchNorm's running mean/var over ``dataloader`` as a cumulative (equal-weight) average.
-
-    The model is returned in eval mode. Models without BatchNorm are returned unchanged. Every process should
-    pass the same (unsharded) loader so that all get identical statistics.
-    """
-    bns = [m for m in model.modules() if isinstance(m, _BN_TYPES)]
-    if not bns:
-        return model.eval()
-    task = _task(model, task)
-    device = device or next(model.parameters()).device
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average
-    model.train()
-    seen = 0
-    for i, batch in enumerate(dataloader):
-        if max_batches is not None and i >= max_batches:
-            break
-        model(**_to(task.model_inputs(model, batch), device))
-        seen += 1
-    for bn, mom in zip(bns, momenta):
-        bn.momentum = mom
-    if seen == 0:
-        raise ValueError("cannot reset BatchNorm statistics: the dataloader yielded no batches")
-    return model.eval()
 
 
 class EvalData:

@@ -23,7 +23,7 @@ SPLITS = ("train", "test")
 
 def write_outputs(run_dir: str, ours: dict, test_stats: Mapping[str, Any], seed: int) -> None:
     """report.json / report.md and the plots; ``test_stats``: name -> :class:`.streaming.UnitStats` (test split)."""
-    from ..rundir import atomic_write_json, atomic_write_text
+    from ..io import atomic_write_json, atomic_write_text
     from .plots import plot_barrier_distribution, plot_interpolation_bands, plot_reliability
 
     paths = RunPaths(run_dir)
@@ -84,13 +84,9 @@ def _path_perplexity(rows, split: str = "test") -> str:
     return format_value(sum(peaks) / len(peaks)) if peaks else "–"
 
 
-def render_markdown(report: Mapping[str, Any]) -> str:
-    """report.md: summary, per-model and ensemble metrics, every pair's barriers, the plots."""
-    s, barriers = RunSummary.from_report(report), report["barriers"]
-    settings = barriers["settings"]
-    task = report.get("task") or {}
-    unit = task.get("unit", "example")
-    loss_w, acc_w = _WORDS.get(unit, _WORDS["example"])
+def _summary_section(report: Mapping[str, Any], s: RunSummary, unit: str, words: tuple[str, str]) -> list[str]:
+    settings, task = report["barriers"]["settings"], report.get("task") or {}
+    loss_w, acc_w = words
     lines = [
         "# Starlight evaluation report",
         "",
@@ -115,7 +111,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines.insert(3, f"Task: {task.get('name')}; losses are cross-entropy per target token (nats), accuracy is "
                         "top-1 token accuracy, perplexity = exp(per-token CE).")
         lines.insert(3, "")
-    lines += [
+    return lines
+
+
+def _verdict_lines(barriers: Mapping[str, Any], s: RunSummary, unit: str, loss_w: str) -> list[str]:
+    lines = [
         "",
         f"- star / ordinary (anchor ↔ held-out) {headline(s)}",
         f"- **{judge_star(s).text}**",
@@ -134,7 +134,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             "- highest test perplexity along the path (mean over pairs): "
             + ", ".join(f"{GROUPS[g]} {_path_perplexity(barriers[g])}" for g in GROUPS),
         ]
-    lines += [
+    return lines
+
+
+def _models_section(report: Mapping[str, Any], unit: str, loss_w: str) -> list[str]:
+    lines = [
         "",
         "## Models and ensembles (test split)",
         "",
@@ -152,7 +156,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     for name, e in report["ensembles"].items():
         if "skipped" in e:
             lines.append(f"\n{name}: not evaluated ({e['skipped']})")
-    lines += [
+    return lines
+
+
+def _pairs_section(barriers: Mapping[str, Any], words: tuple[str, str]) -> list[str]:
+    loss_w, acc_w = words
+    lines = [
         "",
         "## Every pair",
         "",
@@ -165,6 +174,18 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 f"| {label} | {r['a']} | {r['b']} | {format_value(r['train']['loss_barrier'])} "
                 f"| {format_value(r['test']['loss_barrier'])} | {format_value(r['test']['accuracy_barrier'], True)} |"
             )
+    return lines
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """report.md: summary, per-model and ensemble metrics, every pair's barriers, the plots."""
+    s, barriers = RunSummary.from_report(report), report["barriers"]
+    unit = (report.get("task") or {}).get("unit", "example")
+    words = _WORDS.get(unit, _WORDS["example"])
+    lines = _summary_section(report, s, unit, words)
+    lines += _verdict_lines(barriers, s, unit, words[0])
+    lines += _models_section(report, unit, words[0])
+    lines += _pairs_section(barriers, words)
     lines += ["", "## Plots", ""]
     lines += [f"![{key}]({name})" for key, name in PLOT_NAMES.items()]
     return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ import os
 import random
 import statistics
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..rundir import PLOT_NAMES, RunPaths
 from .render import GROUPS, SPLITS, render_markdown, write_outputs
+from ..errors import UserError
 
 __all__ = [
     "PLOT_NAMES",
@@ -55,7 +57,7 @@ def select_pairs(anchors: Sequence[str], held_out: Sequence[str], pairs: str | i
     if pairs == "all":
         return every
     if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1:
-        raise ValueError(f"pairs must be 'all' or a positive integer, got {pairs!r}")
+        raise UserError(f"pairs must be 'all' or a positive integer, got {pairs!r}")
     if pairs >= len(every):
         return every
     chosen = set(random.Random(seed).sample(range(len(every)), pairs))
@@ -98,7 +100,7 @@ def _existing_outputs(run_dir: str) -> list[str]:
             try:
                 keys = set(json.load(f))
             except json.JSONDecodeError:
-                raise ValueError(f"{report} is not valid JSON; fix or remove it") from None
+                raise UserError(f"{report} is not valid JSON; fix or remove it") from None
         if keys & set(REPORT_KEYS):
             found.append(f"{report} (evaluation keys)")
     for path in (paths.report_md, *map(paths.plot, PLOT_NAMES)):
@@ -116,7 +118,7 @@ def _stats_of_extra(name: str, extra: ExtraModel, data, accelerator, task, num_l
         return score_models({name: extra}, data.prepared["test"], task, accelerator, desc=name)[name]
     probs = torch.as_tensor(extra(data.plain["test"])).detach().float().cpu()
     if probs.shape != (len(labels), num_labels):
-        raise ValueError(
+        raise UserError(
             f"extra model {name!r} returned probabilities of shape {tuple(probs.shape)}; expected "
             f"({len(labels)}, {num_labels}) for the test split in dataset order"
         )
@@ -134,6 +136,107 @@ def _bma_extra(run_dir: str) -> tuple[ExtraModel | None, str | None]:
         return load_bma(path), None
     except Exception as e:  # noqa: BLE001 - report why BMA was skipped instead of failing the evaluation
         return None, f"could not load {path}: {(str(e).splitlines() or [type(e).__name__])[0]}"
+
+
+@dataclass
+class _Run:
+    """What every step of :func:`evaluate_run` reads: the run, its data and task, the accelerator."""
+
+    rd: Any
+    star: nn.Module
+    data: Any
+    task: Any
+    accelerator: Any
+    progress: bool
+
+
+def _score_models(run: _Run, anchors: Sequence[str]):
+    """Train loss/accuracy of every model, test statistics streamed (every model on each batch, and the deep
+    ensemble of the anchors); returns (CPU state dicts, per-model rows, test stats)."""
+    from ..modeling import check_same_architecture
+    from .engine import evaluate_loss_accuracy
+    from .streaming import score_models
+
+    rd, star, data, task, accelerator = run.rd, run.star, run.data, run.task, run.accelerator
+    state_dicts: dict[str, dict[str, torch.Tensor]] = {}
+    loaded: dict[str, nn.Module] = {}
+    models: dict[str, Any] = {}
+    roles = {"star": ("star", rd.star_path), **{m.name: (m.role, m.path) for m in rd.members}}
+    for name, (role, path) in tqdm(roles.items(), desc="scoring models", disable=not run.progress, leave=False):
+        model = star if name == "star" else rd.load_member(name)
+        if name != "star":
+            check_same_architecture(star, model, ("star", name))
+        state_dicts[name] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        loaded[name] = model
+        train_loss, train_acc = evaluate_loss_accuracy(model, data.prepared["train"], task=task, accelerator=accelerator,
+                                                       desc=f"{name} train", progress=run.progress)
+        models[name] = {"role": role, "path": rd.relative(path), "train": {"loss": train_loss, "accuracy": train_acc}}
+    ensemble_members = {"deep ensemble": list(anchors)} if len(anchors) >= 2 else {}
+    test_stats = score_models(loaded, data.prepared["test"], task, accelerator, ensemble_members,
+                              desc="test split", progress=run.progress)
+    return state_dicts, models, test_stats
+
+
+def _score_ensembles(run: _Run, anchors: Sequence[str], extra_models, test_stats, scores) -> dict[str, Any]:
+    """The deep ensemble, the run's BMA (unless ``extra_models`` names one) and every extra model."""
+    ensembles: dict[str, Any] = {}
+    if "deep ensemble" in test_stats:
+        ensembles["deep_ensemble"] = {"members": list(anchors), "test": scores(test_stats["deep ensemble"])}
+    extras = dict(extra_models or {})
+    if "bma" not in extras:
+        bma, skipped = _bma_extra(run.rd.path)
+        if bma is not None:
+            extras["bma"] = bma
+        elif skipped:
+            ensembles["bma"] = {"skipped": skipped}
+            run.accelerator.print(f"BMA not evaluated: {skipped}")
+    labels = test_stats["star"].labels
+    for name, extra in extras.items():
+        test_stats[name] = _stats_of_extra(name, extra, run.data, run.accelerator, run.task,
+                                           run.star.config.num_labels, labels)
+        ensembles[name] = {"test": scores(test_stats[name])}
+    return ensembles
+
+
+def _measure_barriers(run: _Run, state_dicts, chosen_pairs, settings: dict[str, Any], seed: int,
+                      num_points: int) -> dict[str, Any]:
+    """Every barrier of the run, B weight-matched to A (pair ``i`` with seed ``seed + i``; star ↔ anchor
+    warm-started from the run's stored permutations)."""
+    from ..adapters import spec_for
+    from ..matching.align import align
+    from .connectivity import interpolation_curves
+
+    rd = run.rd
+    anchors, held_out = [m.name for m in rd.anchors], [m.name for m in rd.held_out]
+    stored_perms = rd.anchor_permutations() if rd.has_permutations() else {}
+    jobs = [("star_vs_held_out", "star", h) for h in held_out]
+    jobs += [("anchor_vs_held_out", a, h) for a, h in chosen_pairs]
+    jobs += [("star_vs_anchor", "star", a) for a in anchors]
+    spec = spec_for(run.star)
+    barriers: dict[str, Any] = {"settings": settings, **{group: [] for group in GROUPS}}
+    for i, (group, a, b) in enumerate(tqdm(jobs, desc="barriers", disable=not run.progress)):
+        init = stored_perms.get(b) if group == "star_vs_anchor" else None
+        sd_b, record = align(spec, state_dicts[a], state_dicts[b], "weight", seed=seed + i, init_perm=init)
+        curves = interpolation_curves(run.star, state_dicts[a], sd_b, run.data, num_points, progress=False,
+                                      task=run.task)
+        barriers[group].append({"a": a, "b": b, "alignment": record.to_dict(),
+                                **{s: c.to_dict() for s, c in curves.items()}})
+    return barriers
+
+
+def _run_summary(barriers, models, ensembles) -> dict[str, Any]:
+    summary = summarize_barriers(barriers)
+    summary["star_test_accuracy"] = models["star"]["test"]["accuracy"]
+    summary["star_test_nll"] = models["star"]["test"]["nll"]
+    summary["star_train_loss"] = models["star"]["train"]["loss"]
+    for role, key in (("anchor", "anchor"), ("held-out", "held_out")):
+        rows = [m for m in models.values() if m["role"] == role]
+        summary[f"mean_{key}_test_accuracy"] = _stats([m["test"]["accuracy"] for m in rows])["mean"]
+        summary[f"mean_{key}_test_nll"] = _stats([m["test"]["nll"] for m in rows])["mean"]
+        summary[f"mean_{key}_train_loss"] = _stats([m["train"]["loss"] for m in rows])["mean"]
+    if "deep_ensemble" in ensembles:
+        summary["deep_ensemble_test_accuracy"] = ensembles["deep_ensemble"]["test"]["accuracy"]
+    return summary
 
 
 def evaluate_run(
@@ -158,128 +261,44 @@ def evaluate_run(
     """
     from accelerate import Accelerator
 
-    from ..adapters import spec_for
-    from .engine import has_batchnorm
-    from ..matching import weight_matching
-    from .metrics import evaluate_metrics_on_predictions, load_evaluate_metrics
+    from .._faults import fault_point
+    from ..batchnorm import has_batchnorm
     from ..rundir import RunDirectory
-    from ..spec import apply_permutation
-    from .barrier import check_same_architecture
-    from .connectivity import interpolation_curves
-    from .engine import EvalData, evaluate_loss_accuracy
-    from .streaming import UnitStats, score_models
+    from .engine import EvalData
+    from .metrics import evaluate_metrics_on_predictions, load_evaluate_metrics
 
     rd = RunDirectory(run_dir)
     existing = _existing_outputs(rd.path)
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} already exists; pass --overwrite (overwrite=True) to re-evaluate")
     if num_points < 2:
-        raise ValueError(f"num_points must be >= 2, got {num_points}")
+        raise UserError(f"num_points must be >= 2, got {num_points}")
     extra_metrics = load_evaluate_metrics(metrics)
     accelerator = accelerator or Accelerator()
     anchors = [m.name for m in rd.anchors]
-    held_out = [m.name for m in rd.held_out]
-    chosen_pairs = select_pairs(anchors, held_out, pairs, seed)
-
+    chosen_pairs = select_pairs(anchors, [m.name for m in rd.held_out], pairs, seed)
     star = rd.load_star()
-    dataset, collate_fn = rd.load_data()
-    task = rd.task()
-    task.check_dataset(dataset, star.config)
-    data = EvalData(dataset, accelerator, batch_size, SPLITS, collate_fn=collate_fn)
-    spec = spec_for(star)
+    dataset, collate_fn = rd.load_data()  # checked against the star's config
+    run = _Run(rd, star, EvalData(dataset, accelerator, batch_size, SPLITS, collate_fn=collate_fn), rd.task(),
+               accelerator, progress)
 
-    # ---- per-model scores: train loss/accuracy per model, test metrics streamed (every model on each batch)
-    state_dicts: dict[str, dict[str, torch.Tensor]] = {}
-    loaded: dict[str, nn.Module] = {}
-    models: dict[str, Any] = {}
-    roles = {"star": ("star", rd.star_path), **{m.name: (m.role, m.path) for m in rd.members}}
-    for name, (role, path) in tqdm(roles.items(), desc="scoring models", disable=not progress, leave=False):
-        model = star if name == "star" else rd.load_member(name)
-        if name != "star":
-            check_same_architecture(star, model, ("star", name))
-        state_dicts[name] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        loaded[name] = model
-        train_loss, train_acc = evaluate_loss_accuracy(model, data.prepared["train"], task=task,
-                                                       accelerator=accelerator, desc=f"{name} train", progress=progress)
-        models[name] = {
-            "role": role,
-            "path": os.path.relpath(path, rd.path) if path.startswith(rd.path) else path,
-            "train": {"loss": train_loss, "accuracy": train_acc},
-        }
-    ensemble_members = {"deep ensemble": anchors} if len(anchors) >= 2 else {}
-    test_stats = score_models(loaded, data.prepared["test"], task, accelerator, ensemble_members,
-                              desc="test split", progress=progress)
-    del loaded
+    state_dicts, models, test_stats = _score_models(run, anchors)
     labels = test_stats["star"].labels
 
-    def scores(stats: UnitStats) -> dict[str, Any]:
+    def scores(stats) -> dict[str, Any]:
         return {**stats.metrics(), **evaluate_metrics_on_predictions(extra_metrics, stats.predictions, labels)}
 
     for name in models:
         models[name]["test"] = scores(test_stats[name])
-
-    from .._faults import fault_point
-
     fault_point("evaluation")
-    # ---- ensembles
-    ensembles: dict[str, Any] = {}
-    if ensemble_members:
-        ensembles["deep_ensemble"] = {"members": anchors, "test": scores(test_stats["deep ensemble"])}
-    extras = dict(extra_models or {})
-    if "bma" not in extras:
-        bma, skipped = _bma_extra(rd.path)
-        if bma is not None:
-            extras["bma"] = bma
-        elif skipped:
-            ensembles["bma"] = {"skipped": skipped}
-            accelerator.print(f"BMA not evaluated: {skipped}")
-    for name, extra in extras.items():
-        test_stats[name] = _stats_of_extra(name, extra, data, accelerator, task, star.config.num_labels, labels)
-        ensembles[name] = {"test": scores(test_stats[name])}
-
-    # ---- barriers
-    stored_perms = {}
-    if rd.has_permutations():
-        stored_perms = rd.anchor_permutations()
-    jobs = [("star_vs_held_out", "star", h) for h in held_out]
-    jobs += [("anchor_vs_held_out", a, h) for a, h in chosen_pairs]
-    jobs += [("star_vs_anchor", "star", a) for a in anchors]
-    container = star
-    barriers: dict[str, Any] = {
-        "settings": {
-            "alignment": "weight matching",
-            "num_points": num_points,
-            "pairs": pairs,
-            "seed": seed,
-            "bn_reset": has_batchnorm(container),
-            "splits": list(SPLITS),
-            "num_samples": {s: len(dataset[s]) for s in SPLITS},
-        },
-        **{group: [] for group in GROUPS},
-    }
-    for i, (group, a, b) in enumerate(tqdm(jobs, desc="barriers", disable=not progress)):
-        init = stored_perms.get(b) if group == "star_vs_anchor" else None
-        match = weight_matching(spec, state_dicts[a], state_dicts[b], seed=seed + i, init_perm=init)
-        sd_b = apply_permutation(spec, match.perm, state_dicts[b])
-        curves = interpolation_curves(container, state_dicts[a], sd_b, data, num_points, progress=False, task=task)
-        alignment = {"method": "weight", "objective": match.objective, "iterations": match.iterations}
-        barriers[group].append({"a": a, "b": b, "alignment": alignment, **{s: c.to_dict() for s, c in curves.items()}})
-
-    summary = summarize_barriers(barriers)
-    summary["star_test_accuracy"] = models["star"]["test"]["accuracy"]
-    summary["star_test_nll"] = models["star"]["test"]["nll"]
-    summary["star_train_loss"] = models["star"]["train"]["loss"]
-    for role, key in (("anchor", "anchor"), ("held-out", "held_out")):
-        rows = [m for m in models.values() if m["role"] == role]
-        summary[f"mean_{key}_test_accuracy"] = _stats([m["test"]["accuracy"] for m in rows])["mean"]
-        summary[f"mean_{key}_test_nll"] = _stats([m["test"]["nll"] for m in rows])["mean"]
-        summary[f"mean_{key}_train_loss"] = _stats([m["train"]["loss"] for m in rows])["mean"]
-    if "deep_ensemble" in ensembles:
-        summary["deep_ensemble_test_accuracy"] = ensembles["deep_ensemble"]["test"]["accuracy"]
-
-    unit = "token" if getattr(task, "data_kind", None) == "text" else "example"
-    ours = {"task": {"name": task.name, "unit": unit}, "barriers": barriers, "models": models,
-            "ensembles": ensembles, "summary": summary}
+    ensembles = _score_ensembles(run, anchors, extra_models, test_stats, scores)
+    settings = {"alignment": "weight matching", "num_points": num_points, "pairs": pairs, "seed": seed,
+                "bn_reset": has_batchnorm(star), "splits": list(SPLITS),
+                "num_samples": {s: len(dataset[s]) for s in SPLITS}}
+    barriers = _measure_barriers(run, state_dicts, chosen_pairs, settings, seed, num_points)
+    unit = "token" if getattr(run.task, "data_kind", None) == "text" else "example"
+    ours = {"task": {"name": run.task.name, "unit": unit}, "barriers": barriers, "models": models,
+            "ensembles": ensembles, "summary": _run_summary(barriers, models, ensembles)}
     if accelerator.is_main_process:
         write_outputs(rd.path, ours, test_stats, seed)
     accelerator.wait_for_everyone()

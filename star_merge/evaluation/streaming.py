@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .metrics import ECE_BINS, MetricError, check_predictions, confidence_bins
+from ..errors import UserError
 
 __all__ = ["UnitStats", "score_models", "unit_stats"]
 
@@ -148,6 +149,6 @@ def score_models(models: Mapping[str, nn.Module], dataloader: Iterable, task, ac
         parts.append(out[keep].cpu())  # [units, K, 5]
         labels.append(targets[keep].cpu())
     if not labels or sum(len(y) for y in labels) == 0:
-        raise ValueError("cannot evaluate: the dataloader yielded no samples; check that the split is not empty")
+        raise UserError("cannot evaluate: the dataloader yielded no samples; check that the split is not empty")
     stats, labels = torch.cat(parts), torch.cat(labels)
     return {name: UnitStats(stats[:, k].contiguous(), labels) for k, name in enumerate([*names, *ensembles])}

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .summary import RunSummary
+from ..errors import UserError
 
 __all__ = ["ACCURACY_TOLERANCE", "Verdict", "headline", "judge_star"]
 
@@ -47,7 +48,7 @@ def judge_star(summary: RunSummary | Mapping[str, Any], accuracy_tolerance: floa
     is never called good on numbers that were not measured.
     """
     if accuracy_tolerance < 0:
-        raise ValueError(f"accuracy_tolerance must be >= 0, got {accuracy_tolerance}")
+        raise UserError(f"accuracy_tolerance must be >= 0, got {accuracy_tolerance}")
     s = _typed(summary)
     acc, anchor_acc = s.star_test_accuracy, s.mean_anchor_test_accuracy
     nll, anchor_nll = s.star_test_nll, s.mean_anchor_test_nll

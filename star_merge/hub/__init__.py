@@ -1,15 +1,11 @@
-"""The Hugging Face Hub, both directions: populations in (:func:`resolve_members`), runs out (:func:`push_run`)."""
+"""The Hugging Face Hub, both directions: populations in (:func:`resolve_members`), runs out (:func:`push_run`).
 
-from .push import PlannedFile, PushArguments, PushError, make_parser, push_run, run, upload_plan
-from .resolve import (
-    DOWNLOAD_PATTERNS,
-    PopulationError,
-    ResolvedMember,
-    ResolvedMembers,
-    parse_source,
-    read_population_file,
-    resolve_members,
-)
+Resolving lives in :mod:`star_merge.references` (floor 4: matching, evaluation and training read references);
+its names are re-exported here. Names are imported on first use, so that reading a reference never loads the
+publishing side (:mod:`.push`, the model cards).
+"""
+
+import importlib
 
 __all__ = [
     "DOWNLOAD_PATTERNS",
@@ -18,12 +14,19 @@ __all__ = [
     "PushError",
     "ResolvedMember",
     "ResolvedMembers",
-    "PushArguments",
-    "make_parser",
     "parse_source",
     "push_run",
     "read_population_file",
     "resolve_members",
-    "run",
+    "resolve_reference",
     "upload_plan",
 ]
+
+_PUSH = {"PlannedFile", "PushError", "push_run", "upload_plan"}
+
+
+def __getattr__(name):
+    if name in __all__:
+        module = f"{__name__}.push" if name in _PUSH else "star_merge.references"
+        return getattr(importlib.import_module(module), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,18 +1,11 @@
-"""The model card of a run's BMA wrapper (``RUN_DIR/bma/README.md``); the star's card is :mod:`.model_card`."""
+"""The model card of a run's BMA wrapper (``RUN_DIR/bma/README.md``); the star's card is :mod:`.model_card`, what both share :mod:`.cards`."""
 
 from __future__ import annotations
 
 import os
 
 from ..rundir import RunPaths
-from .model_card import (
-    TAGS,
-    _citation,
-    _member_rows,
-    _merge,
-    _new_or_existing,
-    _read_json,
-)
+from .cards import TAGS, citation, member_rows, merge_card, new_or_existing, read_json
 
 __all__ = ["build_bma_card"]
 
@@ -29,8 +22,8 @@ def build_bma_card(
     paths = RunPaths(run_dir)
     run_dir = paths.path
     bma_dir = paths.bma_path
-    config = _read_json(os.path.join(bma_dir, "config.json"))
-    manifest = _read_json(paths.manifest_path)
+    config = read_json(os.path.join(bma_dir, "config.json"))
+    manifest = read_json(paths.manifest_path)
     name = repo_id or f"{os.path.basename(run_dir)}-bma"
     auto_map = config.get("auto_map") or {}
     auto_cls = next((k for k in auto_map if k.startswith("AutoModel")), None) or "AutoModel"
@@ -67,15 +60,15 @@ def build_bma_card(
         "",
         "## Population",
         "",
-        *_member_rows(manifest),
+        *member_rows(manifest),
         "",
-        *_citation(),
+        *citation(),
     ]
-    card = _new_or_existing(existing)
+    card = new_or_existing(existing)
     updates = {
         "library_name": "transformers" if auto_map else "star-merge",
         "license": license,
         "base_model": star_repo_id,
         "model_name": name,
     }
-    return _merge(card, "\n".join(text), updates, TAGS + ["bayesian-model-averaging"])
+    return merge_card(card, "\n".join(text), updates, TAGS + ["bayesian-model-averaging"])

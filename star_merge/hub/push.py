@@ -13,21 +13,19 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
-from .bma_card import build_bma_card
-from .model_card import build_model_card
-from ..argparsing import add_command, positional
+from .model_card import run_cards
 from ..errors import UserError
 from ..finite import check_finite_checkpoint
 from ..rundir import RunPaths
 from .sanitize import is_publishable, publish_size, sanitize_json_text, sanitize_text
-from .sources import PICKLE_SUFFIXES
+from ..modeling import PICKLE_SUFFIXES
 
-__all__ = ["PlannedFile", "PushArguments", "PushError", "make_parser", "push_run", "run", "upload_plan"]
+__all__ = ["PlannedFile", "PushError", "human_size", "push_run", "upload_plan"]
 
 logger = logging.getLogger(__name__)
+
 
 class PushError(UserError, RuntimeError):
     """Publishing a run failed or cannot start; the message says what to fix or how to retry."""
@@ -101,20 +99,9 @@ def _render_cards(run_dir: str, repo_id: str, bma_repo_id: str | None, license: 
 
 
 def _cards(run_dir: str, repo_id: str, bma_repo_id: str | None, license: str) -> dict[str, str]:
-    cards = {
-        repo_id: str(build_model_card(run_dir, repo_id=repo_id, license=license, existing=RunPaths(run_dir).card_path))
-    }
-    if bma_repo_id:
-        cards[bma_repo_id] = str(
-            build_bma_card(
-                run_dir,
-                repo_id=bma_repo_id,
-                star_repo_id=repo_id,
-                license=license,
-                existing=RunPaths(run_dir).bma_card_path,
-            )
-        )
-    return cards
+    """repo id -> the card uploaded to it (the run's cards, :func:`.model_card.run_cards`)."""
+    cards = run_cards(run_dir, repo_id=repo_id, bma_repo_id=bma_repo_id, license=license, bma=bool(bma_repo_id))
+    return {repo: str(card) for repo, card in zip([repo_id, bma_repo_id], cards.values())}
 
 
 def _plan(run_dir: str, repo_id: str, bma_repo_id: str | None, license: str) -> tuple[list[PlannedFile], dict[str, str]]:
@@ -247,49 +234,10 @@ def push_run(
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def _human(size: int) -> str:
+def human_size(size: int) -> str:
     value = float(size)
     for unit in ("B", "KB", "MB", "GB"):
         if value < 1024 or unit == "GB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TB"
-
-
-@dataclass
-class PushArguments:
-    """``star-merge push RUN_DIR --repo-id org/name``."""
-
-    run_dir: str = positional("RUN_DIR", "a run directory written by recipes/star.py")
-    repo_id: str = field(metadata={"help": "Hub repo for the star, org/name"})
-    bma_repo_id: str | None = field(default=None, metadata={"help": "Hub repo for the BMA wrapper"})
-    private: bool = field(default=False, metadata={"help": "create new repos as private"})
-    revision: str | None = field(default=None, metadata={"help": "branch to commit to (created if missing)"})
-    license: str = field(default="apache-2.0", metadata={"help": "license in the model card metadata"})
-    dry_run: bool = field(default=False, metadata={"help": "print what would be uploaded; upload nothing"})
-
-
-def make_parser(subparsers):
-    """Add ``star-merge push`` to a ``star-merge`` subparsers object; its handler is :func:`run`."""
-    return add_command(subparsers, "push", [PushArguments], run,
-                       help="publish a run's star model (and BMA wrapper) to the Hugging Face Hub",
-                       description="Upload RUN_DIR/star with its model card, plots and report.json to --repo-id (one commit), and "
-                       "RUN_DIR/bma to --bma-repo-id. Authenticate with `hf auth login` or HF_TOKEN.")
-
-
-def run(args: PushArguments) -> int:
-    """Handler of ``star-merge push``; errors propagate (star_merge.cli prints them as one line)."""
-    result = push_run(**asdict(args))
-    if args.dry_run:
-        repos = sorted({f.repo_id for f in result["files"]}, key=[f.repo_id for f in result["files"]].index)
-        for repo in repos:
-            files = [f for f in result["files"] if f.repo_id == repo]
-            total = sum(f.size for f in files)
-            print(f"{repo}: {len(files)} files, {_human(total)} (dry run, nothing uploaded)")
-            for f in files:
-                source = f.local_path if f.local_path is not None else "(model card, generated)"
-                print(f"  {f.path_in_repo:<40} {_human(f.size):>10}  {source}")
-        return 0
-    for repo, url in result["commits"].items():
-        print(f"pushed {repo}: {url}")
-    return 0

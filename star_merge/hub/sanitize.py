@@ -14,16 +14,16 @@ import logging
 import os
 import re
 
+from ..processing import is_processor_file
+from ..rundir import path_in_run
+
 __all__ = ["STAR_FILES", "is_publishable", "publish_size", "sanitize_json_text", "sanitize_text"]
 
 logger = logging.getLogger(__name__)
 
-_PROCESSOR = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
-              "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
-              "chat_template.jinja", "preprocessor_config.json", "processor_config.json")
-#: Files a run writes into star/ (and bma/, which adds its code files); anything else is not published.
-STAR_FILES = ("config.json", "generation_config.json", "training_info.json", "model.safetensors.index.json",
-              *_PROCESSOR)
+#: Files a run writes into star/ (and bma/, which adds its code files) besides its weights and processor files
+#: (:func:`star_merge.processing.is_processor_file`); anything else is not published.
+STAR_FILES = ("config.json", "generation_config.json", "training_info.json", "model.safetensors.index.json")
 _WEIGHTS = re.compile(r"^model(-\d+-of-\d+)?\.safetensors$")
 _BMA_CODE = ("configuration_star_bma.py", "modeling_star_bma.py", "common.py", "mlp.py", "cnn1d.py")
 
@@ -33,7 +33,7 @@ def is_publishable(path: str, rel: str, bma: bool) -> bool:
     if os.path.islink(path) or not os.path.isfile(path):
         logger.warning("not publishing %s: not a regular file (symlinks are never uploaded)", path)
         return False
-    if rel in STAR_FILES or _WEIGHTS.match(rel) or (bma and rel in _BMA_CODE):
+    if rel in STAR_FILES or ("/" not in rel and is_processor_file(rel)) or _WEIGHTS.match(rel) or (bma and rel in _BMA_CODE):
         return True
     logger.warning("not publishing %s: not a file star-merge writes there", path)
     return False
@@ -46,8 +46,9 @@ def _clean(value, run_dir: str):
     if isinstance(value, list):
         return [_clean(v, run_dir) for v in value]
     if isinstance(value, str) and os.path.isabs(value) and "\n" not in value:
-        if value == run_dir or value.startswith(run_dir + os.sep):
-            return os.path.relpath(value, run_dir)
+        inside = path_in_run(value, run_dir)
+        if inside is not None:
+            return inside
         return os.path.basename(value.rstrip(os.sep)) or "."
     return value
 

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from ..spec import PermutationSpec, SpecError
 from .solvers import solve
 from .weight_matching import MatchingResult
+from ..errors import UserError
 
 __all__ = ["activation_matching"]
 
@@ -101,7 +102,7 @@ def activation_matching(
     perm, objective = {}, 0.0
     for p in sorted(sites):
         if stats[p].n == 0:
-            raise ValueError("the dataloader yielded no batches; activation matching needs data")
+            raise UserError("the dataloader yielded no batches; activation matching needs data")
         corr = stats[p].correlation().cpu().numpy()
         corr = np.nan_to_num(corr)
         col = solve(corr, "scipy")

@@ -1,16 +1,106 @@
-"""Many-model alignment: bring a population into the permutation frame of one reference."""
+"""Aligning models: one model to another (:func:`align`, the one way every caller aligns two checkpoints), and
+a population to one reference (:func:`align_population`)."""
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from ..spec import PermutationSpec, apply_permutation
+from .activation_matching import activation_matching
 from .weight_matching import MatchingResult, weight_matching
 
-__all__ = ["align_population"]
+__all__ = ["ALIGN_METHODS", "AlignmentError", "AlignmentRecord", "align", "align_population"]
+
+#: How B can be aligned to A: weight matching, activation matching over data, or not at all.
+ALIGN_METHODS = ("weight", "activation", "none")
+
+
+class AlignmentError(UserError):
+    """An alignment cannot be done as asked (unknown method, activation matching without sites or data)."""
+
+
+@dataclass
+class AlignmentRecord:
+    """How B was aligned: the method, and (unless ``none``) the matching result (``perm`` maps B to A's frame)."""
+
+    method: str
+    result: MatchingResult | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.result is None:
+            return {"method": self.method}
+        return {"method": self.method, "objective": self.result.objective, "iterations": self.result.iterations}
+
+
+def _cpu_state_dict(model_or_sd, clone: bool) -> dict[str, torch.Tensor]:
+    sd = model_or_sd.state_dict() if isinstance(model_or_sd, torch.nn.Module) else model_or_sd
+    return {k: (v.detach().cpu().clone() if clone else v.detach().cpu()) for k, v in sd.items()}
+
+
+def _activation_sites(model) -> Mapping[str, str]:
+    sites = getattr(model, "activation_sites", None)
+    try:
+        sites = sites() if callable(sites) else None
+    except NotImplementedError:
+        sites = None
+    if sites is None:
+        config = getattr(model, "config", None)
+        name = getattr(config, "model_type", None) or type(model).__name__
+        raise AlignmentError(
+            f"method 'activation' needs a model that exposes activation_sites() (the built-in star models); "
+            f"{name} does not. Use method 'weight'"
+        )
+    return sites
+
+
+def _as_batches(data) -> Iterable[Mapping[str, torch.Tensor]]:
+    """``data`` as an iterable of input batches: a DataLoader-like iterable, or a map-style dataset."""
+    if isinstance(data, torch.utils.data.Dataset) or hasattr(data, "column_names"):
+        return torch.utils.data.DataLoader(data, batch_size=256)
+    return data
+
+
+def align(
+    spec: PermutationSpec | None,
+    a,
+    b,
+    method: str = "weight",
+    *,
+    data=None,
+    seed: int = 0,
+    init_perm: Mapping[str, torch.Tensor] | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, torch.Tensor], AlignmentRecord]:
+    """B's state dict permuted into A's frame (on the CPU), and the record of how.
+
+    ``a``, ``b``: models, or state dicts for weight matching. ``spec``: ``None`` takes A's (:func:`spec_for`).
+    ``method``: ``weight`` (weight matching with ``seed``, warm-started from ``init_perm``), ``activation``
+    (activation matching over ``data``, batches of model inputs or a dataset; models with
+    ``activation_sites()``) or ``none`` (B as it is).
+    """
+    if method not in ALIGN_METHODS:
+        raise AlignmentError(f"unknown alignment method {method!r}; use one of {', '.join(ALIGN_METHODS)}")
+    sd_b = _cpu_state_dict(b, clone=True)
+    if method == "none":
+        return sd_b, AlignmentRecord("none")
+    if spec is None:
+        from ..adapters import spec_for
+
+        spec = spec_for(a)
+    if method == "weight":
+        result = weight_matching(spec, _cpu_state_dict(a, clone=False), sd_b, seed=seed, init_perm=init_perm)
+    else:
+        sites = _activation_sites(a)
+        if data is None:
+            raise AlignmentError("method 'activation' needs data: pass data= (batches of model inputs or a dataset)")
+        result = activation_matching(spec, a, b, _as_batches(data), sites=sites, progress=progress)
+    return apply_permutation(spec, result.perm, sd_b), AlignmentRecord(method, result)
 
 
 def align_population(

@@ -19,6 +19,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from ..errors import UserError
 from ..spec import PermutationSpec
 from .solvers import solve_group
 from .terms import TermCache, group_kind, neighbours, to_blocks
@@ -133,7 +134,7 @@ def sweep_order(order: str, perm_names: list[str], classes: list[list[str]] | No
 
 def check_order(order: str) -> None:
     if order not in ORDERS:
-        raise ValueError(f"matching order {order!r} is not one of {', '.join(ORDERS)}")
+        raise UserError(f"matching order {order!r} is not one of {', '.join(ORDERS)}")
 
 
 class _Schedule:

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from ..errors import UserError
+
 __all__ = ["SOLVERS", "GROUP_KINDS", "available_solvers", "check_solver", "solve", "solve_batch", "solve_batches",
            "pick_solver", "pad_problems", "is_permutation", "solve_group"]
 
@@ -65,11 +67,11 @@ def available_solvers() -> list[str]:
 def check_solver(name: str) -> None:
     """Fail with one line naming the fix when ``name`` is unknown or its package is missing."""
     if name not in SOLVERS:
-        raise ValueError(f"matching solver {name!r} is not one of {', '.join(SOLVERS)}")
+        raise UserError(f"matching solver {name!r} is not one of {', '.join(SOLVERS)}")
     if name == "lapjv" and not _has("lap"):
-        raise ValueError("matching solver 'lapjv' needs the lap package: pip install lap (or use --matching_solver auto)")
+        raise UserError("matching solver 'lapjv' needs the lap package: pip install lap (or use --matching_solver auto)")
     if name == "cuda" and not _has("torch_linear_assignment"):
-        raise ValueError(
+        raise UserError(
             "matching solver 'cuda' needs torch-linear-assignment: pip install torch-linear-assignment "
             "(or use --matching_solver auto)"
         )
@@ -113,7 +115,7 @@ def solve(cost: np.ndarray, solver: str = "scipy") -> np.ndarray:
     if solver == "cuda":  # one problem: on the GPU when there is one (else torch-linear-assignment's scipy)
         t = torch.as_tensor(cost)[None]
         return solve_batch(t.cuda() if torch.cuda.is_available() else t, "cuda")[0].cpu().numpy()
-    raise ValueError(f"matching solver {solver!r} is not one of {', '.join(SOLVERS)}")
+    raise UserError(f"matching solver {solver!r} is not one of {', '.join(SOLVERS)}")
 
 
 def solve_batch(costs: torch.Tensor, solver: str = "scipy") -> torch.Tensor:
@@ -222,7 +224,7 @@ def solve_group(kind: str, costs: dict, currents: dict, solver: str = "auto", to
     """
     if kind == "permutation":
         return _assign_round(costs, currents, solver, tol, on_device, stats, started)
-    raise ValueError(f"no solver for group kind {kind!r}; known kinds: {', '.join(GROUP_KINDS)}")
+    raise UserError(f"no solver for group kind {kind!r}; known kinds: {', '.join(GROUP_KINDS)}")
 
 
 def _shortcuts(costs, currents, stats, started):

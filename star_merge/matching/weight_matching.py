@@ -33,6 +33,7 @@ from typing import Mapping
 
 import torch
 
+from ..errors import UserError
 from ..spec import PermutationSpec, SpecError, identity_permutation, permute_tensor
 from .descent import ORDERS, DescentOptions, DescentStats, MatchingProblem, check_order, colour_classes, descend
 from .solvers import check_solver, is_permutation, pick_solver, solve
@@ -232,7 +233,7 @@ def weight_matching(
     if validate:
         check_state_dicts(spec, sd_a, sd_b)
     if max_iter < 1:
-        raise ValueError("max_iter must be >= 1")
+        raise UserError("max_iter must be >= 1")
     check_solver(solver)
     check_order(order)
     names, problem, perm = _prepare(spec, sd_a, sd_b, init_perm, cache_elements)

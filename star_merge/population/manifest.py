@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, is_dataclass
 
+from ..errors import UserError
+
 __all__ = ["member_settings", "first_difference", "read_json"]
 
 _VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "_commit_hash", "dtype", "torch_dtype")  # set by loading
@@ -21,7 +23,7 @@ def read_json(path: str) -> dict:
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); restore it or delete it to recreate it") from None
+        raise UserError(f"{path} is not valid JSON ({e}); restore it or delete it to recreate it") from None
 
 
 def member_settings(model_config, train_args, data: dict | None, seed: int) -> dict:

@@ -11,6 +11,7 @@ from ..modeling import build_model
 from ..rundir import Member
 from .manifest import first_difference, member_settings, read_json
 from .training import TrainArguments, save_checkpoint, train_classifier
+from ..errors import UserError
 
 __all__ = ["train_population", "HELD_OUT_SEED_OFFSET", "member_is_complete"]
 
@@ -42,9 +43,9 @@ def train_population(
     with ``retrain_stale``, the member is retrained. Each member is written atomically (temp folder + rename).
     """
     if num_anchors < 1:
-        raise ValueError("the population needs at least one anchor (num_anchors >= 1)")
+        raise UserError("the population needs at least one anchor (num_anchors >= 1)")
     if num_held_out < 0:
-        raise ValueError("num_held_out must be >= 0")
+        raise UserError("num_held_out must be >= 0")
     plan = [(f"anchor-{i:02d}", "anchor", seed + i) for i in range(num_anchors)]
     plan += [(f"held-out-{j:02d}", "held-out", seed + HELD_OUT_SEED_OFFSET + j) for j in range(num_held_out)]
     members = []
@@ -58,7 +59,7 @@ def train_population(
             stale = first_difference(stored, {k: wanted[k] for k in stored} if "population_settings" not in info
                                      else wanted)
             if stale and not retrain_stale:
-                raise ValueError(f"{path} cannot be reused ({stale}); pass --overwrite_output_dir to retrain it, "
+                raise UserError(f"{path} cannot be reused ({stale}); pass --overwrite_output_dir to retrain it, "
                                  "or use another --population_dir")
         if not member_is_complete(path) or stale:
             model = build_model(model_config, member_seed)

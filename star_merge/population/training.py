@@ -11,8 +11,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import make_dataloader
-from ..evaluation.engine import evaluate_loss_accuracy, reset_bn_stats
-from ..modeling import build_model, set_seed
+from ..batchnorm import reset_bn_stats
+from ..evaluation.engine import evaluate_loss_accuracy
+from ..modeling import build_model
+from ..seeding import set_seed
+from ..errors import UserError
 
 __all__ = ["TrainArguments", "train_classifier", "build_model", "save_checkpoint", "set_seed", "make_optimizer"]
 
@@ -30,9 +33,9 @@ class TrainArguments:
 
     def __post_init__(self):
         if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+            raise UserError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.lr_scheduler_type not in ("cosine", "constant"):
-            raise ValueError(f"lr_scheduler_type must be 'cosine' or 'constant', got {self.lr_scheduler_type!r}")
+            raise UserError(f"lr_scheduler_type must be 'cosine' or 'constant', got {self.lr_scheduler_type!r}")
 
 
 def make_optimizer(params, name: str, lr: float, weight_decay: float):
@@ -93,7 +96,7 @@ def save_checkpoint(model, output_dir: str, extra_json: dict | None = None, over
     if os.path.exists(output_dir):
         if not overwrite:
             raise FileExistsError(f"{output_dir} already exists; pass overwrite=True to replace it")
-    from ..rundir import atomic_folder
+    from ..io import atomic_folder
 
     with atomic_folder(output_dir) as tmp:
         model.save_pretrained(tmp)

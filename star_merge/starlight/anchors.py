@@ -1,7 +1,7 @@
 """The anchors a :class:`~star_merge.starlight.StarlightTrainer` accepts, turned into (name, loader) pairs.
 
 Accepted forms (mixable): checkpoint folders, Hub ids (``org/name[@revision]``) and population files (all
-resolved with :func:`star_merge.hub.resolve_members`), ``PreTrainedModel`` objects, ``(name, state_dict)`` and
+resolved with :func:`star_merge.references.resolve_members`), ``PreTrainedModel`` objects, ``(name, state_dict)`` and
 ``(name, zero-argument loader)`` pairs. Loaders are called one at a time, so a caller never needs all N state
 dicts in memory at once.
 """
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from ..errors import UserError
 
 __all__ = ["AnchorSource", "anchors_config", "normalize_anchors", "population_dtype"]
 
@@ -47,7 +49,7 @@ def normalize_anchors(anchors: Sequence[Any]) -> list[AnchorSource]:
     for item in anchors:
         name = f"anchor-{len(out):02d}"
         if isinstance(item, str):
-            from ..hub import resolve_members
+            from ..references import resolve_members
 
             for m in resolve_members([item], role="anchor", progress=False):
                 out.append(_from_path(m.path, f"anchor-{len(out):02d}"))
@@ -71,7 +73,7 @@ def normalize_anchors(anchors: Sequence[Any]) -> list[AnchorSource]:
     names = [a.name for a in out]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
-        raise ValueError(f"two anchors are named {dup!r}; give each (name, state_dict) pair its own name")
+        raise UserError(f"two anchors are named {dup!r}; give each (name, state_dict) pair its own name")
     return out
 
 

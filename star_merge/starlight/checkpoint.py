@@ -13,6 +13,7 @@ import os
 import torch
 
 from .rotation import STATE_FILE, find_latest_checkpoint
+from ..errors import UserError
 
 __all__ = ["StarlightState", "find_latest_checkpoint"]
 
@@ -38,7 +39,8 @@ class StarlightState:
     def save(self, folder: str, scheduler, theta: torch.Tensor) -> None:
         from safetensors.torch import save_file
 
-        from ..rundir import atomic_write_json, save_permutations
+        from ..io import atomic_write_json
+        from ..rundir import save_permutations
 
         save_file({"theta": theta.detach().contiguous().cpu()}, os.path.join(folder, self.THETA_NAME))
         save_permutations(os.path.join(folder, self.PERMS_NAME), self.perms)
@@ -66,6 +68,6 @@ class StarlightState:
         scheduler.load_state_dict({**scheduler.state_dict(), **d["scheduler"]})
         saved = load_file(os.path.join(folder, self.THETA_NAME))["theta"]
         if saved.shape != theta.shape:
-            raise ValueError(f"{folder} holds a star of {saved.numel()} parameters, this model has {theta.numel()}")
+            raise UserError(f"{folder} holds a star of {saved.numel()} parameters, this model has {theta.numel()}")
         with torch.no_grad():
             theta.copy_(saved)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..errors import UserError
+
 
 @dataclass
 class StarlightConfig:
@@ -80,29 +82,29 @@ class StarlightConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+                raise UserError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
         positive = ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
                     "gradient_accumulation_steps", "logging_steps", "matching_max_iter")
         for name in positive:
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.align_every < 0:
-            raise ValueError("align_every must be >= 0 (0 = never re-align)")
+            raise UserError("align_every must be >= 0 (0 = never re-align)")
         if self.learning_rate <= 0:
-            raise ValueError("learning_rate must be > 0")
+            raise UserError("learning_rate must be > 0")
         if self.star_ce_weight < 0:
-            raise ValueError("star_ce_weight must be >= 0")
+            raise UserError("star_ce_weight must be >= 0")
         if not 0.0 <= self.t_constant <= 1.0:
-            raise ValueError("t_constant must lie in [0, 1]")
+            raise UserError("t_constant must lie in [0, 1]")
         if self.t_beta <= 0:
-            raise ValueError("t_beta must be > 0")
+            raise UserError("t_beta must be > 0")
         if self.checkpointing_steps is not None and self.checkpointing_steps < 1:
-            raise ValueError("checkpointing_steps must be >= 1")
+            raise UserError("checkpointing_steps must be >= 1")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
-            raise ValueError(f"checkpoints_total_limit must be >= 1 (the newest checkpoint is always kept), got "
+            raise UserError(f"checkpoints_total_limit must be >= 1 (the newest checkpoint is always kept), got "
                              f"{self.checkpoints_total_limit}")
         if self.init.startswith("anchor:") and not self.init.split(":", 1)[1].isdigit():
-            raise ValueError(f"init={self.init!r}: write anchor:K with K an anchor index (0, 1, ...)")
+            raise UserError(f"init={self.init!r}: write anchor:K with K an anchor index (0, 1, ...)")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+from ..errors import UserError
 
 __all__ = ["STATE_FILE", "complete_checkpoints", "find_latest_checkpoint", "set_aside_torn", "save_checkpoint_state", "resume_with_fallback",
            "set_aside"]
@@ -133,7 +134,7 @@ def resume_with_fallback(accelerator, folder: str, requested: str, load, reset) 
         except Exception as e:  # noqa: BLE001  (any unreadable file: fall back to the previous checkpoint)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if requested != "latest":
-                raise ValueError(f"--resume_from_checkpoint {path} cannot be loaded ({first}); "
+                raise UserError(f"--resume_from_checkpoint {path} cannot be loaded ({first}); "
                                  "use --resume_from_checkpoint latest or another checkpoint") from None
             acc.wait_for_everyone()
             if acc.is_main_process:
@@ -142,7 +143,7 @@ def resume_with_fallback(accelerator, folder: str, requested: str, load, reset) 
             acc.wait_for_everyone()
             reset()
     if candidates:
-        raise ValueError(f"--resume_from_checkpoint latest: no checkpoint under {folder} can be loaded (each was "
+        raise UserError(f"--resume_from_checkpoint latest: no checkpoint under {folder} can be loaded (each was "
                          "moved aside as corrupt-checkpoint_N); start again with --overwrite_output_dir")
     logger.warning("--resume_from_checkpoint latest: no usable checkpoint under %s yet; training starts from "
                    "the beginning", folder)

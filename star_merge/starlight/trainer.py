@@ -26,10 +26,12 @@ from tqdm.auto import tqdm
 from .._faults import fault_point
 from ..adapters import spec_for
 from ..data import make_dataloader, set_data_epoch, without_augmentation
-from ..evaluation.engine import has_batchnorm, reset_bn_stats
+from ..batchnorm import has_batchnorm, reset_bn_stats
+from ..errors import UserError
 from ..matching.population import BackgroundAlignment, align_slice
 from ..modeling import build_model
 from ..rundir import RunPaths
+from ..seeding import beta_from_uniform, mix_seed
 from ..spec import apply_permutation, compose_permutations
 from ..population.training import make_optimizer, make_scheduler
 from .accelerator import make_accelerator
@@ -38,7 +40,6 @@ from .checkpoint import StarlightState
 from .config import StarlightConfig
 from .flat import FlatBoundModel, FlatLayout, FlatStar
 from .rotation import resume_with_fallback, save_checkpoint_state
-from .sampling import beta_from_uniform, mix_seed
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +89,9 @@ class StarlightTrainer:
             raise TypeError(f"args must be a StarlightConfig, got {type(args).__name__}")
         sources = normalize_anchors(anchors)
         if len(sources) < 1:
-            raise ValueError("Starlight needs at least one anchor model")
+            raise UserError("Starlight needs at least one anchor model")
         if train_dataset is None:
-            raise ValueError("StarlightTrainer needs a train_dataset (model inputs + labels)")
+            raise UserError("StarlightTrainer needs a train_dataset (model inputs + labels)")
         self.args = args
         self.anchor_names = [s.name for s in sources]
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
@@ -124,7 +125,7 @@ class StarlightTrainer:
             return model
         config = model if model is not None else anchors_config(sources)
         if config is None:
-            raise ValueError(
+            raise UserError(
                 "cannot tell the star's architecture: pass model= (a PreTrainedModel or its config) when the "
                 "anchors are bare (name, state_dict) pairs"
             )
@@ -145,10 +146,10 @@ class StarlightTrainer:
             try:
                 self.spec.subset(sd.keys()).validate(sd)
             except ValueError as e:
-                raise ValueError(f"anchor {src.name}: {e}") from None
+                raise UserError(f"anchor {src.name}: {e}") from None
             missing = set(self.layout.names) - set(sd)
             if missing:
-                raise ValueError(f"anchor {src.name} lacks parameter {sorted(missing)[0]!r}; is it the same architecture?")
+                raise UserError(f"anchor {src.name} lacks parameter {sorted(missing)[0]!r}; is it the same architecture?")
             matrix[i].copy_(self.layout.flatten(sd, dtype=matrix.dtype))
         return matrix
 
@@ -159,13 +160,13 @@ class StarlightTrainer:
         if init == "anchor" or init.startswith("anchor:"):
             k = int(init.split(":", 1)[1]) if ":" in init else 0
             if not 0 <= k < len(self.anchors):
-                raise ValueError(f"init={init!r}: there are only {len(self.anchors)} anchors")
+                raise UserError(f"init={init!r}: there are only {len(self.anchors)} anchors")
             self.model.load_state_dict(self.layout.views(self.anchors[k].cpu()), strict=False)
             return
         from ..modeling import load_checkpoint
 
         if not os.path.isdir(init):
-            raise ValueError(f"init={init!r} is neither 'random', 'anchor[:K]' nor a checkpoint folder")
+            raise UserError(f"init={init!r} is neither 'random', 'anchor[:K]' nor a checkpoint folder")
         self.model.load_state_dict(load_checkpoint(init).state_dict())
 
     # ------------------------------------------------------------------ pieces of a step

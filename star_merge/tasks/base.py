@@ -13,16 +13,18 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from ..discovery import import_submodules
 from ..errors import UserError
+from .labels import LABEL_KEYS, check_labels
 
-__all__ = ["Task", "TaskError", "register_task", "task_for", "available_tasks", "LABEL_KEYS", "STANDARD_INPUTS"]
+__all__ = ["Task", "TaskError", "register_task", "register_pipeline_tag", "pipeline_tag_for", "task_for",
+           "available_tasks", "task_of", "LABEL_KEYS", "STANDARD_INPUTS"]
 
-# Batch keys that are targets, never model inputs (the loss is computed by the task, not the model).
-LABEL_KEYS = ("labels", "label", "label_ids")
 
 _TASKS: dict[str, "Task"] = {}
 _SUFFIXES: list[tuple[str, str]] = []  # (architecture suffix, task name)
 _ARCHITECTURES: dict[str, str] = {}  # exact architecture name -> task name
+_PIPELINE_TAGS: list[tuple[str, str]] = []  # (architecture suffix, Hub pipeline tag) where the task's tag is not it
 
 
 class TaskError(UserError):
@@ -45,8 +47,6 @@ class Task:
 
     def check_dataset(self, dataset, config) -> None:
         """Raise a one-line DatasetError when the prepared dataset does not fit the model (default: labels)."""
-        from ..data import check_labels
-
         check_labels(dataset, config.num_labels)
 
     @property
@@ -111,20 +111,29 @@ def register_task(task: Task, suffixes: tuple[str, ...] = (), architectures: tup
     return task
 
 
+def register_pipeline_tag(suffix: str, tag: str) -> None:
+    """The Hub pipeline tag of architectures ending in ``suffix``, where it is not their task's (or no task fits)."""
+    _PIPELINE_TAGS.append((suffix, tag))
+
+
+def pipeline_tag_for(architecture: str | None) -> str | None:
+    """The Hub pipeline tag of an architecture, from the one table of architecture suffixes (None if unknown)."""
+    _load_builtin_tasks()
+    arch = architecture or ""
+    for suffix, tag in _PIPELINE_TAGS:
+        if arch.endswith(suffix):
+            return tag
+    return next((_TASKS[name].pipeline_tag for suffix, name in _SUFFIXES if arch.endswith(suffix)), None)
+
+
 def available_tasks() -> list[str]:
     _load_builtin_tasks()
     return sorted(_TASKS)
 
 
 def _load_builtin_tasks() -> None:
-    import importlib
-    import pkgutil
-
-    from .. import tasks as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name != "base":
-            importlib.import_module(f"{package.__name__}.{info.name}")
+    """Import every task module of this folder; importing one registers its tasks."""
+    import_submodules(__package__, __file__, skip=("base", "labels"))
 
 
 def task_for(config_or_model=None, name: str | None = None) -> Task:
@@ -157,6 +166,15 @@ def task_for(config_or_model=None, name: str | None = None) -> Task:
         f"cannot tell the task of architecture {arch!r} (model_type {getattr(config, 'model_type', None)!r}); "
         f"name it with --task ({', '.join(sorted(_TASKS))})"
     )
+
+
+def task_of(model, task: Task | None = None) -> Task:
+    """``task``, else the model's (a plain ``nn.Module`` without an HF config is scored as a classifier)."""
+    if task is not None:
+        return task
+    if getattr(model, "config", None) is None:
+        return task_for(name="sequence-classification")
+    return task_for(model)
 
 
 class _Named:  # a stand-in config naming one architecture

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .base import Task, register_task
+from .base import Task, register_pipeline_tag, register_task
 
 __all__ = ["ClassificationTask", "SEQUENCE_CLASSIFICATION", "IMAGE_CLASSIFICATION"]
 
@@ -76,6 +76,8 @@ SEQUENCE_CLASSIFICATION = register_task(
     suffixes=("ForSequenceClassification", "ForAudioClassification"),
     architectures=("StarMLPForClassification", "StarCNN1dForClassification"),
 )
+register_pipeline_tag("ForAudioClassification", "audio-classification")  # scored as sequence classification
+register_pipeline_tag("ForTokenClassification", "token-classification")  # no star-merge task; the card still says it
 IMAGE_CLASSIFICATION = register_task(
     ClassificationTask("image-classification", "image-classification", "image-classification"),
     suffixes=("ForImageClassification",),

@@ -84,7 +84,7 @@ class ImageTransform:
     def _augment(self, image, index: int):
         from PIL import ImageOps
 
-        from ..starlight.sampling import mix_seed
+        from ..seeding import mix_seed
 
         rng = random.Random(mix_seed(self.seed, self.epoch, index))
         if min(image.size) <= SMALL_IMAGE:

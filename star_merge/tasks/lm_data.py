@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data import DatasetError
+from .labels import DatasetError
 
 __all__ = ["EVAL_EPOCH", "Masking", "MaskingCollator", "check_token_ids", "group_texts", "mask_tokens",
            "prepare_lm_dataset"]
@@ -37,7 +37,7 @@ class Masking:
 
 
 def _block_seed(masking: Masking, epoch: int, ids: torch.Tensor) -> int:
-    from ..starlight.sampling import mix_seed
+    from ..seeding import mix_seed
 
     content = zlib.crc32(np.ascontiguousarray(ids.cpu().numpy().astype(np.int64)).tobytes())
     return mix_seed(masking.seed, epoch + 2, content)

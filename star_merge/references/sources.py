@@ -1,6 +1,6 @@
 """Population sources: what a member can be (``org/name[@rev]``, a folder, a population file), parsed.
 
-The parsed :class:`_Source` records are pinned, checked and downloaded by :mod:`.resolve`.
+The parsed :class:`Source` records are pinned, checked and downloaded by :mod:`.resolve`.
 """
 
 from __future__ import annotations
@@ -14,15 +14,23 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ..errors import UserError
+from ..modeling import PICKLE_SUFFIXES
 
 __all__ = [
+    "COMMIT_SHA",
     "DOWNLOAD_PATTERNS",
-    "PICKLE_SUFFIXES",
     "ROLE_KEYS",
     "PopulationError",
     "ResolvedMember",
     "ResolvedMembers",
     "parse_source",
+    "Source",
+    "cache_root",
+    "check_weight_files",
+    "expand_sources",
+    "first_line",
+    "offline_hint",
+    "parallel_map",
     "read_population_file",
 ]
 
@@ -38,8 +46,7 @@ DOWNLOAD_PATTERNS = [
     "*.tiktoken",
     "*.jinja",
 ]
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 ROLE_KEYS = {"anchor": ("anchors", "anchor"), "held-out": ("held_out", "held-out", "heldout")}
 
 T = TypeVar("T")
@@ -80,7 +87,7 @@ class ResolvedMembers(list):
 
 
 @dataclass
-class _Source:
+class Source:
     source: str
     repo_id: str | None = None
     revision: str | None = None  # as written (branch, tag or sha); None = default branch
@@ -167,10 +174,10 @@ def read_population_file(path: str, role: str = "anchor") -> list[str]:
     return [e.strip() for e in entries]
 
 
-def _expand(sources: Sequence[str] | str, role: str) -> list[_Source]:
+def expand_sources(sources: Sequence[str] | str, role: str) -> list[Source]:
     if isinstance(sources, str):
         sources = [sources]
-    out: list[_Source] = []
+    out: list[Source] = []
     for src in sources:
         if isinstance(src, os.PathLike):
             src = os.fspath(src)
@@ -179,17 +186,17 @@ def _expand(sources: Sequence[str] | str, role: str) -> list[_Source]:
             base = os.path.dirname(pop_file)
             for entry in read_population_file(pop_file, role):
                 repo_id, revision, path = parse_source(entry, base)
-                out.append(_Source(entry, repo_id, revision, path))
+                out.append(Source(entry, repo_id, revision, path))
         else:
             repo_id, revision, path = parse_source(src)
-            out.append(_Source(src.strip(), repo_id, revision, path))
+            out.append(Source(src.strip(), repo_id, revision, path))
     if not out:
         raise PopulationError(f"no {role} models given; pass Hub ids, folders or a population file")
     return out
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _parallel(fn: Callable[[T], R], items: Sequence[T], max_workers: int) -> list[R]:
+def parallel_map(fn: Callable[[T], R], items: Sequence[T], max_workers: int) -> list[R]:
     """``[fn(x) for x in items]`` on a thread pool; the first failure (in input order) is raised."""
     if len(items) <= 1 or max_workers <= 1:
         return [fn(x) for x in items]
@@ -198,12 +205,12 @@ def _parallel(fn: Callable[[T], R], items: Sequence[T], max_workers: int) -> lis
         return [f.result() for f in futures]
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def _check_weight_files(label: str, files: Iterable[str]) -> None:
+def check_weight_files(label: str, files: Iterable[str]) -> None:
     files = list(files)
     if any(f.endswith(".safetensors") for f in files):
         return
@@ -216,14 +223,14 @@ def _check_weight_files(label: str, files: Iterable[str]) -> None:
     raise PopulationError(f"{label} has no *.safetensors weights; give a transformers checkpoint saved with save_pretrained")
 
 
-def _offline_hint(repo_id: str) -> str:
+def offline_hint(repo_id: str) -> str:
     return (
         f"check the id, run once with network access (unset HF_HUB_OFFLINE), or pre-download it with "
         f"`hf download {repo_id}`"
     )
 
 
-def _cache_root(cache_dir: str | None) -> str:
+def cache_root(cache_dir: str | None) -> str:
     from huggingface_hub import constants
 
     return os.path.abspath(os.path.expanduser(str(cache_dir or constants.HF_HUB_CACHE)))

@@ -13,20 +13,20 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .. import __version__
-from ..data import (DataArguments, DatasetError, check_labels, load_task_dataset, prepare_dataset, raw_kind,
-                    task_and_processor)
-from ..finite import check_finite_checkpoint
-from ..locking import lock_output_dir, recover_atomic_leftovers
-from ..modeling import load_checkpoint, load_config
-from ..tasks import task_for
-from ..rundir import Member, RunPaths, atomic_write_json, save_permutations
-from ..population import PopulationArguments, save_checkpoint
-from ..processing import population_processor
-from .config import StarlightConfig
-from .rotation import STATE_FILE
-from .trainer import StarlightTrainer
-from ..errors import UserError
+from . import __version__
+from .data import DataArguments, load_task_dataset, prepare_dataset, raw_kind
+from .finite import check_finite_checkpoint
+from .locking import lock_output_dir, recover_atomic_leftovers
+from .modeling import load_checkpoint
+from .population_data import check_input_column, load_population_data
+from .tasks import check_labels, task_for
+from .io import atomic_write_json
+from .rundir import Member, RunPaths, save_permutations
+from .population import PopulationArguments, save_checkpoint
+from .starlight.config import StarlightConfig
+from .starlight.rotation import STATE_FILE
+from .starlight.trainer import StarlightTrainer
+from .errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _clear_results(out: str) -> None:
 
 
 def _resolve_given(pop: PopulationArguments, accelerator):
-    from ..hub import resolve_members
+    from .references import resolve_members
 
     with accelerator.main_process_first():
         anchors = resolve_members(pop.anchors, role="anchor", progress=accelerator.is_main_process)
@@ -148,97 +148,121 @@ def run_starlight_pipeline(
         return _run_locked(config, data_args, pop, run_args, accelerator)
 
 
-def _run_locked(config, data_args, pop, run_args, accelerator) -> dict:
-    from ..population import train_population
+@dataclass
+class _Population:
+    """The run's members and what they read: config, task, processor (and its source), prepared data, collator."""
 
-    paths = RunPaths(config.output_dir)
-    started = time.time()
+    members: list
+    model_config: object
+    task: object
+    processor: object
+    processor_source: str | None
+    dataset: object
+    collator: object
 
-    # ---- the population (given: the task, and a language model's tokenizer, come from the first anchor)
-    if pop.anchors:
-        members = _resolve_given(pop, accelerator)
-        if not pop.held_out:
-            logger.warning("no --held_out models: star<->held-out barriers cannot be measured")
-        model_config = load_config(members[0].path)
-        task, tokenizer = task_and_processor(data_args, members[0].path)  # LMs: text tokenised into blocks
-        with accelerator.main_process_first():
-            dataset = load_task_dataset(data_args, task=task, processor=tokenizer)
-        raw = raw_kind(dataset)
-        task.check_dataset(dataset, model_config)
-        if raw is None:  # raw text / images become the model's inputs in prepare_dataset below
-            check_input_column(dataset, model_config, data_args.dataset_name)
-        processor, processor_source = population_processor(
-            [m.path for m in members], data_args.processor_name_or_path, required=raw is not None or tokenizer is not None)
-    else:
-        with accelerator.main_process_first():
-            dataset = load_task_dataset(data_args)
-        if raw_kind(dataset):
-            raise RunError(f"raw {raw_kind(dataset)} data needs a population that reads it: give --anchors (and "
-                           "--held_out) saved with their tokenizer / image processor")
-        processor = processor_source = None
-        model_config = pop.build_config(num_labels=dataset["train"].features["labels"].num_classes
-                                        if hasattr(dataset["train"].features["labels"], "num_classes") else None)
-        check_labels(dataset, model_config.num_labels)
-        check_input_column(dataset, model_config, data_args.dataset_name)
-        population_dir = pop.population_dir or paths.population_path
-        # Every setting that determines a member is recorded with it and compared before it is reused;
-        # --overwrite_output_dir retrains members whose settings differ, otherwise that is an error.
-        train = functools.partial(train_population, model_config, dataset, population_dir, pop.num_anchors,
-                                  pop.num_held_out, pop.train_args(), seed=pop.population_seed,
-                                  data_settings=data_args.to_dict(), retrain_stale=config.overwrite_output_dir)
-        if accelerator.is_main_process:
-            recover_atomic_leftovers(population_dir)
-            members = train()
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            members = train(progress=False)
-    for m in members:  # NaN/Inf or truncated weights: one line naming the member, before any training
-        check_finite_checkpoint(m.path, f"{m.role} {m.name} ({m.source})")
-    # Anchors are read one at a time into the trainer's anchor matrix (one copy per anchor in memory).
-    anchor_sds = [(m.name, functools.partial(_load_state_dict, m.path)) for m in members if m.role == "anchor"]
+
+def _given_population(config, data_args, pop, accelerator) -> _Population:
+    """Members given as Hub ids / folders: the task, and a language model's tokenizer, come from the first anchor."""
+    members = _resolve_given(pop, accelerator)
+    if not pop.held_out:
+        logger.warning("no --held_out models: star<->held-out barriers cannot be measured")
+    data = load_population_data(data_args, [m.path for m in members], seed=config.seed,
+                                context=accelerator.main_process_first)
+    return _Population(members, data.model_config, data.task, data.processor, data.processor_source, data.dataset,
+                       data.collate_fn)
+
+
+def _builtin_population(config, data_args, pop, accelerator, paths: RunPaths) -> _Population:
+    """The built-in population, trained (or reused, when its recorded settings match) into population/."""
+    from .population import train_population
+
+    with accelerator.main_process_first():
+        dataset = load_task_dataset(data_args)
+    if raw_kind(dataset):
+        raise RunError(f"raw {raw_kind(dataset)} data needs a population that reads it: give --anchors (and "
+                       "--held_out) saved with their tokenizer / image processor")
+    model_config = pop.build_config(num_labels=dataset["train"].features["labels"].num_classes
+                                    if hasattr(dataset["train"].features["labels"], "num_classes") else None)
+    check_labels(dataset, model_config.num_labels)
+    check_input_column(dataset, model_config, data_args.dataset_name)
+    population_dir = pop.population_dir or paths.population_path
+    # Every setting that determines a member is recorded with it and compared before it is reused;
+    # --overwrite_output_dir retrains members whose settings differ, otherwise that is an error.
+    train = functools.partial(train_population, model_config, dataset, population_dir, pop.num_anchors,
+                              pop.num_held_out, pop.train_args(), seed=pop.population_seed,
+                              data_settings=data_args.to_dict(), retrain_stale=config.overwrite_output_dir)
+    if accelerator.is_main_process:
+        recover_atomic_leftovers(population_dir)
+        members = train()
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        members = train(progress=False)
     task = task_for(model_config, name=data_args.task)
     with accelerator.main_process_first():  # tokenised once (the datasets cache serves the other processes)
-        dataset, collator = prepare_dataset(dataset, task, processor, data_args, seed=config.seed)
+        dataset, collator = prepare_dataset(dataset, task, None, data_args, seed=config.seed)
+    return _Population(members, model_config, task, None, None, dataset, collator)
 
-    if accelerator.is_main_process and config.overwrite_output_dir and not config.resume_from_checkpoint:
-        _clear_results(config.output_dir)
-    accelerator.wait_for_everyone()
 
-    trainer = StarlightTrainer(model=model_config, args=config, anchors=anchor_sds, train_dataset=dataset["train"],
-                               eval_dataset=dataset["test"], task=task, accelerator=accelerator,
-                               data_collator=collator)
-    manifest = {
+def _manifest(config, data_args, pop, run_args, population: _Population, trainer, accelerator) -> dict:
+    return {
         "format": "star-merge-run/1",
         "config": config.to_dict(),
         "data": data_args.to_dict(),
         "population": asdict(pop),
         "run": asdict(run_args),
-        "model_type": model_config.model_type,
+        "model_type": population.model_config.model_type,
         "model_input_name": trainer.model.main_input_name,
-        "processor": _relative(processor_source, config.output_dir) if processor_source else None,
-        "members": [_member_entry(m, config.output_dir) for m in members],
+        "processor": (RunPaths(config.output_dir).relative(population.processor_source)
+                      if population.processor_source else None),
+        "members": [_member_entry(m, config.output_dir) for m in population.members],
         "status": "training",
         "num_processes": accelerator.num_processes,
     }
+
+
+def _save_results(paths: RunPaths, manifest: dict, result, processor, config, train_seconds: float,
+                  accelerator) -> None:
+    """The star, its permutations, the finished manifest and report.json's first keys (main process)."""
+    save_checkpoint(result.model, paths.star_path, overwrite=True, processor=processor,
+                    extra_json={"history": result.history, "starlight": config.to_dict()})
+    save_permutations(paths.permutations_path, result.perms)
+    manifest.update(status="trained", history=result.history, train_seconds=round(train_seconds, 1))
+    atomic_write_json(paths.manifest_path, manifest)
+    # report.json starts with every setting and each member's source; evaluation adds its keys.
+    atomic_write_json(paths.report_json, {
+        "star_merge_version": __version__,
+        "config": manifest["config"], "data": manifest["data"], "population": manifest["population"],
+        "run": manifest["run"], "model_type": manifest["model_type"], "members": manifest["members"],
+        "training": {"history": result.history, "train_seconds": round(train_seconds, 1),
+                     "num_processes": accelerator.num_processes},
+    })
+
+
+def _run_locked(config, data_args, pop, run_args, accelerator) -> dict:
+    paths = RunPaths(config.output_dir)
+    started = time.time()
+    if pop.anchors:
+        population = _given_population(config, data_args, pop, accelerator)
+    else:
+        population = _builtin_population(config, data_args, pop, accelerator, paths)
+    for m in population.members:  # NaN/Inf or truncated weights: one line naming the member, before any training
+        check_finite_checkpoint(m.path, f"{m.role} {m.name} ({m.source})")
+    # Anchors are read one at a time into the trainer's anchor matrix (one copy per anchor in memory).
+    anchor_sds = [(m.name, functools.partial(_load_state_dict, m.path)) for m in population.members
+                  if m.role == "anchor"]
+    if accelerator.is_main_process and config.overwrite_output_dir and not config.resume_from_checkpoint:
+        _clear_results(config.output_dir)
+    accelerator.wait_for_everyone()
+
+    trainer = StarlightTrainer(model=population.model_config, args=config, anchors=anchor_sds,
+                               train_dataset=population.dataset["train"], eval_dataset=population.dataset["test"],
+                               task=population.task, accelerator=accelerator, data_collator=population.collator)
+    manifest = _manifest(config, data_args, pop, run_args, population, trainer, accelerator)
     if accelerator.is_main_process:
         atomic_write_json(paths.manifest_path, manifest)
     result = trainer.train()
-    train_seconds = time.time() - started
-
     if accelerator.is_main_process:
-        save_checkpoint(result.model, paths.star_path, overwrite=True, processor=processor,
-                        extra_json={"history": result.history, "starlight": config.to_dict()})
-        save_permutations(paths.permutations_path, result.perms)
-        manifest.update(status="trained", history=result.history, train_seconds=round(train_seconds, 1))
-        atomic_write_json(paths.manifest_path, manifest)
-        # report.json starts with every setting and each member's source; evaluation adds its keys.
-        atomic_write_json(paths.report_json, {
-            "star_merge_version": __version__,
-            "config": manifest["config"], "data": manifest["data"], "population": manifest["population"],
-            "run": manifest["run"], "model_type": manifest["model_type"], "members": manifest["members"],
-            "training": {"history": result.history, "train_seconds": round(train_seconds, 1),
-                         "num_processes": accelerator.num_processes},
-        })
+        _save_results(paths, manifest, result, population.processor, config, time.time() - started, accelerator)
     return finish_run(config.output_dir, run_args, seed=config.seed, accelerator=accelerator)
 
 
@@ -246,9 +270,9 @@ def finish_run(run_dir: str, run_args: RunArguments, seed: int = 0, accelerator=
     """Export the BMA, evaluate (all processes), write the model card and optionally push (main process)."""
     from accelerate import PartialState
 
-    from ..bma import export_bma
-    from ..evaluation import evaluate_run
-    from ..hub.model_card import write_model_card
+    from .bma import export_bma
+    from .evaluation.report import evaluate_run
+    from .hub.model_card import write_model_card
 
     state = PartialState()
     if state.is_main_process and not run_args.skip_bma:
@@ -260,7 +284,7 @@ def finish_run(run_dir: str, run_args: RunArguments, seed: int = 0, accelerator=
     if state.is_main_process:
         write_model_card(run_dir, license=run_args.license)
         if run_args.push_to_hub:
-            from ..hub import push_run
+            from .hub.push import push_run
 
             bma_id = run_args.hub_bma_model_id or (f"{run_args.hub_model_id}-bma" if not run_args.skip_bma else None)
             push_run(run_dir, run_args.hub_model_id, bma_repo_id=bma_id, private=run_args.hub_private)
@@ -273,28 +297,9 @@ def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
     return load_checkpoint(path).state_dict()
 
 
-def _relative(path: str, out: str) -> str:
-    return os.path.relpath(path, out) if os.path.abspath(path).startswith(out + os.sep) else path
-
-
-def check_input_column(dataset, model_config, dataset_name: str) -> None:
-    """The dataset must have the column the model reads (e.g. star-mlp reads input_values)."""
-    from ..modeling import model_class_for
-
-    try:
-        wanted = getattr(model_class_for(model_config), "main_input_name", None)
-    except ValueError:
-        return
-    columns = dataset["train"].column_names
-    if isinstance(wanted, str) and wanted not in columns:
-        raise DatasetError(f"{model_config.model_type} models read {wanted!r} but dataset {dataset_name!r} has "
-                           f"{[c for c in columns if c != 'labels']}; pick a matching --model_type or --dataset_name")
-
-
 def _member_entry(m: Member, out: str) -> dict:
     d = m.to_dict()
-    if os.path.abspath(d["path"]).startswith(out + os.sep):
-        d["path"] = os.path.relpath(d["path"], out)
-    if d["source"] and os.path.isabs(d["source"]) and d["source"].startswith(out + os.sep):
-        d["source"] = os.path.relpath(d["source"], out)
+    d["path"] = RunPaths(out).relative(d["path"])
+    if d["source"] and os.path.isabs(d["source"]):
+        d["source"] = RunPaths(out).relative(d["source"])
     return d

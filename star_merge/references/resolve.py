@@ -17,20 +17,20 @@ import logging
 import os
 from collections.abc import Sequence
 
-from .sources import (  # noqa: F401  (re-exported: the public names of population resolution)
-    _COMMIT_SHA,
+from .sources import (
+    COMMIT_SHA,
     DOWNLOAD_PATTERNS,
     ROLE_KEYS,
     PopulationError,
     ResolvedMember,
     ResolvedMembers,
-    _cache_root,
-    _check_weight_files,
-    _expand,
-    _first_line,
-    _offline_hint,
-    _parallel,
-    _Source,
+    Source,
+    cache_root,
+    check_weight_files,
+    expand_sources,
+    first_line,
+    offline_hint,
+    parallel_map,
     parse_source,
     read_population_file,
 )
@@ -43,13 +43,15 @@ __all__ = [
     "parse_source",
     "read_population_file",
     "resolve_members",
+    "load_reference",
+    "resolve_reference",
 ]
 
 logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- pinning
-def _pin_online(src: _Source, token, cache_dir) -> bool:
+def _pin_online(src: Source, token, cache_dir) -> bool:
     """Resolve ``src`` to a commit sha and its file list with the Hub API. False: Hub unreachable."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (
@@ -84,27 +86,27 @@ def _pin_online(src: _Source, token, cache_dir) -> bool:
     except HfHubHTTPError as e:
         if e.response is not None and e.response.status_code >= 500:
             return False  # Hub down: fall back to the cache like huggingface_hub does
-        raise PopulationError(f"could not look up {src.source} on the Hub ({_first_line(e)})") from None
+        raise PopulationError(f"could not look up {src.source} on the Hub ({first_line(e)})") from None
     src.sha = info.sha
     src.files = [s.rfilename for s in (info.siblings or [])]
     return True
 
 
-def _pin_from_cache(src: _Source, cache_dir, offline: bool) -> None:
+def _pin_from_cache(src: Source, cache_dir, offline: bool) -> None:
     """Resolve ``src`` to a commit sha and its file list from the local Hugging Face cache."""
     from huggingface_hub import get_cached_repo_tree
     from huggingface_hub.errors import CachedRepoTreeNotFoundError
     from huggingface_hub.file_download import repo_folder_name
 
     why = "the Hub is offline (HF_HUB_OFFLINE=1)" if offline else "the Hub cannot be reached"
-    root = _cache_root(cache_dir)
+    root = cache_root(cache_dir)
     storage = os.path.join(root, repo_folder_name(repo_id=src.repo_id, repo_type="model"))
     if not os.path.isdir(storage):
-        raise PopulationError(f"{src.repo_id} is not in the Hugging Face cache ({root}) and {why}; {_offline_hint(src.repo_id)}")
+        raise PopulationError(f"{src.repo_id} is not in the Hugging Face cache ({root}) and {why}; {offline_hint(src.repo_id)}")
     revision = src.revision or "main"
     snapshots = os.path.join(storage, "snapshots")
     sha = None
-    if _COMMIT_SHA.fullmatch(revision):
+    if COMMIT_SHA.fullmatch(revision):
         sha = revision
     elif os.path.isfile(os.path.join(storage, "refs", revision)):
         with open(os.path.join(storage, "refs", revision)) as f:
@@ -117,7 +119,7 @@ def _pin_from_cache(src: _Source, cache_dir, offline: bool) -> None:
         cached = sorted(_cached_refs(storage))
         have = f" (cached: {', '.join(cached)})" if cached else ""
         raise PopulationError(
-            f"{src.repo_id}@{revision} is not in the Hugging Face cache{have} and {why}; {_offline_hint(f'{src.repo_id} --revision {revision}')}"
+            f"{src.repo_id}@{revision} is not in the Hugging Face cache{have} and {why}; {offline_hint(f'{src.repo_id} --revision {revision}')}"
         )
     snapshot = os.path.join(snapshots, sha)
     present = []
@@ -129,11 +131,11 @@ def _pin_from_cache(src: _Source, cache_dir, offline: bool) -> None:
         listed = present
     src.sha = sha
     src.files = listed
-    _check_weight_files(f"{src.repo_id}@{revision}", listed)
+    check_weight_files(f"{src.repo_id}@{revision}", listed)
     if not any(f.endswith(".safetensors") for f in present):
         raise PopulationError(
             f"{src.repo_id}@{revision} is only partly cached (no *.safetensors in {snapshot}) and {why}; "
-            f"{_offline_hint(f'{src.repo_id} --revision {revision}')}"
+            f"{offline_hint(f'{src.repo_id} --revision {revision}')}"
         )
 
 
@@ -145,26 +147,26 @@ def _cached_refs(storage: str) -> list[str]:
     return out
 
 
-def _pin(src: _Source, token, cache_dir) -> _Source:
+def _pin(src: Source, token, cache_dir) -> Source:
     from huggingface_hub import constants
 
     if src.path is not None:  # local folder
         if not os.path.isfile(os.path.join(src.path, "config.json")):
             raise PopulationError(f"{src.source} has no config.json; give a folder written by save_pretrained")
-        _check_weight_files(src.source, os.listdir(src.path))
+        check_weight_files(src.source, os.listdir(src.path))
         src.config_path = os.path.join(src.path, "config.json")
         return src
     offline = constants.HF_HUB_OFFLINE
     if offline or not _pin_online(src, token, cache_dir):
         _pin_from_cache(src, cache_dir, offline)
     else:
-        _check_weight_files(src.repo_id if not src.revision else f"{src.repo_id}@{src.revision}", src.files)
+        check_weight_files(src.repo_id if not src.revision else f"{src.repo_id}@{src.revision}", src.files)
     if src.files is not None and "config.json" not in src.files:
         raise PopulationError(f"{src.repo_id} has no config.json at its root; star-merge needs a transformers checkpoint")
     return src
 
 
-def _fetch_config(src: _Source, token, cache_dir) -> _Source:
+def _fetch_config(src: Source, token, cache_dir) -> Source:
     from huggingface_hub import hf_hub_download
 
     if src.config_path is None:
@@ -173,12 +175,12 @@ def _fetch_config(src: _Source, token, cache_dir) -> _Source:
                 src.repo_id, "config.json", revision=src.sha, cache_dir=cache_dir, token=token
             )
         except Exception as e:  # noqa: BLE001 - any failure here is reported as one line
-            raise PopulationError(f"could not fetch config.json of {src.repo_id}@{src.sha[:10]} ({_first_line(e)}); {_offline_hint(src.repo_id)}") from None
+            raise PopulationError(f"could not fetch config.json of {src.repo_id}@{src.sha[:10]} ({first_line(e)}); {offline_hint(src.repo_id)}") from None
     try:
         with open(src.config_path, encoding="utf-8") as f:
             src.config = json.load(f)
     except (OSError, ValueError) as e:
-        raise PopulationError(f"config.json of {src.source} is unreadable ({_first_line(e)})") from None
+        raise PopulationError(f"config.json of {src.source} is unreadable ({first_line(e)})") from None
     if not isinstance(src.config, dict) or not src.config.get("model_type"):
         raise PopulationError(f"config.json of {src.source} names no model_type; give a transformers checkpoint")
     return src
@@ -188,7 +190,7 @@ def _fetch_config(src: _Source, token, cache_dir) -> _Source:
 _IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "id2label", "label2id", "_commit_hash"}
 
 
-def _shapes(src: _Source) -> dict[str, tuple[int, ...]]:
+def _shapes(src: Source) -> dict[str, tuple[int, ...]]:
     from transformers import AutoConfig
 
     from ..adapters import model_shapes
@@ -201,16 +203,16 @@ def _shapes(src: _Source) -> dict[str, tuple[int, ...]]:
     except Exception as e:  # noqa: BLE001
         raise PopulationError(
             f"{src.source}: transformers cannot read its config (model_type {src.config['model_type']!r}; "
-            f"{_first_line(e)}); star-merge never runs remote code, so the architecture must be in transformers "
+            f"{first_line(e)}); star-merge never runs remote code, so the architecture must be in transformers "
             "or registered with AutoConfig.register"
         ) from None
     try:
         return model_shapes(config)
     except Exception as e:  # noqa: BLE001
-        raise PopulationError(f"{src.source}: cannot build its architecture on the meta device ({_first_line(e)})") from None
+        raise PopulationError(f"{src.source}: cannot build its architecture on the meta device ({first_line(e)})") from None
 
 
-def _check_compatible(sources: list[_Source], reference: _Source | None = None) -> str:
+def _check_compatible(sources: list[Source], reference: Source | None = None) -> str:
     """One model type and identical tensor shapes across ``sources`` (and ``reference``); returns the type."""
     everyone = ([reference] if reference is not None else []) + sources
     first = everyone[0]
@@ -245,7 +247,7 @@ def _check_compatible(sources: list[_Source], reference: _Source | None = None) 
 
 
 # ---------------------------------------------------------------------------------------------- download
-def _download(src: _Source, token, cache_dir) -> str:
+def _download(src: Source, token, cache_dir) -> str:
     from huggingface_hub import snapshot_download
     from tqdm.auto import tqdm
 
@@ -265,11 +267,39 @@ def _download(src: _Source, token, cache_dir) -> str:
         )
     except Exception as e:  # noqa: BLE001
         raise PopulationError(
-            f"downloading {src.repo_id}@{src.sha[:10]} failed ({_first_line(e)}); files already downloaded stay "
+            f"downloading {src.repo_id}@{src.sha[:10]} failed ({first_line(e)}); files already downloaded stay "
             "in the cache, rerun to resume"
         ) from None
-    _check_weight_files(f"{src.repo_id}@{src.sha[:10]}", os.listdir(path))
+    check_weight_files(f"{src.repo_id}@{src.sha[:10]}", os.listdir(path))
     return path
+
+
+def resolve_reference(reference: str, *, progress: bool = False) -> str:
+    """The local checkpoint folder of one reference: a folder as it is, a Hub id ``org/name[@revision]`` as its
+    snapshot (pinned to a commit, safetensors only; the cache when offline). The one resolver of ``star-merge
+    align``, ``barrier`` and :func:`star_merge.matching.align_checkpoints`."""
+    path = os.path.expanduser(reference)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise PopulationError(f"{reference!r} is a file; give the checkpoint's folder (with config.json)")
+    try:
+        (member,) = resolve_members([reference], progress=progress)
+    except PopulationError as e:
+        raise PopulationError(f"{reference!r} is neither a local folder nor a downloadable Hub model ({e})") from None
+    return member.path
+
+
+def load_reference(reference: str, device="cpu", name: str | None = None):
+    """``(model, folder)`` of one reference (:func:`resolve_reference`), loaded with its config's class (safetensors
+    only, never remote code) and checked finite (a NaN model has no meaningful alignment or barrier)."""
+    from ..finite import check_finite
+    from ..modeling import load_checkpoint
+
+    folder = resolve_reference(reference)
+    model = load_checkpoint(folder, device)
+    check_finite(model.state_dict(), name or reference)
+    return model, folder
 
 
 def resolve_members(
@@ -296,19 +326,19 @@ def resolve_members(
 
     if role not in ROLE_KEYS:
         raise PopulationError(f"role must be one of {', '.join(ROLE_KEYS)}, got {role!r}")
-    srcs = _expand(sources, role)
-    _parallel(lambda s: _pin(s, token, cache_dir), srcs, max_workers)
+    srcs = expand_sources(sources, role)
+    parallel_map(lambda s: _pin(s, token, cache_dir), srcs, max_workers)
     seen: dict[tuple, str] = {}
     for s in srcs:
         key = (s.repo_id, s.sha) if s.repo_id else (None, os.path.realpath(s.path))
         if key in seen:
             raise PopulationError(f"{s.source} and {seen[key]} are the same model; list each population member once")
         seen[key] = s.source
-    _parallel(lambda s: _fetch_config(s, token, cache_dir), srcs, max_workers)
+    parallel_map(lambda s: _fetch_config(s, token, cache_dir), srcs, max_workers)
     reference = None
     if like:
         ref = like[0]
-        reference = _fetch_config(_Source(ref.source, ref.repo_id, ref.revision, ref.path, sha=ref.revision,
+        reference = _fetch_config(Source(ref.source, ref.repo_id, ref.revision, ref.path, sha=ref.revision,
                                           config_path=os.path.join(ref.path, "config.json")), token, cache_dir)
     model_type = _check_compatible(srcs, reference)
 
@@ -317,13 +347,13 @@ def resolve_members(
     if remote:
         bar = tqdm(total=len(remote), desc=f"downloading {role} models", unit="model", disable=not progress)
 
-        def fetch(s: _Source) -> str:
+        def fetch(s: Source) -> str:
             path = _download(s, token, cache_dir)
             bar.update(1)
             return path
 
         try:
-            for s, path in zip(remote, _parallel(fetch, remote, max_workers)):
+            for s, path in zip(remote, parallel_map(fetch, remote, max_workers)):
                 paths[id(s)] = path
         finally:
             bar.close()
