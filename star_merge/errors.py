@@ -2,7 +2,8 @@
 
 ``cli.py`` and both recipes call :func:`run_reporting_user_errors`. Library code raises :class:`UserError` (or a
 subclass) when the input is at fault, with a message that says what to fix. Besides it, only the library errors
-that are the user's by nature count (:data:`USER_ERRORS`: a missing or existing file or folder, a permission),
+that are the user's by nature count (:data:`USER_ERRORS`, and a class that sets ``user_error = True``, as
+the self-contained model files do: a missing or existing file or folder, a permission),
 and a full disk (``ENOSPC``/``EDQUOT``, also as safetensors' ``StorageFull``). Anything else -- a plain
 ``ValueError`` or ``KeyError`` included -- is a bug and keeps its traceback. Under ``python -m star_merge.launch`` the line is also written to
 ``$STAR_MERGE_ERROR_FILE`` so the launcher can exit 2 without Accelerate's traceback.
@@ -41,7 +42,7 @@ def user_error_line(e: BaseException) -> str | None:
         where = f" writing {e.filename}" if isinstance(e, OSError) and e.filename else ""
         return (f"no space left on device{where}; free some space and rerun the same command "
                 "(a Starlight run: add --resume_from_checkpoint latest)")
-    if isinstance(e, USER_ERRORS):
+    if isinstance(e, USER_ERRORS) or getattr(type(e), "user_error", False) is True:
         return user_error_message(e)
     return None
 

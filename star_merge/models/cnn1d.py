@@ -6,8 +6,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedConfig
 
-from .common import StarPreTrainedModel
-from ..errors import UserError
+from .common import ModelConfigError, StarPreTrainedModel
 
 
 class StarCNN1dConfig(PreTrainedConfig):
@@ -27,7 +26,7 @@ class StarCNN1dConfig(PreTrainedConfig):
         self.channels = [int(c) for c in channels]
         self.kernel_size = int(kernel_size)
         if self.kernel_size % 2 == 0:
-            raise UserError("star-cnn1d needs an odd kernel_size")
+            raise ModelConfigError("star-cnn1d needs an odd kernel_size")
         kwargs.setdefault("architectures", ["StarCNN1dForClassification"])
         if kwargs.get("id2label") is None:  # a saved config carries id2label instead of num_labels
             kwargs["num_labels"] = num_labels

@@ -8,6 +8,16 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 
+class ModelConfigError(ValueError):
+    """A built-in model's config asks for something it cannot build (the user's input).
+
+    This file ships beside BMA weights (``trust_remote_code``), so it cannot import ``star_merge.errors``;
+    ``star_merge.errors`` counts any exception whose class sets ``user_error = True`` as a user error.
+    """
+
+    user_error = True
+
+
 class StarPreTrainedModel(PreTrainedModel):
     """Base class: PyTorch's default initialisation (it trains these small nets well) and a CE head."""
 

@@ -6,8 +6,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedConfig
 
-from .common import StarPreTrainedModel
-from ..errors import UserError
+from .common import ModelConfigError, StarPreTrainedModel
 
 
 class StarMLPConfig(PreTrainedConfig):
@@ -19,7 +18,7 @@ class StarMLPConfig(PreTrainedConfig):
         self.input_size = int(input_size)
         self.hidden_sizes = [int(h) for h in hidden_sizes]
         if self.input_size < 1 or not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            raise UserError("star-mlp needs input_size >= 1 and at least one hidden size >= 1")
+            raise ModelConfigError("star-mlp needs input_size >= 1 and at least one hidden size >= 1")
         kwargs.setdefault("architectures", ["StarMLPForClassification"])
         if kwargs.get("id2label") is None:  # a saved config carries id2label instead of num_labels
             kwargs["num_labels"] = num_labels
