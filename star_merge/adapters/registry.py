@@ -46,7 +46,7 @@ def supported_model_types() -> list[str]:
 
 
 # Modules of this package that are infrastructure, not adapters.
-_NOT_ADAPTERS = {"registry", "layout", "heads"}
+_NOT_ADAPTERS = {"registry", "layout", "heads", "folding"}
 
 
 def _load_builtin_adapters() -> None:
@@ -76,8 +76,18 @@ def spec_for(model_or_config, **options) -> PermutationSpec:
 
     ``options`` go to the adapter (e.g. ``permute_residual=False``, ``permute_heads=False`` for
     transformer families). With a config, the task head is taken from ``config.architectures``.
+    ``symmetry="orthogonal"``: orthogonal groups where the family declares them (the residual stream of a model in
+    folded form, ``adapters/folding.py``), permutations elsewhere; adapters without orthogonal groups ignore it.
     """
     _load_builtin_adapters()
+    from ..groups import check_symmetry
+
+    if check_symmetry(options.pop("symmetry", "permutation")) == "orthogonal":
+        import inspect
+
+        builder_ = _REGISTRY.get(getattr(getattr(model_or_config, "config", model_or_config), "model_type", None))
+        if builder_ is not None and "symmetry" in inspect.signature(builder_).parameters:
+            options["symmetry"] = "orthogonal"
     if isinstance(model_or_config, torch.nn.Module):
         config = getattr(model_or_config, "config", None)
         if config is None:
