@@ -32,6 +32,15 @@ STREAM_KIND = {"llama": ORTHOGONAL, "mistral": ORTHOGONAL, "qwen2": ORTHOGONAL, 
                "gpt_neox": ORTHOGONAL_MEAN_FREE, "vit": ORTHOGONAL_MEAN_FREE, "bert": None, "roberta": None}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread (on a shared CPU extra threads only contend; measured 1000x on einsum)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @functools.cache
 def folded(case_id: str):
     """(original model, its folded copy, inputs, reference outputs, orthogonal spec of the folded copy)."""
