@@ -162,3 +162,27 @@ def test_starlight_orthogonal_star_loads_as_the_family_class(tmp_path, lm_data):
         with torch.no_grad():
             ids = _ids(config.vocab_size)
             assert torch.allclose(moved(ids).logits, original(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_barrier_orthogonal_is_flat_on_a_rotated_copy(lm_data):
+    """measure_barrier between A and a rotated copy of A's folded form: with symmetry 'orthogonal' every point of
+    the path computes A's loss (the copy is aligned back exactly); with permutations the midpoint does not (no
+    permutation undoes the rotation)."""
+    from star_merge.evaluation.barrier import measure_barrier
+
+    config, task, data = lm_data
+    a = _neox(0, config.vocab_size)
+    with torch.no_grad():
+        a.lm_head.weight.mul_(30)  # confident predictions: the loss depends on the weights
+    fa = fold_model(a)
+    spec = spec_for(fa, symmetry="orthogonal")
+    b = fold_model(a)
+    b.load_state_dict(apply_permutation(spec, random_permutation(spec, 1), fa.state_dict()))
+    small = {"train": data["train"].select(range(8)), "test": data["test"].select(range(8))}
+    kw = dict(num_points=3, splits=("test",), batch_size=8, progress=False, task=task)
+    ortho = measure_barrier(a, b, small, symmetry="orthogonal", **kw)
+    perm = measure_barrier(a, b, small, symmetry="permutation", **kw)
+    assert ortho.alignment["symmetry"] == "orthogonal"
+    losses = ortho.curves["test"].losses  # every point of the path is A's function
+    assert max(abs(x - losses[0]) for x in losses) < 1e-5 * losses[0]
+    assert abs(perm.curves["test"].losses[1] - losses[0]) > 1e-3 * losses[0]
