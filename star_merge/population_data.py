@@ -73,6 +73,10 @@ def load_population_data(
         data_args = dataclasses.replace(data_args, augment=False)
     model_config = load_config(member_paths[0])
     task, tokenizer = task_and_processor(data_args, member_paths[0])
+    if getattr(task, "data_kind", None) == "text":  # language models: blocks fit the members' position table
+        from .tasks.lm_data import cap_block_size
+
+        data_args = cap_block_size(data_args, model_config)
     if processor is not _UNSET and processor is not None and tokenizer is not None:
         tokenizer = processor  # the caller's processor tokenises too (a run's saved tokenizer)
     with context():
