@@ -654,3 +654,16 @@ def test_pretraining_star_card_says_the_next_sentence_head_was_not_trained(run_d
     text = build_model_card(run_dir).text
     assert "Next-sentence head not trained" in text and "`cls.seq_relationship`" in text
     assert text.index("Next-sentence head not trained") < text.index("## Results")
+
+
+def test_push_says_when_it_leaves_the_bma_out(run_dir, fake_api, caplog):
+    """Without --bma-repo-id the run's bma/ is not pushed, and the push says so (was: without a word)."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        push_run(run_dir, "me/star", dry_run=True)
+    assert "the BMA wrapper" in caplog.text and "--bma-repo-id me/star-bma" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        push_run(run_dir, "me/star", bma_repo_id="me/star-bma", dry_run=True)
+    assert "not pushed" not in caplog.text
