@@ -392,6 +392,9 @@ def test_model_card_metadata_and_model_index_match_the_report(run_dir):
     # anchors' 75% (allowed: 1 pt) and NLL 0.8125 <= 0.9, so the star is good
     assert text.index("train-loss barrier ratio (paper's metric) 0.075") < text.index("test-loss barrier ratio 0.075")
     assert "Verdict: star is a good solution" in text
+    # the verdict is the first line under the title (was: after the intro and head notes, line 70 of the file)
+    body = [line for line in text.splitlines() if line.strip() and not line.startswith("<!--")]
+    assert body[0].startswith("# ") and body[1].startswith("**Verdict: "), body[:3]
     assert "![barriers](barriers.png)" in text
     assert 'AutoModel.from_pretrained("me/star")' in text and "import star_merge" in text
     assert f"https://huggingface.co/org/mlp-b/tree/{fake_sha('b')}" in text
