@@ -1,6 +1,6 @@
 """Learn a star model with Starlight, from a population on the Hub, in local folders, or trained here.
 
-    # the built-in demo: MNIST-1D, the BatchNorm CNN star-cnn1d, 10 anchors + 5 held-out models (≈10 min on 2 CPU cores)
+    # the built-in demo: MNIST-1D, the BatchNorm CNN star-cnn1d, 10 anchors + 5 held-out models (2 min 28 s wall on the quiet 2-core machine, docs/results.md)
     accelerate launch recipes/star.py
 
     # a named configuration; flags override its values

@@ -670,3 +670,21 @@ def test_push_says_when_it_leaves_the_bma_out(run_dir, fake_api, caplog):
     with caplog.at_level(logging.WARNING):
         push_run(run_dir, "me/star", bma_repo_id="me/star-bma", dry_run=True)
     assert "not pushed" not in caplog.text
+
+
+def test_a_mistyped_relative_path_says_no_such_local_folder(tmp_path, checkpoints, monkeypatch):
+    """``pop/m9`` beside a ``pop/`` folder holding m0, m1: "no such local folder", what pop/ holds (was: treated as
+    a Hub id and told to pre-download it from the cache); an id whose first part is no local folder is unchanged."""
+    import shutil
+
+    for name in ("m0", "m1"):
+        shutil.copytree(checkpoints["mlp0"], tmp_path / "pop" / name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert resolve_members(["pop/m0"], progress=False)[0].path == str(tmp_path / "pop" / "m0")
+    with pytest.raises(PopulationError) as excinfo:
+        resolve_members(["pop/m0", "pop/m9"], progress=False)
+    _one_line_error(excinfo, "'pop/m9': no such local folder (pop/ holds m0, m1)", "./pop/m9")
+    assert "hf download" not in str(excinfo.value)
+    with pytest.raises(PopulationError, match="hf download org/m9"):
+        resolve_members(["org/m9"], progress=False, cache_dir=str(tmp_path / "empty-cache"))
