@@ -45,6 +45,7 @@ __all__ = [
     "fold_model",
     "fold_state_dict",
     "is_folded",
+    "metric_path",
 ]
 
 # Lazily imported public names -> the module that defines them (they pull in data / Hub / Accelerate machinery).
@@ -64,6 +65,7 @@ _LAZY = {
     "fold_model": "adapters.folding",
     "fold_state_dict": "adapters.folding",
     "is_folded": "adapters.folding",
+    "metric_path": "metrics",
 }
 
 

@@ -82,12 +82,7 @@ def spec_for(model_or_config, **options) -> PermutationSpec:
     _load_builtin_adapters()
     from ..groups import check_symmetry
 
-    if check_symmetry(options.pop("symmetry", "permutation")) == "orthogonal":
-        import inspect
-
-        builder_ = _REGISTRY.get(getattr(getattr(model_or_config, "config", model_or_config), "model_type", None))
-        if builder_ is not None and "symmetry" in inspect.signature(builder_).parameters:
-            options["symmetry"] = "orthogonal"
+    symmetry = check_symmetry(options.pop("symmetry", "permutation"))
     if isinstance(model_or_config, torch.nn.Module):
         config = getattr(model_or_config, "config", None)
         if config is None:
@@ -105,6 +100,10 @@ def spec_for(model_or_config, **options) -> PermutationSpec:
             f"no permutation adapter for model_type {model_type!r}; supported: {', '.join(sorted(_REGISTRY))}. "
             "Register one with star_merge.register_adapter(model_type, builder) (see docs/adapters.md)"
         )
+    import inspect
+
+    if symmetry == "orthogonal" and "symmetry" in inspect.signature(builder).parameters:
+        options["symmetry"] = symmetry
     shapes = model_shapes(model_or_config)
     spec = builder(config, shapes, **options)
     if not isinstance(spec, PermutationSpec):
