@@ -26,7 +26,7 @@ from ..errors import UserError
 from .registry import _load_builtin_adapters
 
 __all__ = ["FoldingError", "register_folding", "folding_plan", "fold_state_dict", "fold_model", "is_folded",
-           "can_fold"]
+           "can_fold", "pre_norm_plan"]
 
 FoldPlan = list[tuple[str, list[tuple[str, int]]]]
 _PLANS: dict[str, Callable[..., FoldPlan]] = {}
@@ -38,6 +38,21 @@ class FoldingError(UserError):
 
 def register_folding(model_type: str, plan: Callable[..., FoldPlan]) -> None:
     _PLANS[model_type] = plan
+
+
+def pre_norm_plan(prefix: str, blocks: str, n_layers: int, norms: Mapping[str, list[tuple[str, int]]], final: str,
+                  heads) -> FoldPlan:
+    """The plan of a pre-norm transformer: in every block ``{prefix}{blocks}.{i}``, norm ``k`` of ``norms`` is read by
+    the (tensor, input axis) pairs ``norms[k]`` (names relative to the block, without ``.weight``); the final norm
+    ``{prefix}{final}`` by ``heads`` ((tensor, axis) from the model's root; absent heads are left out by the
+    caller)."""
+    plan: FoldPlan = []
+    for i in range(n_layers):
+        layer = f"{prefix}{blocks}.{i}"
+        plan += [(f"{layer}.{norm}.weight", [(f"{layer}.{r}.weight", ax) for r, ax in readers])
+                 for norm, readers in norms.items()]
+    plan.append((f"{prefix}{final}.weight", list(heads)))
+    return plan
 
 
 def can_fold(config) -> bool:

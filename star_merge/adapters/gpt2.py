@@ -9,7 +9,7 @@ read the residual stream.
 from __future__ import annotations
 
 from ..spec import AxisPerm, PermutationSpec
-from .folding import register_folding
+from .folding import pre_norm_plan, register_folding
 from .heads import declare_heads
 from .layout import RESIDUAL_READERS, AxesCollector, find_prefix, stream_kind
 from .registry import register_adapter
@@ -49,14 +49,9 @@ def build_gpt2_spec(
 
 def gpt2_folding(config, shapes):
     """ln_1 -> c_attn, ln_2 -> c_fc (Conv1D: input rows, axis 0), ln_f -> the head (input columns)."""
-    pre = find_prefix(shapes, "wte.weight", "gpt2")
-    plan = []
-    for i in range(config.n_layer):
-        layer = f"{pre}h.{i}"
-        plan.append((f"{layer}.ln_1.weight", [(f"{layer}.attn.c_attn.weight", 0)]))
-        plan.append((f"{layer}.ln_2.weight", [(f"{layer}.mlp.c_fc.weight", 0)]))
-    plan.append((f"{pre}ln_f.weight", [(f"{h}.weight", 1) for h in RESIDUAL_READERS if f"{h}.weight" in shapes]))
-    return plan
+    heads = [(f"{h}.weight", 1) for h in RESIDUAL_READERS if f"{h}.weight" in shapes]
+    return pre_norm_plan(find_prefix(shapes, "wte.weight", "gpt2"), "h", config.n_layer,
+                         {"ln_1": [("attn.c_attn", 0)], "ln_2": [("mlp.c_fc", 0)]}, "ln_f", heads)
 
 
 register_folding("gpt2", gpt2_folding)

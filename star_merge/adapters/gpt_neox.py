@@ -18,7 +18,7 @@ Permutations: ``residual``, ``layers.{i}.heads``, ``layers.{i}.mlp``.
 from __future__ import annotations
 
 from ..spec import PermutationSpec
-from .folding import register_folding
+from .folding import pre_norm_plan, register_folding
 from .heads import declare_heads
 from .layout import RESIDUAL_READERS, AxesCollector, find_prefix, heads_axis, stream_kind
 from .registry import register_adapter
@@ -55,15 +55,11 @@ def build_gpt_neox_spec(
 
 def gpt_neox_folding(config, shapes):
     """Input norm -> query_key_value, post-attention norm -> dense_h_to_4h, final norm -> the head."""
-    pre = find_prefix(shapes, "embed_in.weight", "gpt_neox")
-    plan = []
-    for i in range(config.num_hidden_layers):
-        layer = f"{pre}layers.{i}"
-        plan.append((f"{layer}.input_layernorm.weight", [(f"{layer}.attention.query_key_value.weight", 1)]))
-        plan.append((f"{layer}.post_attention_layernorm.weight", [(f"{layer}.mlp.dense_h_to_4h.weight", 1)]))
-    plan.append((f"{pre}final_layer_norm.weight",
-                 [(f"{h}.weight", 1) for h in RESIDUAL_READERS if f"{h}.weight" in shapes]))
-    return plan
+    heads = [(f"{h}.weight", 1) for h in RESIDUAL_READERS if f"{h}.weight" in shapes]
+    norms = {"input_layernorm": [("attention.query_key_value", 1)],
+             "post_attention_layernorm": [("mlp.dense_h_to_4h", 1)]}
+    return pre_norm_plan(find_prefix(shapes, "embed_in.weight", "gpt_neox"), "layers", config.num_hidden_layers,
+                         norms, "final_layer_norm", heads)
 
 
 register_folding("gpt_neox", gpt_neox_folding)

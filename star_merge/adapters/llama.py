@@ -9,7 +9,7 @@ intermediate units). Rotary embeddings act inside each head, so heads are only e
 from __future__ import annotations
 
 from ..spec import AxisPerm, PermutationSpec, SpecError
-from .folding import register_folding
+from .folding import pre_norm_plan, register_folding
 from .heads import declare_heads
 from .layout import RESIDUAL_READERS, AxesCollector, find_prefix, stream_kind
 from .registry import register_adapter
@@ -55,16 +55,11 @@ def build_llama_spec(
 
 def llama_folding(config, shapes):
     """Input norm -> q/k/v, post-attention norm -> gate/up, final norm -> the head (input columns)."""
-    pre = find_prefix(shapes, "embed_tokens.weight", config.model_type)
-    plan = []
-    for i in range(config.num_hidden_layers):
-        layer = f"{pre}layers.{i}"
-        plan.append((f"{layer}.input_layernorm.weight",
-                     [(f"{layer}.self_attn.{p}.weight", 1) for p in ("q_proj", "k_proj", "v_proj")]))
-        plan.append((f"{layer}.post_attention_layernorm.weight",
-                     [(f"{layer}.mlp.{p}.weight", 1) for p in ("gate_proj", "up_proj")]))
-    plan.append((f"{pre}norm.weight", [(f"{h}.weight", 1) for h in RESIDUAL_READERS if f"{h}.weight" in shapes]))
-    return plan
+    heads = [(f"{h}.weight", 1) for h in RESIDUAL_READERS if f"{h}.weight" in shapes]
+    norms = {"input_layernorm": [(f"self_attn.{p}", 1) for p in ("q_proj", "k_proj", "v_proj")],
+             "post_attention_layernorm": [(f"mlp.{p}", 1) for p in ("gate_proj", "up_proj")]}
+    return pre_norm_plan(find_prefix(shapes, "embed_tokens.weight", config.model_type), "layers",
+                         config.num_hidden_layers, norms, "norm", heads)
 
 
 _HEADS = (

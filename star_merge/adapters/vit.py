@@ -8,7 +8,7 @@ A base model's pooler output is a model output and keeps its order.
 from __future__ import annotations
 
 from ..spec import PermutationSpec
-from .folding import register_folding
+from .folding import pre_norm_plan, register_folding
 from .heads import declare_heads
 from .layout import AxesCollector, find_prefix, heads_axis, stream_kind
 from .registry import register_adapter
@@ -51,15 +51,10 @@ def build_vit_spec(
 def vit_folding(config, shapes):
     """layernorm_before -> q/k/v, layernorm_after -> fc1, the final layernorm -> pooler and classifier."""
     pre = find_prefix(shapes, "embeddings.cls_token", "vit")
-    plan = []
-    for i in range(config.num_hidden_layers):
-        layer = f"{pre}layers.{i}"
-        plan.append((f"{layer}.layernorm_before.weight",
-                     [(f"{layer}.attention.{p}.weight", 1) for p in ("q_proj", "k_proj", "v_proj")]))
-        plan.append((f"{layer}.layernorm_after.weight", [(f"{layer}.mlp.fc1.weight", 1)]))
-    readers = [r for r in (f"{pre}pooler.dense.weight", "classifier.weight") if r in shapes]
-    plan.append((f"{pre}layernorm.weight", [(r, 1) for r in readers]))
-    return plan
+    heads = [(r, 1) for r in (f"{pre}pooler.dense.weight", "classifier.weight") if r in shapes]
+    norms = {"layernorm_before": [(f"attention.{p}", 1) for p in ("q_proj", "k_proj", "v_proj")],
+             "layernorm_after": [("mlp.fc1", 1)]}
+    return pre_norm_plan(pre, "layers", config.num_hidden_layers, norms, "layernorm", heads)
 
 
 register_folding("vit", vit_folding)
