@@ -33,7 +33,7 @@ import torch
 from ..spec import AxisPerm, PermutationSpec, expand_index
 
 __all__ = ["CACHE_MIN_ROW", "RANK_UPDATE_SHARE", "TermCache", "to_blocks", "blocks_batched", "expand_batched",
-           "index_batched", "apply_maps", "segment", "group_kind", "neighbours"]
+           "index_batched", "apply_maps", "matrix_map", "segment", "group_kind", "neighbours"]
 
 # A (tensor, axis) term is cached when building it costs at least this many flops per cached number
 # (2·n²·r flops for n² numbers: r = elements per unit); smaller ones (BatchNorm vectors) are rebuilt.
@@ -104,11 +104,26 @@ def apply_maps(w: torch.Tensor, axes, maps: Mapping[str, torch.Tensor], skip=(),
         if a is None or i in skip:
             continue
         m = maps[a.perm].to(w.device)
-        if batched:
+        if m.is_floating_point():  # a matrix acting on the units ([n, n]; a permutation p is eye[p])
+            w = matrix_map(w, i + int(batched), a, m, batched)
+        elif batched:
             w = index_batched(w, i + 1, expand_batched(m, a))
         else:
             w = torch.index_select(w, i, expand_index(m, a))
     return w
+
+
+def matrix_map(w: torch.Tensor, dim: int, ap: AxisPerm, m: torch.Tensor, batched: bool = False) -> torch.Tensor:
+    """``w``'s units along ``dim`` mixed by the matrix ``m`` (unit u of the result = Σ_v m[u, v]·unit v; [n, n],
+    or [g, n, n] with ``batched``): the index selection by p when ``m`` is ``eye[p]``, and a doubly stochastic
+    relaxation of it otherwise (the cycle-consistent merge's Frank-Wolfe iterates)."""
+    n = m.shape[-1]
+    x = torch.movedim(w, dim, int(batched))
+    shape = x.shape
+    lead = shape[:1] if batched else ()
+    x = x.reshape(*lead, ap.repeat, n, ap.block, -1).to(m.dtype).flatten(-2)  # [(g,) repeat, n, block·rest]
+    x = (m[:, None] if batched else m) @ x
+    return torch.movedim(x.reshape(shape), int(batched), dim)
 
 
 def neighbours(spec: PermutationSpec, perm_to_axes) -> dict[str, list[str]]:
