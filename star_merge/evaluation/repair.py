@@ -28,10 +28,12 @@ from ..batchnorm import has_batchnorm, to_device
 from ..errors import UserError
 from ..tasks import task_of
 
-__all__ = ["RepairError", "RepairRecord", "repair_sites", "channel_stats", "repair_model", "REPAIR_EPS"]
+__all__ = ["RepairError", "RepairRecord", "repair_sites", "channel_stats", "repair_model", "REPAIR_EPS", "REPAIR_BATCHES"]
 
 # Added to the merged model's standard deviation before dividing by it.
 REPAIR_EPS = 1e-8
+# Batches a repair measures when the caller does not say (``star-merge merge --repair``, ``barrier --repair``).
+REPAIR_BATCHES = 20
 
 
 class RepairError(UserError):

@@ -1,0 +1,77 @@
+"""``star-merge merge``: the written checkpoint, its card and record, repair over data, refusals; ``--repair`` on
+interpolation paths."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from star_merge import merge_models
+from star_merge.cli import main
+from star_merge.evaluation.connectivity import interpolation_curves
+from star_merge.evaluation.engine import EvalData
+from star_merge.modeling import build_model, load_checkpoint
+from star_merge.models.mlp import StarMLPConfig
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("members")
+    cfg = StarMLPConfig(input_size=40, hidden_sizes=[16, 12], num_labels=10)
+    paths = []
+    for s in range(3):
+        path = str(root / f"m{s}")
+        build_model(cfg, seed=s).save_pretrained(path)
+        paths.append(path)
+    return paths
+
+
+def test_merge_command_writes_the_merged_checkpoint(checkpoints, tmp_path, capsys):
+    out = str(tmp_path / "merged")
+    assert main(["merge", *checkpoints, "--method", "reference", "--weights", "2", "1", "1", "--output_dir", out,
+                 "--no_progress"]) == 0
+    assert "merged 3 members (reference" in capsys.readouterr().out
+    merged = load_checkpoint(out)
+    models = [load_checkpoint(p) for p in checkpoints]
+    expected, _ = merge_models(models, method="reference", weights=[2, 1, 1])
+    for k, v in merged.state_dict().items():
+        torch.testing.assert_close(v, expected[k])
+    info = json.load(open(os.path.join(out, "star_merge_merge.json")))
+    assert info["method"] == "reference" and info["weights"] == [0.5, 0.25, 0.25] and info["repair"] is None
+    assert [m["source"] for m in info["members"]] == checkpoints
+    card = open(os.path.join(out, "README.md")).read()
+    assert "reference" in card and "`m0`" in card and "`m2`" in card
+    assert str(tmp_path) not in card  # local folders by name only
+    # never silently overwritten
+    assert main(["merge", *checkpoints, "--output_dir", out, "--no_progress"]) == 2
+
+
+def test_merge_command_repairs_over_data(checkpoints, tmp_path):
+    out = str(tmp_path / "repaired")
+    assert main(["merge", *checkpoints, "--method", "mergemany", "--repair", "--output_dir", out,
+                 "--no_progress"]) == 0
+    info = json.load(open(os.path.join(out, "star_merge_merge.json")))
+    assert info["repair"] == "repair"
+    plain, _ = merge_models([load_checkpoint(p) for p in checkpoints], method="mergemany")
+    repaired = load_checkpoint(out).state_dict()
+    assert not torch.allclose(repaired["layers.0.weight"], plain["layers.0.weight"])  # folded into the weights
+    torch.testing.assert_close(repaired["classifier.weight"], plain["classifier.weight"])  # not a repair site
+
+
+def test_merge_command_refuses_bad_input(checkpoints, tmp_path):
+    assert main(["merge", checkpoints[0], "--output_dir", str(tmp_path / "x"), "--no_progress"]) == 2
+    assert main(["merge", *checkpoints, "--weights", "1", "--output_dir", str(tmp_path / "y"), "--no_progress"]) == 2
+    assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y")  # no half-written output
+
+
+def test_repaired_interpolation_keeps_the_ends_and_changes_the_middle(checkpoints):
+    a, b = (load_checkpoint(p) for p in checkpoints[:2])
+    g = torch.Generator().manual_seed(0)
+    batches = [{"input_values": torch.randn(64, 40, generator=g), "labels": torch.randint(0, 10, (64,), generator=g)}]
+    data = EvalData.from_loaders({"eval": batches}, batches)
+    sd_a, sd_b = ({k: v.clone() for k, v in m.state_dict().items()} for m in (a, b))  # a is the container
+    plain = interpolation_curves(a, sd_a, sd_b, data, 3)["eval"]
+    fixed = interpolation_curves(a, sd_a, sd_b, data, 3, repair=True)["eval"]
+    assert fixed.losses[0] == pytest.approx(plain.losses[0]) and fixed.losses[2] == pytest.approx(plain.losses[2])
+    assert fixed.losses[1] != pytest.approx(plain.losses[1])
