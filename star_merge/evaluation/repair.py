@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..batchnorm import has_batchnorm, to_device
+from ..batchnorm import has_batchnorm, run_batches
 from ..errors import UserError
 from ..tasks import task_of
 
@@ -108,12 +108,7 @@ def channel_stats(model: nn.Module, sites: Sequence[str], data: Iterable, max_ba
     handles = [modules[s].register_forward_hook(hook(s)) for s in sites]
     model.eval()
     try:
-        seen = 0
-        for i, batch in enumerate(data):
-            if max_batches is not None and i >= max_batches:
-                break
-            model(**to_device(task.model_inputs(model, batch), device))
-            seen += 1
+        seen = run_batches(model, data, max_batches, device, task)
     finally:
         for h in handles:
             h.remove()
