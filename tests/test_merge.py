@@ -158,3 +158,21 @@ def test_bad_requests_are_user_errors():
         merge_models(models, weights=[1.0])
     with pytest.raises(MergeError, match=">= 0"):
         merge_models(models, weights=[1.0, -1.0])
+
+
+def test_starlight_starts_from_the_anchors_merge(tmp_path, mnist1d):
+    """``init="merge:reference"``: θ0 is merge_models of the anchors (their trainable tensors), before any step."""
+    from fixtures import make_trainer, tiny_arguments
+
+    from star_merge.errors import UserError
+    from star_merge.modeling import build_model
+
+    config, _, pop, _ = tiny_arguments(str(tmp_path / "run"), init="merge:reference")
+    model_config = pop.build_config()
+    anchors = [(f"anchor-{i}", build_model(model_config, 10 + i).state_dict()) for i in range(3)]
+    trainer = make_trainer(config, model_config, anchors, mnist1d)
+    expected, _ = merge_models([build_model(model_config, 10 + i) for i in range(3)], method="reference")
+    for k, v in trainer.model.state_dict().items():
+        torch.testing.assert_close(v.cpu(), expected[k])
+    with pytest.raises(UserError, match="merge:METHOD"):
+        tiny_arguments(str(tmp_path / "bad"), init="merge:zipit")

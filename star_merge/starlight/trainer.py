@@ -33,6 +33,7 @@ from ..modeling import build_model
 from ..rundir import RunPaths
 from ..seeding import beta_from_uniform, mix_seed
 from ..spec import apply_permutation, compose_permutations
+from .initial import initial_state
 from ..population.training import make_optimizer, make_scheduler
 from .accelerator import make_accelerator
 from .anchors import anchors_config, normalize_anchors, population_dtype
@@ -154,20 +155,10 @@ class StarlightTrainer:
         return matrix
 
     def _init_star(self) -> None:
-        init = self.args.init
-        if init == "random":
-            return
-        if init == "anchor" or init.startswith("anchor:"):
-            k = int(init.split(":", 1)[1]) if ":" in init else 0
-            if not 0 <= k < len(self.anchors):
-                raise UserError(f"init={init!r}: there are only {len(self.anchors)} anchors")
-            self.model.load_state_dict(self.layout.views(self.anchors[k].cpu()), strict=False)
-            return
-        from ..modeling import load_checkpoint
-
-        if not os.path.isdir(init):
-            raise UserError(f"init={init!r} is neither 'random', 'anchor[:K]' nor a checkpoint folder")
-        self.model.load_state_dict(load_checkpoint(init).state_dict())
+        sd = initial_state(self.args.init, lambda: [self.layout.views(a.cpu()) for a in self.anchors], self.match_spec,
+                           self.args.seed)
+        if sd is not None:  # anchors and merges hold the flat layout's tensors; a checkpoint folder holds all
+            self.model.load_state_dict(sd, strict=not self.args.init.startswith(("anchor", "merge")))
 
     # ------------------------------------------------------------------ pieces of a step
     def sample_anchor_and_t(self, epoch: int, batch: int, rank: int) -> tuple[int, float]:
