@@ -24,12 +24,9 @@ from .matching.merge import merge_models
 from .modeling import check_same_architecture
 from .processing import copy_processor_files
 from .references import load_reference, resolve_members
-from .rundir import RunDirectory, RunPaths
+from .rundir import MERGE_FILE, RunDirectory, RunPaths
 
 __all__ = ["MERGE_FILE", "MergedCheckpoint", "merge_checkpoints", "expand_run_dirs", "repair_merged"]
-
-#: Written next to the merged weights: how the merge was made.
-MERGE_FILE = "star_merge_merge.json"
 
 
 @dataclass

@@ -27,12 +27,15 @@ from .modeling import load_checkpoint
 from .errors import UserError
 
 __all__ = [
+    "MERGE_FILE",
     "RunDirectory", "RunPaths", "NotARunDirectoryError", "Member", "MANIFEST_NAME", "load_checkpoint",
     "load_permutations", "path_in_run", "save_permutations",
 ]
 
 MANIFEST_NAME = "starlight.json"
 PERMUTATIONS_NAME = "anchor_permutations.safetensors"
+#: Written next to a merged checkpoint's weights by ``star-merge merge``: how the merge was made.
+MERGE_FILE = "star_merge_merge.json"
 PLOT_NAMES = {
     "curves": "interpolation_curves.png",
     "distribution": "barrier_distribution.png",

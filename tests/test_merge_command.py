@@ -75,3 +75,18 @@ def test_repaired_interpolation_keeps_the_ends_and_changes_the_middle(checkpoint
     fixed = interpolation_curves(a, sd_a, sd_b, data, 3, repair=True)["eval"]
     assert fixed.losses[0] == pytest.approx(plain.losses[0]) and fixed.losses[2] == pytest.approx(plain.losses[2])
     assert fixed.losses[1] != pytest.approx(plain.losses[1])
+
+
+def test_push_plans_a_merged_checkpoint(checkpoints, tmp_path, capsys):
+    from star_merge.hub.push import PushError, _plan, upload_plan
+
+    out = str(tmp_path / "to_push")
+    assert main(["merge", *checkpoints, "--method", "reference", "--output_dir", out, "--no_progress"]) == 0
+    files = {f.path_in_repo: f for f in upload_plan(out, "me/merged")}
+    assert set(files) == {"config.json", "model.safetensors", "star_merge_merge.json", "README.md"}
+    card = _plan(out, "me/merged", None, "apache-2.0")[1]["me/merged"]
+    assert "reference" in card and str(tmp_path) not in card
+    assert main(["push", out, "--repo-id", "me/merged", "--dry_run"]) == 0
+    assert "me/merged: 4 files" in capsys.readouterr().out
+    with pytest.raises(PushError, match="no BMA"):
+        upload_plan(out, "me/merged", bma_repo_id="me/bma")

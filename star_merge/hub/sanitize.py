@@ -15,7 +15,7 @@ import os
 import re
 
 from ..processing import is_processor_file
-from ..rundir import path_in_run
+from ..rundir import MERGE_FILE, path_in_run
 
 __all__ = ["STAR_FILES", "is_publishable", "publish_size", "sanitize_json_text", "sanitize_text"]
 
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 #: Files a run writes into star/ (and bma/, which adds its code files) besides its weights and processor files
 #: (:func:`star_merge.processing.is_processor_file`); anything else is not published.
-STAR_FILES = ("config.json", "generation_config.json", "training_info.json", "model.safetensors.index.json")
+STAR_FILES = ("config.json", "generation_config.json", "training_info.json", "model.safetensors.index.json", MERGE_FILE)
 _WEIGHTS = re.compile(r"^model(-\d+-of-\d+)?\.safetensors$")
 _BMA_CODE = ("configuration_star_bma.py", "modeling_star_bma.py", "common.py", "mlp.py", "cnn1d.py")
 
