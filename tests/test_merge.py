@@ -176,3 +176,35 @@ def test_starlight_starts_from_the_anchors_merge(tmp_path, mnist1d):
         torch.testing.assert_close(v.cpu(), expected[k])
     with pytest.raises(UserError, match="merge:METHOD"):
         tiny_arguments(str(tmp_path / "bad"), init="merge:zipit")
+
+
+def _one_case_per_family():
+    from test_adapters import CASES
+
+    seen, out = set(), []
+    for c in CASES:
+        family = c.config().model_type
+        if family not in seen:
+            seen.add(family)
+            out.append(c.id)
+    return out
+
+
+@pytest.mark.parametrize("case_id", _one_case_per_family())
+def test_every_family_merges_permuted_copies_back(case_id):
+    """Each adapter family (transformers and vision): MergeMany and the cycle-consistent merge of three permuted
+    copies compute the original model's outputs (LMs: the per-token logits)."""
+    from test_adapters import RTOL, prepared, relative_error, run
+
+    p = prepared(case_id)
+    copies = [p.state_dict] + [apply_permutation(p.spec, random_permutation(p.spec, seed=s), p.state_dict)
+                               for s in (1, 2)]
+    for method in ("mergemany", "cycle"):
+        merged, _ = merge_models(copies, method=method, spec=p.spec, max_iter=20)
+        try:
+            p.model.load_state_dict(merged)
+            got = run(p.model, p.inputs, p.reference.keys())
+        finally:
+            p.model.load_state_dict(p.state_dict)
+        for name in p.case.outputs:
+            assert relative_error(got[name], p.reference[name]) < RTOL, (method, name)
