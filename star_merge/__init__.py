@@ -45,6 +45,7 @@ __all__ = [
     "evaluate_run",
     "push_run",
     "task_for",
+    "metric_path",
 ]
 
 # Lazily imported public names -> the module that defines them (they pull in data / Hub / Accelerate machinery).
@@ -64,6 +65,7 @@ _LAZY = {
     "export_bma": "bma",
     "push_run": "hub",
     "task_for": "tasks",
+    "metric_path": "metrics",
 }
 
 
