@@ -145,6 +145,11 @@ class RunPaths:
                 if (f in ("report.json", "report.md") or f.lower().endswith(".png")) and not f.startswith(".")
                 and os.path.isfile(self.join(f)) and not os.path.islink(self.join(f))]  # never a linked file
 
+    def merged_paths(self) -> list[tuple[str, str]]:
+        """(name, path) of every ``merged-*`` folder holding a ``star-merge merge`` output, sorted by name."""
+        names = sorted(os.listdir(self.path)) if os.path.isdir(self.path) else []
+        return [(n, self.join(n)) for n in names if n.startswith("merged-") and os.path.isfile(self.join(n, MERGE_FILE))]
+
     # Everything a run writes except population/ (which is reusable across runs: members are seeded).
     RESULT_ENTRIES = ("star", "bma", "checkpoints", "logs", MANIFEST_NAME, PERMUTATIONS_NAME, "report.json",
                       "report.md", "README.md", *PLOT_NAMES.values())

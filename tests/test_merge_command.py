@@ -90,3 +90,41 @@ def test_push_plans_a_merged_checkpoint(checkpoints, tmp_path, capsys):
     assert "me/merged: 4 files" in capsys.readouterr().out
     with pytest.raises(PushError, match="no BMA"):
         upload_plan(out, "me/merged", bma_repo_id="me/bma")
+
+
+def test_evaluate_run_scores_the_merges_next_to_the_star(tmp_path_factory, mnist1d):
+    """RUN/merged-* (written by star-merge merge from the run's anchors) get a model row and held-out barriers."""
+    import statistics
+
+    from star_merge import evaluate_run
+    from star_merge.data import make_dataloader
+    from star_merge.evaluation.engine import evaluate_loss_accuracy
+    from star_merge.io import atomic_write_json
+    from star_merge.population.training import save_checkpoint
+    from star_merge.rundir import MANIFEST_NAME
+
+    root = tmp_path_factory.mktemp("run")
+    cfg = StarMLPConfig(input_size=40, hidden_sizes=[16], num_labels=10)
+    names = ["anchor-00", "anchor-01", "held-out-00", "held-out-01"]
+    for i, n in enumerate(names):
+        save_checkpoint(build_model(cfg, seed=i), str(root / "population" / n))
+    save_checkpoint(build_model(cfg, seed=9), str(root / "star"))
+    atomic_write_json(str(root / MANIFEST_NAME), {
+        "config": {"note": "hand-written test manifest"}, "data": {"dataset_name": "mnist1d", "num_samples": 600},
+        "model_type": "star-mlp",
+        "model_input_name": "input_values",
+        "members": [{"name": n, "role": "held-out" if n.startswith("held") else "anchor", "path": f"population/{n}",
+                     "source": "trained", "repo_id": None, "revision": None} for n in names]})
+    assert main(["merge", str(root), "--method", "reference", "--output_dir", str(root / "merged-reference"),
+                 "--no_progress"]) == 0
+    report = evaluate_run(str(root), num_points=3, progress=False)
+    row = report["models"]["merged-reference"]
+    assert row["role"] == "merged"
+    dataset, _ = __import__("star_merge.rundir", fromlist=["RunDirectory"]).RunDirectory(str(root)).load_data()
+    loss, acc = evaluate_loss_accuracy(load_checkpoint(str(root / "merged-reference")), make_dataloader(dataset["test"], 100))
+    assert row["test"]["nll"] == pytest.approx(loss, rel=1e-5) and row["test"]["accuracy"] == pytest.approx(acc)
+    rows = report["barriers"]["merged_vs_held_out"]
+    assert [(r["a"], r["b"]) for r in rows] == [("merged-reference", "held-out-00"), ("merged-reference", "held-out-01")]
+    mean = report["summary"]["merged_vs_held_out"]["merged-reference"]["test_loss_barrier"]["mean"]
+    assert mean == pytest.approx(statistics.fmean(r["test"]["loss_barrier"] for r in rows))
+    assert "Free merges vs the star" in (root / "report.md").read_text()
