@@ -110,3 +110,44 @@ def test_merged_batchnorm_model_with_and_without_reset():
         assert not torch.allclose(model.state_dict()[k], merged_sd[k])  # the reset changed them
     x = data[0]["input_values"]
     torch.testing.assert_close(model(input_values=x).logits, reference(input_values=x).logits)
+
+
+def test_repair_on_a_gpt2_language_model_over_tokens():
+    """GPT-2: the sites read from the spec are each block's MLP input projection (Conv1D, weight [in, out]); after
+    REPAIR their per-channel statistics over every token equal the members' mean (measured here with hooks)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    members_ = []
+    for s in range(2):
+        torch.manual_seed(s)
+        members_.append(GPT2LMHeadModel(cfg).eval())
+    merged_sd, record = merge_models(members_, method="reference")
+    spec = spec_for(members_[0])
+    aligned = [apply_permutation(spec, p, m.state_dict()) for p, m in zip(record.perms, members_)]
+    model = GPT2LMHeadModel(cfg).eval()
+    model.load_state_dict(merged_sd)
+    sites = repair_sites(model)
+    assert sites == ["transformer.h.0.mlp.c_fc", "transformer.h.1.mlp.c_fc"]
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": torch.randint(0, 50, (4, 12), generator=g)}]
+    repair_model(model, aligned, [0.5, 0.5], data)
+
+    def site_outputs(sd):
+        m = GPT2LMHeadModel(cfg).eval()
+        m.load_state_dict(sd)
+        seen = {}
+        handles = [dict(m.named_modules())[s].register_forward_hook(
+            lambda mod, i, o, s=s: seen.__setitem__(s, o.detach().double().reshape(-1, o.shape[-1]))) for s in sites]
+        with torch.no_grad():
+            m(input_ids=data[0]["input_ids"])
+        for h in handles:
+            h.remove()
+        return seen
+
+    got, outs = site_outputs(model.state_dict()), [site_outputs(sd) for sd in aligned]
+    for s in sites:
+        torch.testing.assert_close(got[s].mean(0), 0.5 * (outs[0][s].mean(0) + outs[1][s].mean(0)), rtol=0, atol=1e-5)
+        torch.testing.assert_close(got[s].std(0, unbiased=False),
+                                   0.5 * (outs[0][s].std(0, unbiased=False) + outs[1][s].std(0, unbiased=False)),
+                                   rtol=0, atol=1e-5)

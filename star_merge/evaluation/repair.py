@@ -11,8 +11,8 @@ earlier corrections in place, so after repair every site's statistics over the r
 
 Repair sites (:func:`repair_sites`): a model's own ``repair_sites()`` if it declares them, else read from its
 adapter's permutation spec: every Linear / Conv / transformers ``Conv1D`` with a bias whose output units are a
-permutation that no other module writes (a layer's hidden units, before its nonlinearity; a residual stream,
-written by many modules, is not one).
+permutation of single units (not attention heads or fused q/k/v blocks) that no other module writes (a layer's
+hidden units, before its nonlinearity; a residual stream, written by many modules, is not one).
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def repair_sites(model: nn.Module, spec=None) -> list[str]:
     for name, module in modules.items():
         axis = _output_axis(module)
         axes = spec.axes_to_perm.get(f"{name}.weight") if axis is not None else None
-        if axes is None or axes[axis] is None:
+        # not permuted, or attention heads / fused q, k, v (their outputs meet softmax(q·k), not a unit-wise nonlinearity)
+        if axes is None or axes[axis] is None or axes[axis].block != 1 or axes[axis].repeat != 1:
             continue
         writers.setdefault(axes[axis].perm, []).append(name)
     return [names[0] for names in writers.values() if len(names) == 1 and getattr(modules[names[0]], "bias", None) is not None]
