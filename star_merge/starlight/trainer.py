@@ -373,16 +373,11 @@ class StarlightTrainer:
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token=None,
                     commit_message: str = "Upload Starlight star model") -> str:
-        """Upload the trained star (as :meth:`save_model` writes it) to ``repo_id``; returns the commit url."""
-        import tempfile
+        """Upload the trained star (as :meth:`save_model` writes it) with its model card to ``repo_id`` through the
+        one publishing path (``star_merge.hub.publish``: sanitised, a card, no local path); the commit url."""
+        from ..hub.trainer_push import push_trainer_star
 
-        from huggingface_hub import HfApi
-
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = self.save_model(os.path.join(tmp, "star"))
-            api = HfApi(token=token)
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            return str(api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message))
+        return push_trainer_star(self, repo_id, private=private, token=token, commit_message=commit_message)
 
     # ------------------------------------------------------------------ helpers
     @torch.no_grad()
