@@ -165,3 +165,17 @@ def test_fsdp_resume_after_a_kill_is_exact(fsdp_run, tmp_path):
     for r in range(2):
         got = load_file(tmp_path / "resumed" / f"rank{r}.safetensors")
         assert all(torch.equal(got[k], expected[k]) for k in expected), r
+
+
+@pytest.mark.parametrize("setting,match", [("align_overlap", "align_overlap"), ("batchnorm", "BatchNorm"),
+                                           ("anchor_device", "anchor_device=cpu")])
+def test_what_fsdp2_mode_does_not_support_is_one_line(setting, match):
+    from star_merge.starlight.fsdp import check_fsdp_run
+
+    model_type = "star-cnn1d" if setting == "batchnorm" else "star-mlp"
+    overrides = {"align_overlap": {"align_overlap": True}, "anchor_device": {"anchor_device": "accelerator"}}
+    config, _, pop, _ = tiny_arguments(None, model_type, **overrides.get(setting, {}))
+    model = build_model(pop.build_config(), 0)
+    check_fsdp_run(False, config, model)  # without FSDP2 each of these is allowed
+    with pytest.raises(UserError, match=match):
+        check_fsdp_run(True, config, model)
