@@ -119,7 +119,7 @@ def test_permuted_copies_merge_back_to_the_model(method):
 
 
 def test_relaxed_objective_at_permutation_matrices_is_the_universe_objective():
-    """The Frank-Wolfe objective on matrices eye[p] equals the index-permuted one (matrix_map vs index_select),
+    """The Frank-Wolfe objective on matrices eye[p] equals the index-permuted one (matrix products vs index selection),
     also on a BatchNorm CNN whose classifier permutes channel blocks."""
     torch.manual_seed(0)
     cfg = StarCNN1dConfig(input_size=12, channels=[4, 6], kernel_size=3, num_labels=3)

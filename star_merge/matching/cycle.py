@@ -5,7 +5,7 @@ P_j^T P_i, so every cycle composes to the identity by construction. The maps are
 
     maximise  J(P) = Σ_{i<j} w_i w_j Σ_k <P_i(θ_i)_k, P_j(θ_j)_k>   over doubly stochastic P
 
-(P_i(θ_i)_k: tensor k with every permuted axis mixed by its matrix, :func:`.terms.matrix_map`), by
+(P_i(θ_i)_k: tensor k with every permuted axis mixed by its matrix, :func:`star_merge.groups.map_axis` through :func:`.terms.apply_maps`), by
 Frank-Wolfe from the vertex of the members' weight matchings to member 0 (the ``reference`` alignment, so
 the result is never below it): the gradient of J in every P_i^p at once (autograd), the linear
 maximisation over the permutation matrices solved by the engine's assignment solver per (member,
