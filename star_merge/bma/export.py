@@ -27,7 +27,7 @@ _CODE_FILES = (
     os.path.join(_HERE, "modeling_star_bma.py"),
     *(
         os.path.join(os.path.dirname(os.path.abspath(_builtin_models.__file__)), f)
-        for f in ("common.py", "mlp.py", "cnn1d.py")
+        for f in _builtin_models.SHIPPED_CODE
     ),
 )
 def build_bma(

@@ -29,13 +29,19 @@ from transformers.utils import ModelOutput
 from .configuration_star_bma import StarBMAConfig
 
 try:  # in an exported folder star-merge's built-in member models are saved beside this file
+    from .cifar_densenet import StarCifarDenseNetConfig, StarCifarDenseNetForImageClassification
+    from .cifar_resnet import StarCifarResNetConfig, StarCifarResNetForImageClassification
+    from .cifar_vgg import StarCifarVGGConfig, StarCifarVGGForImageClassification
+    from .cifar_wrn import StarCifarWRNConfig, StarCifarWRNForImageClassification
     from .cnn1d import StarCNN1dConfig, StarCNN1dForClassification
     from .mlp import StarMLPConfig, StarMLPForClassification
 
-    SHIPPED_MEMBERS = {
-        StarMLPConfig.model_type: (StarMLPConfig, StarMLPForClassification),
-        StarCNN1dConfig.model_type: (StarCNN1dConfig, StarCNN1dForClassification),
-    }
+    SHIPPED_MEMBERS = {cfg.model_type: (cfg, cls) for cfg, cls in (
+        (StarMLPConfig, StarMLPForClassification), (StarCNN1dConfig, StarCNN1dForClassification),
+        (StarCifarResNetConfig, StarCifarResNetForImageClassification),
+        (StarCifarVGGConfig, StarCifarVGGForImageClassification),
+        (StarCifarWRNConfig, StarCifarWRNForImageClassification),
+        (StarCifarDenseNetConfig, StarCifarDenseNetForImageClassification))}
 except ModuleNotFoundError as e:  # inside star_merge the built-in models are registered with the Auto classes
     if not (e.name or "").startswith(f"{__package__}."):
         raise

@@ -16,6 +16,7 @@ import json
 import os
 from typing import Any, Callable
 
+from ..data import BUILTIN_DATASETS
 from ..evaluation.summary import RunSummary, finite_number
 from ..evaluation.verdict import headline, judge_star
 from ..io import atomic_write_text
@@ -238,7 +239,7 @@ def build_model_card(
         *citation(),
     ]
     card = new_or_existing(existing)
-    datasets = [data_name] if data_name and data_name not in ("mnist1d", "digits") and not os.path.isabs(data_name) else None
+    datasets = [data_name] if data_name and data_name not in BUILTIN_DATASETS and not os.path.isabs(data_name) else None
     updates = {
         "library_name": _library_name(star_config),
         "license": license,

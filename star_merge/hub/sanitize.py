@@ -14,6 +14,7 @@ import logging
 import os
 import re
 
+from ..models import SHIPPED_CODE
 from ..processing import is_processor_file
 from ..rundir import path_in_run
 
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 #: (:func:`star_merge.processing.is_processor_file`); anything else is not published.
 STAR_FILES = ("config.json", "generation_config.json", "training_info.json", "model.safetensors.index.json")
 _WEIGHTS = re.compile(r"^model(-\d+-of-\d+)?\.safetensors$")
-_BMA_CODE = ("configuration_star_bma.py", "modeling_star_bma.py", "common.py", "mlp.py", "cnn1d.py")
+_BMA_CODE = ("configuration_star_bma.py", "modeling_star_bma.py", *SHIPPED_CODE)
 
 
 def is_publishable(path: str, rel: str, bma: bool) -> bool:

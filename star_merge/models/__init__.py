@@ -18,6 +18,11 @@ VISION_MODELS = (
 #: model_type of every built-in image classifier (their populations read raw images with ``image_processor_for``).
 VISION_MODEL_TYPES = tuple(cfg.model_type for cfg, _ in VISION_MODELS)
 
+#: The model files an exported BMA ships beside its weights (``trust_remote_code``; each imports only torch,
+#: transformers and, relatively, the others).
+SHIPPED_CODE = ("common.py", "mlp.py", "cnn1d.py", "vision.py", "cifar_resnet.py", "cifar_vgg.py", "cifar_wrn.py",
+                "cifar_densenet.py")
+
 BUILTIN_CLASSES = {
     "StarMLPForClassification": StarMLPForClassification,
     "StarCNN1dForClassification": StarCNN1dForClassification,
@@ -70,5 +75,6 @@ __all__ = [
     "VISION_MODEL_TYPES",
     "image_processor_for",
     "BUILTIN_CLASSES",
+    "SHIPPED_CODE",
     "register_builtin_models",
 ]

@@ -2,8 +2,9 @@
 
 ``depth`` L and ``growth_rate`` k; with ``bottleneck`` (DenseNet-BC, the default) each of the three dense blocks
 has (L - 4) / 6 layers BN-ReLU-conv1x1(4k)-BN-ReLU-conv3x3(k), the stem 2k channels and each transition
-BN-ReLU-conv1x1 (``compression`` 0.5 of the channels)-avg-pool 2; without it (L - 4) / 3 layers BN-ReLU-conv3x3(k),
-a 16-channel stem and no compression (DenseNet-40-12 of the original paper). A layer's output is appended to
+BN-ReLU-conv1x1 (``compression``, default 0.5, of the channels)-avg-pool 2; without it (L - 4) / 3 layers
+BN-ReLU-conv3x3(k), a 16-channel stem and no compression by default (DenseNet-40-12 of the original paper, 1.0M
+parameters). A layer's output is appended to
 its input: ``torch.cat([x, new], 1)``, so block b's features are [block input, layer 0, layer 1, ...].
 """
 
@@ -21,10 +22,10 @@ from .vision import StarVisionConfig, StarVisionPreTrainedModel, conv3x3, positi
 class StarCifarDenseNetConfig(StarVisionConfig):
     model_type = "star-cifar-densenet"
 
-    def __init__(self, depth: int = 40, growth_rate: int = 12, bottleneck: bool = True, compression: float = 0.5,
-                 **kwargs):
+    def __init__(self, depth: int = 40, growth_rate: int = 12, bottleneck: bool = True,
+                 compression: float | None = None, **kwargs):
         self.depth, self.growth_rate, self.bottleneck = int(depth), int(growth_rate), bool(bottleneck)
-        self.compression = float(compression)
+        self.compression = float(compression if compression is not None else 0.5 if self.bottleneck else 1.0)
         per = 6 if self.bottleneck else 3
         if self.depth < 4 + per or (self.depth - 4) % per:
             raise ModelConfigError(f"star-cifar-densenet: depth must be {per}n+4 with bottleneck={self.bottleneck}, "
@@ -104,7 +105,7 @@ class StarCifarDenseNetForImageClassification(StarVisionPreTrainedModel):
             x = block(x)
             if b < 2:
                 x = self.transitions[b](x)
-        return self._classify(self.act(self.norm(x)), labels, return_dict)
+        return self._head(self.act(self.norm(x)), labels, return_dict)
 
     def activation_sites(self) -> dict[str, str]:
         """Each permutation's units at the convolution that writes them."""

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .common import ModelConfigError
-from .vision import StarVisionConfig, StarVisionPreTrainedModel, conv3x3, positive
+from .vision import StarVisionConfig, StarVisionPreTrainedModel, conv3x3, positive, residual_stages, stream_sites
 
 _IMAGENET_STYLE = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
@@ -59,33 +59,14 @@ class StarCifarResNetForImageClassification(StarVisionPreTrainedModel):
 
     def __init__(self, config: StarCifarResNetConfig):
         super().__init__(config)
-        stages = config.stages
         self.stem = nn.Sequential(conv3x3(config.num_channels, config.width), nn.BatchNorm2d(config.width), nn.ReLU())
-        cin, blocks = config.width, []
-        for s, (n, width) in enumerate(stages):
-            layers = []
-            for j in range(n):
-                layers.append(BasicBlock(cin, width, 2 if j == 0 and s > 0 else 1))
-                cin = width
-            blocks.append(nn.Sequential(*layers))
-        self.stages = nn.ModuleList(blocks)
+        self.stages, cin = residual_stages(config.stages, config.width, BasicBlock)
         self.classifier = nn.Linear(cin, config.num_labels)
         self.post_init()
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict=None, **kwargs):
-        x = self.stem(self._pixels(pixel_values))
-        for stage in self.stages:
-            x = stage(x)
-        return self._classify(x, labels, return_dict)
+        return self._head(self.stages(self.stem(self._pixels(pixel_values))), labels, return_dict)
 
     def activation_sites(self) -> dict[str, str]:
-        """The stream after the last block that writes it; each block's inner ReLU."""
-        sites, stream = {}, "stem"
-        last = {"stem": "stem.2"}
-        for s, stage in enumerate(self.stages):
-            for j, block in enumerate(stage):
-                if block.shortcut is not None:
-                    stream = f"stages.{s}.{j}.residual"
-                last[stream] = f"stages.{s}.{j}.act2"
-                sites[f"stages.{s}.{j}.conv1"] = f"stages.{s}.{j}.act1"
-        return {**sites, **last}
+        """Each stream after the last block that writes it (its output ReLU); each block's inner ReLU."""
+        return stream_sites(self.stages, "stem.2", ".act2", "act1")

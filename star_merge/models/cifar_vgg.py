@@ -54,7 +54,7 @@ class StarCifarVGGForImageClassification(StarVisionPreTrainedModel):
         self.post_init()
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict=None, **kwargs):
-        return self._classify(self.features(self._pixels(pixel_values)), labels, return_dict)
+        return self._head(self.features(self._pixels(pixel_values)), labels, return_dict)
 
     def activation_sites(self) -> dict[str, str]:
         return {f"conv_{i}": f"features.{c + 2}" for i, c in enumerate(self.conv_index)}

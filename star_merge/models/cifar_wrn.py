@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .common import ModelConfigError
-from .vision import StarVisionConfig, StarVisionPreTrainedModel, conv3x3, positive
+from .vision import StarVisionConfig, StarVisionPreTrainedModel, conv3x3, positive, residual_stages, stream_sites
 
 
 class StarCifarWRNConfig(StarVisionConfig):
@@ -57,31 +57,16 @@ class StarCifarWRNForImageClassification(StarVisionPreTrainedModel):
     def __init__(self, config: StarCifarWRNConfig):
         super().__init__(config)
         self.stem = conv3x3(config.num_channels, config.base_width)
-        cin, stages = config.base_width, []
-        for s, (n, width) in enumerate(config.stages):
-            blocks = []
-            for j in range(n):
-                blocks.append(PreActBlock(cin, width, 2 if j == 0 and s > 0 else 1, config.dropout))
-                cin = width
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.ModuleList(stages)
+        self.stages, cin = residual_stages(config.stages, config.base_width,
+                                           lambda a, b, stride: PreActBlock(a, b, stride, config.dropout))
         self.norm, self.act = nn.BatchNorm2d(cin), nn.ReLU()
         self.classifier = nn.Linear(cin, config.num_labels)
         self.post_init()
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict=None, **kwargs):
-        x = self.stem(self._pixels(pixel_values))
-        for stage in self.stages:
-            x = stage(x)
-        return self._classify(self.act(self.norm(x)), labels, return_dict)
+        x = self.stages(self.stem(self._pixels(pixel_values)))
+        return self._head(self.act(self.norm(x)), labels, return_dict)
 
     def activation_sites(self) -> dict[str, str]:
         """Each stream after the last block that writes it (the block's output); each block's inner ReLU."""
-        sites, stream, last = {}, "stem", {"stem": "stem"}
-        for s, stage in enumerate(self.stages):
-            for j, block in enumerate(stage):
-                if block.shortcut is not None:
-                    stream = f"stages.{s}.{j}.residual"
-                last[stream] = f"stages.{s}.{j}"
-                sites[f"stages.{s}.{j}.conv1"] = f"stages.{s}.{j}.act2"
-        return {**sites, **last}
+        return stream_sites(self.stages, "stem", "", "act2")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import PreTrainedConfig
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
-from .common import ModelConfigError
+from .common import ModelConfigError, StarPreTrainedModel
 
 # Per-channel statistics of the CIFAR-10 training images (the paper's normalisation).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -48,7 +48,10 @@ def positive(model_type: str, **values) -> None:
 def image_processor_for(config):
     """The image processor a population of ``config`` reads raw images with (saved in every member folder):
     RGB, resized to ``image_size``², scaled to [0, 1], normalised per channel."""
-    from transformers import ViTImageProcessor
+    try:  # the PIL backend (transformers >= 5 without torchvision); saved as a ViTImageProcessor either way
+        from transformers import ViTImageProcessorPil as ViTImageProcessor
+    except ImportError:
+        from transformers import ViTImageProcessor
 
     return ViTImageProcessor(do_resize=True, size={"height": config.image_size, "width": config.image_size},
                              do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
@@ -59,11 +62,37 @@ def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
 
 
-class StarVisionPreTrainedModel(PreTrainedModel):
+def residual_stages(stages, cin: int, block) -> tuple[nn.Sequential, int]:
+    """``stages.{s}.{j}``: ``block(cin, cout, stride)`` per (blocks, width) stage, stride 2 entering every stage
+    but the first; returns the stages and the channels they end with."""
+    out = []
+    for s, (n, width) in enumerate(stages):
+        layers = []
+        for j in range(n):
+            layers.append(block(cin, width, 2 if j == 0 and s > 0 else 1))
+            cin = width
+        out.append(nn.Sequential(*layers))
+    return nn.Sequential(*out), cin
+
+
+def stream_sites(stages, stem_site: str, block_site: str, inner_site: str) -> dict[str, str]:
+    """Activation sites of a residual network: each stream (``stem``, then ``stages.{s}.{j}.residual`` from a block
+    with a projection shortcut) at the last block that writes it, each block's inner units (``....conv1``)."""
+    sites, stream, last = {}, "stem", {"stem": stem_site}
+    for s, stage in enumerate(stages):
+        for j, block in enumerate(stage):
+            if block.shortcut is not None:
+                stream = f"stages.{s}.{j}.residual"
+            last[stream] = f"stages.{s}.{j}{block_site}"
+            sites[f"stages.{s}.{j}.conv1"] = f"stages.{s}.{j}.{inner_site}"
+    return {**sites, **last}
+
+
+class StarVisionPreTrainedModel(StarPreTrainedModel):
     """Base class: Kaiming-normal convolutions (fan out), BatchNorm at 1/0, PyTorch's default linear layers."""
 
     main_input_name = "pixel_values"
-    base_model_prefix = "star"
+    output_class = ImageClassifierOutputWithNoAttention
 
     def _init_weights(self, module):
         if isinstance(module, nn.Conv2d):
@@ -77,19 +106,9 @@ class StarVisionPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Linear):
             module.reset_parameters()
 
-    def _classify(self, features: torch.Tensor, labels, return_dict):
+    def _head(self, features: torch.Tensor, labels, return_dict):
         """Global average pooling, the classifier, the cross-entropy loss when ``labels`` are given."""
-        logits = self.classifier(features.mean(dim=(2, 3)))
-        loss = None
-        if labels is not None:
-            loss = nn.functional.cross_entropy(logits, labels.long().to(logits.device))
-        if return_dict is False:
-            return (loss, logits) if loss is not None else (logits,)
-        return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits)
+        return self._classify(self.classifier(features.mean(dim=(2, 3))), labels, return_dict)
 
     def _pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return pixel_values.to(self.classifier.weight.dtype)
-
-    def activation_sites(self) -> dict[str, str]:
-        """Permutation name -> name of the module whose output holds that permutation's units."""
-        raise NotImplementedError
