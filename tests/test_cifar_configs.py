@@ -59,6 +59,22 @@ def test_config_parses_into_the_paper_setting(name):
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(params, rel=rel)
 
 
+@pytest.mark.parametrize("build, params, rel", [
+    (lambda m: m.StarCifarResNetConfig(depth=20), 0.27e6, 0.02),  # He et al. 2016, Table 6
+    (lambda m: m.StarCifarWRNConfig(depth=28, widen_factor=10), 36.5e6, 0.01),  # Zagoruyko & Komodakis, Table 5
+    (lambda m: m.StarCifarDenseNetConfig(depth=40, growth_rate=12, bottleneck=False), 1.0e6, 0.03),  # Huang et al.
+    (lambda m: m.StarCifarDenseNetConfig(depth=100, growth_rate=12), 0.8e6, 0.05),  # DenseNet-BC-100-12
+])
+def test_architectures_have_the_papers_parameter_counts(build, params, rel):
+    from transformers import AutoModelForImageClassification
+
+    import star_merge.models as models
+
+    with torch.device("meta"):
+        model = AutoModelForImageClassification.from_config(build(models))
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(params, rel=rel)
+
+
 def test_other_architectures_keep_the_generic_recipe():
     _, data, pop, _ = parse("--config", os.path.join(CONFIGS, "mnist1d_cnn1d.yaml"))
     assert (pop.population_optimizer, pop.population_weight_decay, data.augment) == ("adamw", 0.0, None)
