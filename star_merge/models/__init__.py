@@ -18,10 +18,9 @@ VISION_MODELS = (
 #: model_type of every built-in image classifier (their populations read raw images with ``image_processor_for``).
 VISION_MODEL_TYPES = tuple(cfg.model_type for cfg, _ in VISION_MODELS)
 
-#: The model files an exported BMA ships beside its weights (``trust_remote_code``; each imports only torch,
+#: The model files a BMA of CIFAR members ships beside its weights (``trust_remote_code``; each imports only torch,
 #: transformers and, relatively, the others).
-SHIPPED_CODE = ("common.py", "mlp.py", "cnn1d.py", "vision.py", "cifar_resnet.py", "cifar_vgg.py", "cifar_wrn.py",
-                "cifar_densenet.py")
+VISION_CODE = ("common.py", "vision.py", "cifar_resnet.py", "cifar_vgg.py", "cifar_wrn.py", "cifar_densenet.py")
 
 BUILTIN_CLASSES = {
     "StarMLPForClassification": StarMLPForClassification,
@@ -75,6 +74,6 @@ __all__ = [
     "VISION_MODEL_TYPES",
     "image_processor_for",
     "BUILTIN_CLASSES",
-    "SHIPPED_CODE",
+    "VISION_CODE",
     "register_builtin_models",
 ]
