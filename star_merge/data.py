@@ -71,7 +71,8 @@ class DataArguments:
     augment: bool | None = field(
         default=None,
         metadata={"help": "Raw images: seeded train-time augmentation (random resized crop or padded crop, + flip); "
-                          "default: on for a trained population of a built-in CIFAR architecture, off otherwise."},
+                          "default: on when the recipe trains a population of a built-in CIFAR architecture, "
+                          "off otherwise."},
     )
     label_column: str = field(default="label", metadata={"help": "Column holding integer class labels."})
     train_split: str = field(default="train", metadata={"help": "Split used for training / BN statistics."})

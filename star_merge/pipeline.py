@@ -189,10 +189,7 @@ def _builtin_processor(dataset, model_config):
 def _builtin_population(config, data_args, pop, accelerator, paths: RunPaths) -> _Population:
     """The built-in population, trained (or reused, when its recorded settings match) into population/."""
     from .population import train_population
-    from .population.defaults import recipe_defaults
 
-    if data_args.augment is None:  # the architecture's recipe (population/defaults.py)
-        data_args.augment = bool(recipe_defaults(pop.model_type)["augment"])
     with accelerator.main_process_first():
         dataset = load_task_dataset(data_args)
     model_config = pop.build_config(num_labels=dataset["train"].features["labels"].num_classes
@@ -261,6 +258,10 @@ def _save_results(paths: RunPaths, manifest: dict, result, processor, config, tr
 def _run_locked(config, data_args, pop, run_args, accelerator) -> dict:
     paths = RunPaths(config.output_dir)
     started = time.time()
+    if data_args.augment is None:  # the trained population's architecture decides (population/defaults.py)
+        from .population.defaults import recipe_defaults
+
+        data_args.augment = False if pop.anchors else bool(recipe_defaults(pop.model_type)["augment"])
     if pop.anchors:
         population = _given_population(config, data_args, pop, accelerator)
     else:

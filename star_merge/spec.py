@@ -87,7 +87,8 @@ class Segments:
         out, offset = [], 0
         for part in parts:
             if isinstance(part, bool) or not isinstance(part, (int, tuple, AxisPerm)):
-                raise SpecError(f"a segment is an int (fixed elements), (name, span) or AxisPerm(name, span=...), got {part!r}")
+                raise SpecError("a segment is an int (fixed elements), (name, span) or AxisPerm(name, span=...), "
+                                f"got {part!r}")
             if isinstance(part, int):
                 if part < 1:
                     raise SpecError(f"a fixed segment needs at least one element, got {part}")

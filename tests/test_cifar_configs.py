@@ -139,6 +139,10 @@ def test_cifar10_config_runs_offline_end_to_end(tmp_path):
     assert best["score"] == pytest.approx(float(probs.max()), abs=1e-5)
     # the BMA ships the model code: a fresh process without star_merge loads it (trust_remote_code), same logits
     from star_merge.bma import load_bma
+    from star_merge.models import VISION_CODE
+
+    shipped = {f for f in os.listdir(out / "bma") if f.endswith(".py")}
+    assert shipped == {"configuration_star_bma.py", "modeling_star_bma.py", "builtin_vision_members.py", *VISION_CODE}
 
     pixels = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
