@@ -81,6 +81,8 @@ def test_other_architectures_keep_the_generic_recipe():
     _, _, pop, _ = parse("--config", os.path.join(CONFIGS, "cifar10_vgg11.yaml"), "--population_learning_rate", "0.05",
                          "--population_optimizer", "adamw")
     assert (pop.population_optimizer, pop.population_learning_rate, pop.population_weight_decay) == ("adamw", 0.05, 5e-4)
+    # augment: unset (None: the architecture decides), a bare flag, or an explicit value
+    assert [parse(*flags)[1].augment for flags in ([], ["--augment"], ["--augment", "false"])] == [None, True, False]
 
 
 def stand_in_cifar10(n_train=48, n_test=24):
