@@ -32,7 +32,8 @@ from typing import Mapping
 
 import torch
 
-from ..spec import AxisPerm, PermutationSpec, Segments, axis_index, axis_perms
+from ..groups import PERMUTATION, map_axis
+from ..spec import AxisPerm, PermutationSpec, Segments, axis_perms, group_kind, map_entry
 
 __all__ = ["CACHE_MIN_ROW", "RANK_UPDATE_SHARE", "TermCache", "to_blocks", "blocks_batched", "expand_batched",
            "index_batched", "apply_maps", "segment", "term_key", "group_kind", "neighbours"]
@@ -42,11 +43,6 @@ __all__ = ["CACHE_MIN_ROW", "RANK_UPDATE_SHARE", "TermCache", "to_blocks", "bloc
 CACHE_MIN_ROW = 16
 # A cached term is updated by a rank-|S| product when at most size // RANK_UPDATE_SHARE units moved.
 RANK_UPDATE_SHARE = 4
-
-
-def group_kind(spec: PermutationSpec, name: str) -> str:
-    """The kind of group ``name`` of ``spec`` ranges over: ``permutation`` unless the spec says otherwise."""
-    return getattr(spec, "group_kinds", {}).get(name, "permutation")
 
 
 def segment(w: torch.Tensor, axis: int, entry) -> torch.Tensor:
@@ -104,34 +100,23 @@ def index_batched(w: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
 def apply_maps(w: torch.Tensor, axes, maps: Mapping[str, torch.Tensor], skip=(), batched: bool = False) -> torch.Tensor:
     """``w`` with every mapped axis but those in ``skip`` taken through its group's current map.
 
-    Unbatched, ``maps[p]`` is one map ([n] for a permutation); batched, ``w`` and every ``maps[p]`` carry a
-    leading batch dimension (axis i of the tensor is dimension i + 1). The one place a tensor's axis meets a
-    group element: a new group kind adds its branch here.
+    Unbatched, ``maps[p]`` is one map ([n] for a permutation, [n, n] for an orthogonal map); batched, ``w``
+    and every ``maps[p]`` carry a leading batch dimension (axis i of the tensor is dimension i + 1). The one
+    place a tensor's axis meets a group element (through ``groups.map_axis``: index selection for a
+    permutation, a matrix product for an orthogonal map).
     """
     for i, a in enumerate(axes):
         if a is None or i in skip:
             continue
-        if batched:
-            w = index_batched(w, i + 1, _batched_index(a, maps, w.device))
+        if isinstance(a, Segments):  # each segment through its own map, fixed segments in place
+            w = map_entry(w, i + 1 if batched else i, a, maps, batched=batched)
+            continue
+        m = maps[a.perm].to(w.device)
+        if batched and not m.is_floating_point():
+            w = index_batched(w, i + 1, expand_batched(m, a))
         else:
-            w = torch.index_select(w, i, axis_index(a, maps, w.device))
+            w = map_axis(w, i + 1 if batched else i, m, a, batched=batched)
     return w
-
-
-def _batched_index(entry, maps, device) -> torch.Tensor:
-    """Element indices [g, axis size] of an axis for each model's maps (Segments: shifted, fixed parts kept)."""
-    if isinstance(entry, AxisPerm):
-        return expand_batched(maps[entry.perm].to(device), entry)
-    g = next(iter(maps.values())).shape[0]
-    pieces, start = [], 0
-    for p in entry.parts:
-        if isinstance(p, int):
-            pieces.append(torch.arange(start, start + p, device=device).expand(g, p))
-            start += p
-        else:
-            pieces.append(p.offset + expand_batched(maps[p.perm].to(device), p))
-            start += p.span
-    return torch.cat(pieces, dim=1)
 
 
 def neighbours(spec: PermutationSpec, perm_to_axes) -> dict[str, list[str]]:
@@ -208,10 +193,16 @@ class TermCache:
         spec = self.spec
         others = [(i, q) for i, a in enumerate(spec.axes_to_perm[k]) if i != ax for q in axis_perms(a)]
         entry = [torch.zeros((self.g, n, n), device=device, dtype=self.A[k].dtype), [None] * self.g,
-                 {o: torch.zeros((self.g, spec.perm_sizes[o[1]]), dtype=torch.long, device=device) for o in others},
-                 others]
+                 {o: self._snapshot(o[1], device) for o in others}, others]
         self.entries[term_key(k, ax, ap)] = entry
         return entry
+
+    def _snapshot(self, p, device):
+        """Room for every model's map of group p (what a cached term was built with)."""
+        n = self.spec.perm_sizes[p]
+        if group_kind(self.spec, p) == PERMUTATION:
+            return torch.zeros((self.g, n), dtype=torch.long, device=device)
+        return torch.zeros((self.g, n, n), dtype=torch.float64, device=device)
 
     def _refresh(self, k, ax, ap, n, perms, entry, stale) -> None:
         """Bring the stale models' cached terms up to date: a rank-|S| update where one other axis moved few
@@ -250,7 +241,7 @@ class TermCache:
             keys[b] = now
 
     def _updatable(self, a) -> bool:
-        return isinstance(a, AxisPerm) and group_kind(self.spec, a.perm) == "permutation"
+        return isinstance(a, AxisPerm) and group_kind(self.spec, a.perm) == PERMUTATION
 
     def term(self, k, ax, ap, n, perms, members, sel):
         """The term of (k, ax) for the models ``members`` ([m, n, n], ``sel`` their indices as a tensor)."""
