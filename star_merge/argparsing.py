@@ -49,6 +49,9 @@ class ArgumentsParser(HfArgumentParser):
         if "help" in meta:  # argparse formats help with %; a literal % in a help string must not break --help
             field = _with_metadata(field, {**field.metadata, "help": meta["help"].replace("%", "%%")})
         HfArgumentParser._parse_dataclass_field(parser, field)
+        if field.default is None and field.type == bool | None:  # unset (None), a bare --flag, or --flag false
+            action = parser._option_string_actions[f"--{field.name}"]
+            action.nargs, action.const = "?", True
 
     def error(self, message: str):
         """A usage error is a :class:`ConfigError` (one line, exit 2 through the error handler), never argparse's

@@ -1,4 +1,5 @@
-"""Datasets: the built-in tasks made offline (MNIST-1D, scikit-learn digits) and user datasets.
+"""Datasets: the built-in tasks made offline (MNIST-1D, scikit-learn digits, digits as 32x32 RGB images) and user
+datasets.
 
 :func:`load_task_dataset` returns a ``datasets.DatasetDict`` with ``train`` and ``test`` splits whose columns
 are either model inputs (``input_values``, ``pixel_values``, ``input_ids``, ...) and ``labels``, or raw
@@ -24,6 +25,7 @@ __all__ = [
     "DatasetError",
     "load_mnist1d",
     "load_digits_dataset",
+    "load_digits_images",
     "load_task_dataset",
     "make_dataloader",
     "prepare_dataset",
@@ -33,7 +35,7 @@ __all__ = [
     "BUILTIN_DATASETS",
 ]
 
-BUILTIN_DATASETS = ("mnist1d", "digits")
+BUILTIN_DATASETS = ("mnist1d", "digits", "digits32")
 
 
 @dataclass
@@ -42,7 +44,8 @@ class DataArguments:
 
     dataset_name: str = field(
         default="mnist1d",
-        metadata={"aliases": ["--dataset"], "help": "A built-in task (mnist1d, digits) or a `datasets` Hub name / local path."},
+        metadata={"aliases": ["--dataset"], "help": "A built-in task (mnist1d, digits, digits32) or a `datasets` Hub "
+                                                    "name / local path."},
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The `datasets` config name."})
     num_samples: int = field(default=5000, metadata={"help": "mnist1d: total samples generated (80% train)."})
@@ -65,9 +68,11 @@ class DataArguments:
         default=None,
         metadata={"help": "Tokenizer / image processor to use instead of the first anchor's (folder or Hub id)."},
     )
-    augment: bool = field(
-        default=False,
-        metadata={"help": "Raw images: seeded train-time augmentation (random resized crop or padded crop, + flip)."},
+    augment: bool | None = field(
+        default=None,
+        metadata={"help": "Raw images: seeded train-time augmentation (random resized crop or padded crop, + flip); "
+                          "default: on when the recipe trains a population of a built-in CIFAR architecture, "
+                          "off otherwise."},
     )
     label_column: str = field(default="label", metadata={"help": "Column holding integer class labels."})
     train_split: str = field(default="train", metadata={"help": "Split used for training / BN statistics."})
@@ -152,6 +157,33 @@ def load_digits_dataset(seed: int = 42, test_fraction: float = 0.2):
         {"pixel_values": Array3D(shape=(1, 8, 8), dtype="float32"), "labels": ClassLabel(names=[str(i) for i in range(10)])}
     )
     make = lambda idx: Dataset.from_dict({"pixel_values": x[idx], "labels": y[idx]}, features=features)  # noqa: E731
+    return DatasetDict(train=make(order[n_test:]), test=make(order[:n_test]))
+
+
+def load_digits_images(seed: int = 42, test_fraction: float = 0.2, size: int = 32):
+    """scikit-learn's digits as raw ``image`` columns: each 8x8 digit upsampled (bilinear) to ``size`` x ``size``
+    RGB (the grey level in all three channels), a CIFAR-shaped offline task; + ``labels``. Same split as
+    :func:`load_digits_dataset`. Made once per process (a run loads its dataset several times)."""
+    from datasets import DatasetDict
+
+    return DatasetDict(dict(_digits_images(int(seed), float(test_fraction), int(size))))
+
+
+@functools.lru_cache(maxsize=2)
+def _digits_images(seed: int, test_fraction: float, size: int):
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image as ImageFeature
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    grey = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
+    images = [Image.fromarray(g, mode="L").resize((size, size), Image.BILINEAR).convert("RGB") for g in grey]
+    y = d.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(y))
+    n_test = int(len(y) * test_fraction)
+    features = Features({"image": ImageFeature(), "labels": ClassLabel(names=[str(i) for i in range(10)])})
+    make = lambda idx: Dataset.from_dict({"image": [images[i] for i in idx], "labels": y[idx]},  # noqa: E731
+                                         features=features)
     return DatasetDict(train=make(order[n_test:]), test=make(order[:n_test]))
 
 
@@ -266,6 +298,8 @@ def load_task_dataset(args: DataArguments, model_input_name: str | None = None, 
         ds = load_mnist1d(args.num_samples, args.dataset_seed)
     elif args.dataset_name == "digits":
         ds = load_digits_dataset(args.dataset_seed)
+    elif args.dataset_name == "digits32":
+        ds = load_digits_images(args.dataset_seed)
     else:
         raw = _load_raw(args.dataset_name, args.dataset_config_name)
         for split in (args.train_split, args.test_split):

@@ -172,24 +172,40 @@ def _given_population(config, data_args, pop, accelerator) -> _Population:
                        data.collate_fn)
 
 
+def _builtin_processor(dataset, model_config):
+    """The image processor a trained population reads raw images with (a built-in CIFAR architecture's, saved
+    in every member folder); ``None`` for model-ready data; an error for raw data no built-in model reads."""
+    from .models import VISION_MODEL_TYPES, image_processor_for
+
+    kind = raw_kind(dataset)
+    if kind is None:
+        return None
+    if kind == "image" and model_config.model_type in VISION_MODEL_TYPES:
+        return image_processor_for(model_config)
+    raise RunError(f"raw {kind} data needs a population that reads it: give --anchors (and --held_out) saved with "
+                   f"their tokenizer / image processor, or train one of {', '.join(VISION_MODEL_TYPES)} on images")
+
+
 def _builtin_population(config, data_args, pop, accelerator, paths: RunPaths) -> _Population:
     """The built-in population, trained (or reused, when its recorded settings match) into population/."""
     from .population import train_population
 
     with accelerator.main_process_first():
         dataset = load_task_dataset(data_args)
-    if raw_kind(dataset):
-        raise RunError(f"raw {raw_kind(dataset)} data needs a population that reads it: give --anchors (and "
-                       "--held_out) saved with their tokenizer / image processor")
     model_config = pop.build_config(num_labels=dataset["train"].features["labels"].num_classes
                                     if hasattr(dataset["train"].features["labels"], "num_classes") else None)
+    processor = _builtin_processor(dataset, model_config)
     check_labels(dataset, model_config.num_labels)
-    check_input_column(dataset, model_config, data_args.dataset_name)
+    if processor is None:
+        check_input_column(dataset, model_config, data_args.dataset_name)
+    task = task_for(model_config, name=data_args.task)
+    if processor is not None:  # raw images: processed (and augmented) on the fly, the same for every member
+        dataset, collator = prepare_dataset(dataset, task, processor, data_args, seed=config.seed)
     population_dir = pop.population_dir or paths.population_path
     # Every setting that determines a member is recorded with it and compared before it is reused;
     # --overwrite_output_dir retrains members whose settings differ, otherwise that is an error.
     train = functools.partial(train_population, model_config, dataset, population_dir, pop.num_anchors,
-                              pop.num_held_out, pop.train_args(), seed=pop.population_seed,
+                              pop.num_held_out, pop.train_args(), seed=pop.population_seed, processor=processor,
                               data_settings=data_args.to_dict(), retrain_stale=config.overwrite_output_dir)
     if accelerator.is_main_process:
         recover_atomic_leftovers(population_dir)
@@ -197,7 +213,8 @@ def _builtin_population(config, data_args, pop, accelerator, paths: RunPaths) ->
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         members = train(progress=False)
-    task = task_for(model_config, name=data_args.task)
+    if processor is not None:
+        return _Population(members, model_config, task, processor, members[0].path, dataset, collator)
     with accelerator.main_process_first():  # tokenised once (the datasets cache serves the other processes)
         dataset, collator = prepare_dataset(dataset, task, None, data_args, seed=config.seed)
     return _Population(members, model_config, task, None, None, dataset, collator)
@@ -241,6 +258,10 @@ def _save_results(paths: RunPaths, manifest: dict, result, processor, config, tr
 def _run_locked(config, data_args, pop, run_args, accelerator) -> dict:
     paths = RunPaths(config.output_dir)
     started = time.time()
+    if data_args.augment is None:  # the trained population's architecture decides (population/defaults.py)
+        from .population.defaults import recipe_defaults
+
+        data_args.augment = False if pop.anchors else bool(recipe_defaults(pop.model_type)["augment"])
     if pop.anchors:
         population = _given_population(config, data_args, pop, accelerator)
     else:

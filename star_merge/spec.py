@@ -12,6 +12,13 @@ blocks of ``B`` contiguous elements, and the permutation moves whole blocks insi
 covers attention heads (``block=head_dim``), fused q/k/v projections (``repeat=3``), and a flattened
 ``channels x length`` feature map (``block=length``).
 
+An axis may also be a concatenation: :class:`Segments` lists its parts in order, each permuted by its own
+permutation (``(name, span)`` or ``AxisPerm(name, span=...)``) or fixed (an ``int``: that many elements never
+move, e.g. input channels). DenseNet's layers read the concatenation of every earlier feature map, so the
+input axis of a dense layer's first BatchNorm and convolution is ``Segments(("stem", 24), ("b0.l0", 12), ...)``.
+The spec checks that the segments' spans sum to the axis and fit their permutations' sizes; ``perm_to_axes``
+lists one (tensor, axis, entry) per permuted segment, the entry carrying the segment's ``offset`` and ``span``.
+
 Convention: ``apply_permutation(spec, perm, sd)[k]`` indexes old positions, ``new[i] = old[perm[i]]``
 along each permuted axis (as in git re-basin).
 """
@@ -19,7 +26,7 @@ along each permuted axis (as in git re-basin).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Union
 
 import torch
@@ -29,6 +36,9 @@ from .groups import GROUP_KINDS, PERMUTATION, SpecError, expand_index
 
 __all__ = [
     "AxisPerm",
+    "Segments",
+    "axis_perms",
+    "map_entry",
     "PermutationSpec",
     "SpecError",
     "random_permutation",
@@ -43,26 +53,100 @@ __all__ = [
 
 @dataclass(frozen=True)
 class AxisPerm:
-    """One axis permuted by permutation ``perm``; the axis has ``repeat * size(perm) * block`` entries."""
+    """One axis permuted by permutation ``perm``; the axis has ``repeat * size(perm) * block`` entries.
+
+    Inside :class:`Segments`, ``span`` is the segment's length and ``offset`` (filled in by ``Segments``)
+    its first element along the axis; a plain axis entry leaves both ``None``."""
 
     perm: str
     block: int = 1
     repeat: int = 1
+    offset: int | None = None
+    span: int | None = None
 
     def __post_init__(self):
         if self.block < 1 or self.repeat < 1:
             raise SpecError(f"AxisPerm({self.perm!r}): block and repeat must be >= 1")
+        if self.span is not None and self.span < 1:
+            raise SpecError(f"AxisPerm({self.perm!r}): span must be >= 1")
 
 
-AxisEntry = Union[AxisPerm, str, None]
+@dataclass(frozen=True, init=False)
+class Segments:
+    """A concatenated axis: ``parts`` in order, each an :class:`AxisPerm` with ``offset`` and ``span`` (a
+    segment permuted by its own permutation) or an ``int`` (that many fixed elements).
+
+    ``Segments(3, ("block0.layer0", 12), AxisPerm("block0.layer1", span=12))``: 3 fixed elements, then two
+    segments of 12 permuted by their own permutations."""
+
+    parts: tuple
+
+    def __init__(self, *parts):
+        out, offset = [], 0
+        for part in parts:
+            if isinstance(part, bool) or not isinstance(part, (int, tuple, AxisPerm)):
+                raise SpecError("a segment is an int (fixed elements), (name, span) or AxisPerm(name, span=...), "
+                                f"got {part!r}")
+            if isinstance(part, int):
+                if part < 1:
+                    raise SpecError(f"a fixed segment needs at least one element, got {part}")
+                out.append(part)
+                offset += part
+                continue
+            if isinstance(part, tuple):
+                if len(part) != 2 or not isinstance(part[1], int):
+                    raise SpecError(f"a permuted segment is (name, span), got {part!r}")
+                ap = part[0] if isinstance(part[0], AxisPerm) else AxisPerm(str(part[0]))
+                ap = replace(ap, span=part[1])
+            else:
+                ap = part
+            if ap.span is None:
+                raise SpecError(f"segment {ap.perm!r} needs its span (AxisPerm(name, span=...) or (name, span))")
+            ap = replace(ap, offset=offset)
+            out.append(ap)
+            offset += ap.span
+        if not out:
+            raise SpecError("Segments needs at least one segment")
+        object.__setattr__(self, "parts", tuple(out))
+
+    @property
+    def size(self) -> int:
+        return sum(p if isinstance(p, int) else p.span for p in self.parts)
+
+    @property
+    def permuted(self) -> tuple[AxisPerm, ...]:
+        return tuple(p for p in self.parts if isinstance(p, AxisPerm))
 
 
-def _as_axis(entry: AxisEntry) -> AxisPerm | None:
-    if entry is None or isinstance(entry, AxisPerm):
+AxisEntry = Union[AxisPerm, Segments, str, None]
+
+
+def _as_axis(entry: AxisEntry) -> AxisPerm | Segments | None:
+    if entry is None or isinstance(entry, Segments):
+        return entry
+    if isinstance(entry, AxisPerm):
+        if entry.offset is not None or entry.span is not None:
+            raise SpecError(f"AxisPerm({entry.perm!r}) has an offset or span: segments of an axis go in Segments(...)")
         return entry
     if isinstance(entry, str):
         return AxisPerm(entry)
-    raise SpecError(f"axis entry must be None, a permutation name or an AxisPerm, got {entry!r}")
+    raise SpecError(f"axis entry must be None, a permutation name, an AxisPerm or Segments, got {entry!r}")
+
+
+def axis_perms(entry) -> tuple[str, ...]:
+    """The permutation names an axis entry uses (none for ``None``, one per permuted segment of Segments)."""
+    if entry is None:
+        return ()
+    if isinstance(entry, Segments):
+        return tuple(ap.perm for ap in entry.permuted)
+    return (entry.perm,)
+
+
+def _entry_units(entry) -> list[AxisPerm]:
+    """The (segment) entries of an axis that a permutation acts on."""
+    if entry is None:
+        return []
+    return list(entry.permuted) if isinstance(entry, Segments) else [entry]
 
 
 @dataclass
@@ -94,27 +178,39 @@ class PermutationSpec:
                     f"tensor {name!r} has {len(shape)} axes {shape} but the spec gives {len(axes)} entries; "
                     "give one permutation name or None per axis"
                 )
-            for axis, ap in enumerate(axes):
-                if ap is None:
-                    continue
-                n, r = divmod(shape[axis], ap.block * ap.repeat)
-                if r or n == 0:
+            for axis, entry in enumerate(axes):
+                if isinstance(entry, Segments) and entry.size != shape[axis]:
+                    spans = " + ".join(str(p if isinstance(p, int) else p.span) for p in entry.parts)
                     raise SpecError(
-                        f"tensor {name!r} axis {axis} has size {shape[axis]}, not a multiple of "
-                        f"block*repeat={ap.block * ap.repeat} for permutation {ap.perm!r}"
+                        f"tensor {name!r} axis {axis} has size {shape[axis]} but its segments sum to "
+                        f"{entry.size} ({spans}); give segments that cover the axis exactly"
                     )
-                if ap.perm in sizes and sizes[ap.perm] != n:
-                    raise SpecError(
-                        f"permutation {ap.perm!r} has size {sizes[ap.perm]} ({where.get(ap.perm, 'given')}) but "
-                        f"size {n} on tensor {name!r} axis {axis}; tensors sharing a permutation must agree"
-                    )
-                sizes[ap.perm] = n
-                where.setdefault(ap.perm, f"from {name!r} axis {axis}")
+                for ap in _entry_units(entry):
+                    self._check_unit(name, axis, shape[axis], ap, sizes, where)
         self.perm_sizes = sizes
         for p, kind in self.group_kinds.items():
             if kind not in GROUP_KINDS or p not in sizes:
                 raise SpecError(f"group {p!r}: kind {kind!r} (known: {', '.join(GROUP_KINDS)}) of a name the spec does not use")
         self.group_kinds = {p: k for p, k in self.group_kinds.items() if k != PERMUTATION}
+
+    @staticmethod
+    def _check_unit(name, axis, length, ap, sizes, where) -> None:
+        """The size of ``ap``'s permutation on (tensor, axis), checked against what earlier axes gave."""
+        length = length if ap.span is None else ap.span
+        what = "" if ap.offset is None else f" segment at {ap.offset}"
+        n, r = divmod(length, ap.block * ap.repeat)
+        if r or n == 0:
+            raise SpecError(
+                f"tensor {name!r} axis {axis}{what} has size {length}, not a multiple of "
+                f"block*repeat={ap.block * ap.repeat} for permutation {ap.perm!r}"
+            )
+        if ap.perm in sizes and sizes[ap.perm] != n:
+            raise SpecError(
+                f"permutation {ap.perm!r} has size {sizes[ap.perm]} ({where.get(ap.perm, 'given')}) but "
+                f"size {n} on tensor {name!r} axis {axis}; tensors sharing a permutation must agree"
+            )
+        sizes[ap.perm] = n
+        where.setdefault(ap.perm, f"from {name!r} axis {axis}")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -139,8 +235,8 @@ class PermutationSpec:
         """Permutation name -> every (tensor name, axis, AxisPerm) it acts on."""
         out: dict[str, list[tuple[str, int, AxisPerm]]] = {p: [] for p in self.perm_sizes}
         for name, axes in self.axes_to_perm.items():
-            for axis, ap in enumerate(axes):
-                if ap is not None:
+            for axis, entry in enumerate(axes):
+                for ap in _entry_units(entry):
                     out[ap.perm].append((name, axis, ap))
         return out
 
@@ -155,7 +251,7 @@ class PermutationSpec:
         """The spec restricted to ``names`` (e.g. a checkpoint that stores a tied weight once)."""
         names = set(names)
         axes = {k: v for k, v in self.axes_to_perm.items() if k in names}
-        used = {a.perm for v in axes.values() for a in v if a is not None}
+        used = {p for v in axes.values() for a in v for p in axis_perms(a)}
         return PermutationSpec(axes, {k: v for k, v in self.shapes.items() if k in names}, {},
                                {p: k for p, k in self.group_kinds.items() if p in used})
 
@@ -235,16 +331,33 @@ def compose_permutations(
     return {p: groups.compose_map(outer[p], inner[p]) for p in outer}
 
 
+def map_entry(w: torch.Tensor, axis: int, entry: AxisPerm | Segments, maps: Mapping[str, torch.Tensor],
+              batched: bool = False) -> torch.Tensor:
+    """``w`` with ``axis`` taken through ``entry``'s group elements (``groups.map_axis``): one map for an
+    :class:`AxisPerm`; for :class:`Segments` each segment through its own, fixed segments left in place.
+    Batched: as ``map_axis`` (``axis`` counts the leading batch dimension, member b takes ``maps[p][b]``)."""
+    if isinstance(entry, AxisPerm):
+        return groups.map_axis(w, axis, maps[entry.perm], entry, batched=batched)
+    pieces, start = [], 0
+    for part in entry.parts:
+        span = part if isinstance(part, int) else part.span
+        piece = w.narrow(axis, start, span)
+        pieces.append(piece if isinstance(part, int) else groups.map_axis(piece, axis, maps[part.perm], part,
+                                                                           batched=batched))
+        start += span
+    return torch.cat(pieces, dim=axis)
+
+
 def permute_tensor(
     w: torch.Tensor,
-    axes: tuple[AxisPerm | None, ...],
+    axes: tuple[AxisPerm | Segments | None, ...],
     perm: Mapping[str, torch.Tensor],
     except_axis: int | None = None,
 ) -> torch.Tensor:
-    for axis, ap in enumerate(axes):
-        if ap is None or axis == except_axis:
+    for axis, entry in enumerate(axes):
+        if entry is None or axis == except_axis:
             continue
-        w = groups.map_axis(w, axis, perm[ap.perm], ap)
+        w = map_entry(w, axis, entry, perm)
     return w
 
 

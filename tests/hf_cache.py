@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 
-__all__ = ["build_hf_cache", "fake_sha", "offline_env", "offline_hub", "repo_cache_folder"]
+__all__ = ["build_dataset_cache", "build_hf_cache", "fake_sha", "offline_env", "offline_hub", "repo_cache_folder"]
 
 
 def fake_sha(*parts: str) -> str:
@@ -141,3 +141,32 @@ def offline_hub(monkeypatch, hf_home: str) -> str:
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     os.makedirs(env["HF_HUB_CACHE"], exist_ok=True)
     return env["HF_HUB_CACHE"]
+
+
+def build_dataset_cache(datasets_cache: str, repo_id: str, splits: dict, config_name: str = "default",
+                        sha: str | None = None) -> str:
+    """Put a dataset (split name -> ``datasets.Dataset``) into a ``datasets`` cache as ``load_dataset(repo_id)``
+    leaves it after a download (``<cache>/<org>___<name>/<config>/0.0.0/<sha>/``: dataset_info.json and arrow
+    files), so that with ``HF_HUB_OFFLINE=1`` and ``HF_DATASETS_CACHE=datasets_cache`` it loads offline.
+    Built with the parquet builder the Hub's parquet datasets use; returns the folder."""
+    import glob
+    import tempfile
+
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    sha = sha or fake_sha(repo_id, config_name)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {}
+        for split, ds in splits.items():
+            files[split] = [os.path.join(tmp, f"{split}.parquet")]
+            ds.to_parquet(files[split][0])
+        name = repo_id.split("/")[-1]
+        Parquet(cache_dir=os.path.join(tmp, "cache"), dataset_name=name, config_name=config_name, data_files=files,
+                hash=sha).download_and_prepare()
+        (built,) = [p for p in glob.glob(os.path.join(tmp, "cache", name, "*", "*", "*")) if os.path.isdir(p)]
+        target = os.path.join(datasets_cache, repo_id.replace("/", "___"), config_name, "0.0.0", sha)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.move(built, target)
+    return target

@@ -22,18 +22,26 @@ __all__ = ["BMA_CODE_FILES", "bma_predict_proba", "code_files", "build_bma", "ex
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _MODELS = os.path.dirname(os.path.abspath(_builtin_models.__file__))
 #: Code saved beside the weights for trust_remote_code=True: the wrapper always; for star-merge's built-in members
-#: also their model files and the entry module that registers them (``builtin_members.py``, named in auto_map).
+#: also their model files and the entry module that registers them (named in auto_map): ``builtin_members.py``
+#: for star-mlp / star-cnn1d, ``builtin_vision_members.py`` for the CIFAR image classifiers.
 WRAPPER_CODE = (os.path.join(_HERE, "configuration_star_bma.py"), os.path.join(_HERE, "modeling_star_bma.py"))
-BUILTIN_MEMBER_CODE = (os.path.join(_HERE, "builtin_members.py"),
-                       *(os.path.join(_MODELS, f) for f in ("common.py", "mlp.py", "cnn1d.py")))
+_MEMBER_CODE = {
+    entry: (os.path.join(_HERE, f"{entry}.py"), *(os.path.join(_MODELS, f) for f in files))
+    for entry, files in (("builtin_members", ("common.py", "mlp.py", "cnn1d.py")),
+                         ("builtin_vision_members", _builtin_models.VISION_CODE))
+}
+#: member model_type -> the entry module of its BMA (its code: ``_MEMBER_CODE[entry]``).
+MEMBER_ENTRY = {**{t: "builtin_members" for t in ("star-mlp", "star-cnn1d")},
+                **{t: "builtin_vision_members" for t in _builtin_models.VISION_MODEL_TYPES}}
+BUILTIN_MEMBER_TYPES = tuple(MEMBER_ENTRY)
 #: Every code file an exported BMA may hold (what publishing accepts in bma/).
-BMA_CODE_FILES = tuple(os.path.basename(p) for p in WRAPPER_CODE + BUILTIN_MEMBER_CODE)
-BUILTIN_MEMBER_TYPES = ("star-mlp", "star-cnn1d")
+BMA_CODE_FILES = tuple(dict.fromkeys(os.path.basename(p) for p in WRAPPER_CODE + sum(_MEMBER_CODE.values(), ())))
 
 
 def code_files(member_model_type: str | None) -> tuple[str, ...]:
     """The code files (paths) a BMA of ``member_model_type`` members ships."""
-    return WRAPPER_CODE + (BUILTIN_MEMBER_CODE if member_model_type in BUILTIN_MEMBER_TYPES else ())
+    entry = MEMBER_ENTRY.get(member_model_type)
+    return WRAPPER_CODE + (_MEMBER_CODE[entry] if entry else ())
 
 
 def build_bma(
@@ -106,7 +114,7 @@ def save_bma(
         raise FileExistsError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it")
     with atomic_folder(output_dir) as tmp:
         member_type = model.config.member_config.get("model_type")
-        entry = "builtin_members" if member_type in BUILTIN_MEMBER_TYPES else "modeling_star_bma"
+        entry = MEMBER_ENTRY.get(member_type, "modeling_star_bma")
         model.config.auto_map = {
             "AutoConfig": "configuration_star_bma.StarBMAConfig",
             f"AutoModelFor{HEAD_AUTO_SUFFIX[model.head]}": f"{entry}.{type(model).__name__}",

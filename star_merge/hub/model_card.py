@@ -16,6 +16,8 @@ import json
 import os
 from typing import Any, Callable
 
+from ..data import BUILTIN_DATASETS
+from ..models import VISION_MODEL_TYPES
 from ..evaluation.summary import RunSummary, finite_number
 from ..evaluation.verdict import headline, judge_star
 from ..io import atomic_write_text
@@ -26,7 +28,7 @@ from .cards import PAPER_URL, TAGS, citation, member_rows, merge_card, new_or_ex
 
 __all__ = ["build_model_card", "card_metrics", "run_cards", "write_model_card"]
 
-BUILTIN_MODEL_TYPES = ("star-mlp", "star-cnn1d")
+BUILTIN_MODEL_TYPES = ("star-mlp", "star-cnn1d", *VISION_MODEL_TYPES)
 
 # ------------------------------------------------------------------------------------------- metrics
 STAR_BARRIER = "Test loss barrier, star ↔ held-out (mean)"
@@ -88,8 +90,8 @@ def _architecture(config: dict) -> str | None:
 
 def _pipeline_tag(config: dict) -> str | None:
     arch = _architecture(config) or ""
-    if config.get("model_type") in BUILTIN_MODEL_TYPES:
-        return None
+    if config.get("model_type") in BUILTIN_MODEL_TYPES and config.get("model_type") not in VISION_MODEL_TYPES:
+        return None  # star-mlp / star-cnn1d read feature vectors, no pipeline serves them
     return pipeline_tag_for(arch)
 
 
@@ -124,7 +126,7 @@ def _load_snippet(repo: str, config: dict) -> str:
     if config.get("model_type") in BUILTIN_MODEL_TYPES:
         return (
             "```python\n"
-            "import star_merge  # pip install star-merge; registers the built-in star-mlp/star-cnn1d models\n"
+            "import star_merge  # pip install star-merge; registers its built-in models (star-cifar-resnet, ...)\n"
             "from transformers import AutoModel\n\n"
             f'model = AutoModel.from_pretrained("{repo}")\n'
             "```"
@@ -239,7 +241,7 @@ def build_model_card(
         *citation(),
     ]
     card = new_or_existing(existing)
-    datasets = [data_name] if data_name and data_name not in ("mnist1d", "digits") and not os.path.isabs(data_name) else None
+    datasets = [data_name] if data_name and data_name not in BUILTIN_DATASETS and not os.path.isabs(data_name) else None
     updates = {
         "library_name": _library_name(star_config),
         "license": license,

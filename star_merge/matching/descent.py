@@ -22,7 +22,7 @@ import torch
 from ..errors import UserError
 from ..spec import PermutationSpec
 from .solvers import solve_group
-from .terms import TermCache, group_kind, neighbours, to_blocks
+from .terms import TermCache, group_kind, neighbours, term_key, to_blocks
 
 __all__ = ["ORDERS", "DescentOptions", "DescentStats", "MatchingProblem", "descend", "colour_classes",
            "sweep_order", "check_order"]
@@ -83,7 +83,7 @@ class MatchingProblem:
         """``perm_to_axes``: default the spec's; ``a_blocks``: reuse another problem's (same A)."""
         perm_to_axes = spec.perm_to_axes if perm_to_axes is None else perm_to_axes
         if a_blocks is None:
-            a_blocks = {(k, ax): to_blocks(A[k], ax, ap, spec.perm_sizes[p]) for p, axes in perm_to_axes.items()
+            a_blocks = {term_key(k, ax, ap): to_blocks(A[k], ax, ap, spec.perm_sizes[p]) for p, axes in perm_to_axes.items()
                         for k, ax, ap in axes}
         g = next(iter(B.values())).shape[0] if B else 1
         version = [{p: 0 for p in spec.perm_sizes} for _ in range(g)]

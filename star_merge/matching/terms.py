@@ -17,11 +17,13 @@ Seams for what extends matching (keep them single):
   :func:`apply_maps` only (a new kind adds its branch there), and solving a group's cost matrices goes
   through ``solvers.solve_group`` only. The rank-|S| update is specific to permutations (units that
   moved); other kinds rebuild their terms.
-- **Segments.** An axis may be a concatenation of segments, each permuted by its own permutation
-  (DenseNet's concatenated features): ``spec.perm_to_axes`` then lists one (tensor, axis, entry) per
-  segment and ``entry.offset`` / ``entry.span`` give the segment's first element and length along the
-  axis. Terms read a segment through :func:`segment`, so only the segment's slice of A and B enters the
-  cost matrix; terms whose other axes are segmented are rebuilt rather than rank-updated.
+- **Segments.** An axis may be a concatenation of segments, each permuted by its own permutation or fixed
+  (``spec.Segments``: DenseNet's concatenated features): ``spec.perm_to_axes`` then lists one (tensor, axis,
+  entry) per segment and ``entry.offset`` / ``entry.span`` give the segment's first element and length along
+  the axis. Terms read a segment through :func:`segment`, so only the segment's slice of A and B enters the
+  cost matrix; a term is keyed by :func:`term_key` (tensor, axis and, for a segment, its offset); a term
+  depends on every permutation of its other axes (all segments of a segmented one, :func:`~star_merge.spec.
+  axis_perms`) and is rebuilt, not rank-updated, when a segmented axis moved.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ from typing import Mapping
 import torch
 
 from ..groups import PERMUTATION, map_axis
-from ..spec import AxisPerm, PermutationSpec, group_kind
+from ..spec import AxisPerm, PermutationSpec, Segments, axis_perms, group_kind, map_entry
 
 __all__ = ["CACHE_MIN_ROW", "RANK_UPDATE_SHARE", "TermCache", "to_blocks", "blocks_batched", "expand_batched",
-           "index_batched", "apply_maps", "segment", "group_kind", "neighbours"]
+           "index_batched", "apply_maps", "segment", "term_key", "group_kind", "neighbours"]
 
 # A (tensor, axis) term is cached when building it costs at least this many flops per cached number
 # (2·n²·r flops for n² numbers: r = elements per unit); smaller ones (BatchNorm vectors) are rebuilt.
@@ -49,6 +51,12 @@ def segment(w: torch.Tensor, axis: int, entry) -> torch.Tensor:
     if offset is None:
         return w
     return w.narrow(axis, int(offset), int(entry.span))
+
+
+def term_key(k: str, ax: int, entry) -> tuple:
+    """The key of (tensor, axis)'s term, and of a segment's: its offset too (several segments share an axis)."""
+    offset = getattr(entry, "offset", None)
+    return (k, ax) if offset is None else (k, ax, int(offset))
 
 
 def to_blocks(w: torch.Tensor, axis: int, ap: AxisPerm, n: int) -> torch.Tensor:
@@ -100,6 +108,9 @@ def apply_maps(w: torch.Tensor, axes, maps: Mapping[str, torch.Tensor], skip=(),
     for i, a in enumerate(axes):
         if a is None or i in skip:
             continue
+        if isinstance(a, Segments):  # each segment through its own map, fixed segments in place
+            w = map_entry(w, i + 1 if batched else i, a, maps, batched=batched)
+            continue
         m = maps[a.perm].to(w.device)
         if batched and not m.is_floating_point():
             w = index_batched(w, i + 1, expand_batched(m, a))
@@ -111,7 +122,8 @@ def apply_maps(w: torch.Tensor, axes, maps: Mapping[str, torch.Tensor], skip=(),
 def neighbours(spec: PermutationSpec, perm_to_axes) -> dict[str, list[str]]:
     """Permutation -> the other permutations sharing a tensor with it (its cost matrix depends on them)."""
     return {
-        p: sorted({a.perm for k, ax, _ in axes for i, a in enumerate(spec.axes_to_perm[k]) if a is not None and i != ax} - {p})
+        p: sorted({q for k, ax, _ in axes for i, a in enumerate(spec.axes_to_perm[k]) if i != ax for q in axis_perms(a)}
+                  - {p})
         for p, axes in perm_to_axes.items()
     }
 
@@ -129,27 +141,27 @@ class TermCache:
         self.spec, self.A, self.a_blocks, self.B, self.version = spec, A, a_blocks, B, version
         self.g = next(iter(B.values())).shape[0]
         self.budget = budget
-        # (k, ax) -> [term [G, n, n], keys per model (None: not built), snaps {axis i: [G, n_i]}, other axes]
+        # term_key -> [term [G, n, n], keys per model (None: not built), snaps {(axis i, perm q): [G, n_q]},
+        #              the (axis, permutation) pairs of the other axes]
         self.entries: dict = {}
 
     def rebase(self, perms: Mapping[str, torch.Tensor]) -> None:
         """Start a new descent whose versions restart at 0 from ``perms``: a cached term stays valid where the
         maps it was built with are the current ones (key 0, as if built now); other axes get key -1 (updated
         or rebuilt when first used)."""
-        for (k, _ax), (_, keys, snaps, others) in self.entries.items():
-            axes_k = self.spec.axes_to_perm[k]
+        for _, keys, snaps, others in self.entries.values():
             for b, key in enumerate(keys):
                 if key is not None:
-                    keys[b] = tuple(0 if torch.equal(snaps[i][b], perms[axes_k[i].perm][b]) else -1 for i in others)
+                    keys[b] = tuple(0 if torch.equal(snaps[o][b], perms[o[1]][b]) else -1 for o in others)
 
     def _build(self, k, ax, ap, n, perms, sel):
         axes = self.spec.axes_to_perm[k]
         if self.g == 1:  # one model: the 2-D product (the arithmetic of single-model weight matching)
             wb = apply_maps(self.B[k][0], axes, {p: v[0] for p, v in perms.items()}, skip=(ax,))
-            return (self.a_blocks[(k, ax)] @ to_blocks(wb, ax, ap, n).T)[None]
+            return (self.a_blocks[term_key(k, ax, ap)] @ to_blocks(wb, ax, ap, n).T)[None]
         w = apply_maps(self.B[k].index_select(0, sel), axes, {p: v.index_select(0, sel) for p, v in perms.items()},
                        skip=(ax,), batched=True)
-        return torch.matmul(self.a_blocks[(k, ax)], blocks_batched(w, ax + 1, ap, n).transpose(1, 2))
+        return torch.matmul(self.a_blocks[term_key(k, ax, ap)], blocks_batched(w, ax + 1, ap, n).transpose(1, 2))
 
     def _rank_update(self, k, ax, ap, n, i, perms, sel, old_p, new_p, mask, s):
         """A[S] @ (π_new(B)[S] - π_old(B)[S])^T for the models ``sel``, S the units of axis i that moved
@@ -170,19 +182,19 @@ class TermCache:
         a_sel = index_batched(self.A[k].expand(len(sel), *self.A[k].shape), i + 1, pos)
         return torch.matmul(blocks_batched(a_sel, ax + 1, ap, n), blocks_batched(diff, ax + 1, ap, n).transpose(1, 2))
 
-    def _entry(self, k, ax, n, device):
-        """The cache entry of (k, ax), created when it fits the budget; ``None``: not cached."""
-        entry = self.entries.get((k, ax))
+    def _entry(self, k, ax, ap, n, device):
+        """The cache entry of (k, ax[, segment]), created when it fits the budget; ``None``: not cached."""
+        entry = self.entries.get(term_key(k, ax, ap))
         if entry is not None:
             return entry
         if self.A[k].numel() // n < CACHE_MIN_ROW or self.g * n * n > self.budget:
             return None
         self.budget -= self.g * n * n
         spec = self.spec
-        others = [i for i, a in enumerate(spec.axes_to_perm[k]) if a is not None and i != ax]
+        others = [(i, q) for i, a in enumerate(spec.axes_to_perm[k]) if i != ax for q in axis_perms(a)]
         entry = [torch.zeros((self.g, n, n), device=device, dtype=self.A[k].dtype), [None] * self.g,
-                 {i: self._snapshot(spec.axes_to_perm[k][i].perm, device) for i in others}, others]
-        self.entries[(k, ax)] = entry
+                 {o: self._snapshot(o[1], device) for o in others}, others]
+        self.entries[term_key(k, ax, ap)] = entry
         return entry
 
     def _snapshot(self, p, device):
@@ -200,14 +212,14 @@ class TermCache:
         device = term.device
         rebuild, by_axis = [], {}
         for b, now in stale.items():
-            changed = [] if keys[b] is None else [i for i, o, c in zip(others, keys[b], now) if o != c]
-            if len(changed) == 1 and self._updatable(axes_k[changed[0]]):
+            changed = [] if keys[b] is None else [o for o, old, c in zip(others, keys[b], now) if old != c]
+            if len(changed) == 1 and self._updatable(axes_k[changed[0][0]]):
                 by_axis.setdefault(changed[0], []).append(b)
             else:
                 rebuild.append(b)
-        for i, bs in by_axis.items():
+        for (i, q), bs in by_axis.items():
             idx = torch.as_tensor(bs, device=device)
-            old_p, new_p = snaps[i].index_select(0, idx), perms[axes_k[i].perm].index_select(0, idx)
+            old_p, new_p = snaps[(i, q)].index_select(0, idx), perms[q].index_select(0, idx)
             mask = old_p != new_p
             counts = mask.sum(dim=1).tolist()  # one sync per (tensor, axis) and round
             size = new_p.shape[1]
@@ -223,23 +235,22 @@ class TermCache:
             idx = torch.as_tensor(sorted(rebuild), device=device)
             term.index_copy_(0, idx, self._build(k, ax, ap, n, perms, idx))
         idx = torch.as_tensor(list(stale), device=device)
-        for i in others:
-            snaps[i].index_copy_(0, idx, perms[axes_k[i].perm].index_select(0, idx))
+        for o in others:
+            snaps[o].index_copy_(0, idx, perms[o[1]].index_select(0, idx))
         for b, now in stale.items():
             keys[b] = now
 
     def _updatable(self, a) -> bool:
-        return group_kind(self.spec, a.perm) == PERMUTATION and getattr(a, "offset", None) is None
+        return isinstance(a, AxisPerm) and group_kind(self.spec, a.perm) == PERMUTATION
 
     def term(self, k, ax, ap, n, perms, members, sel):
         """The term of (k, ax) for the models ``members`` ([m, n, n], ``sel`` their indices as a tensor)."""
-        entry = self._entry(k, ax, n, sel.device)
+        entry = self._entry(k, ax, ap, n, sel.device)
         if entry is None:
             return self._build(k, ax, ap, n, perms, sel)
-        axes_k = self.spec.axes_to_perm[k]
         stale = {}
         for b in members:
-            now = tuple(self.version[b][axes_k[i].perm] for i in entry[3])
+            now = tuple(self.version[b][q] for _, q in entry[3])
             if entry[1][b] != now:
                 stale[b] = now
         if stale:

@@ -23,6 +23,7 @@ class StarPreTrainedModel(PreTrainedModel):
 
     main_input_name = "input_values"
     base_model_prefix = "star"
+    output_class = SequenceClassifierOutput
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.BatchNorm1d)):
@@ -34,7 +35,7 @@ class StarPreTrainedModel(PreTrainedModel):
             loss = nn.functional.cross_entropy(logits, labels.long().to(logits.device))
         if return_dict is False:
             return (loss, logits) if loss is not None else (logits,)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return self.output_class(loss=loss, logits=logits)
 
     def activation_sites(self) -> dict[str, str]:
         """Permutation name -> name of the module whose output holds that permutation's units."""

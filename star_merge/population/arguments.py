@@ -34,17 +34,25 @@ class PopulationArguments:
     population_dir: str | None = field(default=None, metadata={"help": "Where to train it (default RUN/population)."})
     population_seed: int = field(default=0, metadata={"help": "Anchor i uses seed+i, held-out j seed+1000+j."})
     population_epochs: int = field(default=20, metadata={"help": "Epochs per trained member."})
-    population_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of trained members."})
+    population_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of trained members (default: per architecture, 1e-3 or 0.1)."})
     population_batch_size: int = field(default=128, metadata={"help": "Batch size of trained members."})
-    population_optimizer: str = field(default="adamw", metadata={"help": "adamw | sgd."})
-    population_weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of trained members."})
+    population_optimizer: str | None = field(
+        default=None, metadata={"help": "adamw | sgd (default: per architecture, population/defaults.py)."})
+    population_weight_decay: float | None = field(
+        default=None, metadata={"help": "Weight decay of trained members (default: per architecture, 0 or 5e-4)."})
 
     def __post_init__(self):
+        from .defaults import recipe_defaults
+
+        for name, value in recipe_defaults(self.model_type).items():  # unset fields: the architecture's recipe
+            if hasattr(self, name) and getattr(self, name) is None:
+                setattr(self, name, value)
         if self.num_anchors < 1:
             raise PopulationArgumentsError("num_anchors must be >= 1 (Starlight needs at least one anchor)")
         if self.num_held_out < 0:
             raise PopulationArgumentsError("num_held_out must be >= 0")
-        if self.population_epochs < 1 or self.population_batch_size < 1 or self.population_learning_rate <= 0:
+        if self.population_epochs < 1 or self.population_batch_size < 1 or not self.population_learning_rate > 0:
             raise PopulationArgumentsError(
                 "population_epochs and population_batch_size must be >= 1 and population_learning_rate > 0")
         try:

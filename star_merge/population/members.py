@@ -59,6 +59,7 @@ def train_population(
     progress: bool = True,
     data_settings: dict | None = None,
     retrain_stale: bool = False,
+    processor=None,
 ) -> list[Member]:
     """Train (or reuse) ``population_dir/anchor-XX`` (seeds seed+i) and ``held-out-XX`` (seeds seed+1000+j).
 
@@ -66,7 +67,8 @@ def train_population(
     that determines them (architecture and config, training recipe, ``data_settings``, seed; see
     population_manifest.py) is the one asked for: otherwise a ValueError names the first difference, or,
     with ``retrain_stale``, the member is retrained and the members of an earlier, larger population are removed.
-    Each member is written atomically (temp folder + rename).
+    Each member is written atomically (temp folder + rename), with ``processor`` (the image processor raw images
+    were read with) saved beside its weights.
     """
     if num_anchors < 1:
         raise UserError("the population needs at least one anchor (num_anchors >= 1)")
@@ -93,7 +95,7 @@ def train_population(
             model = build_model(model_config, member_seed)
             model, metrics = train_classifier(model, dataset, train_args, member_seed, device=device,
                                               progress=False, desc=name)
-            save_checkpoint(model.to("cpu"), path, overwrite=os.path.exists(path),
+            save_checkpoint(model.to("cpu"), path, overwrite=os.path.exists(path), processor=processor,
                             extra_json={**metrics, "train_args": train_args.__dict__, "population_settings": wanted})
             fault_point("population")
         members.append(Member(name=name, role=role, path=os.path.abspath(path), source=os.path.abspath(path)))

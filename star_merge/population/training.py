@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..data import make_dataloader
+from ..data import make_dataloader, set_data_epoch, without_augmentation
 from ..batchnorm import reset_bn_stats
 from ..evaluation.engine import evaluate_loss_accuracy
 from ..modeling import build_model
@@ -69,8 +69,7 @@ def train_classifier(model, dataset, args: TrainArguments, seed: int, device=Non
     bar = tqdm(total=args.num_train_epochs * len(loader), desc=desc or f"training seed {seed}", disable=not progress, leave=False)
     for epoch in range(args.num_train_epochs):
         model.train()
-        if hasattr(collator, "set_epoch"):  # a masked LM draws a fresh masking per epoch
-            collator.set_epoch(epoch)
+        set_data_epoch(dataset["train"], epoch, collator)  # seeded augmentation per epoch, a masked LM's masking
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = task.loss(model, batch)
@@ -83,7 +82,8 @@ def train_classifier(model, dataset, args: TrainArguments, seed: int, device=Non
             on_epoch_end(epoch, model)
     bar.close()
     test_loader = make_dataloader(dataset["test"], 512)
-    reset_bn_stats(model, make_dataloader(dataset["train"], 512), device=device, task=task)  # exact stats for eval
+    reset_bn_stats(model, make_dataloader(without_augmentation(dataset["train"]), 512), device=device,
+                   task=task)  # exact stats for eval, on the plain (unaugmented) images
     test_loss, test_acc = evaluate_loss_accuracy(model, test_loader, device, task=task)
     return model.eval(), {"test_loss": test_loss, "test_accuracy": test_acc, "seed": seed}
 
