@@ -36,7 +36,8 @@ from ..seeding import beta_from_uniform, mix_seed
 from ..spec import apply_permutation, compose_permutations
 from ..population.training import make_optimizer, make_scheduler
 from .accelerator import make_accelerator
-from .anchors import anchors_config, normalize_anchors, population_dtype
+from ..matching.align import in_symmetry_form
+from .anchors import anchors_config, folded_norm_positions, in_star_form, normalize_anchors, population_dtype
 from .checkpoint import StarlightState
 from .config import StarlightConfig
 from .flat import FlatBoundModel, FlatLayout, FlatStar
@@ -95,25 +96,23 @@ class StarlightTrainer:
             raise UserError("StarlightTrainer needs a train_dataset (model inputs + labels)")
         self.args = args
         self.anchor_names = [s.name for s in sources]
-        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
-        self.processing_class = processing_class
+        self.train_dataset, self.eval_dataset, self.processing_class = train_dataset, eval_dataset, processing_class
         self.accelerator = accelerator if accelerator is not None else self.make_accelerator(args)
-        self.model = self._star_model(model, sources)
+        self._unfolded = self._star_model(model, sources)  # symmetry "orthogonal": star and anchors folded
+        self.model = in_symmetry_form(self._unfolded, args.symmetry)
         self.task = task if task is not None else task_for(self.model)
         self.data_collator = data_collator if data_collator is not None else self.task.collator
-        self.spec = spec_for(self.model)
+        self.spec = spec_for(self.model, symmetry=args.symmetry)
         self.layout = FlatLayout.of(self.model)
-        # Matching uses the parameters only (BN running statistics are recomputed, not matched).
-        self.match_spec = self.spec.subset(set(self.layout.names))
+        self.match_spec = self.spec.subset(set(self.layout.names))  # parameters only (BN statistics: recomputed)
         self.anchors = self._anchor_matrix(sources)
         self._init_star()
         # Run state, filled by _setup() (nothing is created later, so every method sees the same attributes).
         self.state, self._pending = StarlightState(), None
-        self.flat_star: FlatStar | None = None
-        self.bound: FlatBoundModel | None = None
+        self.flat_star, self.bound = None, None  # FlatStar, FlatBoundModel
         self.optimizer = self.scheduler = self.train_loader = self.bn_loader = None
-        self.steps_per_epoch = 0
-        self.has_bn = has_batchnorm(self.model)
+        self.steps_per_epoch, self.has_bn = 0, has_batchnorm(self.model)
+        self._ones = folded_norm_positions(self._unfolded, self.model, self.layout)  # stay 1 in folded form
         self.result: StarlightResult | None = None
 
     # ------------------------------------------------------------------ construction
@@ -142,7 +141,7 @@ class StarlightTrainer:
                              dtype=population_dtype(first, self.layout.names),
                              pin_memory=device.type == "cuda" and not on_device)
         for i, src in enumerate(sources):
-            sd = first if i == 0 else src.load()  # loaded on demand, one at a time
+            sd = in_star_form(self._unfolded, self.model, first if i == 0 else src.load())  # one at a time
             matrix = matrix if population_dtype(sd, self.layout.names) == matrix.dtype else matrix.float()  # mixed
             try:
                 self.spec.subset(sd.keys()).validate(sd)
@@ -206,7 +205,7 @@ class StarlightTrainer:
     @torch.no_grad()
     def permute_row(self, i: int, perm: dict[str, torch.Tensor]) -> None:
         """Permute anchor row ``i`` in place, where it lives (through one transient copy of the row)."""
-        if all(torch.equal(v, torch.arange(v.numel())) for v in perm.values()):
+        if all(v.ndim == 1 and torch.equal(v, torch.arange(v.numel())) for v in perm.values()):
             return
         row = self.anchors[i]
         permuted = apply_permutation(self.match_spec, perm, self.layout.views(row))
@@ -332,6 +331,7 @@ class StarlightTrainer:
                 torch.distributed.all_reduce(theta.grad)
                 theta.grad.div_(acc.num_processes)
             self.optimizer.step()
+            theta.data.index_fill_(0, self._ones.to(theta.device), 1.0)  # folded form: norm weights stay 1
             if acc.sync_gradients:
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
