@@ -365,13 +365,11 @@ class StarlightTrainer(StarOutputs):
         """The star's own BatchNorm statistics, recomputed over the training data; history; checkpoint."""
         if self.has_bn:
             self._load_theta_into_model()
-            reset_bn_stats(self.model, self.bn_loader, self.args.bn_reset_batches, self.accelerator.device,
-                           task=self.task)
+            reset_bn_stats(self.model, self.bn_loader, self.args.bn_reset_batches, self.accelerator.device, task=self.task)
         self.state.history.append({"epoch": epoch, "train_loss": running / max(count, 1)})
         self.accelerator.log({"epoch/train_loss": running / max(count, 1), "epoch/align_seconds": self.align_seconds,
                               "epoch/epoch": epoch}, step=self.state.global_step)
-        self.state.epoch = epoch + 1
-        self.state.batches_in_epoch = 0
+        self.state.epoch, self.state.batches_in_epoch = epoch + 1, 0
         self._save_state()
 
     def _finish(self) -> StarlightResult:
