@@ -9,4 +9,4 @@ python recipes/train_population.py --model_type star-mlp --model_config '{"hidde
 python recipes/star.py --anchors quickstart/checkpoints/anchor-00 quickstart/checkpoints/anchor-01 --held_out quickstart/checkpoints/held-out-00 --dataset_name mnist1d --num_samples 600 --num_train_epochs 2 --learning_rate 0.003 --bma_samples 2 --eval_num_points 3 --output_dir quickstart/run
 # 3. What the push uploads, star and BMA (drop --dry_run to publish, after `hf auth login`).
 star-merge push quickstart/run --repo-id me/quickstart-star --bma-repo-id me/quickstart-star-bma --dry_run
-# 4. The merged model: PENDING (issue 27 step 5 waits for the merged-model export of helper C; not on main yet).
+# 4. The merged model: PENDING in this walk (star-merge merge is on main, docs/merging.md; not yet run or tested here).
