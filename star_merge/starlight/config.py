@@ -112,9 +112,7 @@ class StarlightConfig:
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise UserError(f"checkpoints_total_limit must be >= 1 (the newest checkpoint is always kept), got "
                              f"{self.checkpoints_total_limit}")
-<<<<<<< HEAD
-        if self.init.startswith("anchor:") and not self.init.split(":", 1)[1].isdigit():
-            raise UserError(f"init={self.init!r}: write anchor:K with K an anchor index (0, 1, ...)")
+        check_init(self.init)
         self._check_trackers()
 
     def trackers(self) -> list[str] | None:
@@ -130,9 +128,6 @@ class StarlightConfig:
         if bad:
             raise UserError(f"report_to={self.report_to!r}: unknown tracker {bad[0]!r}; write none or trackers "
                             f"Accelerate supports, comma-separated ({', '.join(known)})")
-=======
-        check_init(self.init)
->>>>>>> main
 
     def to_dict(self) -> dict:
         return asdict(self)
