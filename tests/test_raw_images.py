@@ -33,6 +33,19 @@ def _recipe(p, out, *extra):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
 
 
+_RUNS: dict = {}
+
+
+def _image_run(p, augment: bool):
+    """The recipe's run on the raw images (once per setting in this module)."""
+    if augment not in _RUNS:
+        out = p["base"] / f"run-aug{int(augment)}"
+        proc = _recipe(p, out, *(["--augment"] if augment else []))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        _RUNS[augment] = out
+    return _RUNS[augment]
+
+
 @pytest.mark.parametrize("augment", [False, True])
 def test_recipe_on_raw_images(image_population, augment):
     from transformers import AutoModelForImageClassification, pipeline
@@ -40,9 +53,7 @@ def test_recipe_on_raw_images(image_population, augment):
     import star_merge  # noqa: F401  (registers the BMA classes)
 
     p = image_population
-    out = p["base"] / f"run-aug{int(augment)}"
-    proc = _recipe(p, out, *(["--augment"] if augment else []))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = _image_run(p, augment)
     report = json.loads((out / "report.json").read_text())
     s = report["summary"]
     barriers = {g: s[g]["test_loss_barrier"] for g in ("star_vs_held_out", "anchor_vs_held_out")}
@@ -118,3 +129,34 @@ def test_augmentation_is_a_pure_function_of_seed_epoch_index():
         plain = t.plain()({"image": images, "labels": [0, 1, 2, 3]})["pixel_values"]
         torch.testing.assert_close(plain, vit_processor()(images=images, return_tensors="pt")["pixel_values"])
         assert not torch.equal(plain, first)
+
+
+def test_evaluate_evaluator_gives_the_reports_accuracy(image_population):
+    """`evaluate.evaluator("image-classification")` on the star and BMA exports equals the report's test accuracy;
+    star-merge's NLL / ECE modules on the pipelines' probabilities equal the report's to 1e-6."""
+    evaluate = pytest.importorskip("evaluate", reason="the `evaluate` dependency is not installed here")
+    from datasets import load_from_disk
+    from transformers import pipeline
+
+    import star_merge
+    from star_merge.metrics import evaluator
+
+    out = _image_run(image_population, False)
+    report = json.loads((out / "report.json").read_text())
+    data = load_from_disk(image_population["data"])["test"]
+    accuracy = evaluate.load(star_merge.metric_path("accuracy"))
+    nll, ece = (evaluate.load(star_merge.metric_path(n)) for n in ("nll", "ece"))
+    for folder, scores in (("star", report["models"]["star"]), ("bma", report["ensembles"]["bma"])):
+        pipe = pipeline("image-classification", model=str(out / folder))
+        got = evaluator("image-classification").compute(
+            model_or_pipeline=pipe, data=data, metric=accuracy, input_column="image", label_column="label",
+            label_mapping=pipe.model.config.label2id)
+        assert got["accuracy"] == pytest.approx(scores["test"]["accuracy"], abs=1e-9), folder
+        id2label = pipe.model.config.id2label
+        rows = pipe(list(data["image"]), top_k=len(id2label))
+        probs = [[next(r["score"] for r in row if r["label"] == id2label[c]) for c in range(len(id2label))]
+                 for row in rows]
+        assert nll.compute(predictions=probs, references=data["label"])["nll"] == pytest.approx(
+            scores["test"]["nll"], abs=1e-6), folder
+        assert ece.compute(predictions=probs, references=data["label"])["ece"] == pytest.approx(
+            scores["test"]["ece"], abs=1e-6), folder

@@ -193,6 +193,7 @@ def test_evaluate_evaluator_and_metric_modules_give_the_reports_numbers(text_pop
     from transformers import AutoTokenizer, pipeline
 
     import star_merge
+    from star_merge.metrics import evaluator
 
     report = json.loads((text_run / "report.json").read_text())
     data = load_from_disk(text_population["data"])["test"]
@@ -202,7 +203,7 @@ def test_evaluate_evaluator_and_metric_modules_give_the_reports_numbers(text_pop
         path = str(text_run / folder)
         pipe = pipeline("text-classification", model=path,
                         tokenizer=AutoTokenizer.from_pretrained(path, model_max_length=64))
-        got = evaluate.evaluator("text-classification").compute(
+        got = evaluator("text-classification").compute(
             model_or_pipeline=pipe, data=data, metric=accuracy, input_column="text", label_column="label",
             label_mapping=pipe.model.config.label2id)
         assert got["accuracy"] == pytest.approx(scores["test"]["accuracy"], abs=1e-9), folder

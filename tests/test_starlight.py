@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import star_merge  # noqa: F401  (registers the built-in models with the Auto classes)
-from star_merge.starlight import StarlightTrainer
+from star_merge.starlight import StarlightConfig, StarlightTrainer
 from star_merge.population.training import build_model, save_checkpoint
 
 from fixtures import tiny_arguments
@@ -259,7 +259,7 @@ sys.path.insert(0, {tests!r})
 from fixtures import tiny_arguments
 from star_merge.data import load_task_dataset
 from star_merge.population.training import build_model
-from star_merge.starlight import StarlightTrainer
+from star_merge.starlight import StarlightConfig, StarlightTrainer
 config, data_args, pop, _ = tiny_arguments(None, "star-cnn1d", num_train_epochs=2, star_ce_weight=0.5,
                                            gradient_accumulation_steps=2)
 dataset = load_task_dataset(data_args)
@@ -305,3 +305,32 @@ def test_own_population_does_not_inherit_the_demo_silently(capsys):
     config, _, pop, _ = recipe.parse_arguments([])
     assert (config.num_train_epochs, config.learning_rate, pop.model_type) == (
         demo["num_train_epochs"], demo["learning_rate"], demo["model_type"])
+
+
+def test_trackers_log_the_starlight_metrics_per_epoch(tmp_path, fresh_accelerate_state):
+    """report_to takes any tracker Accelerate supports (comma-separated); offline with tensorboard: every epoch's
+    train loss (equal to the history) and alignment time are in the event file."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from star_merge.data import load_task_dataset
+    from star_merge.errors import UserError
+
+    assert StarlightConfig(report_to="tensorboard, wandb,trackio").trackers() == ["tensorboard", "wandb", "trackio"]
+    assert StarlightConfig(report_to="none").trackers() is None
+    with pytest.raises(UserError, match="unknown tracker 'tensorbord'.*tensorboard.*trackio"):
+        StarlightConfig(report_to="tensorbord")
+    config, data_args, pop, _ = tiny_arguments(str(tmp_path / "tb"), num_train_epochs=3, report_to="tensorboard",
+                                               num_samples=400)
+    dataset = load_task_dataset(data_args)
+    model_config = pop.build_config()
+    anchors = [(f"anchor-{i}", build_model(model_config, 10 + i).state_dict()) for i in range(2)]
+    result = StarlightTrainer(model=model_config, args=config, anchors=anchors, train_dataset=dataset["train"]).train()
+    dirs = sorted({root for root, _, files in os.walk(tmp_path / "tb" / "logs") if any("tfevents" in f for f in files)})
+    accumulators = [EventAccumulator(d) for d in dirs]
+    for acc in accumulators:
+        acc.Reload()
+    (events,) = [acc for acc in accumulators if "epoch/train_loss" in acc.Tags()["scalars"]]
+    losses = [e.value for e in events.Scalars("epoch/train_loss")]
+    assert losses == pytest.approx([h["train_loss"] for h in result.history], rel=1e-6)
+    align = [e.value for e in events.Scalars("epoch/align_seconds")]
+    assert len(align) == 3 and all(a >= 0 for a in align) and align[0] > 0  # epoch 0 aligns every anchor

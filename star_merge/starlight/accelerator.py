@@ -20,7 +20,7 @@ def make_accelerator(config):
         logging_dir=RunPaths(config.output_dir).logs_path if config.output_dir else None,
         automatic_checkpoint_naming=False,  # numbering and rotation: rotation.py (never drops the last good one)
     )
-    log_with = None if config.report_to == "none" else config.report_to
+    log_with = config.trackers()  # any trackers Accelerate supports (report_to: comma-separated)
     # On a machine without an accelerator, cpu=True lets torchrun / `accelerate launch --multi_gpu`
     # processes form one gloo group (MULTI_CPU); without it each process would train alone.
     return Accelerator(

@@ -26,7 +26,9 @@ class StarlightConfig:
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "cosine | constant."})
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16 (Accelerate autocast)."})
     seed: int = field(default=0, metadata={"help": "Seed of every random choice (init, data order, anchor and t)."})
-    report_to: str = field(default="none", metadata={"help": "none | tensorboard | wandb | all."})
+    report_to: str = field(default="none", metadata={
+        "help": "none, all, or trackers Accelerate supports, comma-separated: tensorboard, wandb, trackio, "
+                "comet_ml, mlflow, clearml, dvclive, swanlab, aim."})
     logging_steps: int = field(default=10, metadata={"help": "Log the loss every N optimizer steps."})
     checkpointing_steps: int | None = field(
         default=None, metadata={"help": "Also save Accelerate state every N optimizer steps (always each epoch)."}
@@ -81,7 +83,6 @@ class StarlightConfig:
             "optimizer": ("adamw", "sgd"),
             "lr_scheduler_type": ("cosine", "constant"),
             "mixed_precision": ("no", "fp16", "bf16"),
-            "report_to": ("none", "tensorboard", "wandb", "all"),
             "t_sampling": ("uniform", "beta", "constant"),
             "anchor_device": ("cpu", "accelerator"),
             "symmetry": ("permutation", "orthogonal"),
@@ -112,6 +113,21 @@ class StarlightConfig:
             raise UserError(f"checkpoints_total_limit must be >= 1 (the newest checkpoint is always kept), got "
                              f"{self.checkpoints_total_limit}")
         check_init(self.init)
+        self._check_trackers()
+
+    def trackers(self) -> list[str] | None:
+        """``report_to`` as Accelerate's ``log_with``: None for ``none``, else the tracker names."""
+        names = [n.strip() for n in str(self.report_to).split(",") if n.strip()]
+        return None if names in ([], ["none"]) else names
+
+    def _check_trackers(self) -> None:
+        from accelerate.utils import LoggerType
+
+        known = sorted(t.value for t in LoggerType)
+        bad = [n for n in self.trackers() or [] if n not in known]
+        if bad:
+            raise UserError(f"report_to={self.report_to!r}: unknown tracker {bad[0]!r}; write none or trackers "
+                            f"Accelerate supports, comma-separated ({', '.join(known)})")
 
     def to_dict(self) -> dict:
         return asdict(self)

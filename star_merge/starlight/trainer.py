@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -252,7 +253,7 @@ class StarlightTrainer(StarOutputs):
         self.state = StarlightState()
         self.bn_loader = (make_dataloader(without_augmentation(self.train_dataset), c.per_device_eval_batch_size,
                                           collate_fn=self.data_collator) if self.has_bn else None)
-        if c.report_to != "none":
+        if c.trackers():
             acc.init_trackers("starlight", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                                                    for k, v in c.to_dict().items()})
 
@@ -282,6 +283,7 @@ class StarlightTrainer(StarOutputs):
         """Align (when due), then one pass over the training data; returns (summed loss, micro-batches)."""
         c, acc, state = self.args, self.accelerator, self.state
         align_due = c.align_every > 0 and epoch % c.align_every == 0
+        started = time.perf_counter()
         if state.batches_in_epoch == 0 and align_due and state.aligned_epoch != epoch:
             overlap = c.align_overlap and acc.num_processes == 1 and state.aligned_epoch >= 0
             if self._pending is not None:  # align_overlap: apply the alignment to the previous epoch's θ
@@ -291,6 +293,7 @@ class StarlightTrainer(StarOutputs):
             if not overlap:
                 self.align_anchors(self.flat_star.theta, state, acc.is_local_main_process)
             state.aligned_epoch = epoch
+        self.align_seconds = time.perf_counter() - started  # logged per epoch (trackers), never in the history
         self.train_loader.set_epoch(epoch)
         set_data_epoch(self.train_dataset, epoch, self.data_collator)  # seeded augmentation, MLM masking
         loader = (acc.skip_first_batches(self.train_loader, state.batches_in_epoch) if state.batches_in_epoch
@@ -351,11 +354,11 @@ class StarlightTrainer(StarOutputs):
         """The star's own BatchNorm statistics, recomputed over the training data; history; checkpoint."""
         if self.has_bn:
             self._load_theta_into_model()
-            reset_bn_stats(self.model, self.bn_loader, self.args.bn_reset_batches, self.accelerator.device,
-                           task=self.task)
+            reset_bn_stats(self.model, self.bn_loader, self.args.bn_reset_batches, self.accelerator.device, task=self.task)
         self.state.history.append({"epoch": epoch, "train_loss": running / max(count, 1)})
-        self.state.epoch = epoch + 1
-        self.state.batches_in_epoch = 0
+        self.accelerator.log({"epoch/train_loss": running / max(count, 1), "epoch/align_seconds": self.align_seconds,
+                              "epoch/epoch": epoch}, step=self.state.global_step)
+        self.state.epoch, self.state.batches_in_epoch = epoch + 1, 0
         self._save_state()
 
     def _finish(self) -> StarlightResult:
@@ -365,7 +368,7 @@ class StarlightTrainer(StarOutputs):
         self._load_theta_into_model()
         if self.has_bn:
             reset_bn_stats(self.model, self.bn_loader, self.args.bn_reset_batches, acc.device, task=self.task)
-        if self.args.report_to != "none":
+        if self.args.trackers():
             acc.end_training()
         star = self.bound.release(self.flat_star.theta).to("cpu").eval()
         return StarlightResult(model=star, perms={k: dict(v) for k, v in self.state.perms.items()},
