@@ -12,7 +12,7 @@ from torch import nn
 from .. import models as _builtin_models  # registers star-mlp / star-cnn1d with the Auto classes
 from .._faults import fault_point
 from ..io import atomic_folder
-from ..processing import copy_processor_files
+from ..processing import copy_processor_files, timm_pretrained_cfg
 from .configuration_star_bma import StarBMAConfig
 from .modeling_star_bma import HEAD_AUTO_SUFFIX, HEAD_CLASSES, StarBMAPreTrainedModel, head_of
 from ..errors import UserError
@@ -103,6 +103,9 @@ def save_bma(
             "AutoConfig": "configuration_star_bma.StarBMAConfig",
             f"AutoModelFor{HEAD_AUTO_SUFFIX[model.head]}": f"modeling_star_bma.{type(model).__name__}",
         }
+        if processor is None and processor_files_from is not None:
+            for key, value in (timm_pretrained_cfg(processor_files_from) or {}).items():
+                setattr(model.config, key, value)  # TimmWrapperImageProcessor reads config.json (processing.py)
         model.save_pretrained(tmp, safe_serialization=True)
         fault_point("export")  # tests: a kill here leaves a half-written .bma.tmp-* folder
         for path in _CODE_FILES:

@@ -52,16 +52,18 @@ def make_scheduler(optimizer, kind: str, total_steps: int):
 
 
 def train_classifier(model, dataset, args: TrainArguments, seed: int, device=None, progress: bool = True, desc=None,
-                     task=None, on_epoch_end=None):
+                     task=None, on_epoch_end=None, collate_fn=None):
     """Train ``model`` on ``dataset['train']`` with the task's loss (default: from its architecture); returns
-    (model, metrics dict). ``on_epoch_end(epoch, model)``, if given, is called after every epoch (e.g. to record
-    learning curves); the model is put back in train mode afterwards."""
+    (model, metrics dict). ``collate_fn``: the batch collator of prepared data (default: the task's). An
+    on-the-fly transform (seeded augmentation) is told each epoch. ``on_epoch_end(epoch, model)``, if given, is
+    called after every epoch (e.g. to record learning curves); the model is put back in train mode afterwards."""
+    from ..data import set_data_epoch, without_augmentation
     from ..tasks import task_for
 
     task = task if task is not None else task_for(model)
     device = torch.device(device or "cpu")
     model.to(device).train()
-    collator = task.collator
+    collator = collate_fn if collate_fn is not None else task.collator
     loader = make_dataloader(dataset["train"], args.per_device_train_batch_size, shuffle=True, seed=seed,
                              collate_fn=collator)
     opt = make_optimizer(model.parameters(), args.optimizer, args.learning_rate, args.weight_decay)
@@ -69,8 +71,7 @@ def train_classifier(model, dataset, args: TrainArguments, seed: int, device=Non
     bar = tqdm(total=args.num_train_epochs * len(loader), desc=desc or f"training seed {seed}", disable=not progress, leave=False)
     for epoch in range(args.num_train_epochs):
         model.train()
-        if hasattr(collator, "set_epoch"):  # a masked LM draws a fresh masking per epoch
-            collator.set_epoch(epoch)
+        set_data_epoch(dataset["train"], epoch, collator)  # augmentation / masked-LM masking per epoch
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = task.loss(model, batch)
@@ -82,8 +83,9 @@ def train_classifier(model, dataset, args: TrainArguments, seed: int, device=Non
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
     bar.close()
-    test_loader = make_dataloader(dataset["test"], 512)
-    reset_bn_stats(model, make_dataloader(dataset["train"], 512), device=device, task=task)  # exact stats for eval
+    plain = without_augmentation(dataset["train"])
+    test_loader = make_dataloader(dataset["test"], 512, collate_fn=collator)
+    reset_bn_stats(model, make_dataloader(plain, 512, collate_fn=collator), device=device, task=task)  # exact stats
     test_loss, test_acc = evaluate_loss_accuracy(model, test_loader, device, task=task)
     return model.eval(), {"test_loss": test_loss, "test_accuracy": test_acc, "seed": seed}
 
