@@ -42,6 +42,7 @@ __all__ = [
     "evaluate_run",
     "push_run",
     "task_for",
+    "metric_path",
 ]
 
 # Lazily imported public names -> the module that defines them (they pull in data / Hub / Accelerate machinery).
@@ -58,6 +59,7 @@ _LAZY = {
     "export_bma": "bma",
     "push_run": "hub",
     "task_for": "tasks",
+    "metric_path": "metrics",
 }
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..argparsing import add_command, positional
-from ..evaluation.render import GROUPS, SPLITS, format_value
+from ..evaluation.render import GROUPS, SPLITS, format_value, pm
+from ..evaluation.summary import BarrierStats
 from ..evaluation.report import evaluate_run
 from ..evaluation.verdict import headline, judge_star
 from ..locking import lock_run_dir
@@ -57,7 +58,7 @@ def run(args: EvaluateArguments) -> int:
         for split in SPLITS:
             st = s[group][f"{split}_loss_barrier"]
             if st["n"]:
-                print(f"{label:>18} {split:>5} loss barrier: {st['mean']:.4f} ± {st['std']:.4f} (n={st['n']})")
+                print(f"{label:>18} {split:>5} loss barrier: {pm(BarrierStats.from_dict(st))} (n={st['n']})")
     print(f"star / ordinary {headline(s)}")
     print(
         f"test accuracy: star {format_value(s['star_test_accuracy'], True)}%, "

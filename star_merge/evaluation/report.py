@@ -68,7 +68,7 @@ def _stats(values: Sequence[float]) -> dict[str, Any]:
     values = [float(v) for v in values]
     if not values:
         return {"mean": None, "std": None, "n": 0}
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    std = statistics.stdev(values) if len(values) > 1 else None  # undefined for one pair, never "± 0"
     return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
 
 

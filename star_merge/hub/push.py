@@ -196,6 +196,9 @@ def push_run(
     nothing is contacted and ``commits`` is empty.
     """
     plan, cards = _plan(run_dir, repo_id, bma_repo_id, license)
+    if bma_repo_id is None and os.path.isdir(RunPaths(run_dir).bma_path):
+        logger.warning("the BMA wrapper (%s) is not pushed; pass --bma-repo-id %s-bma to publish it too",
+                       RunPaths(run_dir).bma_path, repo_id)
     result = {"dry_run": dry_run, "files": plan, "commits": {}}
     if dry_run:
         return result

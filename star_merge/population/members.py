@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import shutil
 
 from tqdm.auto import tqdm
 
@@ -16,6 +19,9 @@ from ..errors import UserError
 __all__ = ["train_population", "HELD_OUT_SEED_OFFSET", "member_is_complete"]
 
 HELD_OUT_SEED_OFFSET = 1000
+MEMBER_NAME = re.compile(r"(anchor|held-out)-\d{2,}")
+
+logger = logging.getLogger(__name__)
 
 
 def member_is_complete(path: str) -> bool:
@@ -45,6 +51,25 @@ def _reusable(path: str, wanted: dict, retrain_stale: bool) -> bool:
     return not stale
 
 
+def remove_extra_members(population_dir: str, keep: set[str]) -> list[str]:
+    """Delete the members of an earlier, larger population (``anchor-XX`` / ``held-out-XX`` folders star-merge
+    wrote, not in ``keep``) so that ``population_dir`` describes one population; returns their names."""
+    removed = []
+    if not os.path.isdir(population_dir):
+        return removed
+    for name in sorted(os.listdir(population_dir)):
+        path = os.path.join(population_dir, name)
+        ours = os.path.isfile(os.path.join(path, "training_info.json")) or member_is_complete(path)
+        if name in keep or not MEMBER_NAME.fullmatch(name) or os.path.islink(path) or not ours:
+            continue
+        shutil.rmtree(path)
+        removed.append(name)
+    if removed:
+        logger.warning("--overwrite_output_dir: removed %s of the earlier population from %s", ", ".join(removed),
+                       population_dir)
+    return removed
+
+
 def train_population(
     model_config,
     dataset,
@@ -69,7 +94,8 @@ def train_population(
     Members already complete on disk are reused, so an interrupted run resumes member by member, but only when
     every setting that determines them (architecture and config, training recipe, ``data_settings``, seed; see
     population/manifest.py) is the one asked for: otherwise a UserError names the first difference, or, with
-    ``retrain_stale``, the member is retrained. Each member is written atomically (temp folder + rename), with
+    ``retrain_stale``, the member is retrained and the members of an earlier, larger population are removed
+    (by process 0). Each member is written atomically (temp folder + rename), with
     ``processor`` (the tokenizer / image processor its data was prepared with) beside it. ``task`` /
     ``collate_fn``: of the prepared data (raw text or images). Across processes, member k is trained by process
     ``k % num_processes`` alone; a member depends only on its seed, so the population is the one a single
@@ -77,6 +103,8 @@ def train_population(
     """
     members = []
     plan = _plan(num_anchors, num_held_out, seed)
+    if retrain_stale and process_index == 0:  # --overwrite_output_dir: the folder holds this population only
+        remove_extra_members(population_dir, {name for name, _, _ in plan})
     mine = [p for k, p in enumerate(plan) if k % num_processes == process_index]
     bar = tqdm(total=len(mine), desc="population" + (f" (process {process_index})" if num_processes > 1 else ""),
                disable=not progress)
