@@ -7,7 +7,7 @@
     python recipes/train_population.py --config recipes/configs/mnist1d_cnn1d.yaml --output_dir outputs/cnn-pop
 
     # the members split over two processes (member k trained by process k % 2): the same population
-    accelerate launch --num_processes 2 recipes/train_population.py --output_dir outputs/population
+    accelerate launch --multi_gpu --num_processes 2 recipes/train_population.py --output_dir outputs/population
 
     # raw text or images: processed with the population's tokenizer / image processor (saved with each member),
     # the head sized from the dataset's ClassLabel
@@ -57,7 +57,10 @@ def _run(argv) -> int:
                              prog="recipes/train_population.py")
     (config, data_args, pop, _), _ = parser.parse(argv)
     output_dir = config.output_dir or "outputs/population"
-    state = PartialState()  # one process, or one per `accelerate launch --num_processes N` worker
+    import torch
+
+    # one process, or one per `accelerate launch --multi_gpu --num_processes N` worker (CPU workers: one gloo group)
+    state = PartialState(cpu=not torch.cuda.is_available())
     data = load_training_data(data_args, pop, seed=pop.population_seed, context=state.main_process_first)
     with lock_output_dir(output_dir) if state.is_main_process else contextlib.nullcontext():
         if state.is_main_process:  # one writer at a time; crash leftovers cleaned under the lock
@@ -67,8 +70,7 @@ def _run(argv) -> int:
                                    pop.train_args(), seed=pop.population_seed, data_settings=data_args.to_dict(),
                                    retrain_stale=config.overwrite_output_dir, device=state.device,
                                    task=data.task, collate_fn=data.collate_fn, processor=data.processor,
-                                   process_index=state.process_index, num_processes=state.num_processes,
-                                   progress=state.is_local_main_process or state.num_processes > 1)
+                                   process_index=state.process_index, num_processes=state.num_processes)
         state.wait_for_everyone()  # every member is on disk before anyone reports the population
     missing = [m.path for m in members if not member_is_complete(m.path)]
     if missing:

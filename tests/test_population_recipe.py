@@ -4,6 +4,7 @@ and by two (`accelerate launch --num_processes 2`) giving the same members bit f
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -30,8 +31,8 @@ def _env():
 
 def _train(out, *args, processes: int = 1):
     launcher = [sys.executable] if processes == 1 else [
-        ACCELERATE, "launch", "--cpu", "--num_processes", str(processes), "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no"]
+        ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+        "--main_process_port", "29573", "--mixed_precision", "no", "--dynamo_backend", "no"]
     cmd = [*launcher, RECIPE, *COMMON, "--output_dir", str(out), *args]
     return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900, cwd=ROOT)
 
@@ -95,8 +96,6 @@ def test_two_processes_train_the_population_one_process_trains(digits, tmp_path)
     assert not torch.equal(w[0]["classifier.weight"], w[1]["classifier.weight"])  # distinct seeds, distinct members
     # resumable member by member: only a removed member is trained again, and it comes back the same
     kept = os.path.getmtime(two / "anchor-00" / "model.safetensors")
-    import shutil
-
     shutil.rmtree(two / "held-out-00")
     proc = _train(two, *args, processes=2)
     assert proc.returncode == 0, proc.stderr[-3000:]

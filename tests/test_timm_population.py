@@ -26,7 +26,7 @@ def timm_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("timm")
     data = digit_image_dataset(str(base / "digits"))
     folders = timm_population(data, str(base / "pop"), ["a0", "a1", "a2", "h0"], transformers_format=("a2",),
-                              epochs=6)
+                              epochs=4)
     out = base / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     cmd = [ACCELERATE, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",

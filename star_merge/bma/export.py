@@ -69,6 +69,9 @@ def build_bma(
         seed=seed,
         member_names=list(anchors),
         samples=samples,
+        # from the live config: a timm_wrapper config's to_dict() keeps label_names, not id2label
+        id2label=dict(star.config.id2label),
+        label2id=dict(star.config.label2id or {}),
     )
     model = HEAD_CLASSES[head](config)
     model.star.fill(star.state_dict(), "the star")
