@@ -101,7 +101,7 @@ def save_checkpoint(model, output_dir: str, extra_json: dict | None = None, over
     from ..io import atomic_folder
 
     with atomic_folder(output_dir) as tmp:
-        model.save_pretrained(tmp)
+        _save_on_any_rank(model, tmp)
         if processor is not None:
             processor.save_pretrained(tmp)
         if extra_json:
@@ -109,3 +109,14 @@ def save_checkpoint(model, output_dir: str, extra_json: dict | None = None, over
                 json.dump(extra_json, f, indent=2)
     return output_dir
 
+
+def _save_on_any_rank(model, folder: str) -> None:
+    """``model.save_pretrained(folder)`` from whichever process calls it: once torch.distributed is initialised,
+    transformers writes only on rank 0 (``should_save_on_this_rank``), but a population member trained across
+    processes is trained and saved by one process alone, whatever its rank."""
+    if hasattr(model, "should_save_on_this_rank"):
+        model.should_save_on_this_rank = lambda is_main_process: bool(is_main_process)
+    try:
+        model.save_pretrained(folder)
+    finally:
+        model.__dict__.pop("should_save_on_this_rank", None)
