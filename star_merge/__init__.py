@@ -42,6 +42,9 @@ __all__ = [
     "evaluate_run",
     "push_run",
     "task_for",
+    "fold_model",
+    "fold_state_dict",
+    "is_folded",
     "metric_path",
 ]
 
@@ -59,6 +62,9 @@ _LAZY = {
     "export_bma": "bma",
     "push_run": "hub",
     "task_for": "tasks",
+    "fold_model": "adapters.folding",
+    "fold_state_dict": "adapters.folding",
+    "is_folded": "adapters.folding",
     "metric_path": "metrics",
 }
 

@@ -12,6 +12,7 @@ from star_merge.evaluation.metrics import classification_metrics  # noqa: E402
 from star_merge.metrics import METRIC_NAMES  # noqa: E402
 
 KEYS = {"nll": ["nll"], "ece": ["ece"], "brier": ["brier"], "confidence_auroc": ["auroc_max_prob", "auroc_entropy"]}
+PROB_METRICS = tuple(KEYS)
 
 
 def _predictions(n=300, c=6, seed=0):
@@ -26,7 +27,11 @@ def test_modules_load_offline_and_equal_the_reports_metrics(monkeypatch):
     probs, labels = _predictions()
     ref = classification_metrics(probs, labels)
     assert 0.3 < ref["accuracy"] < 0.9  # right and wrong predictions: every metric is defined
-    for name in METRIC_NAMES:
+    assert set(METRIC_NAMES) == set(PROB_METRICS) | {"accuracy"}
+    accuracy = evaluate.load(star_merge.metric_path("accuracy"))
+    assert accuracy.compute(predictions=probs.argmax(-1).tolist(), references=labels.tolist())["accuracy"] == \
+        pytest.approx(ref["accuracy"], abs=1e-12)
+    for name in PROB_METRICS:
         got = evaluate.load(star_merge.metric_path(name)).compute(predictions=probs.tolist(),
                                                                   references=labels.tolist())
         for key in KEYS[name]:
@@ -44,7 +49,7 @@ def test_per_token_config_equals_the_metrics_of_the_flattened_tokens():
     seq_probs, seq_labels = probs.reshape(4, 9, 11), labels.reshape(4, 9)
     keep = labels != -100
     ref = classification_metrics(probs[keep], labels[keep])
-    for name in METRIC_NAMES:
+    for name in PROB_METRICS:
         got = evaluate.load(star_merge.metric_path(name), "tokens").compute(
             predictions=[p.tolist() for p in seq_probs], references=[r.tolist() for r in seq_labels])
         for key in KEYS[name]:

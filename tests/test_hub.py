@@ -688,3 +688,29 @@ def test_a_mistyped_relative_path_says_no_such_local_folder(tmp_path, checkpoint
     assert "hf download" not in str(excinfo.value)
     with pytest.raises(PopulationError, match="hf download org/m9"):
         resolve_members(["org/m9"], progress=False, cache_dir=str(tmp_path / "empty-cache"))
+
+
+def test_a_staged_push_of_a_run_holds_cards_and_no_absolute_path(run_dir, fake_api, tmp_path):
+    """A unique temp path planted in every path-valued setting of the run (manifest config / data / members,
+    report.json, the star's training_info.json) never reaches either staged folder; both hold their card."""
+    import uuid
+
+    planted = str(tmp_path / f"planted-{uuid.uuid4().hex}")
+    manifest_path = os.path.join(run_dir, "starlight.json")
+    manifest = json.loads(open(manifest_path).read())
+    manifest["config"].update(output_dir=planted + "/out", init=planted + "/init", resume_from_checkpoint=planted)
+    manifest["data"].update(dataset_name=planted + "/data", processor_name_or_path=planted + "/tok")
+    manifest["members"][0].update(path=planted + "/a", source=planted + "/a")
+    open(manifest_path, "w").write(json.dumps(manifest))
+    report = dict(REPORT, config=manifest["config"], data=manifest["data"], members=manifest["members"])
+    open(os.path.join(run_dir, "report.json"), "w").write(json.dumps(report))
+    open(os.path.join(run_dir, "star", "training_info.json"), "w").write(json.dumps(
+        {"starlight": manifest["config"], "history": [], "data": planted + "/data"}))
+    push_run(run_dir, "me/star", bma_repo_id="me/star-bma")
+    uploads = [c for api in fake_api.instances for c in api.calls if c[0] == "upload_folder"]
+    assert [c[1] for c in uploads] == ["me/star", "me/star-bma"]
+    for _, repo, kwargs in uploads:
+        staged = kwargs["staged"]
+        assert staged["README.md"].strip(), repo
+        for name, content in staged.items():
+            assert planted.encode() not in content and str(tmp_path).encode() not in content, (repo, name)

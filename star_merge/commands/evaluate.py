@@ -24,6 +24,9 @@ class EvaluateArguments:
     pairs: str = field(default="all", metadata={"help": "anchor ↔ held-out pairs: 'all' or a seeded sample of N"})
     seed: int = field(default=0, metadata={"help": "seed of pair sampling and weight matching"})
     metrics: list[str] = field(default_factory=list, metadata={"help": "extra `evaluate` metric names (needs `evaluate`)"})
+    symmetry: str | None = field(default=None, metadata={"choices": ["permutation", "orthogonal"], "help": (
+        "barriers modulo permutations, or orthogonal maps where the family allows them (folded forms); "
+        "default: the run's")})
     num_points: int = field(default=11, metadata={"help": "interpolation points, ends included"})
     batch_size: int = field(default=512, metadata={"help": "evaluation batch size"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing evaluation in RUN_DIR"})
@@ -52,7 +55,7 @@ def run(args: EvaluateArguments) -> int:
     with lock_run_dir(args.run_dir):
         out = evaluate_run(args.run_dir, pairs=args.pairs, seed=args.seed, metrics=args.metrics,
                            overwrite=args.overwrite, num_points=args.num_points, batch_size=args.batch_size,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, symmetry=args.symmetry)
     s = out["summary"]
     for group, label in GROUPS.items():
         for split in SPLITS:

@@ -2,7 +2,8 @@
 
 ``evaluate.load(star_merge.metric_path("ece"))`` loads one offline (a local script: no Hub); each is a
 self-contained script (numpy only) that can also be published to the Hub as a metric Space. Names: ``nll``,
-``ece``, ``brier``, ``confidence_auroc``. Inputs are predicted probabilities, not arg-max labels:
+``ece``, ``brier``, ``confidence_auroc``, and ``accuracy`` (of predicted labels: what
+``evaluate.evaluator(task)`` feeds a metric, offline). Inputs are predicted probabilities, not arg-max labels:
 ``compute(predictions=probs [N, C], references=labels [N])``; the ``"tokens"`` config takes one
 ``[T, V]`` row per sequence with ``[T]`` targets (``-100`` ignored), the per-token variants of a language model.
 The report's numbers (star_merge.evaluation.metrics) are tested equal to these to 1e-6.
@@ -14,7 +15,7 @@ import os
 
 __all__ = ["METRIC_NAMES", "metric_path"]
 
-METRIC_NAMES = ("nll", "ece", "brier", "confidence_auroc")
+METRIC_NAMES = ("nll", "ece", "brier", "confidence_auroc", "accuracy")
 
 
 def metric_path(name: str) -> str:
