@@ -76,12 +76,12 @@ def test_the_star_loads_with_timm(timm_run):
     star = timm_run["out"] / "star"
     direct = AutoModelForImageClassification.from_pretrained(star).eval()
     native = timm.create_model("resnet18", pretrained=True, num_classes=10, **TIMM_RESNET_ARGS,
-                               pretrained_cfg_overlay=dict(file=str(star / "model.safetensors"))).eval()
+                               pretrained_cfg_overlay=dict(file=str(star / "model.safetensors"), num_classes=10)).eval()
     g = torch.Generator().manual_seed(0)
     pixels = torch.randn(5, 3, 24, 24, generator=g)
     with torch.no_grad():
         torch.testing.assert_close(native(pixels), direct(pixel_values=pixels).logits, rtol=1e-5, atol=1e-5)
         anchor = timm.create_model("resnet18", pretrained=True, num_classes=10, **TIMM_RESNET_ARGS,
                                    pretrained_cfg_overlay=dict(file=os.path.join(timm_run["folders"][0],
-                                                                                 "model.safetensors"))).eval()
+                                                                                 "model.safetensors"), num_classes=10)).eval()
         assert not torch.allclose(anchor(pixels), native(pixels))  # control: the star is not an anchor

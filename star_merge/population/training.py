@@ -120,3 +120,16 @@ def _save_on_any_rank(model, folder: str) -> None:
         model.save_pretrained(folder)
     finally:
         model.__dict__.pop("should_save_on_this_rank", None)
+    if getattr(getattr(model, "config", None), "model_type", None) == "timm_wrapper":
+        _timm_tensor_names(os.path.join(folder, "model.safetensors"))
+
+
+def _timm_tensor_names(path: str) -> None:
+    """A TimmWrapper built from its config saves its tensors as ``timm_model.*``; timm's own loader
+    (``timm.create_model(..., pretrained_cfg_overlay=dict(file=...))``) needs timm's names, which transformers
+    reads too: strip the prefix."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    if any(k.startswith("timm_model.") for k in tensors):
+        save_file({k.removeprefix("timm_model."): v for k, v in tensors.items()}, path, metadata={"format": "pt"})
