@@ -23,8 +23,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 def model_class_for(config):
     """The class of ``config.architectures[0]`` (built-in star-merge classes first, then transformers).
 
-    Without ``architectures`` (a config built from fields), the sequence-classification class registered for
-    the config type is used when there is one, else the base model class.
+    Without ``architectures`` (a config built from fields, or a timm checkpoint), the sequence- or
+    image-classification class registered for the config type is used when there is one, else the base model class.
     """
     import transformers
 
@@ -40,7 +40,8 @@ def model_class_for(config):
             raise UserError(f"config.architectures[0] = {arch!r} is not a model class; write the model's class "
                              "name, e.g. BertForSequenceClassification")
         return cls
-    for auto in (transformers.AutoModelForSequenceClassification, transformers.AutoModel):
+    for auto in (transformers.AutoModelForSequenceClassification, transformers.AutoModelForImageClassification,
+                 transformers.AutoModel):
         try:
             return auto._model_mapping[type(config)]
         except KeyError:

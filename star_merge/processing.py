@@ -9,6 +9,7 @@ every model it exports, so ``pipeline(task, model=folder)`` needs no extra argum
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -17,7 +18,8 @@ from typing import Any
 from .errors import UserError
 
 __all__ = ["PROCESSOR_PATTERNS", "ProcessorError", "copy_processor_files", "has_processor_files", "is_processor_file",
-           "load_processor", "population_processor", "processor_fingerprint", "processor_files", "is_tokenizer"]
+           "holds_processor", "is_timm_checkpoint", "timm_pretrained_cfg", "load_processor", "population_processor",
+           "processor_fingerprint", "processor_files", "is_tokenizer"]
 
 #: Files that make up a tokenizer / image / audio processor (never weights or the model config).
 PROCESSOR_PATTERNS = (
@@ -48,7 +50,8 @@ def has_processor_files(folder: str) -> bool:
 
 
 def copy_processor_files(src: str, dst: str) -> list[str]:
-    """Copy ``src``'s processor files into ``dst`` (files already there are kept); returns the names copied."""
+    """Copy ``src``'s processor files into ``dst`` (files already there are kept); returns the names copied.
+    A timm checkpoint has none: its image processor lives in config.json (:func:`timm_pretrained_cfg`)."""
     copied = []
     for name in processor_files(src):
         if not os.path.exists(os.path.join(dst, name)):
@@ -57,23 +60,54 @@ def copy_processor_files(src: str, dst: str) -> list[str]:
     return copied
 
 
+def timm_pretrained_cfg(folder: str) -> dict | None:
+    """The config.json entries that carry a timm checkpoint's image processor (None for any other folder).
+
+    transformers' ``TimmWrapperImageProcessor`` reads them from config.json of whatever folder it loads, so another
+    model exported beside a timm population (the BMA) carries them in its own config to load with ``pipeline``."""
+    if not is_timm_checkpoint(folder):
+        return None
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    return {"architecture": config["architecture"], "pretrained_cfg": config["pretrained_cfg"],
+            "image_processor_type": "TimmWrapperImageProcessor"}
+
+
 def is_tokenizer(processor: Any) -> bool:
     from transformers import PreTrainedTokenizerBase
 
     return isinstance(processor, PreTrainedTokenizerBase)
 
 
+def is_timm_checkpoint(folder: str) -> bool:
+    """A folder as timm (or transformers' TimmWrapper) saves it: its ``config.json`` names the ``architecture`` and
+    carries the ``pretrained_cfg`` from which ``AutoImageProcessor`` builds the image processor."""
+    try:
+        with open(os.path.join(folder, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "architecture" in config and isinstance(config.get("pretrained_cfg"), dict)
+
+
+def holds_processor(folder: str) -> bool:
+    """Whether ``folder`` carries a processor: processor files, or a timm checkpoint's ``pretrained_cfg``."""
+    return has_processor_files(folder) or is_timm_checkpoint(folder)
+
+
 def load_processor(name_or_path: str, revision: str | None = None):
     """The processor saved in ``name_or_path`` (a folder, or a Hub id when ``--processor_name_or_path`` names
-    one): a tokenizer, an image processor, or a multimodal processor. ``None`` when a folder holds none."""
+    one): a tokenizer, an image processor, or a multimodal processor; a timm checkpoint's image processor comes
+    from its config's ``pretrained_cfg``. ``None`` when a folder holds none."""
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
-    if os.path.isdir(name_or_path) and not has_processor_files(name_or_path):
+    timm = os.path.isdir(name_or_path) and is_timm_checkpoint(name_or_path)
+    if os.path.isdir(name_or_path) and not holds_processor(name_or_path):
         return None
     kwargs = {"revision": revision} if revision and not os.path.isdir(name_or_path) else {}
     errors = []
-    image = os.path.isfile(os.path.join(name_or_path, "preprocessor_config.json")) if os.path.isdir(name_or_path) \
-        else False
+    image = timm or (os.path.isfile(os.path.join(name_or_path, "preprocessor_config.json"))
+                     if os.path.isdir(name_or_path) else False)
     loaders = (AutoImageProcessor, AutoProcessor, AutoTokenizer) if image else (AutoTokenizer, AutoProcessor,
                                                                                 AutoImageProcessor)
     for loader in loaders:
@@ -121,7 +155,7 @@ def population_processor(member_paths: Sequence[str], override: str | None = Non
         return processor, source
     reference = processor_fingerprint(processor)
     for path in member_paths:
-        if path == source or not has_processor_files(path):
+        if path == source or not holds_processor(path):
             continue
         other = load_processor(path)
         if other is None:

@@ -265,13 +265,13 @@ class RunDirectory(RunPaths):
     @cached_property
     def processor(self):
         """The run's tokenizer / image processor: the one saved in star/, else the manifest's source (or None)."""
-        from .processing import has_processor_files, load_processor
+        from .processing import holds_processor, load_processor
 
         source = self.manifest.get("processor")
         if source and not os.path.isabs(source) and os.path.exists(self.join(source)):
             source = self.join(source)
         for folder in (self.star_path, source):
-            if folder and has_processor_files(folder):
+            if folder and holds_processor(folder):
                 return load_processor(folder)
         return load_processor(source) if source and not os.path.isdir(source) else None
 

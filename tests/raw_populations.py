@@ -85,9 +85,10 @@ def digit_image_dataset(folder: str, n_train: int = 160, n_test: int = 80, seed:
 
 
 def train_population(config, processor, dataset_dir: str, out_dir: str, names, epochs: int = 3, lr: float = 3e-3,
-                     text: bool = True) -> list[str]:
+                     text: bool = True, save=None) -> list[str]:
     """Train one model per name (seeded by its index) on the raw dataset prepared by star-merge's own task code,
-    save it with ``save_pretrained`` and the processor beside it; returns the folders."""
+    save it with ``save_pretrained`` and the processor beside it (or ``save(name, model, folder)``); returns the
+    folders."""
     from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
     from star_merge.data import DataArguments, load_task_dataset, make_dataloader, prepare_dataset
@@ -110,7 +111,44 @@ def train_population(config, processor, dataset_dir: str, out_dir: str, names, e
                 task.loss(model, batch).backward()
                 opt.step()
         folder = os.path.join(out_dir, name)
-        model.eval().save_pretrained(folder)
-        processor.save_pretrained(folder)
+        if save is not None:
+            save(name, model.eval(), folder)
+        else:
+            model.eval().save_pretrained(folder)
+            processor.save_pretrained(folder)
         folders.append(folder)
     return folders
+
+
+#: A tiny timm ResNet-18 (basic blocks, 4 stages), built with kwargs, and the data config its folders carry.
+TIMM_RESNET_ARGS = {"layers": [1, 1, 1, 1], "channels": [8, 8, 16, 16]}
+TIMM_DATA_CFG = {"input_size": [3, 24, 24], "crop_pct": 1.0, "crop_mode": "center", "interpolation": "bilinear",
+                 "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+
+
+def timm_processor():
+    from transformers import TimmWrapperImageProcessor
+
+    return TimmWrapperImageProcessor(pretrained_cfg=dict(TIMM_DATA_CFG), architecture="resnet18")
+
+
+def timm_population(dataset_dir: str, out_dir: str, names, transformers_format=(), epochs: int = 3) -> list[str]:
+    """Tiny timm ResNets trained on the raw digits (star-merge's own image pipeline), each saved as timm saves it
+    (``timm.models.save_for_hf``: config.json with ``architecture``, ``model_args``, ``pretrained_cfg``;
+    model.safetensors) or, for the names in ``transformers_format``, with ``TimmWrapper.save_pretrained``."""
+    from timm.models import save_for_hf
+    from transformers import TimmWrapperConfig
+
+    config = TimmWrapperConfig(architecture="resnet18", model_args=dict(TIMM_RESNET_ARGS), num_labels=10,
+                               architectures=["TimmWrapperForImageClassification"])
+
+    def save(name, model, folder):
+        model.timm_model.pretrained_cfg = {**model.timm_model.pretrained_cfg, **TIMM_DATA_CFG}
+        if name in transformers_format:
+            model.config.pretrained_cfg = model.timm_model.pretrained_cfg
+            model.save_pretrained(folder)
+        else:
+            save_for_hf(model.timm_model, folder, model_args=dict(TIMM_RESNET_ARGS), safe_serialization=True)
+
+    return train_population(config, timm_processor(), dataset_dir, out_dir, names, epochs=epochs, text=False,
+                            save=save)

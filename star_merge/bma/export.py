@@ -12,7 +12,7 @@ from torch import nn
 from .. import models as _builtin_models  # registers star-mlp / star-cnn1d with the Auto classes
 from .._faults import fault_point
 from ..io import atomic_folder
-from ..processing import copy_processor_files
+from ..processing import copy_processor_files, timm_pretrained_cfg
 from .configuration_star_bma import StarBMAConfig
 from .modeling_star_bma import HEAD_AUTO_SUFFIX, HEAD_CLASSES, StarBMAPreTrainedModel, head_of
 from ..errors import UserError
@@ -77,6 +77,9 @@ def build_bma(
         seed=seed,
         member_names=list(anchors),
         samples=samples,
+        # from the live config: a timm_wrapper config's to_dict() keeps label_names, not id2label
+        id2label=dict(star.config.id2label),
+        label2id=dict(star.config.label2id or {}),
     )
     model = HEAD_CLASSES[head](config)
     model.star.fill(star.state_dict(), "the star")
@@ -119,6 +122,9 @@ def save_bma(
             "AutoConfig": "configuration_star_bma.StarBMAConfig",
             f"AutoModelFor{HEAD_AUTO_SUFFIX[model.head]}": f"{entry}.{type(model).__name__}",
         }
+        if processor is None and processor_files_from is not None:
+            for key, value in (timm_pretrained_cfg(processor_files_from) or {}).items():
+                setattr(model.config, key, value)  # TimmWrapperImageProcessor reads config.json (processing.py)
         model.save_pretrained(tmp, safe_serialization=True)
         fault_point("export")  # tests: a kill here leaves a half-written .bma.tmp-* folder
         for path in code_files(member_type):

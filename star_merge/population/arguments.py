@@ -73,13 +73,19 @@ class PopulationArguments:
             weight_decay=self.population_weight_decay,
         )
 
-    def build_config(self, num_labels: int | None = None):
+    def build_config(self, num_labels: int | None = None, label_names: list[str] | None = None):
+        """The members' config: ``--model_type`` with ``--model_config``; the head sized for the dataset
+        (``num_labels``; ``label_names`` of its ClassLabel become ``id2label`` / ``label2id``) unless
+        ``--model_config`` sets it."""
         from transformers import AutoConfig
 
         from ..models import register_builtin_models
 
         register_builtin_models()
         kwargs = json.loads(self.model_config)
+        if label_names and "id2label" not in kwargs and kwargs.get("num_labels", len(label_names)) == len(label_names):
+            kwargs.setdefault("id2label", dict(enumerate(label_names)))
+            kwargs.setdefault("label2id", {name: i for i, name in enumerate(label_names)})
         if num_labels is not None:
             kwargs.setdefault("num_labels", num_labels)
         try:

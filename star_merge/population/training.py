@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..data import make_dataloader, set_data_epoch, without_augmentation
+from ..data import make_dataloader
 from ..batchnorm import reset_bn_stats
 from ..evaluation.engine import evaluate_loss_accuracy
 from ..modeling import build_model
@@ -52,16 +52,18 @@ def make_scheduler(optimizer, kind: str, total_steps: int):
 
 
 def train_classifier(model, dataset, args: TrainArguments, seed: int, device=None, progress: bool = True, desc=None,
-                     task=None, on_epoch_end=None):
+                     task=None, on_epoch_end=None, collate_fn=None):
     """Train ``model`` on ``dataset['train']`` with the task's loss (default: from its architecture); returns
-    (model, metrics dict). ``on_epoch_end(epoch, model)``, if given, is called after every epoch (e.g. to record
-    learning curves); the model is put back in train mode afterwards."""
+    (model, metrics dict). ``collate_fn``: the batch collator of prepared data (default: the task's). An
+    on-the-fly transform (seeded augmentation) is told each epoch. ``on_epoch_end(epoch, model)``, if given, is
+    called after every epoch (e.g. to record learning curves); the model is put back in train mode afterwards."""
+    from ..data import set_data_epoch, without_augmentation
     from ..tasks import task_for
 
     task = task if task is not None else task_for(model)
     device = torch.device(device or "cpu")
     model.to(device).train()
-    collator = task.collator
+    collator = collate_fn if collate_fn is not None else task.collator
     loader = make_dataloader(dataset["train"], args.per_device_train_batch_size, shuffle=True, seed=seed,
                              collate_fn=collator)
     opt = make_optimizer(model.parameters(), args.optimizer, args.learning_rate, args.weight_decay)
@@ -69,7 +71,7 @@ def train_classifier(model, dataset, args: TrainArguments, seed: int, device=Non
     bar = tqdm(total=args.num_train_epochs * len(loader), desc=desc or f"training seed {seed}", disable=not progress, leave=False)
     for epoch in range(args.num_train_epochs):
         model.train()
-        set_data_epoch(dataset["train"], epoch, collator)  # seeded augmentation per epoch, a masked LM's masking
+        set_data_epoch(dataset["train"], epoch, collator)  # augmentation / masked-LM masking per epoch
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = task.loss(model, batch)
@@ -81,9 +83,9 @@ def train_classifier(model, dataset, args: TrainArguments, seed: int, device=Non
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
     bar.close()
-    test_loader = make_dataloader(dataset["test"], 512)
-    reset_bn_stats(model, make_dataloader(without_augmentation(dataset["train"]), 512), device=device,
-                   task=task)  # exact stats for eval, on the plain (unaugmented) images
+    plain = without_augmentation(dataset["train"])
+    test_loader = make_dataloader(dataset["test"], 512, collate_fn=collator)
+    reset_bn_stats(model, make_dataloader(plain, 512, collate_fn=collator), device=device, task=task)  # exact stats
     test_loss, test_acc = evaluate_loss_accuracy(model, test_loader, device, task=task)
     return model.eval(), {"test_loss": test_loss, "test_accuracy": test_acc, "seed": seed}
 
@@ -99,7 +101,7 @@ def save_checkpoint(model, output_dir: str, extra_json: dict | None = None, over
     from ..io import atomic_folder
 
     with atomic_folder(output_dir) as tmp:
-        model.save_pretrained(tmp)
+        _save_on_any_rank(model, tmp)
         if processor is not None:
             processor.save_pretrained(tmp)
         if extra_json:
@@ -107,3 +109,27 @@ def save_checkpoint(model, output_dir: str, extra_json: dict | None = None, over
                 json.dump(extra_json, f, indent=2)
     return output_dir
 
+
+def _save_on_any_rank(model, folder: str) -> None:
+    """``model.save_pretrained(folder)`` from whichever process calls it: once torch.distributed is initialised,
+    transformers writes only on rank 0 (``should_save_on_this_rank``), but a population member trained across
+    processes is trained and saved by one process alone, whatever its rank."""
+    if hasattr(model, "should_save_on_this_rank"):
+        model.should_save_on_this_rank = lambda is_main_process: bool(is_main_process)
+    try:
+        model.save_pretrained(folder)
+    finally:
+        model.__dict__.pop("should_save_on_this_rank", None)
+    if getattr(getattr(model, "config", None), "model_type", None) == "timm_wrapper":
+        _timm_tensor_names(os.path.join(folder, "model.safetensors"))
+
+
+def _timm_tensor_names(path: str) -> None:
+    """A TimmWrapper built from its config saves its tensors as ``timm_model.*``; timm's own loader
+    (``timm.create_model(..., pretrained_cfg_overlay=dict(file=...))``) needs timm's names, which transformers
+    reads too: strip the prefix."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    if any(k.startswith("timm_model.") for k in tensors):
+        save_file({k.removeprefix("timm_model."): v for k, v in tensors.items()}, path, metadata={"format": "pt"})

@@ -187,9 +187,17 @@ def _fetch_config(src: Source, token, cache_dir) -> Source:
             src.config = json.load(f)
     except (OSError, ValueError) as e:
         raise PopulationError(f"config.json of {src.source} is unreadable ({first_line(e)})") from None
+    if isinstance(src.config, dict) and not src.config.get("model_type") and _is_timm_config(src.config):
+        src.config = {**src.config, "model_type": "timm_wrapper"}  # as timm saves it: transformers' TimmWrapper reads it
     if not isinstance(src.config, dict) or not src.config.get("model_type"):
         raise PopulationError(f"config.json of {src.source} names no model_type; give a transformers checkpoint")
     return src
+
+
+def _is_timm_config(config: dict) -> bool:
+    from transformers.utils.generic import is_timm_config_dict
+
+    return bool(is_timm_config_dict(config))
 
 
 # ---------------------------------------------------------------------------------------------- checks

@@ -21,7 +21,10 @@ SMALL_IMAGE = 64
 
 
 def image_size(processor) -> tuple[int, int]:
-    """(height, width) the processor produces."""
+    """(height, width) the processor produces (a timm processor: its ``data_config['input_size']``)."""
+    timm_size = (getattr(processor, "data_config", None) or {}).get("input_size")
+    if timm_size:
+        return int(timm_size[-2]), int(timm_size[-1])
     size = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
     size = size or getattr(processor, "size", None) or {}
     size = size if isinstance(size, dict) else dict(size.__dict__) if hasattr(size, "__dict__") else {}
