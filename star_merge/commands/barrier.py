@@ -11,6 +11,7 @@ from ..data import DataArguments
 from ..evaluation.barrier import barrier_between
 from ..io import atomic_write_json
 from ..matching.align import ALIGN_METHODS
+from ..matching.weight_matching import PRESOLVE_FLAGS, PRESOLVE_HELP
 
 __all__ = ["BarrierArguments", "make_parser", "run"]
 
@@ -24,6 +25,7 @@ class BarrierArguments:
     align: str = field(default="weight", metadata={"choices": list(ALIGN_METHODS), "help": "how B is aligned to A"})
     num_points: int = field(default=11, metadata={"help": "interpolation points, ends included"})
     seed: int = field(default=0, metadata={"help": "seed of weight matching"})
+    presolve: str = field(default="auto", metadata={"choices": list(PRESOLVE_FLAGS), "help": PRESOLVE_HELP})
     splits: list[str] = field(default_factory=lambda: ["train", "test"],
                               metadata={"choices": ["train", "test"], "help": "splits to evaluate"})
     batch_size: int = field(default=512, metadata={"help": "evaluation batch size"})
@@ -53,7 +55,7 @@ def run(args: BarrierArguments, data_args: DataArguments) -> int:
     _refuse_existing([args.plot, args.output_json], args.overwrite)
     result = barrier_between(args.checkpoint_a, args.checkpoint_b, data_args, align=args.align,
                              num_points=args.num_points, seed=args.seed, splits=args.splits,
-                             batch_size=args.batch_size, progress=not args.no_progress)
+                             batch_size=args.batch_size, progress=not args.no_progress, presolve=args.presolve)
     print(f"A = {args.checkpoint_a}\nB = {args.checkpoint_b} (aligned: {args.align})")
     for split, curve in result.curves.items():
         print(

@@ -52,12 +52,13 @@ def measure_barrier(
     progress: bool = True,
     collate_fn=None,
     task=None,
+    presolve: bool | str = "auto",
 ) -> BarrierResult:
     """Align B to A, then measure loss/accuracy along the line A -> B on ``splits`` of ``dataset``.
 
     ``dataset``: a DatasetDict with ``train`` (used for BN statistics and activation matching) and the
     ``splits``, columns = model input + ``labels``. ``model_a`` is used as the interpolation container
-    (its weights are restored afterwards).
+    (its weights are restored afterwards). ``presolve``: weight matching's (``auto``, ``always``, ``never``).
     """
     from accelerate import Accelerator
 
@@ -67,7 +68,8 @@ def measure_barrier(
     model_a.to(accelerator.device)
     model_b.to(accelerator.device)
     sd_a = {k: v.detach().cpu().clone() for k, v in model_a.state_dict().items()}
-    sd_b, record = align_models(None, model_a, model_b, align, seed=seed, data=data.bn_loader, progress=progress)
+    sd_b, record = align_models(None, model_a, model_b, align, seed=seed, data=data.bn_loader, progress=progress,
+                                 presolve=presolve)
     try:
         curves = interpolation_curves(model_a, sd_a, sd_b, data, num_points, progress=progress, task=task)
     finally:

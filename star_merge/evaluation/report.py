@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from ..rundir import PLOT_NAMES, RunPaths
 from .render import GROUPS, SPLITS, render_markdown, write_outputs
 from ..errors import UserError
+from ..matching.weight_matching import presolve_option
 
 __all__ = [
     "PLOT_NAMES",
@@ -216,7 +217,8 @@ def _measure_barriers(run: _Run, state_dicts, chosen_pairs, settings: dict[str, 
     barriers: dict[str, Any] = {"settings": settings, **{group: [] for group in GROUPS}}
     for i, (group, a, b) in enumerate(tqdm(jobs, desc="barriers", disable=not run.progress)):
         init = stored_perms.get(b) if group == "star_vs_anchor" else None
-        sd_b, record = align(spec, state_dicts[a], state_dicts[b], "weight", seed=seed + i, init_perm=init)
+        sd_b, record = align(spec, state_dicts[a], state_dicts[b], "weight", seed=seed + i, init_perm=init,
+                             presolve=settings["presolve"])
         curves = interpolation_curves(run.star, state_dicts[a], sd_b, run.data, num_points, progress=False,
                                       task=run.task)
         barriers[group].append({"a": a, "b": b, "alignment": record.to_dict(),
@@ -251,13 +253,17 @@ def evaluate_run(
     batch_size: int = 512,
     accelerator=None,
     progress: bool = True,
+    presolve: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run directory; writes report.json (trainer keys kept), report.md and PNGs, returns our keys.
 
     ``extra_models``: name -> callable(test DataLoader) -> probs [N_test, C], or an nn.Module; scored
     as ensemble rows. When RUN_DIR/bma exists and no ``"bma"`` is given, it is scored too (see
     docs/evaluation.md for the hook). ``metrics``: extra ``evaluate`` metric names. Existing evaluation
-    outputs are refused unless ``overwrite``. Weight matching of pair ``i`` uses seed ``seed + i``.
+    outputs are refused unless ``overwrite``. Weight matching of pair ``i`` uses seed ``seed + i`` and
+    ``presolve`` (``auto``, ``always``, ``never``: weight matching's; star ↔ anchor is warm-started, so ``auto``
+    presolves only the cold pairs; default: the run's own, ``never`` where its ``matching_presolve`` was
+    never, as in runs before that setting, else ``auto``).
     """
     from accelerate import Accelerator
 
@@ -268,6 +274,9 @@ def evaluate_run(
     from .metrics import evaluate_metrics_on_predictions, load_evaluate_metrics
 
     rd = RunDirectory(run_dir)
+    if presolve is None:
+        presolve = "never" if rd.config.get("matching_presolve", "never") == "never" else "auto"
+    presolve_option(presolve)  # a bad value fails before any work
     existing = _existing_outputs(rd.path)
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} already exists; pass --overwrite (overwrite=True) to re-evaluate")
@@ -292,7 +301,7 @@ def evaluate_run(
         models[name]["test"] = scores(test_stats[name])
     fault_point("evaluation")
     ensembles = _score_ensembles(run, anchors, extra_models, test_stats, scores)
-    settings = {"alignment": "weight matching", "num_points": num_points, "pairs": pairs, "seed": seed,
+    settings = {"alignment": "weight matching", "presolve": presolve, "num_points": num_points, "pairs": pairs, "seed": seed,
                 "bn_reset": has_batchnorm(star), "splits": list(SPLITS),
                 "num_samples": {s: len(dataset[s]) for s in SPLITS}}
     barriers = _measure_barriers(run, state_dicts, chosen_pairs, settings, seed, num_points)

@@ -45,6 +45,7 @@ def align_checkpoints(
     dataset=None,
     seed: int = 0,
     overwrite: bool = False,
+    presolve: bool | str = "auto",
 ) -> MatchingResult:
     """Align checkpoint ``b`` to checkpoint ``a`` and save the aligned copy of ``b`` in ``output_dir``.
 
@@ -52,7 +53,8 @@ def align_checkpoints(
     ``method``: ``"weight"`` (weight matching, any model with an adapter) or ``"activation"`` (models
     with ``activation_sites()``; ``dataset`` then yields input batches). ``output_dir`` must be new or
     empty unless ``overwrite``; it is replaced in one rename once the copy is complete. Returns the
-    matching result (``perm`` maps B to A's frame).
+    matching result (``perm`` maps B to A's frame). ``presolve``: weight matching's (``auto``, ``always``,
+    ``never``; see :func:`~.weight_matching.weight_matching`).
     """
     if method not in ("weight", "activation"):
         raise AlignmentError(f"unknown alignment method {method!r}; use 'weight' or 'activation'")
@@ -62,7 +64,7 @@ def align_checkpoints(
     model_a, _ = load_reference(path_a, name=f"A ({a})")
     model_b, _ = load_reference(path_b, name=f"B ({b})")  # NaN would be copied into the aligned output
     check_same_architecture(model_a, model_b)
-    aligned, record = align(None, model_a, model_b, method, data=dataset, seed=seed)
+    aligned, record = align(None, model_a, model_b, method, data=dataset, seed=seed, presolve=presolve)
     model_b.load_state_dict(aligned)
 
     with atomic_folder(str(out)) as tmp_dir:
