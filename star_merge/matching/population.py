@@ -23,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-from ..spec import PermutationSpec, SpecError
+from ..spec import PermutationSpec, SpecError, identity_permutation
 from .descent import DescentOptions, DescentStats, MatchingProblem, check_order, descend
 from .solvers import available_solvers, check_solver
 from .weight_matching import presolve_option, presolve_weights, weight_matching
@@ -137,7 +137,7 @@ def _align_batched(spec, A, rows, views, names, indices, seeds, options, out, to
         problem = MatchingProblem.build(spec, A, B, cache_elements=chunk_elements if cache_elements is None
                                         else cache_elements, a_blocks=a_blocks)
         a_blocks = problem.a_blocks
-        perms = {p: torch.arange(n, device=device).repeat(len(idx), 1) for p, n in spec.perm_sizes.items()}
+        perms = {p: v.to(device).repeat(len(idx), *([1] * v.ndim)) for p, v in identity_permutation(spec).items()}
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds[start:start + per_chunk]]
         weights = presolve_weights(problem, presolve)
         presweeps = [0] * len(idx) if weights is None else descend(problem, perms, gens, replace(options, weights=weights),

@@ -2,7 +2,7 @@
 
 Per minibatch: one anchor n and one t, forward at ``(1-t)·θ + t·π_n(θ_n)``, the task's loss, gradient to θ
 only (through the interpolation, factor 1-t). Anchors are re-aligned to θ by weight matching at the
-start of every ``align_every``-th epoch (epoch 0 included; ``matching_presolve``: the first one presolved). BatchNorm
+start of every ``align_every``-th epoch (epoch 0 included; ``matching_presolve``: which are presolved). BatchNorm
 runs in train mode during steps; the star's running statistics are recomputed over the training data each epoch.
 
 θ lives in one flat parameter (:class:`FlatStar`); the architecture's parameters are views of one flat weight buffer
@@ -34,10 +34,13 @@ from ..seeding import beta_from_uniform, mix_seed
 from ..spec import apply_permutation, compose_permutations
 from ..population.training import make_optimizer, make_scheduler
 from .accelerator import make_accelerator
-from .anchors import anchors_config, normalize_anchors, population_dtype
+from ..matching.align import in_symmetry_form
+from .anchors import anchors_config, folded_norm_positions, in_star_form, normalize_anchors, population_dtype
 from .checkpoint import StarlightState
 from .config import StarlightConfig
 from .flat import FlatBoundModel, FlatLayout, FlatStar
+from .fsdp import ShardedStar, ShardLayout, check_fsdp_run, fsdp_requested, unprepared_optimizer
+from .outputs import StarOutputs
 from .rotation import resume_with_fallback, save_checkpoint_state
 
 logger = logging.getLogger(__name__)
@@ -54,7 +57,7 @@ class StarlightResult:
     history: list[dict] = field(default_factory=list)
 
 
-class StarlightTrainer:
+class StarlightTrainer(StarOutputs):
     """Learn a star model linearly connected to every anchor (Trainer-shaped: ``train()``, ``save_model()``,
     ``push_to_hub()``).
 
@@ -93,25 +96,28 @@ class StarlightTrainer:
             raise UserError("StarlightTrainer needs a train_dataset (model inputs + labels)")
         self.args = args
         self.anchor_names = [s.name for s in sources]
-        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
-        self.processing_class = processing_class
+        self.train_dataset, self.eval_dataset, self.processing_class = train_dataset, eval_dataset, processing_class
         self.accelerator = accelerator if accelerator is not None else self.make_accelerator(args)
-        self.model = self._star_model(model, sources)
+        self.fsdp = fsdp_requested(self.accelerator)  # FSDP2 mode (fsdp.py): θ, anchors, optimizer sharded
+        self._unfolded = self._star_model(model, sources)  # symmetry "orthogonal": star and anchors folded
+        self.model = in_symmetry_form(self._unfolded, args.symmetry)
         self.task = task if task is not None else task_for(self.model)
         self.data_collator = data_collator if data_collator is not None else self.task.collator
-        self.spec = spec_for(self.model)
+        self.spec = spec_for(self.model, symmetry=args.symmetry)
         self.layout = FlatLayout.of(self.model)
+        acc = self.accelerator  # rows: the layout of θ and of the anchor rows (FSDP2: this process's shards)
+        self.rows = ShardLayout(self.layout, acc.process_index, acc.num_processes, acc.device) if self.fsdp else self.layout
+        check_fsdp_run(self.fsdp, args, self.model)
         # Matching uses the parameters only (BN running statistics are recomputed, not matched).
         self.match_spec = self.spec.subset(set(self.layout.names))
         self.anchors = self._anchor_matrix(sources)
         self._init_star()
         # Run state, filled by _setup() (nothing is created later, so every method sees the same attributes).
         self.state, self._pending = StarlightState(), None
-        self.flat_star: FlatStar | None = None
-        self.bound: FlatBoundModel | None = None
+        self.flat_star, self.bound = None, None  # FlatStar, FlatBoundModel
         self.optimizer = self.scheduler = self.train_loader = self.bn_loader = None
-        self.steps_per_epoch = 0
-        self.has_bn = has_batchnorm(self.model)
+        self.steps_per_epoch, self.has_bn = 0, has_batchnorm(self.model)
+        self._ones = folded_norm_positions(self._unfolded, self.model, self.layout)  # stay 1 in folded form
         self.result: StarlightResult | None = None
 
     # ------------------------------------------------------------------ construction
@@ -136,11 +142,11 @@ class StarlightTrainer:
         device = self.accelerator.device
         on_device = device.type != "cpu" and self.args.anchor_device == "accelerator"
         first = sources[0].load() if sources else {}
-        matrix = torch.empty(len(sources), self.layout.total, device=device if on_device else "cpu",
+        matrix = torch.empty(len(sources), self.rows.total, device=device if on_device else "cpu",
                              dtype=population_dtype(first, self.layout.names),
                              pin_memory=device.type == "cuda" and not on_device)
         for i, src in enumerate(sources):
-            sd = first if i == 0 else src.load()  # loaded on demand, one at a time
+            sd = in_star_form(self._unfolded, self.model, first if i == 0 else src.load())  # one at a time
             matrix = matrix if population_dtype(sd, self.layout.names) == matrix.dtype else matrix.float()  # mixed
             try:
                 self.spec.subset(sd.keys()).validate(sd)
@@ -149,7 +155,7 @@ class StarlightTrainer:
             missing = set(self.layout.names) - set(sd)
             if missing:
                 raise UserError(f"anchor {src.name} lacks parameter {sorted(missing)[0]!r}; is it the same architecture?")
-            matrix[i].copy_(self.layout.flatten(sd, dtype=matrix.dtype))
+            matrix[i].copy_(self.rows.flatten(sd, dtype=matrix.dtype))
         return matrix
 
     def _init_star(self) -> None:
@@ -160,7 +166,8 @@ class StarlightTrainer:
             k = int(init.split(":", 1)[1]) if ":" in init else 0
             if not 0 <= k < len(self.anchors):
                 raise UserError(f"init={init!r}: there are only {len(self.anchors)} anchors")
-            self.model.load_state_dict(self.layout.views(self.anchors[k].cpu()), strict=False)
+            row = self.rows.gather(self.anchors[k]) if self.fsdp else self.anchors[k]
+            self.model.load_state_dict(self.layout.views(row.cpu()), strict=False)
             return
         from ..modeling import load_checkpoint
 
@@ -194,18 +201,30 @@ class StarlightTrainer:
         Rows are in the last alignment's frame (a warm start); ``found``: an ``_align_rows`` result (overlap)."""
         from accelerate.utils import gather_object
 
-        acc = self.accelerator
-        mine = found if found is not None else self._align_rows(theta)
-        gathered = gather_object(mine) if acc.num_processes > 1 else mine
+        a, acc = self.args, self.accelerator
+        if self.fsdp:  # owners gather, align and re-shard their anchors (rows permuted there)
+            gathered = self.bound.align(theta, self.anchors, self.match_spec, a.seed, a.matching_max_iter,
+                                        a.matching_solver, a.matching_order)
+        else:
+            mine = found if found is not None else self._align_rows(theta)
+            gathered = gather_object(mine) if acc.num_processes > 1 else mine
         for i, delta in gathered:
             name = self.anchor_names[i]
-            self.permute_row(i, delta)
+            if not self.fsdp:
+                self.permute_row(i, delta)
             state.perms[name] = compose_permutations(delta, state.perms[name]) if name in state.perms else delta
+
+    def permute_rows(self, perms: dict[int, dict[str, torch.Tensor]]) -> None:
+        """Permute anchor rows in place (FSDP2: each gathered on one process, permuted and re-sharded)."""
+        if self.fsdp:
+            return self.bound.permute_rows(self.anchors, perms, self.match_spec)
+        for i, perm in perms.items():
+            self.permute_row(i, perm)
 
     @torch.no_grad()
     def permute_row(self, i: int, perm: dict[str, torch.Tensor]) -> None:
         """Permute anchor row ``i`` in place, where it lives (through one transient copy of the row)."""
-        if all(torch.equal(v, torch.arange(v.numel())) for v in perm.values()):
+        if all(v.ndim == 1 and torch.equal(v, torch.arange(v.numel())) for v in perm.values()):
             return
         row = self.anchors[i]
         permuted = apply_permutation(self.match_spec, perm, self.layout.views(row))
@@ -228,13 +247,16 @@ class StarlightTrainer:
     def _setup(self) -> None:
         c, acc = self.args, self.accelerator
         device = acc.device
-        self.model.to(device)
-        self.flat_star = FlatStar(self.layout.flatten(self.model.state_dict()).to(device))
-        self.bound = FlatBoundModel(self.model, self.layout, device)
+        self.flat_star = FlatStar(self.rows.flatten(self.model.state_dict()).to(device))
+        self.bound = (ShardedStar(self.model, self.rows, acc) if self.fsdp
+                      else FlatBoundModel(self.model.to(device), self.layout, device))
         optimizer = make_optimizer([self.flat_star.theta], c.optimizer, c.learning_rate, c.weight_decay)
         train_loader = make_dataloader(self.train_dataset, c.per_device_train_batch_size, shuffle=True, seed=c.seed,
                                        collate_fn=self.data_collator)
-        self.optimizer, self.train_loader = acc.prepare(optimizer, train_loader)
+        if self.fsdp:  # θ is no model parameter: the optimizer is wrapped, not prepared (fsdp.py saves its state)
+            self.optimizer, self.train_loader = unprepared_optimizer(optimizer), acc.prepare(train_loader)
+        else:
+            self.optimizer, self.train_loader = acc.prepare(optimizer, train_loader)
         self.steps_per_epoch = math.ceil(len(self.train_loader) / c.gradient_accumulation_steps)
         raw_opt = getattr(self.optimizer, "optimizer", self.optimizer)
         self.scheduler = make_scheduler(raw_opt, c.lr_scheduler_type, self.steps_per_epoch * c.num_train_epochs)
@@ -251,7 +273,10 @@ class StarlightTrainer:
             return
         def load(path):  # noqa: E306
             acc.load_state(path)
-            self.state.load(path, self.scheduler, self.flat_star.theta)
+            if self.fsdp:  # the checkpoint holds full vectors: this process takes its shards
+                self.bound.load_checkpoint(path, self.state, self.scheduler, self.flat_star.theta, self.optimizer)
+            else:
+                self.state.load(path, self.scheduler, self.flat_star.theta)
         # rotation.py: torn checkpoints set aside, a corrupt one falls back to the previous one, `latest`
         # with no checkpoint yet starts from the beginning (where that run was).
         path = resume_with_fallback(acc, RunPaths(c.output_dir).checkpoints_path, c.resume_from_checkpoint, load,
@@ -261,9 +286,8 @@ class StarlightTrainer:
         acc.print(f"resumed from {path} at epoch {self.state.epoch}, step {self.state.global_step}")
         if self.has_bn:
             self._load_theta_into_model()
-        for i, name in enumerate(self.anchor_names):  # rows are in the original frames until now
-            if name in self.state.perms:
-                self.permute_row(i, self.state.perms[name])
+        # rows are in the original frames until now
+        self.permute_rows({i: self.state.perms[n] for i, n in enumerate(self.anchor_names) if n in self.state.perms})
 
     def _train_epoch(self, epoch: int, bar) -> tuple[float, int]:
         """Align (when due), then one pass over the training data; returns (summed loss, micro-batches)."""
@@ -305,30 +329,30 @@ class StarlightTrainer:
         """One micro-batch: loss at ``(1-t)·θ + t·π_n(θ_n)``, θ's gradient (1-t)·∇, optimizer step when due."""
         c, acc = self.args, self.accelerator
         theta, bound, task = self.flat_star.theta, self.bound, self.task
-        n, t = self.sample_anchor_and_t(epoch, self.state.batches_in_epoch, acc.process_index)
-        with acc.accumulate(self.flat_star):
+        # FSDP2: one (n, t) for all processes (rank 0's draw), each with its own data
+        n, t = self.sample_anchor_and_t(epoch, self.state.batches_in_epoch, 0 if self.fsdp else acc.process_index)
+        with acc.accumulate():
             anchor = self.anchors[n].to(acc.device, non_blocking=True).to(theta.dtype)  # training precision
-            with torch.no_grad():
-                torch.lerp(theta, anchor, t, out=bound.weights)  # (1-t)·θ + t·π_n(θ_n)
-            bound.grads.zero_()
+            bound.load(theta, anchor, t)  # weights := (1-t)·θ + t·π_n(θ_n)
+            bound.zero_grad()
             with acc.autocast():
                 loss = task.loss(self.model, batch)
             acc.backward(loss)
             grad = bound.grads.mul(1.0 - t)  # through the interpolation
             if c.star_ce_weight > 0:  # "star + CE": μ·CE(f(θ))
-                with torch.no_grad():
-                    bound.weights.copy_(theta)
-                bound.grads.zero_()
+                bound.load(theta)
+                bound.zero_grad()
                 with acc.autocast():
                     star_loss = c.star_ce_weight * task.loss(self.model, batch)
                 acc.backward(star_loss)
                 grad += bound.grads
                 loss = loss + star_loss
             theta.grad = grad if theta.grad is None else theta.grad.add_(grad)
-            if acc.sync_gradients and acc.num_processes > 1:
+            if acc.sync_gradients and acc.num_processes > 1 and not self.fsdp:  # FSDP2 reduce-scattered it
                 torch.distributed.all_reduce(theta.grad)
                 theta.grad.div_(acc.num_processes)
             self.optimizer.step()
+            theta.data.index_fill_(0, self._ones.to(theta.device), 1.0)  # folded form: norm weights stay 1
             if acc.sync_gradients:
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -354,47 +378,20 @@ class StarlightTrainer:
             reset_bn_stats(self.model, self.bn_loader, self.args.bn_reset_batches, acc.device, task=self.task)
         if self.args.report_to != "none":
             acc.end_training()
-        star = self.bound.release().to("cpu").eval()
+        star = self.bound.release(self.flat_star.theta).to("cpu").eval()
         return StarlightResult(model=star, perms={k: dict(v) for k, v in self.state.perms.items()},
                                history=self.state.history)
 
-    # ------------------------------------------------------------------ outputs
-    def save_model(self, output_dir: str, overwrite: bool = False) -> str:
-        """Write the trained star as an HF checkpoint folder (atomically; with ``processing_class`` if given)."""
-        from ..population.training import save_checkpoint
-
-        if self.result is None:
-            raise RuntimeError("nothing to save yet: call train() first")
-        out = save_checkpoint(self.result.model, output_dir, overwrite=overwrite,
-                              extra_json={"history": self.result.history, "starlight": self.args.to_dict()})
-        if self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
-            self.processing_class.save_pretrained(out)
-        return out
-
-    def push_to_hub(self, repo_id: str, *, private: bool = False, token=None,
-                    commit_message: str = "Upload Starlight star model") -> str:
-        """Upload the trained star (as :meth:`save_model` writes it) to ``repo_id``; returns the commit url."""
-        import tempfile
-
-        from huggingface_hub import HfApi
-
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = self.save_model(os.path.join(tmp, "star"))
-            api = HfApi(token=token)
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            return str(api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message))
-
     # ------------------------------------------------------------------ helpers
-    @torch.no_grad()
     def _load_theta_into_model(self) -> None:
-        theta = self.flat_star.theta.detach()
-        params = dict(self.model.named_parameters())
-        for name, view in self.layout.views(theta).items():
-            params[name].copy_(view)
+        self.bound.load(self.flat_star.theta.detach())
 
     def _save_state(self) -> None:
         if self.args.output_dir is None:
             return
+        theta, write = self.flat_star.theta, None
+        if self.fsdp:  # gathered on process 0 (a collective): checkpoints hold full vectors
+            theta, write = self.bound.checkpoint_writer(theta, self.optimizer)
         save_checkpoint_state(self.accelerator, RunPaths(self.args.output_dir).checkpoints_path,
                               self.args.checkpoints_total_limit,
-                              lambda folder: self.state.save(folder, self.scheduler, self.flat_star.theta))
+                              lambda folder: (self.state.save(folder, self.scheduler, theta), write and write(folder)))
