@@ -9,7 +9,8 @@ unrelated random inits; options: the defaults, presolve, the colored order, solv
 batched and per anchor. Each record keeps a hash of every permutation, the objective's float repr, the
 sweeps and restarts. Uses only public entry points, so it runs on any version of the package.
 ``--old-defaults`` passes ``presolve=False`` to every call that does not set it (the default before
-``presolve="auto"``; accepted by every version that has presolve), so a version with the new default can be
+``presolve="auto"``; accepted by every ``weight_matching`` that has presolve, and passed to ``align_rows`` where it
+takes it), so a version with the new default can be
 compared bit for bit with one before it.
 """
 
@@ -87,12 +88,15 @@ def record(quick: bool, old_defaults: bool = False) -> dict:
                                                                   **opts})
             out[f"{name}/{oname}"] = [_digest(r.perm), repr(r.objective), r.iterations, r.restarts,
                                       sorted(counts.items())]
+    import inspect
+
+    rows_extra = {"presolve": False} if old_defaults and "presolve" in inspect.signature(align_rows).parameters else {}
     for i, model in enumerate(tiny_models()):
         spec, layout, theta, rows = population(model, 4, seed=5)
         for batched in (False, True):
             for order in ("random", "colored"):
                 res = align_rows(spec, layout, theta, rows, [0, 1, 2, 3], [7, 8, 9, 10], batched=batched,
-                                 order=order, solver="scipy")
+                                 order=order, solver="scipy", **rows_extra)
                 out[f"align_rows{i}/batched={batched}/{order}"] = [[_digest(p) for p in res.perms], res.sweeps,
                                                                    res.solved, res.skipped, res.groups]
     return out
