@@ -42,8 +42,9 @@ class ArgumentsParser(HfArgumentParser):
     def _parse_dataclass_field(parser, field: dataclasses.Field):
         meta = dict(field.metadata)
         if meta.pop("positional", False):
+            extra = {"nargs": meta["nargs"]} if "nargs" in meta else {}  # "+": one or more (star-merge merge)
             parser.add_argument(field.name, metavar=meta.get("metavar", field.name.upper()), help=meta.get("help"),
-                                type=str)
+                                type=str, **extra)
             return
         if "help" in meta:  # argparse formats help with %; a literal % in a help string must not break --help
             field = _with_metadata(field, {**field.metadata, "help": meta["help"].replace("%", "%%")})

@@ -15,7 +15,7 @@ from torch import nn
 from .tasks import as_batch, task_of
 from .errors import UserError
 
-__all__ = ["BN_TYPES", "has_batchnorm", "reset_bn_stats", "to_device"]
+__all__ = ["BN_TYPES", "has_batchnorm", "reset_bn_stats", "run_batches", "to_device"]
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -27,6 +27,19 @@ def to_device(batch, device) -> dict[str, Any]:
 
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, BN_TYPES) for m in model.modules())
+
+
+@torch.no_grad()
+def run_batches(model: nn.Module, dataloader: Iterable, max_batches: int | None, device, task) -> int:
+    """Forward ``model`` over (the first ``max_batches``) batches of ``dataloader`` for what its hooks or
+    BatchNorm layers record, outputs dropped; returns the batches run."""
+    seen = 0
+    for i, batch in enumerate(dataloader):
+        if max_batches is not None and i >= max_batches:
+            break
+        model(**to_device(task.model_inputs(model, as_batch(batch, model)), device))
+        seen += 1
+    return seen
 
 
 @torch.no_grad()
@@ -47,12 +60,7 @@ def reset_bn_stats(model: nn.Module, dataloader: Iterable, max_batches: int | No
         bn.reset_running_stats()
         bn.momentum = None  # cumulative moving average
     model.train()
-    seen = 0
-    for i, batch in enumerate(dataloader):
-        if max_batches is not None and i >= max_batches:
-            break
-        model(**to_device(task.model_inputs(model, as_batch(batch, model)), device))
-        seen += 1
+    seen = run_batches(model, dataloader, max_batches, device, task)
     for bn, mom in zip(bns, momenta):
         bn.momentum = mom
     if seen == 0:

@@ -1,4 +1,4 @@
-"""The ``star-merge`` console entry point: adapters, align, barrier, evaluate, export-bma, push.
+"""The ``star-merge`` console entry point: adapters, align, barrier, evaluate, export-bma, merge, push.
 
 Every subcommand is a dataclass of arguments parsed by :class:`~star_merge.argparsing.ArgumentsParser` (the
 recipes' parser: ``--config file.yaml`` defaults, flags override), added with its module's ``make_parser``
@@ -19,7 +19,7 @@ from .errors import run_reporting_user_errors
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``star-merge`` parser; ``parser.commands`` maps each subcommand to its :class:`ArgumentsParser`."""
-    from .commands import adapters, align, barrier, evaluate, export_bma, push
+    from .commands import adapters, align, barrier, evaluate, export_bma, merge, push
 
     parser = argparse.ArgumentParser(
         prog="star-merge", description="Permutation-aware model merging with Starlight star models."
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"star-merge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentsParser)
     sub.required = True
-    for command in (adapters, align, barrier, evaluate, export_bma, push):
+    for command in (adapters, align, barrier, evaluate, export_bma, merge, push):
         command.make_parser(sub)
     parser.commands = sub.choices
     return parser

@@ -27,12 +27,15 @@ from .modeling import load_checkpoint
 from .errors import UserError
 
 __all__ = [
+    "MERGE_FILE",
     "RunDirectory", "RunPaths", "NotARunDirectoryError", "Member", "MANIFEST_NAME", "load_checkpoint",
     "load_permutations", "path_in_run", "save_permutations",
 ]
 
 MANIFEST_NAME = "starlight.json"
 PERMUTATIONS_NAME = "anchor_permutations.safetensors"
+#: Written next to a merged checkpoint's weights by ``star-merge merge``: how the merge was made.
+MERGE_FILE = "star_merge_merge.json"
 PLOT_NAMES = {
     "curves": "interpolation_curves.png",
     "distribution": "barrier_distribution.png",
@@ -141,6 +144,11 @@ class RunPaths:
         return [(f, self.join(f)) for f in names
                 if (f in ("report.json", "report.md") or f.lower().endswith(".png")) and not f.startswith(".")
                 and os.path.isfile(self.join(f)) and not os.path.islink(self.join(f))]  # never a linked file
+
+    def merged_paths(self) -> list[tuple[str, str]]:
+        """(name, path) of every ``merged-*`` folder holding a ``star-merge merge`` output, sorted by name."""
+        names = sorted(os.listdir(self.path)) if os.path.isdir(self.path) else []
+        return [(n, self.join(n)) for n in names if n.startswith("merged-") and os.path.isfile(self.join(n, MERGE_FILE))]
 
     # Everything a run writes except population/ (which is reusable across runs: members are seeded).
     RESULT_ENTRIES = ("star", "bma", "checkpoints", "logs", MANIFEST_NAME, PERMUTATIONS_NAME, "report.json",

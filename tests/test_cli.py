@@ -44,7 +44,7 @@ def test_console_script_reports_bad_run_dir(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "not a star-merge run directory" in proc.stderr
 
 
-COMMANDS = ("adapters", "align", "barrier", "evaluate", "export-bma", "push")
+COMMANDS = ("adapters", "align", "barrier", "evaluate", "export-bma", "merge", "push")
 
 
 def test_every_subcommand_has_help(capsys):

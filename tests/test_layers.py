@@ -34,7 +34,7 @@ FLOORS = {
     # 8: the Hub, outwards: push, model cards
     "hub": 8, "hub.publish": 7, "hub.sanitize": 7, "hub.trainer_push": 7,
     # 9: scoring and rendering a run
-    "evaluation.report": 9, "evaluation.render": 9, "evaluation.__init__": 9,
+    "evaluation.report": 9, "evaluation.render": 9, "evaluation.__init__": 9, "merging": 9,
     # 10: entry points: the end-to-end run, the commands, the public face of the package
     "pipeline": 10, "commands": 10, "cli": 10, "__init__": 10,
 }

@@ -23,6 +23,7 @@ class BarrierArguments:
     checkpoint_a: str = positional("A", "checkpoint folder or Hub repo id (t=0)")
     checkpoint_b: str = positional("B", "checkpoint folder or Hub repo id (t=1)")
     align: str = field(default="weight", metadata={"choices": list(ALIGN_METHODS), "help": "how B is aligned to A"})
+    repair: bool = field(default=False, metadata={"help": "REPAIR every interpolated point (models without BatchNorm)"})
     num_points: int = field(default=11, metadata={"help": "interpolation points, ends included"})
     seed: int = field(default=0, metadata={"help": "seed of weight matching"})
     presolve: str = field(default="auto", metadata={"choices": list(PRESOLVE_FLAGS), "help": PRESOLVE_HELP})
@@ -58,8 +59,9 @@ def run(args: BarrierArguments, data_args: DataArguments) -> int:
     result = barrier_between(args.checkpoint_a, args.checkpoint_b, data_args, align=args.align,
                              num_points=args.num_points, seed=args.seed, splits=args.splits,
                              batch_size=args.batch_size, progress=not args.no_progress, symmetry=args.symmetry,
-                             presolve=args.presolve)
-    print(f"A = {args.checkpoint_a}\nB = {args.checkpoint_b} (aligned: {args.align}, symmetry: {args.symmetry})")
+                             presolve=args.presolve, repair=args.repair)
+    print(f"A = {args.checkpoint_a}\nB = {args.checkpoint_b} (aligned: {args.align}, symmetry: {args.symmetry}"
+          f"{', REPAIR at every point' if result.repair else ''})")
     for split, curve in result.curves.items():
         print(
             f"{split:>5}: loss barrier {curve.loss_barrier:.4f}  accuracy barrier {100 * curve.accuracy_barrier:.2f} pts"

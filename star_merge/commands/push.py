@@ -14,7 +14,7 @@ __all__ = ["PushArguments", "make_parser", "run"]
 class PushArguments:
     """``star-merge push RUN_DIR --repo-id org/name``."""
 
-    run_dir: str = positional("RUN_DIR", "a run directory written by recipes/star.py")
+    run_dir: str = positional("RUN_DIR", "a run directory written by recipes/star.py, or a `star-merge merge` output")
     repo_id: str = field(metadata={"help": "Hub repo for the star, org/name"})
     bma_repo_id: str | None = field(default=None, metadata={"help": "Hub repo for the BMA wrapper"})
     private: bool = field(default=False, metadata={"help": "create new repos as private"})

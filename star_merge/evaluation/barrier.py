@@ -27,6 +27,7 @@ class BarrierResult:
     curves: dict[str, InterpolationCurve]
     alignment: dict[str, Any] = field(default_factory=dict)
     bn_reset: bool = False
+    repair: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -34,6 +35,7 @@ class BarrierResult:
             "b": self.b,
             "alignment": self.alignment,
             "bn_reset": self.bn_reset,
+            "repair": self.repair,
             **{split: curve.to_dict() for split, curve in self.curves.items()},
         }
 
@@ -53,6 +55,7 @@ def measure_barrier(
     progress: bool = True,
     collate_fn=None,
     task=None,
+    repair: bool = False,
     symmetry: str = "permutation",
     presolve: bool | str = "auto",
 ) -> BarrierResult:
@@ -60,9 +63,10 @@ def measure_barrier(
 
     ``dataset``: a DatasetDict with ``train`` (used for BN statistics and activation matching) and the
     ``splits``, columns = model input + ``labels``. ``model_a`` is used as the interpolation container
-    (its weights are restored afterwards). ``symmetry="orthogonal"``: both models are folded first (the same
-    functions; the line runs between the folded forms) and B is aligned with orthogonal maps where allowed.
-    ``presolve``: weight matching's (``auto``, ``always``, ``never``).
+    (its weights are restored afterwards). ``repair``: REPAIR every interior point (models without BatchNorm;
+    BatchNorm models have their statistics recomputed at every point anyway). ``symmetry="orthogonal"``: both
+    models are folded first (the same functions; the line runs between the folded forms) and B is aligned with
+    orthogonal maps where allowed. ``presolve``: weight matching's (``auto``, ``always``, ``never``).
     """
     from accelerate import Accelerator
 
@@ -76,10 +80,12 @@ def measure_barrier(
     sd_b, record = align_models(None, model_a, model_b, align, seed=seed, data=data.bn_loader, progress=progress,
                                  symmetry=symmetry, presolve=presolve)
     try:
-        curves = interpolation_curves(model_a, sd_a, sd_b, data, num_points, progress=progress, task=task)
+        curves = interpolation_curves(model_a, sd_a, sd_b, data, num_points, progress=progress, task=task,
+                                      repair=repair)
     finally:
         model_a.load_state_dict(sd_a)
-    return BarrierResult(names[0], names[1], curves, record.to_dict(), has_batchnorm(model_a))
+    bn = has_batchnorm(model_a)
+    return BarrierResult(names[0], names[1], curves, record.to_dict(), bn, repair and not bn)
 
 
 def barrier_between(

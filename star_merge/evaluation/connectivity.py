@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..batchnorm import has_batchnorm, reset_bn_stats
 from .engine import EvalData, evaluate_loss_accuracy
+from .repair import REPAIR_BATCHES, channel_stats, repair_model, repair_sites
 from ..errors import UserError
 
 __all__ = [
@@ -84,6 +85,16 @@ class InterpolationCurve:
         return {**asdict(self), "loss_barrier": self.loss_barrier, "accuracy_barrier": self.accuracy_barrier}
 
 
+def _end_stats(model, sd_a, sd_b, data, max_batches, device, task):
+    """The repair sites and the channel statistics of A and B (an interpolation path's REPAIR targets)."""
+    sites = repair_sites(model)
+    stats = []
+    for sd in (sd_a, sd_b):
+        model.load_state_dict(sd)
+        stats.append(channel_stats(model, sites, data.bn_loader, max_batches or REPAIR_BATCHES, device, task))
+    return sites, stats
+
+
 def _snapshot(sd: Mapping[str, torch.Tensor], model: nn.Module) -> Mapping[str, torch.Tensor]:
     """``sd`` with copies of the tensors that are ``model``'s own (``model.state_dict()`` shares them): the
     container's weights are overwritten at every point, which would move such an endpoint with them."""
@@ -106,12 +117,15 @@ def interpolation_curves(
     desc: str = "interpolating",
     task=None,
     device=None,
+    repair: bool = False,
 ) -> dict[str, InterpolationCurve]:
     """Loss/accuracy of ``(1-t)·A + t·B`` on every split of ``data`` at ``num_points`` evenly spaced t in [0, 1].
 
     ``model`` is a container whose weights are overwritten. BatchNorm statistics are recomputed at every point
     over ``data.bn_loader`` when the model has BatchNorm (``reset_bn=None``) — without it, barriers between BN
-    networks are grossly overstated. B must already be aligned to A when measuring modulo permutation.
+    networks are grossly overstated. ``repair``: on a model without BatchNorm, REPAIR every point toward
+    ``(1-t)·stats(A) + t·stats(B)`` over ``data.bn_loader`` (``bn_max_batches`` batches, default
+    ``REPAIR_BATCHES``; :mod:`.repair`). B must already be aligned to A when measuring modulo permutation.
     """
     if num_points < 2:
         raise UserError(f"num_points must be >= 2, got {num_points}")
@@ -126,10 +140,15 @@ def interpolation_curves(
     losses: dict[str, list[float]] = {s: [] for s in data.splits}
     accs: dict[str, list[float]] = {s: [] for s in data.splits}
     show = progress and (accelerator is None or accelerator.is_local_main_process)
+    repairing = repair and not has_batchnorm(model)
+    ends = _end_stats(model, sd_a, sd_b, data, bn_max_batches, device, task) if repairing else None
     for t in tqdm(ts, desc=desc, disable=not show, leave=False):
         model.load_state_dict(interpolate_state_dicts(sd_a, sd_b, t))
         if reset_bn:
             reset_bn_stats(model, data.bn_loader, bn_max_batches, device=device, task=task)
+        if repairing and 0 < t < 1:
+            repair_model(model, [sd_a, sd_b], [1 - t, t], data.bn_loader, bn_max_batches or REPAIR_BATCHES,
+                         sites=ends[0], device=device, task=task, member_stats=ends[1])
         for split in data.splits:
             loss, acc = evaluate_loss_accuracy(model, data.prepared[split], device, task, accelerator)
             losses[split].append(loss)

@@ -180,6 +180,21 @@ def _pairs_section(barriers: Mapping[str, Any], words: tuple[str, str]) -> list[
     return lines
 
 
+def _merged_section(report: Mapping[str, Any]) -> list[str]:
+    """Free merges (RUN/merged-*, ``star-merge merge``) next to the star: mean loss barriers to the held-out models."""
+    merged = (report.get("summary") or {}).get("merged_vs_held_out")
+    if not merged:
+        return []
+    star = report["summary"]["star_vs_held_out"]
+    lines = ["", "## Free merges vs the star (held-out loss barriers, mean)", "",
+             "| model | train | test |", "| --- | --- | --- |",
+             f"| star | {format_value(star['train_loss_barrier']['mean'])} | {format_value(star['test_loss_barrier']['mean'])} |"]
+    for name, row in merged.items():
+        lines.append(f"| {name} | {format_value(row['train_loss_barrier']['mean'])} | "
+                     f"{format_value(row['test_loss_barrier']['mean'])} |")
+    return lines
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """report.md: summary, per-model and ensemble metrics, every pair's barriers, the plots."""
     s, barriers = RunSummary.from_report(report), report["barriers"]
@@ -188,6 +203,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines = _summary_section(report, s, unit, words)
     lines += _verdict_lines(barriers, s, unit, words[0])
     lines += _models_section(report, unit, words[0])
+    lines += _merged_section(report)
     lines += _pairs_section(barriers, words)
     lines += ["", "## Plots", ""]
     lines += [f"![{key}]({name})" for key, name in PLOT_NAMES.items()]

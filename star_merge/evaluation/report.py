@@ -155,7 +155,7 @@ class _Run:
 def _score_models(run: _Run, anchors: Sequence[str]):
     """Train loss/accuracy of every model, test statistics streamed (every model on each batch, and the deep
     ensemble of the anchors); returns (CPU state dicts, per-model rows, test stats)."""
-    from ..modeling import check_same_architecture
+    from ..modeling import check_same_architecture, load_checkpoint
     from .engine import evaluate_loss_accuracy
     from .streaming import score_models
 
@@ -163,9 +163,10 @@ def _score_models(run: _Run, anchors: Sequence[str]):
     state_dicts: dict[str, dict[str, torch.Tensor]] = {}
     loaded: dict[str, nn.Module] = {}
     models: dict[str, Any] = {}
-    roles = {"star": ("star", rd.star_path), **{m.name: (m.role, m.path) for m in rd.members}}
+    roles = {"star": ("star", rd.star_path), **{m.name: (m.role, m.path) for m in rd.members},
+             **{name: ("merged", path) for name, path in rd.merged_paths()}}
     for name, (role, path) in tqdm(roles.items(), desc="scoring models", disable=not run.progress, leave=False):
-        model = star if name == "star" else rd.load_member(name)
+        model = star if name == "star" else load_checkpoint(path) if role == "merged" else rd.load_member(name)
         if name != "star":
             check_same_architecture(star, model, ("star", name))
         state_dicts[name] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -218,8 +219,11 @@ def _measure_barriers(run: _Run, state_dicts, chosen_pairs, settings: dict[str, 
     jobs = [("star_vs_held_out", "star", h) for h in held_out]
     jobs += [("anchor_vs_held_out", a, h) for a, h in chosen_pairs]
     jobs += [("star_vs_anchor", "star", a) for a in anchors]
+    merged = [name for name, _ in rd.merged_paths()]
+    jobs += [("merged_vs_held_out", m, h) for m in merged for h in held_out]  # free merges (star-merge merge)
     spec = spec_for(container, symmetry=symmetry)
-    barriers: dict[str, Any] = {"settings": settings, **{group: [] for group in GROUPS}}
+    barriers: dict[str, Any] = {"settings": settings, **{group: [] for group in GROUPS},
+                                **({"merged_vs_held_out": []} if merged else {})}
     for i, (group, a, b) in enumerate(tqdm(jobs, desc="barriers", disable=not run.progress)):
         init = stored_perms.get(b) if group == "star_vs_anchor" else None
         if init is not None and any(init[p].ndim != (1 if p not in spec.group_kinds else 2) for p in init):
@@ -245,6 +249,12 @@ def _run_summary(barriers, models, ensembles) -> dict[str, Any]:
         summary[f"mean_{key}_train_loss"] = _stats([m["train"]["loss"] for m in rows])["mean"]
     if "deep_ensemble" in ensembles:
         summary["deep_ensemble_test_accuracy"] = ensembles["deep_ensemble"]["test"]["accuracy"]
+    merged = {}
+    for r in barriers.get("merged_vs_held_out", []):  # each merge: mean loss barriers to the held-out models
+        merged.setdefault(r["a"], []).append(r)
+    if merged:
+        summary["merged_vs_held_out"] = {name: {f"{s}_loss_barrier": _stats([r[s]["loss_barrier"] for r in rows])
+                                                for s in SPLITS} for name, rows in merged.items()}
     return summary
 
 

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from .model_card import run_cards
 from ..finite import check_finite_checkpoint
-from ..rundir import RunPaths
+from ..rundir import MERGE_FILE, RunPaths
 from .publish import PushError, local_roots, publish_files
 from .sanitize import is_publishable, publish_size, sanitize_text
 from ..modeling import PICKLE_SUFFIXES
@@ -98,7 +98,27 @@ def _cards(run_dir: str, repo_id: str, bma_repo_id: str | None, license: str) ->
     return {repo: str(card) for repo, card in zip([repo_id, bma_repo_id], cards.values())}
 
 
+def _merged_plan(folder: str, repo_id: str, bma_repo_id: str | None) -> tuple[list[PlannedFile], dict[str, str]]:
+    """A ``star-merge merge`` output: its files and its card (updated from the folder's README.md)."""
+    from .cards import read_json
+    from .merged_card import build_merged_card
+
+    _check_repo_id(repo_id, "--repo-id")
+    if bma_repo_id is not None:
+        raise PushError(f"{folder} is a merged checkpoint, which has no BMA wrapper; drop --bma-repo-id")
+    files = _checkpoint_files(folder, "merged model", "write one with `star-merge merge`")
+    record = os.path.join(folder, MERGE_FILE)
+    card = build_merged_card(read_json(record), read_json(os.path.join(folder, "config.json")),
+                             existing=os.path.join(folder, "README.md"))
+    text = sanitize_text(str(card), folder, [record])
+    plan = [PlannedFile(repo_id, rel, path, publish_size(path, folder)) for rel, path in files]
+    plan.append(PlannedFile(repo_id, "README.md", None, len(text.encode("utf-8"))))
+    return plan, {repo_id: text}
+
+
 def _plan(run_dir: str, repo_id: str, bma_repo_id: str | None, license: str) -> tuple[list[PlannedFile], dict[str, str]]:
+    if os.path.isfile(os.path.join(run_dir, MERGE_FILE)) and not RunPaths(run_dir).is_run():
+        return _merged_plan(os.path.abspath(run_dir), repo_id, bma_repo_id)
     paths = RunPaths(run_dir).require(PushError)
     run_dir = paths.path
     _check_repo_id(repo_id, "--repo-id")

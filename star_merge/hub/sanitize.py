@@ -16,7 +16,7 @@ import re
 
 from ..bma.export import BMA_CODE_FILES
 from ..processing import is_processor_file
-from ..rundir import path_in_run
+from ..rundir import MERGE_FILE, path_in_run
 
 __all__ = ["STAR_FILES", "is_publishable", "publish_size", "sanitize_json_text", "sanitize_text"]
 
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 #: Files a run writes into star/ (and bma/, which adds its code files) besides its weights and processor files
 #: (:func:`star_merge.processing.is_processor_file`); anything else is not published.
-STAR_FILES = ("config.json", "generation_config.json", "training_info.json", "model.safetensors.index.json")
+STAR_FILES = ("config.json", "generation_config.json", "training_info.json", "model.safetensors.index.json", MERGE_FILE)
 _WEIGHTS = re.compile(r"^model(-\d+-of-\d+)?\.safetensors$")
 
 

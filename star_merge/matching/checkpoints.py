@@ -19,7 +19,7 @@ from ..processing import copy_processor_files
 from .align import AlignmentError, align, in_symmetry_form
 from .weight_matching import MatchingResult
 
-__all__ = ["ALIGNMENT_FILE", "align_checkpoints"]
+__all__ = ["ALIGNMENT_FILE", "align_checkpoints", "check_output_dir"]
 
 #: Written next to the weights: what B was aligned to and how.
 ALIGNMENT_FILE = "star_merge_alignment.json"
@@ -27,7 +27,7 @@ ALIGNMENT_FILE = "star_merge_alignment.json"
 MAPS_FILE = "star_merge_maps.safetensors"
 
 
-def _check_output_dir(output_dir: Path, overwrite: bool, *inputs: Path) -> None:
+def check_output_dir(output_dir: Path, overwrite: bool, *inputs: Path) -> None:
     for p in inputs:
         if output_dir.resolve() == p.resolve():
             raise FileExistsError(f"output_dir {str(output_dir)!r} is an input checkpoint; choose another folder")
@@ -67,7 +67,7 @@ def align_checkpoints(
         raise AlignmentError(f"unknown alignment method {method!r}; use 'weight' or 'activation'")
     out = Path(output_dir).expanduser()
     path_a, path_b = resolve_reference(a), resolve_reference(b)
-    _check_output_dir(out, overwrite, Path(path_a), Path(path_b))
+    check_output_dir(out, overwrite, Path(path_a), Path(path_b))
     model_a, _ = load_reference(path_a, name=f"A ({a})")
     model_b, _ = load_reference(path_b, name=f"B ({b})")  # NaN would be copied into the aligned output
     check_same_architecture(model_a, model_b)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ..errors import UserError
+from .initial import check_init
 
 
 @dataclass
@@ -45,7 +46,8 @@ class StarlightConfig:
     t_constant: float = field(default=0.5, metadata={"help": "t when t_sampling=constant."})
     star_ce_weight: float = field(default=0.0, metadata={"help": "μ of 'star + CE': adds μ·CE(f(θ))."})
     init: str = field(
-        default="random", metadata={"help": "random | anchor (anchor 0) | anchor:K | a checkpoint folder."}
+        default="random", metadata={"help": "random | anchor (anchor 0) | anchor:K | merge (the anchors' MergeMany) | "
+                                            "merge:METHOD (mergemany, cycle, reference) | a checkpoint folder."}
     )
     anchor_device: str = field(
         default="cpu", metadata={"help": "cpu (only the sampled anchor moves) | accelerator (all on the device)."}
@@ -117,8 +119,7 @@ class StarlightConfig:
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise UserError(f"checkpoints_total_limit must be >= 1 (the newest checkpoint is always kept), got "
                              f"{self.checkpoints_total_limit}")
-        if self.init.startswith("anchor:") and not self.init.split(":", 1)[1].isdigit():
-            raise UserError(f"init={self.init!r}: write anchor:K with K an anchor index (0, 1, ...)")
+        check_init(self.init)
 
     def presolve_at(self, first: bool) -> bool | str:
         """Weight matching's ``presolve`` for a re-alignment (``first``: the anchors are still unaligned)."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -32,6 +31,7 @@ from ..modeling import build_model
 from ..rundir import RunPaths
 from ..seeding import beta_from_uniform, mix_seed
 from ..spec import apply_permutation, compose_permutations
+from .initial import initial_state
 from ..population.training import make_optimizer, make_scheduler
 from .accelerator import make_accelerator
 from ..matching.align import in_symmetry_form
@@ -159,21 +159,10 @@ class StarlightTrainer(StarOutputs):
         return matrix
 
     def _init_star(self) -> None:
-        init = self.args.init
-        if init == "random":
-            return
-        if init == "anchor" or init.startswith("anchor:"):
-            k = int(init.split(":", 1)[1]) if ":" in init else 0
-            if not 0 <= k < len(self.anchors):
-                raise UserError(f"init={init!r}: there are only {len(self.anchors)} anchors")
-            row = self.rows.gather(self.anchors[k]) if self.fsdp else self.anchors[k]
-            self.model.load_state_dict(self.layout.views(row.cpu()), strict=False)
-            return
-        from ..modeling import load_checkpoint
-
-        if not os.path.isdir(init):
-            raise UserError(f"init={init!r} is neither 'random', 'anchor[:K]' nor a checkpoint folder")
-        self.model.load_state_dict(load_checkpoint(init).state_dict())
+        rows = lambda: [self.layout.views((self.rows.gather(a) if self.fsdp else a).cpu()) for a in self.anchors]  # noqa: E731
+        sd = initial_state(self.args.init, rows, self.match_spec, self.args.seed)
+        if sd is not None:  # anchors and merges hold the flat layout's tensors; a checkpoint folder holds all
+            self.model.load_state_dict(sd, strict=not self.args.init.startswith(("anchor", "merge")))
 
     # ------------------------------------------------------------------ pieces of a step
     def sample_anchor_and_t(self, epoch: int, batch: int, rank: int) -> tuple[int, float]:
