@@ -1,6 +1,6 @@
 """Record weight matching's results on a fixed set of problems, to compare two versions of the code bit for bit.
 
-    PYTHONPATH=<checkout> python benchmarks/matching_identity.py --out a.json [--quick]
+    PYTHONPATH=<checkout> python benchmarks/matching_identity.py --out a.json [--quick] [--old-defaults]
     python benchmarks/matching_identity.py --compare a.json b.json
 
 Problems: the adapters' tiny test models (tests/test_adapters.py CASES: Llama, GPT-2, BERT, ViT, ResNet, ...)
@@ -8,6 +8,10 @@ and the built-in MLP / cnn1d / ResNet of tests/test_population.py, each as a per
 unrelated random inits; options: the defaults, presolve, the colored order, solvers; plus align_rows
 batched and per anchor. Each record keeps a hash of every permutation, the objective's float repr, the
 sweeps and restarts. Uses only public entry points, so it runs on any version of the package.
+``--old-defaults`` passes ``presolve=False`` to every call that does not set it (the default before
+``presolve="auto"``; accepted by every ``weight_matching`` that has presolve, and passed to ``align_rows`` where it
+takes it), so a version with the new default can be
+compared bit for bit with one before it.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ OPTIONS = {
 }
 
 
-def record(quick: bool) -> dict:
+def record(quick: bool, old_defaults: bool = False) -> dict:
     import torch
 
     import star_merge as sm
@@ -80,15 +84,19 @@ def record(quick: bool) -> dict:
             if quick and oname not in ("default", "presolve", "colored"):
                 continue
             counts: dict = {}
-            r = sm.weight_matching(spec, a, b, counts=counts, **opts)
+            r = sm.weight_matching(spec, a, b, counts=counts, **{**({"presolve": False} if old_defaults else {}),
+                                                                  **opts})
             out[f"{name}/{oname}"] = [_digest(r.perm), repr(r.objective), r.iterations, r.restarts,
                                       sorted(counts.items())]
+    import inspect
+
+    rows_extra = {"presolve": False} if old_defaults and "presolve" in inspect.signature(align_rows).parameters else {}
     for i, model in enumerate(tiny_models()):
         spec, layout, theta, rows = population(model, 4, seed=5)
         for batched in (False, True):
             for order in ("random", "colored"):
                 res = align_rows(spec, layout, theta, rows, [0, 1, 2, 3], [7, 8, 9, 10], batched=batched,
-                                 order=order, solver="scipy")
+                                 order=order, solver="scipy", **rows_extra)
                 out[f"align_rows{i}/batched={batched}/{order}"] = [[_digest(p) for p in res.perms], res.sweeps,
                                                                    res.solved, res.skipped, res.groups]
     return out
@@ -99,6 +107,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--compare", nargs=2)
+    ap.add_argument("--old-defaults", action="store_true", help="presolve=False wherever a call does not set it")
     args = ap.parse_args(argv)
     if args.compare:
         x, y = (json.load(open(f)) for f in args.compare)
@@ -107,7 +116,7 @@ def main(argv=None) -> int:
             print(f"DIFF {k}: {x[k]} != {y.get(k)}")
         print(f"{len(x) - len(diff)}/{len(x)} records identical")
         return 1 if diff else 0
-    res = record(args.quick)
+    res = record(args.quick, args.old_defaults)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=0)
     print(f"{len(res)} records -> {args.out}")

@@ -10,10 +10,11 @@ from scipy.optimize import linear_sum_assignment
 import star_merge as sm
 from star_merge.matching.population import align_rows
 from star_merge.matching.solvers import available_solvers, solve_batch
-from star_merge.matching.weight_matching import is_permutation
+from star_merge.matching.weight_matching import is_chain, is_permutation, presolve_option
 from star_merge.models import StarMLPConfig
 from star_merge.modeling import build_model
 from star_merge.starlight.flat import FlatLayout
+from test_population import tiny_models
 
 
 def test_is_permutation_batched_and_single():
@@ -93,6 +94,67 @@ def test_presolve_recovers_permuted_copies():
         res = sm.weight_matching(spec, sd, sm.apply_permutation(spec, perm, sd), seed=seed, presolve=True)
         back = sm.apply_permutation(spec, res.perm, sm.apply_permutation(spec, perm, sd))
         assert all(torch.equal(back[k], sd[k]) for k in sd)
+
+
+def test_is_chain_on_hand_made_graphs_and_the_builtin_specs():
+    """A path of two or more permutations is a chain; a star (residual stream), a triangle (ResNet), a
+    disconnected pair, one lone permutation are not; star-mlp's spec is one, a ResNet's is not."""
+    from star_merge.matching.terms import neighbours
+
+    path = {"a": ["b"], "b": ["a", "c"], "c": ["b"]}
+    hub = {"s": ["a", "b", "c"], "a": ["s"], "b": ["s"], "c": ["s"]}
+    triangle = {"a": ["b", "c"], "b": ["a", "c"], "c": ["a", "b"]}
+    apart = {"a": ["b"], "b": ["a"], "c": ["d"], "d": ["c"]}
+    assert is_chain(path) and is_chain({"a": ["b"], "b": ["a"]})
+    assert not any(is_chain(g) for g in (hub, triangle, apart, {"a": []}))
+    mlp = sm.spec_for(_mlp(0))
+    assert is_chain(neighbours(mlp, mlp.perm_to_axes))
+    resnet = sm.spec_for(tiny_models()[2])
+    assert not is_chain(neighbours(resnet, resnet.perm_to_axes))
+
+
+def test_presolve_auto_is_on_for_cold_chains_only():
+    """``presolve="auto"`` (the default) gives presolve=True's result on two unrelated MLPs, the plain
+    descent's from a warm start and on a ResNet; a word that is no option is a UserError."""
+    from star_merge.errors import UserError
+
+    sd_a, sd_b = _mlp(10).state_dict(), _mlp(20).state_dict()
+    spec = sm.spec_for(_mlp(10))
+    on = sm.weight_matching(spec, sd_a, sd_b, seed=1, presolve=True)
+    off = sm.weight_matching(spec, sd_a, sd_b, seed=1, presolve=False)
+    auto = sm.weight_matching(spec, sd_a, sd_b, seed=1)
+    assert auto.iterations == on.iterations and all(torch.equal(auto.perm[p], on.perm[p]) for p in spec.perm_sizes)
+    assert on.objective > off.objective  # the point of presolving unrelated inits (measured: every seed)
+    start = sm.random_permutation(spec, 4)
+    warm = sm.weight_matching(spec, sd_a, sd_b, seed=1, init_perm=start)
+    plain = sm.weight_matching(spec, sd_a, sd_b, seed=1, init_perm=start, presolve=False)
+    assert warm.iterations == plain.iterations and all(torch.equal(warm.perm[p], plain.perm[p]) for p in plain.perm)
+    model = tiny_models()[2]
+    rspec, ra = sm.spec_for(model), model.state_dict()
+    rb = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in ra.items()}
+    r_auto, r_off = sm.weight_matching(rspec, ra, rb, seed=0), sm.weight_matching(rspec, ra, rb, seed=0, presolve=False)
+    assert r_auto.iterations == r_off.iterations and all(torch.equal(r_auto.perm[p], r_off.perm[p]) for p in r_off.perm)
+    assert presolve_option("always") is True and presolve_option("never") is False and presolve_option(True) is True
+    with pytest.raises(UserError, match="presolve='sometimes'"):
+        sm.weight_matching(spec, sd_a, sd_b, presolve="sometimes")
+
+
+def test_trainer_presolve_schedule():
+    """matching_presolve: never (default: no presolve at all); first -> auto at the first alignment, plain later;
+    always; a bad word refused."""
+    from star_merge.errors import UserError
+    from star_merge.starlight import StarlightConfig
+
+    c = StarlightConfig(output_dir="unused")
+    assert c.matching_presolve == "never" and c.presolve_at(first=True) is False
+    c.matching_presolve = "first"
+    assert c.presolve_at(first=True) == "auto" and c.presolve_at(first=False) is False
+    c.matching_presolve = "always"
+    assert c.presolve_at(first=False) == "auto"
+    c.matching_presolve = "never"
+    assert c.presolve_at(first=True) is False
+    with pytest.raises(UserError, match="matching_presolve"):
+        StarlightConfig(output_dir="unused", matching_presolve="auto")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

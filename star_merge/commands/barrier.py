@@ -11,6 +11,7 @@ from ..data import DataArguments
 from ..evaluation.barrier import barrier_between
 from ..io import atomic_write_json
 from ..matching.align import ALIGN_METHODS
+from ..matching.weight_matching import PRESOLVE_FLAGS, PRESOLVE_HELP
 
 __all__ = ["BarrierArguments", "make_parser", "run"]
 
@@ -25,6 +26,7 @@ class BarrierArguments:
     repair: bool = field(default=False, metadata={"help": "REPAIR every interpolated point (models without BatchNorm)"})
     num_points: int = field(default=11, metadata={"help": "interpolation points, ends included"})
     seed: int = field(default=0, metadata={"help": "seed of weight matching"})
+    presolve: str = field(default="auto", metadata={"choices": list(PRESOLVE_FLAGS), "help": PRESOLVE_HELP})
     symmetry: str = field(default="permutation", metadata={"choices": ["permutation", "orthogonal"], "help": (
         "permutation, or orthogonal maps where the family allows them (both models folded first)")})
     splits: list[str] = field(default_factory=lambda: ["train", "test"],
@@ -57,7 +59,7 @@ def run(args: BarrierArguments, data_args: DataArguments) -> int:
     result = barrier_between(args.checkpoint_a, args.checkpoint_b, data_args, align=args.align,
                              num_points=args.num_points, seed=args.seed, splits=args.splits,
                              batch_size=args.batch_size, progress=not args.no_progress, symmetry=args.symmetry,
-                             repair=args.repair)
+                             presolve=args.presolve, repair=args.repair)
     print(f"A = {args.checkpoint_a}\nB = {args.checkpoint_b} (aligned: {args.align}, symmetry: {args.symmetry}"
           f"{', REPAIR at every point' if result.repair else ''})")
     for split, curve in result.curves.items():

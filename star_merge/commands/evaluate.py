@@ -10,6 +10,7 @@ from ..evaluation.summary import BarrierStats
 from ..evaluation.report import evaluate_run
 from ..evaluation.verdict import headline, judge_star
 from ..locking import lock_run_dir
+from ..matching.weight_matching import PRESOLVE_FLAGS, PRESOLVE_HELP
 from ..rundir import RunPaths
 from ..errors import UserError
 
@@ -23,6 +24,8 @@ class EvaluateArguments:
     run_dir: str = positional("RUN_DIR", "a run directory written by recipes/star.py")
     pairs: str = field(default="all", metadata={"help": "anchor ↔ held-out pairs: 'all' or a seeded sample of N"})
     seed: int = field(default=0, metadata={"help": "seed of pair sampling and weight matching"})
+    presolve: str | None = field(default=None, metadata={"choices": list(PRESOLVE_FLAGS), "help": PRESOLVE_HELP
+                                                         + "; default: the run's own (its matching_presolve)"})
     metrics: list[str] = field(default_factory=list, metadata={"help": "extra `evaluate` metric names (needs `evaluate`)"})
     symmetry: str | None = field(default=None, metadata={"choices": ["permutation", "orthogonal"], "help": (
         "barriers modulo permutations, or orthogonal maps where the family allows them (folded forms); "
@@ -55,7 +58,7 @@ def run(args: EvaluateArguments) -> int:
     with lock_run_dir(args.run_dir):
         out = evaluate_run(args.run_dir, pairs=args.pairs, seed=args.seed, metrics=args.metrics,
                            overwrite=args.overwrite, num_points=args.num_points, batch_size=args.batch_size,
-                           progress=not args.no_progress, symmetry=args.symmetry)
+                           progress=not args.no_progress, symmetry=args.symmetry, presolve=args.presolve)
     s = out["summary"]
     for group, label in GROUPS.items():
         for split in SPLITS:

@@ -57,6 +57,7 @@ def measure_barrier(
     task=None,
     repair: bool = False,
     symmetry: str = "permutation",
+    presolve: bool | str = "auto",
 ) -> BarrierResult:
     """Align B to A, then measure loss/accuracy along the line A -> B on ``splits`` of ``dataset``.
 
@@ -65,7 +66,7 @@ def measure_barrier(
     (its weights are restored afterwards). ``repair``: REPAIR every interior point (models without BatchNorm;
     BatchNorm models have their statistics recomputed at every point anyway). ``symmetry="orthogonal"``: both
     models are folded first (the same functions; the line runs between the folded forms) and B is aligned with
-    orthogonal maps where allowed.
+    orthogonal maps where allowed. ``presolve``: weight matching's (``auto``, ``always``, ``never``).
     """
     from accelerate import Accelerator
 
@@ -77,7 +78,7 @@ def measure_barrier(
     model_b.to(accelerator.device)
     sd_a = {k: v.detach().cpu().clone() for k, v in model_a.state_dict().items()}
     sd_b, record = align_models(None, model_a, model_b, align, seed=seed, data=data.bn_loader, progress=progress,
-                                symmetry=symmetry)
+                                 symmetry=symmetry, presolve=presolve)
     try:
         curves = interpolation_curves(model_a, sd_a, sd_b, data, num_points, progress=progress, task=task,
                                       repair=repair)

@@ -33,6 +33,7 @@ from ..rundir import PLOT_NAMES, RunPaths
 from .render import GROUPS, SPLITS, render_markdown, write_outputs
 from ..errors import UserError
 from ..groups import check_symmetry
+from ..matching.weight_matching import presolve_option
 
 __all__ = [
     "PLOT_NAMES",
@@ -228,7 +229,7 @@ def _measure_barriers(run: _Run, state_dicts, chosen_pairs, settings: dict[str, 
         if init is not None and any(init[p].ndim != (1 if p not in spec.group_kinds else 2) for p in init):
             init = None  # the run's maps are of other kinds (trained with another symmetry)
         sd_b, record = align(spec, state_dicts[a], state_dicts[b], "weight", seed=seed + i, init_perm=init,
-                             symmetry=symmetry)
+                             symmetry=symmetry, presolve=settings["presolve"])
         curves = interpolation_curves(container, state_dicts[a], sd_b, run.data, num_points, progress=False,
                                       task=run.task)
         barriers[group].append({"a": a, "b": b, "alignment": record.to_dict(),
@@ -270,13 +271,17 @@ def evaluate_run(
     accelerator=None,
     progress: bool = True,
     symmetry: str | None = None,
+    presolve: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run directory; writes report.json (trainer keys kept), report.md and PNGs, returns our keys.
 
     ``extra_models``: name -> callable(test DataLoader) -> probs [N_test, C], or an nn.Module; scored
     as ensemble rows. When RUN_DIR/bma exists and no ``"bma"`` is given, it is scored too (see
     docs/evaluation.md for the hook). ``metrics``: extra ``evaluate`` metric names. Existing evaluation
-    outputs are refused unless ``overwrite``. Weight matching of pair ``i`` uses seed ``seed + i``.
+    outputs are refused unless ``overwrite``. Weight matching of pair ``i`` uses seed ``seed + i`` and
+    ``presolve`` (``auto``, ``always``, ``never``: weight matching's; star ↔ anchor is warm-started, so ``auto``
+    presolves only the cold pairs; default: the run's own, ``never`` where its ``matching_presolve`` was
+    never, as in runs before that setting, else ``auto``).
     ``symmetry``: barriers modulo permutations, or (``orthogonal``) modulo orthogonal maps where the family allows
     them, between the models' folded forms (the same functions; the scores of the models do not change);
     default: the run's (``orthogonal`` when its star was trained so, ``RunDirectory.symmetry``).
@@ -290,6 +295,9 @@ def evaluate_run(
     from .metrics import evaluate_metrics_on_predictions, load_evaluate_metrics
 
     rd = RunDirectory(run_dir)
+    if presolve is None:
+        presolve = "never" if rd.config.get("matching_presolve", "never") == "never" else "auto"
+    presolve_option(presolve)  # a bad value fails before any work
     existing = _existing_outputs(rd.path)
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} already exists; pass --overwrite (overwrite=True) to re-evaluate")
@@ -315,7 +323,8 @@ def evaluate_run(
     fault_point("evaluation")
     ensembles = _score_ensembles(run, anchors, extra_models, test_stats, scores)
     symmetry = rd.symmetry if symmetry is None else check_symmetry(symmetry)
-    settings = {"alignment": "weight matching", "symmetry": symmetry, "num_points": num_points, "pairs": pairs, "seed": seed,
+    settings = {"alignment": "weight matching", "symmetry": symmetry, "presolve": presolve, "num_points": num_points,
+                "pairs": pairs, "seed": seed,
                 "bn_reset": has_batchnorm(star), "splits": list(SPLITS),
                 "num_samples": {s: len(dataset[s]) for s in SPLITS}}
     barriers = _measure_barriers(run, state_dicts, chosen_pairs, settings, seed, num_points)

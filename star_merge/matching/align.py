@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..groups import check_symmetry
 from ..spec import PermutationSpec, apply_permutation
 from .activation_matching import activation_matching
-from .weight_matching import MatchingResult, weight_matching
+from .weight_matching import MatchingResult, presolve_option, weight_matching
 
 __all__ = ["ALIGN_METHODS", "AlignmentError", "AlignmentRecord", "align", "align_population", "in_symmetry_form"]
 
@@ -102,11 +102,13 @@ def align(
     init_perm: Mapping[str, torch.Tensor] | None = None,
     progress: bool = False,
     symmetry: str = "permutation",
+    presolve: bool | str = "auto",
 ) -> tuple[dict[str, torch.Tensor], AlignmentRecord]:
     """B's state dict permuted into A's frame (on the CPU), and the record of how.
 
     ``a``, ``b``: models, or state dicts for weight matching. ``spec``: ``None`` takes A's (:func:`spec_for`).
-    ``method``: ``weight`` (weight matching with ``seed``, warm-started from ``init_perm``), ``activation``
+    ``method``: ``weight`` (weight matching with ``seed``, warm-started from ``init_perm``, ``presolve`` as
+    :func:`weight_matching`'s: ``auto``, ``always``/True, ``never``/False), ``activation``
     (activation matching over ``data``, batches of model inputs or a dataset; models with
     ``activation_sites()``) or ``none`` (B as it is). ``symmetry``: ``permutation``, or ``orthogonal``
     (orthogonal maps where the family declares them, permutations elsewhere): A must then be in folded form
@@ -125,7 +127,8 @@ def align(
 
         spec = spec_for(a, symmetry=symmetry)
     if method == "weight":
-        result = weight_matching(spec, _cpu_state_dict(a, clone=False), sd_b, seed=seed, init_perm=init_perm)
+        result = weight_matching(spec, _cpu_state_dict(a, clone=False), sd_b, seed=seed, init_perm=init_perm,
+                                 presolve=presolve_option(presolve))
     else:
         sites = _activation_sites(a)
         if data is None:
@@ -142,15 +145,17 @@ def align_population(
     init_perms: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
     progress: bool = True,
     max_iter: int = 100,
+    presolve: bool | str = "auto",
 ) -> tuple[list[dict[str, torch.Tensor]], list[MatchingResult]]:
     """Weight-match every state dict to ``reference``; returns (aligned state dicts, matching results).
 
-    Member ``i`` uses seed ``seed + i``; ``init_perms[i]`` warm-starts it.
+    Member ``i`` uses seed ``seed + i``; ``init_perms[i]`` warm-starts it; ``presolve`` as :func:`align`'s.
     """
     aligned, results = [], []
     for i, sd in enumerate(tqdm(state_dicts, desc="aligning", disable=not progress, leave=False)):
         init = init_perms[i] if init_perms is not None else None
-        res = weight_matching(spec, reference, sd, seed=seed + i, init_perm=init, max_iter=max_iter)
+        res = weight_matching(spec, reference, sd, seed=seed + i, init_perm=init, max_iter=max_iter,
+                              presolve=presolve_option(presolve))
         results.append(res)
         aligned.append(apply_permutation(spec, res.perm, sd))
     return aligned, results

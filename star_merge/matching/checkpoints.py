@@ -49,6 +49,7 @@ def align_checkpoints(
     seed: int = 0,
     overwrite: bool = False,
     symmetry: str = "permutation",
+    presolve: bool | str = "auto",
 ) -> MatchingResult:
     """Align checkpoint ``b`` to checkpoint ``a`` and save the aligned copy of ``b`` in ``output_dir``.
 
@@ -59,7 +60,8 @@ def align_checkpoints(
     matching result (``perm`` maps B to A's frame; also saved as ``star_merge_maps.safetensors``).
     ``symmetry="orthogonal"``: A and B are folded (norm weights 1, a tied head untied) and B is aligned with
     orthogonal maps where the family allows them; the output is B folded, in the frame of A's folded form
-    (interpolate it with ``fold_model(A)``), an ordinary checkpoint of B's class.
+    (interpolate it with ``fold_model(A)``), an ordinary checkpoint of B's class. ``presolve``: weight matching's
+    (``auto``, ``always``, ``never``; see :func:`~.weight_matching.weight_matching`).
     """
     if method not in ("weight", "activation"):
         raise AlignmentError(f"unknown alignment method {method!r}; use 'weight' or 'activation'")
@@ -70,7 +72,8 @@ def align_checkpoints(
     model_b, _ = load_reference(path_b, name=f"B ({b})")  # NaN would be copied into the aligned output
     check_same_architecture(model_a, model_b)
     model_a, model_b = in_symmetry_form(model_a, symmetry), in_symmetry_form(model_b, symmetry)
-    aligned, record = align(None, model_a, model_b, method, data=dataset, seed=seed, symmetry=symmetry)
+    aligned, record = align(None, model_a, model_b, method, data=dataset, seed=seed, symmetry=symmetry,
+                            presolve=presolve)
     model_b.load_state_dict(aligned)
 
     with atomic_folder(str(out)) as tmp_dir:

@@ -11,13 +11,14 @@ order per anchor, same skipped problems, same acceptance test; no restarts), but
   cost matrices of the whole group are built with one batched product per tensor
   (``[n, r] @ [g, r, n]``) and handed to the solver together (one launch with ``solver="cuda"``).
 
-Results equal ``weight_matching(spec, views(θ), views(row), seed=seeds[i], restarts=0, order=order)``'s
+Results equal ``weight_matching(spec, views(θ), views(row), seed=seeds[i], restarts=0, order=order,
+presolve=presolve)``'s
 permutations (up to ties, and float rounding of the batched products on near-ties).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import torch
@@ -25,7 +26,7 @@ import torch
 from ..spec import PermutationSpec, SpecError, identity_permutation
 from .descent import DescentOptions, DescentStats, MatchingProblem, check_order, descend
 from .solvers import available_solvers, check_solver
-from .weight_matching import weight_matching
+from .weight_matching import presolve_option, presolve_weights, weight_matching
 
 __all__ = ["PopulationAlignment", "align_rows", "align_slice", "BackgroundAlignment"]
 
@@ -55,6 +56,7 @@ def align_rows(
     batched: bool | None = None,
     order: str = "random",
     cache_elements: int | None = None,
+    presolve: bool | str = "auto",
 ) -> PopulationAlignment:
     """Weight-match ``rows[i]`` (i in ``indices``, flat in ``layout``) to the flat star ``theta``.
 
@@ -71,9 +73,11 @@ def align_rows(
     visiting order); ``auto``: ``colored`` when batched, ``random`` otherwise. ``cache_elements``: numbers
     the batched path may keep in cached cost-matrix terms per chunk (default: ``chunk_elements``; 0: none),
     updated by rank-|S| products when few units moved, as weight_matching's cache (same results up to float
-    rounding).
+    rounding). ``presolve``: as :func:`weight_matching`'s (the rows start from the identity, a cold start
+    for ``auto``); the trainer passes it per alignment (``matching_presolve``: warm ones are not presolved).
     """
     check_solver(solver)
+    presolve = presolve_option(presolve)
     if len(seeds) != len(indices):
         raise ValueError("align_rows needs one seed per index")
     device = theta.device
@@ -97,7 +101,7 @@ def align_rows(
             b = _views(rows[i].to(device, torch.float32, non_blocking=True), views, names)
             counts: dict = {}
             res = weight_matching(spec, A, b, seed=seed, max_iter=max_iter, tol=tol, validate=False, solver=solver,
-                                  restarts=0, counts=counts, track=False, order=order)
+                                  restarts=0, counts=counts, track=False, order=order, presolve=presolve)
             out.perms.append(res.perm)
             out.sweeps.append(res.iterations)
             out.solved += sum(c for s_, c in counts.items() if s_ != "argmax")
@@ -105,7 +109,7 @@ def align_rows(
                 out.solvers[s_] = out.solvers.get(s_, 0) + c
         return out
     _align_batched(spec, A, rows, views, names, indices, seeds, options, out, layout.total, chunk_elements,
-                   cache_elements)
+                   cache_elements, presolve)
     return out
 
 
@@ -116,7 +120,8 @@ def _views(flat: torch.Tensor, views, names, batch: int | None = None) -> dict[s
     return {k: flat[:, views[k][0]:views[k][0] + views[k][1]].view(batch, *views[k][2]) for k in names}
 
 
-def _align_batched(spec, A, rows, views, names, indices, seeds, options, out, total, chunk_elements, cache_elements):
+def _align_batched(spec, A, rows, views, names, indices, seeds, options, out, total, chunk_elements, cache_elements,
+                   presolve):
     """The batched path of :func:`align_rows`: chunks of anchors, each one batched descent."""
     device = next(iter(A.values())).device
     if chunk_elements is None:
@@ -134,17 +139,22 @@ def _align_batched(spec, A, rows, views, names, indices, seeds, options, out, to
         a_blocks = problem.a_blocks
         perms = {p: v.to(device).repeat(len(idx), *([1] * v.ndim)) for p, v in identity_permutation(spec).items()}
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds[start:start + per_chunk]]
-        out.sweeps += descend(problem, perms, gens, options, out)
+        weights = presolve_weights(problem, presolve)
+        presweeps = [0] * len(idx) if weights is None else descend(problem, perms, gens, replace(options, weights=weights),
+                                                                   out)
+        out.sweeps += [a + b for a, b in zip(presweeps, descend(problem, perms, gens, options, out))]
         out.perms += [{p: v[j].cpu() for p, v in perms.items()} for j in range(len(idx))]
         del chunk, B, problem
 
 
 def align_slice(spec, layout, theta, rows, rank: int, world: int, seed: int, max_iter: int = 100,
-                solver: str = "auto", order: str = "auto") -> list[tuple[int, dict[str, torch.Tensor]]]:
+                solver: str = "auto", order: str = "auto",
+                presolve: bool | str = "auto") -> list[tuple[int, dict[str, torch.Tensor]]]:
     """One process's share of a population alignment, [(row, permutation)]: rows rank, rank+world, ...;
     row i seeded seed+i (on θ's device: no host copy of θ or of the rows)."""
     indices = list(range(rank, rows.shape[0], world))
-    found = align_rows(spec, layout, theta, rows, indices, [seed + i for i in indices], max_iter, solver, order=order)
+    found = align_rows(spec, layout, theta, rows, indices, [seed + i for i in indices], max_iter, solver, order=order,
+                       presolve=presolve)
     return list(zip(indices, found.perms))
 
 

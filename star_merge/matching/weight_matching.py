@@ -14,15 +14,20 @@ reaches) but not an exact one, it restarts: first from the sorted-rows start (ea
 alone on its units' weights sorted, which no other permutation can change), then from the best result
 with one permutation re-drawn at random; the best objective wins.
 
-``presolve=True`` (for unrelated models, e.g. independent inits) first runs the same descent on a
+``presolve=True`` first runs the same descent on a
 weighted objective in which each unit's incoming weights (axis 0 of its weight matrices and kernels)
 count ``PRESOLVE_INCOMING`` times as much as its outgoing ones, then continues on the true objective from
 the result. Weighting the incoming side makes each permutation follow mostly from its own layer given
 the previous one (a layer-by-layer match), a better basin than the identity start's: measured on
 star-mlp 3x512 / 3x1024 / 3x2048 random inits, +3.6% / +2.3% / +1.4% objective in fewer sweeps
 (docs/performance.md). rebasin 0.0.47 stumbles on a similar weighting (its graph lists a layer's own
-weight twice as often as the next layer's), which is why it beat the plain descent. Off by default: it
-changes results wherever the objective has several local optima.
+weight twice as often as the next layer's), which is why it beat the plain descent. ``presolve="auto"``
+(the default) presolves where the permutations form a chain (:func:`is_chain`: an MLP, a plain CNN, each
+permutation sharing tensors only with the one before and the one after it); graphs with a residual stream
+(transformers, ResNets), whose permutations all meet the stream's, keep the plain descent: there the
+weighted objective is no objective of one function (a tensor's two permuted axes weigh it differently), its
+descent can cycle to ``max_iter``, and it measured slower and lower (docs/performance.md); so does a warm
+start (``init_perm``), already in its basin. ``presolve=False`` is the descent before that default.
 """
 
 from __future__ import annotations
@@ -41,10 +46,16 @@ from .solvers import check_solver, is_permutation, pick_solver, solve
 from .terms import to_blocks
 
 __all__ = ["MatchingResult", "weight_matching", "check_state_dicts", "perm_objective", "colour_classes", "ORDERS",
-           "unique_tensors", "sorted_rows_start", "is_permutation", "PRESOLVE_INCOMING"]
+           "unique_tensors", "sorted_rows_start", "is_permutation", "PRESOLVE_INCOMING", "PRESOLVE_FLAGS", "PRESOLVE_HELP",
+           "is_chain", "presolve_option", "presolve_weights"]
 
 # presolve: the factor of each unit's incoming weights in the weighted objective (see the module docstring).
 PRESOLVE_INCOMING = 16.0
+#: ``weight_matching``'s ``presolve`` by the word a command line or a config uses: ``auto`` (on where
+#: :func:`is_chain`, from a cold start), ``always``, ``never`` (the former default).
+PRESOLVE_FLAGS = {"auto": "auto", "always": True, "never": False}
+PRESOLVE_HELP = ("weight matching's presolve (an incoming-weighted descent first): auto = on where the permutations "
+                 "form a chain (MLP, plain CNN) and the start is cold; always; never (the former default)")
 
 
 @dataclass
@@ -122,6 +133,43 @@ def sorted_rows_start(spec, perm_to_axes, A, B, solver: str = "scipy") -> dict[s
         )
         out[p] = torch.as_tensor(solve(cost.double().cpu().numpy(), pick_solver(solver, n=n)), device=cost.device)
     return out
+
+
+def is_chain(neighbours: Mapping[str, list[str]]) -> bool:
+    """Whether the permutations form one path: at least two, connected, each sharing tensors with at most two
+    others and no cycle (an MLP's or a plain CNN's layer after layer; not a residual stream, which meets all)."""
+    names = list(neighbours)
+    edges = sum(len(v) for v in neighbours.values()) // 2
+    if len(names) < 2 or edges != len(names) - 1 or any(len(v) > 2 for v in neighbours.values()):
+        return False
+    seen, todo = {names[0]}, [names[0]]
+    while todo:
+        for q in neighbours[todo.pop()]:
+            if q not in seen:
+                seen.add(q)
+                todo.append(q)
+    return len(seen) == len(names)
+
+
+def presolve_option(value) -> bool | str:
+    """``presolve`` as :func:`weight_matching` takes it (``"auto"``, True, False), also from a flag's word
+    (``auto``, ``always``, ``never``)."""
+    if isinstance(value, str) and value in PRESOLVE_FLAGS:
+        return PRESOLVE_FLAGS[value]
+    if isinstance(value, bool):
+        return value
+    raise UserError(f"presolve={value!r} is not one of auto, always (True), never (False)")
+
+
+def presolve_weights(problem: MatchingProblem, presolve, warm: bool = False) -> dict[tuple[str, int], float] | None:
+    """The presolve's weighted objective for ``problem`` ((tensor, axis) -> factor), or ``None`` where
+    ``presolve`` (``auto``, True or False, see :func:`weight_matching`) asks for none; ``auto`` presolves
+    a chain (:func:`is_chain`) from a cold start (not ``warm``)."""
+    presolve = presolve_option(presolve)
+    if presolve is False or (presolve == "auto" and (warm or not is_chain(problem.neighbours))):
+        return None
+    return {(k, ax): PRESOLVE_INCOMING for p, axes in problem.perm_to_axes.items() for k, ax, _ in axes
+            if ax == 0 and problem.A[k].ndim >= 2}
 
 
 @dataclass
@@ -214,7 +262,7 @@ def weight_matching(
     restart_similarity: float = 0.5,
     counts: dict | None = None,
     track: bool = True,
-    presolve: bool = False,
+    presolve: bool | str = "auto",
     order: str = "random",
 ) -> MatchingResult:
     """Find the permutation of B's units that best aligns B to A (maximises Σ <A, π(B)>).
@@ -228,9 +276,11 @@ def weight_matching(
     >= ``restart_similarity`` · ||A||·||B||) that is not exact; 0 turns restarts off. ``counts``: a dict
     that receives the number of assignment problems solved per backend. ``track=False`` skips computing
     the objective after each sweep (``objective`` is then NaN, ``history`` empty and no restart is made).
-    ``presolve``: first descend on a weighted objective in which each unit's incoming weights (axis 0 of
-    its tensors of two or more dimensions) count ``PRESOLVE_INCOMING`` times, then continue on the
-    objective from there (see the module docstring); ``iterations`` counts both descents.
+    ``presolve``: ``True`` first descends on a weighted objective in which each unit's incoming weights (axis 0
+    of its tensors of two or more dimensions) count ``PRESOLVE_INCOMING`` times, then continues on the
+    objective from there (see the module docstring; ``iterations`` counts both descents); ``"auto"`` (default)
+    does so where the permutations form a chain (:func:`is_chain`) and no ``init_perm`` is given (a warm
+    start is already in its basin), ``False`` never (the former default).
     ``order``: ``random`` (default) visits the permutations in a seeded random order each sweep;
     ``colored`` visits the classes of :func:`colour_classes` in a fixed order (each class one block of
     independent permutations; what the batched population alignment runs as one round per class; the
@@ -247,9 +297,8 @@ def weight_matching(
     run = _Run(problem, DescentOptions(max_iter=max_iter, tol=tol, solver=solver, order=order), found, names)
     order_gen = torch.Generator().manual_seed(int(seed))
     presweeps = 0
-    if presolve:
-        weights = {(k, ax): PRESOLVE_INCOMING for p, axes in problem.perm_to_axes.items() for k, ax, _ in axes
-                   if ax == 0 and problem.A[k].ndim >= 2}
+    weights = presolve_weights(problem, presolve, warm=init_perm is not None)
+    if weights is not None:
         perm, _, presweeps = run.descend(perm, order_gen, track=False, weights=weights)
     perm, history, iterations = run.descend(perm, order_gen, track=track)
     if track:

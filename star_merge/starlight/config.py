@@ -69,6 +69,13 @@ class StarlightConfig:
                           "independent permutations (one batched round each); auto = colored where the alignment is "
                           "batched (θ on a GPU), random elsewhere."},
     )
+    matching_presolve: str = field(
+        default="never",
+        metadata={"help": "never | first | always: weight matching's presolve (an incoming-weighted descent first, on "
+                          "chains of permutations: MLP, plain CNN) never (measured no better on trained anchors), at the "
+                          "first alignment of the unaligned anchors only, or at every alignment; the run's evaluation "
+                          "follows (never: never, else auto)."},
+    )
     align_overlap: bool = field(
         default=False,
         metadata={"help": "Re-align in a background thread while the epoch trains (single process): a schedule "
@@ -88,6 +95,7 @@ class StarlightConfig:
             "symmetry": ("permutation", "orthogonal"),
             "matching_solver": ("auto", "scipy", "lapjv", "cuda"),
             "matching_order": ("auto", "random", "colored"),
+            "matching_presolve": ("never", "first", "always"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -128,6 +136,10 @@ class StarlightConfig:
         if bad:
             raise UserError(f"report_to={self.report_to!r}: unknown tracker {bad[0]!r}; write none or trackers "
                             f"Accelerate supports, comma-separated ({', '.join(known)})")
+
+    def presolve_at(self, first: bool) -> bool | str:
+        """Weight matching's ``presolve`` for a re-alignment (``first``: the anchors are still unaligned)."""
+        return "auto" if self.matching_presolve == "always" or (self.matching_presolve == "first" and first) else False
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -2,13 +2,12 @@
 
 Per minibatch: one anchor n and one t, forward at ``(1-t)·θ + t·π_n(θ_n)``, the task's loss, gradient to θ
 only (through the interpolation, factor 1-t). Anchors are re-aligned to θ by weight matching at the
-start of every ``align_every``-th epoch (epoch 0 included). BatchNorm runs in train mode during steps and
-the star's running statistics are recomputed over the training data after each epoch.
+start of every ``align_every``-th epoch (epoch 0 included; ``matching_presolve``: which are presolved). BatchNorm
+runs in train mode during steps; the star's running statistics are recomputed over the training data each epoch.
 
-θ lives in one flat parameter (:class:`FlatStar`); the architecture's parameters are views of one flat
-weight buffer (:class:`FlatBoundModel`), so the interpolation is one fused ``lerp`` into that buffer, the
-model runs as it is, and its whole gradient lands in one flat buffer: dL/dθ = (1-t)·grad. Processes
-all-reduce θ's gradient at each optimizer step (the only gradient there is).
+θ lives in one flat parameter (:class:`FlatStar`); the architecture's parameters are views of one flat weight buffer
+(:class:`FlatBoundModel`), so the interpolation is one fused ``lerp`` into that buffer, the model runs as it is, and its
+whole gradient lands in one flat buffer: dL/dθ = (1-t)·grad, all-reduced across processes at each optimizer step.
 """
 
 from __future__ import annotations
@@ -184,7 +183,8 @@ class StarlightTrainer(StarOutputs):
     def _align_rows(self, theta: torch.Tensor):  # [(row, permutation)] of this process's slice, where θ lives
         a, acc = self.args, self.accelerator
         return align_slice(self.match_spec, self.layout, theta.detach(), self.anchors, acc.process_index,
-                           acc.num_processes, a.seed, a.matching_max_iter, a.matching_solver, a.matching_order)
+                           acc.num_processes, a.seed, a.matching_max_iter, a.matching_solver, a.matching_order,
+                           presolve=a.presolve_at(first=not self.state.perms))  # first: rows in their own frames
 
     def align_anchors(self, theta: torch.Tensor, state: StarlightState, progress: bool, found=None) -> None:
         """Weight-match every anchor to θ (a slice per process, exchanged); apply, compose into ``state.perms``.
