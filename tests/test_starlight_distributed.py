@@ -7,15 +7,15 @@
 - each process holds only its share of the anchor rows;
 - with re-alignment, sharded and unsharded runs give the same star and permutations (same draws);
 - a run killed mid-epoch and resumed gives the uninterrupted star, bit for bit; resuming it with another
-  number of processes is a one-line error.
+  number of processes is a one-line error; SIGTERM on one process: a checkpoint, exit 143, exact resume;
+- the gradient all-reduced in buckets during the backward gives the star of one all-reduce after it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
+import re
 
 import pytest
 import torch
@@ -25,57 +25,7 @@ import star_merge  # noqa: F401  (registers the built-in models)
 from star_merge.seeding import mix_seed
 
 from fixtures import build_model, tiny_arguments
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LR, BATCH, EPOCHS = 0.05, 50, 2
-
-WORKER = """
-import json, os, sys
-sys.path.insert(0, {tests!r})
-from safetensors.torch import save_file
-from fixtures import build_model, tiny_arguments, make_trainer
-from star_merge.data import load_task_dataset
-from star_merge.errors import run_reporting_user_errors
-out, n_anchors, settings = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
-def main():
-    config, data_args, pop, _ = tiny_arguments(None, num_train_epochs={epochs}, optimizer="sgd",
-                                               lr_scheduler_type="constant", learning_rate={lr}, star_ce_weight=0.0,
-                                               per_device_train_batch_size={batch}, **settings)
-    dataset = load_task_dataset(data_args)
-    model_config = pop.build_config()
-    anchors = [(f"a{{i}}", build_model(model_config, 30 + i).state_dict()) for i in range(n_anchors)]
-    trainer = make_trainer(config, model_config, anchors, dataset)
-    result = trainer.train()
-    acc = trainer.accelerator
-    info = {{"rows": trainer.anchors.shape[0], "owned": trainer.store.owned, "sharded": trainer.store.sharded}}
-    with open(os.path.join(out, f"rank{{acc.process_index}}.json"), "w") as f:
-        json.dump(info, f)
-    if acc.is_main_process:
-        save_file({{k: v.contiguous() for k, v in result.model.state_dict().items()}}, os.path.join(out, "star.safetensors"))
-        perms = {{f"{{a}}/{{p}}": v for a, d in result.perms.items() for p, v in d.items()}}
-        save_file(perms, os.path.join(out, "perms.safetensors"))
-run_reporting_user_errors(main)
-"""
-
-
-def launch(tmp, name, processes, n_anchors, port, env=None, **settings):
-    """Run the worker under ``accelerate launch`` with ``processes`` CPU processes; returns (folder, process)."""
-    out = tmp / name
-    out.mkdir(exist_ok=True)
-    script = tmp / "worker.py"
-    script.write_text(WORKER.format(tests=os.path.join(ROOT, "tests"), epochs=EPOCHS, lr=LR, batch=BATCH))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-           "--main_process_port", str(port), str(script), str(out), str(n_anchors), json.dumps(settings)]
-    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})), capture_output=True,
-                          text=True, timeout=600)
-    return out, proc
-
-
-def star_of(folder):
-    from safetensors.torch import load_file
-
-    return load_file(folder / "star.safetensors")
-
+from mp_runs import BATCH, EPOCHS, LR, launch, star_of
 
 def draw(seed, epoch, batch, rank, num_anchors):
     """(anchor, t) of ``rank``'s micro-batch ``batch`` of ``epoch``: docs/starlight.md's rule, t ~ U(0, 1)."""
@@ -135,7 +85,7 @@ def test_sharded_star_equals_the_hand_reference(tmp_path, processes, n_anchors, 
 @pytest.fixture(scope="module")
 def aligned_runs(tmp_path_factory):
     """Two processes, 5 anchors, re-aligned every epoch: sharded (in a run directory, checkpoints every 3
-    steps), unsharded; and the sharded run killed at step 5 then resumed."""
+    steps), unsharded; the sharded run killed at step 5 then resumed; and SIGTERM at step 5, then resumed."""
     tmp = tmp_path_factory.mktemp("aligned")
     common = dict(align_every=1, checkpointing_steps=3)
     runs = {}
@@ -146,6 +96,13 @@ def aligned_runs(tmp_path_factory):
                             output_dir=killed_dir, **common)
     runs["resumed"] = launch(tmp, "killed", 2, 5, 29627, output_dir=killed_dir, resume_from_checkpoint="latest",
                              **common)
+    # SIGTERM to process 1 only, after step 5: both stop there with a checkpoint (and no periodic ones)
+    term_dir = str(tmp / "term" / "run")
+    runs["term"] = launch(tmp, "term", 2, 5, 29629, env={"STAR_MERGE_SIGTERM_AT": "starlight:5",
+                                                          "STAR_MERGE_FAULT_RANK": "1"},
+                          output_dir=term_dir, align_every=1)
+    runs["term-resumed"] = launch(tmp, "term", 2, 5, 29631, output_dir=term_dir, resume_from_checkpoint="latest",
+                                  align_every=1)
     return tmp, runs
 
 
@@ -195,3 +152,34 @@ def test_resume_with_another_number_of_processes_is_one_line(aligned_runs, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "written by 2 process(es), this run has 1" in err[0], err
     assert not any(d.startswith("corrupt-") for d in os.listdir(os.path.join(run_dir, "checkpoints")))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_exactly(aligned_runs):
+    tmp, runs = aligned_runs
+    out, term = runs["term"]
+    log = term.stdout + term.stderr
+    assert term.returncode != 0 and re.search(r"exitcode\s*:\s*143", log), log[-3000:]
+    assert "SIGTERM: checkpoint saved at epoch 0, step 5" in log, log[-3000:]
+    assert not (out / "star.safetensors").exists()
+    checkpoints = sorted(os.listdir(tmp / "term" / "run" / "checkpoints"))
+    assert checkpoints == ["checkpoint_0"], checkpoints  # the SIGTERM's: no periodic ones in this run
+    state = json.loads((tmp / "term" / "run" / "checkpoints" / "checkpoint_0" / "starlight_state.json").read_text())
+    assert (state["epoch"], state["batches_in_epoch"], state["global_step"], state["num_processes"]) == (0, 5, 5, 2)
+    resumed = runs["term-resumed"][1]
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = star_of(runs["sharded"][0]), star_of(out)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+@pytest.mark.slow
+def test_overlapped_reduction_gives_the_star_of_one_all_reduce(tmp_path):
+    """Buckets of 500 numbers all-reduced during the backward (star + CE: two backwards per micro-batch;
+    accumulation over 2 micro-batches) give the star of one all-reduce after it (2 processes: a + b either way)."""
+    from safetensors.torch import load_file
+
+    out, proc = launch(tmp_path, "run", 2, 3, 29641, align_every=0, star_ce_weight=0.5, gradient_accumulation_steps=2,
+                       overlap_too=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = star_of(out), load_file(out / "star-overlap.safetensors")
+    assert all(torch.equal(a[n], b[n]) for n in a)
