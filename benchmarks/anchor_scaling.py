@@ -267,11 +267,16 @@ def processes_main(args) -> None:
         cfg = pythia_160m_config() if args.lm else model_setup(args.model)[0]
         with torch.device("meta"):  # shapes only
             params = sum(p.numel() for p in model_class_for(cfg)(cfg).parameters())
-        print(f"{'P':>2} {'anchor rows / process (MB)':>27} {'star state / process (MB)':>26} {'node (MB)':>10}")
+        print(f"{params / 1e6:.1f} M parameters per member; MB = 10^6 bytes")
+        print(f"{'P':>2} {'anchor rows, largest share':>27} {'star state / process':>21} {'node: sharded':>14} "
+              f"{'node: unsharded':>16}")
+        width = 2 if args.lm else 4
         for p in counts:
-            b = _training_bytes(params, p, n, 2 if args.lm else 4)
-            node = p * (b["anchor_rows_bytes"] + b["star_state_bytes"])
-            print(f"{p:>2} {b['anchor_rows_bytes'] / 1e6:>27.1f} {b['star_state_bytes'] / 1e6:>26.1f} {node / 1e6:>10.1f}")
+            b = _training_bytes(params, p, n, width)
+            sharded = n * params * width + p * b["star_state_bytes"]
+            unsharded = p * (n * params * width + b["star_state_bytes"])
+            print(f"{p:>2} {b['anchor_rows_bytes'] / 1e6:>27.1f} {b['star_state_bytes'] / 1e6:>21.1f} "
+                  f"{sharded / 1e6:>14.1f} {unsharded / 1e6:>16.1f}")
         return
     print(f"{'P':>2} {'rank':>4} {'anchors':>7} {'rows MiB':>9} {'host built MiB':>14} {'host peak MiB':>13} "
           f"{'device MiB':>10} {'ms/step':>8} {'overlap':>8}")
