@@ -22,7 +22,7 @@ smallest and largest N, divided by the model's size, is the number of model copi
 of 162 M parameters; default: ``--anchors`` star-mlp members) and reports the anchor rows it holds, its host
 peak above its baseline (``VmHWM``; trainer built, then ``--dist-steps`` steps) and device peak, and the
 median step time with one all-reduce after the backward and with ``reduce_overlap`` (bucketed, during it),
-steps interleaved. ``--count-only``: the bytes per process counted from the shapes, nothing run (for
+steps interleaved (``--dist-steps 0``: memory after building the trainer only, no steps). ``--count-only``: the bytes per process counted from the shapes, nothing run (for
 populations too big to hold here).
 
 Step time: in one process, one anchor stack per N (built by the trainer), steps timed in interleaved
@@ -212,7 +212,7 @@ def dist_worker(args) -> None:
         dtype, n = torch.float32, args.anchors[0]
         data = Dataset.from_dict({input_name: torch.randn(batch * 64, *shape).numpy(),
                                   "labels": [i % 10 for i in range(batch * 64)]})
-    base = build_model(cfg, seed=1).state_dict()
+    base = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in build_model(cfg, seed=1).state_dict().items()}
 
     def load(i):
         return {k: (v.to(dtype) if v.is_floating_point() else v).clone() for k, v in base.items()}
@@ -223,8 +223,16 @@ def dist_worker(args) -> None:
     trainer = StarlightTrainer(model=cfg, args=config, anchors=[(f"a{i}", functools.partial(load, i)) for i in range(n)],
                                train_dataset=data)
     built_kib = _status_kib("VmHWM") - base_kib
-    trainer._setup()
     acc = trainer.accelerator
+    if args.dist_steps == 0:  # memory of the anchors and the star model only
+        rows = gather_object([{"rank": acc.process_index, "anchors_held": trainer.store.rows.shape[0],
+                               "anchor_rows_mb": trainer.store.nbytes / 2**20, "host_after_build_mb": built_kib / 1024,
+                               "host_peak_mb": built_kib / 1024, "device_peak_mb": float("nan"),
+                               "ms_step": float("nan"), "ms_step_overlap": float("nan")}])
+        if acc.is_main_process:
+            print("RESULT " + json.dumps({"processes": acc.num_processes, "rows": rows}))
+        return
+    trainer._setup()
     batches = [b for _, b in zip(range(4), trainer.train_loader)]
     times = {False: [], True: []}
     reducers = {}
