@@ -218,7 +218,7 @@ def dist_worker(args) -> None:
         return {k: (v.to(dtype) if v.is_floating_point() else v).clone() for k, v in base.items()}
 
     base_kib = _status_kib("VmRSS")
-    config = StarlightConfig(num_train_epochs=1, align_every=0, anchor_sharding="auto",
+    config = StarlightConfig(num_train_epochs=1, align_every=0, anchor_sharding="auto", reduce_bucket_mb=args.bucket_mb,
                              per_device_train_batch_size=1 if args.lm else batch)
     trainer = StarlightTrainer(model=cfg, args=config, anchors=[(f"a{i}", functools.partial(load, i)) for i in range(n)],
                                train_dataset=data)
@@ -293,7 +293,7 @@ def processes_main(args) -> None:
                "--mixed_precision", "no", "--dynamo_backend", "no", *(["--multi_gpu"] if p > 1 else []),
                "--main_process_port", str(29700 + p), os.path.abspath(__file__), "--dist-worker",
                "--anchors", str(n), "--model", args.model, "--threads", str(args.threads),
-               "--lm-block", str(args.lm_block), "--dist-steps", str(args.dist_steps)]
+               "--lm-block", str(args.lm_block), "--dist-steps", str(args.dist_steps), "--bucket-mb", str(args.bucket_mb)]
         cmd += ["--lm", args.lm] if args.lm else []
         cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -337,6 +337,7 @@ def main(argv=None) -> None:
     parser.add_argument("--processes", default=None, help="anchor sharding over these process counts, e.g. 1,2,4")
     parser.add_argument("--count-only", action="store_true", help="--processes: count bytes, run nothing")
     parser.add_argument("--dist-steps", type=int, default=20, help="--processes: timed steps per variant")
+    parser.add_argument("--bucket-mb", type=float, default=25.0, help="--processes: reduce_bucket_mb of the overlap")
     parser.add_argument("--dist-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:

@@ -3,7 +3,7 @@
 The worker trains a star-mlp star on the tiny MNIST-1D subset over ``n_anchors`` random-init anchors (seeds
 30, 31, ...), SGD at a constant rate, and writes ``star.safetensors`` and ``perms.safetensors`` (main process),
 ``rank{r}.json`` (the anchors each process holds) and ``pid{r}`` (written before training starts); with
-``overlap_too`` it trains again with ``reduce_overlap`` (tiny buckets) into ``star-overlap.safetensors``.
+``variants`` (a list of settings dicts) it trains again with each, cumulatively, into ``star-{k}.safetensors`` and ``perms-{k}.safetensors``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from fixtures import build_model, tiny_arguments, make_trainer
 from star_merge.data import load_task_dataset
 from star_merge.errors import run_reporting_user_errors
 out, n_anchors, settings = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
-overlap_too = settings.pop("overlap_too", False)
+variants = settings.pop("variants", [])
 def main():
     options = dict(num_train_epochs={epochs}, optimizer="sgd", lr_scheduler_type="constant", learning_rate={lr},
                    star_ce_weight=0.0, per_device_train_batch_size={batch})
@@ -40,12 +40,15 @@ def main():
     info = {{"rows": trainer.anchors.shape[0], "owned": trainer.store.owned, "sharded": trainer.store.sharded}}
     with open(os.path.join(out, f"rank{{acc.process_index}}.json"), "w") as f:
         json.dump(info, f)
-    if overlap_too:  # the same run again with the gradient reduced in buckets during the backward
-        config.reduce_overlap, config.reduce_bucket_mb = True, 0.002
+    for k, variant in enumerate(variants):  # the same run again, with these settings changed
+        for name, value in variant.items():
+            setattr(config, name, value)
         again = make_trainer(config, model_config, anchors, dataset).train()
         if acc.is_main_process:
             save_file({{k: v.contiguous() for k, v in again.model.state_dict().items()}},
-                      os.path.join(out, "star-overlap.safetensors"))
+                      os.path.join(out, f"star-{{k}}.safetensors"))
+            save_file({{f"{{a}}/{{p}}": v for a, d in again.perms.items() for p, v in d.items()}},
+                      os.path.join(out, f"perms-{{k}}.safetensors"))
     if acc.is_main_process:
         save_file({{k: v.contiguous() for k, v in result.model.state_dict().items()}}, os.path.join(out, "star.safetensors"))
         perms = {{f"{{a}}/{{p}}": v for a, d in result.perms.items() for p, v in d.items()}}
