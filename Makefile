@@ -8,8 +8,13 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The [vision] extra (timm) needs torchvision, and torchvision wheels pin their torch: its own venv.
+VISION_VENV ?= .venv-vision
+VISION_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+VISION_BIN := $(VISION_VENV)/bin
+VISION_STAMP := $(VISION_VENV)/.installed
 
-.PHONY: install demo test bench mutations clean
+.PHONY: install demo test test-vision bench mutations clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +32,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# timm populations: a second venv with torch 2.14.1 + torchvision 0.29.1 + timm; runs the tests marked `vision`.
+$(VISION_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VISION_VENV)
+	$(VISION_BIN)/python -m pip install -q --upgrade pip
+	$(VISION_BIN)/python -m pip install -q $(VISION_TORCH_SPEC)
+	$(VISION_BIN)/python -m pip install -q -e ".[test,vision]"
+	touch $(VISION_STAMP)
+
+test-vision: $(VISION_STAMP)
+	HF_HUB_OFFLINE=1 $(VISION_BIN)/python -m pytest -q -m vision $(PYTEST_ARGS)
+
 # Mutation gate (not in CI): applies realistic bugs one at a time to a scratch copy and reports caught/missed.
 mutations: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/mutations.py $(ARGS)
@@ -35,4 +51,4 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(VISION_VENV) outputs .pytest_cache

@@ -165,6 +165,9 @@ def main(argv=None) -> None:
     parser.add_argument("--eval-points", type=int, default=6)
     parser.add_argument("--device", default="cpu", help="device the members are trained on (Starlight: accelerate's)")
     parser.add_argument("--quick", action="store_true", help="the tests' small corpus and 256 training blocks")
+    parser.add_argument("--symmetries", default="permutation",
+                        help="comma-separated: permutation and/or orthogonal (Starlight and every barrier with that "
+                             "symmetry, on the same population; orthogonal = folded form, docs/concepts.md)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lm_fixtures import build_tokenizer, write_corpus
@@ -189,6 +192,48 @@ def main(argv=None) -> None:
         curves = json.load(f)
     train_s = time.time() - started
     members = [os.path.join(pop_dir, f"seed{i}") for i in range(n)]
+    symmetries = [x.strip() for x in args.symmetries.split(",") if x.strip()]
+    results = {}
+    for symmetry in symmetries:
+        run_dir = os.path.join(out, "run" if symmetries == ["permutation"] else f"run-{symmetry}")
+        results[symmetry] = run_starlight(args, corpus, members, run_dir, symmetry, curves, train_s)
+    summary = results[symmetries[0]] if len(symmetries) == 1 else {"args": vars(args), "by_symmetry": results}
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print()
+    print(f"population: {args.anchors} anchors + {args.held_out} held-out GPT-NeoX (hidden {args.hidden}, "
+          f"{args.layers} layers), {args.epochs} epochs each ({train_s:.0f} s); Starlight {args.starlight_epochs} "
+          f"epochs + evaluation")
+    first = {k: v[0] for k, v in curves.items()}
+    last = {k: v[-1] for k, v in curves.items()}
+    for k in curves:
+        print(f"  {k}: train CE {first[k]['train']:.3f} -> {last[k]['train']:.3f}   test CE {first[k]['test']:.3f} -> "
+              f"{last[k]['test']:.3f}   (last epoch's test CE change {curves[k][-1]['test'] - curves[k][-2]['test']:+.4f})"
+              if len(curves[k]) > 1 else f"  {k}: {last[k]}")
+    print_table(results)
+
+
+def _mean(xs):
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def alignment_seconds(members, anchors: int, symmetry: str) -> float:
+    """Mean wall time of weight matching one anchor to one held-out model (folded first for ``orthogonal``)."""
+    from star_merge.matching.align import align, in_symmetry_form
+    from star_merge.modeling import load_checkpoint
+
+    times = []
+    for a in members[:anchors]:
+        for h in members[anchors:]:
+            ma, mh = (in_symmetry_form(load_checkpoint(p), symmetry) for p in (a, h))
+            started = time.perf_counter()
+            align(None, ma, mh, symmetry=symmetry)
+            times.append(time.perf_counter() - started)
+    return _mean(times)
+
+
+def run_starlight(args, corpus, members, run_dir, symmetry, curves, train_s) -> dict:
+    """One Starlight run (``recipes/star.py --symmetry S``) and its evaluation; the numbers of its report."""
     spec = importlib.util.spec_from_file_location("star_recipe", os.path.join(ROOT, "recipes", "star.py"))
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
@@ -196,54 +241,58 @@ def main(argv=None) -> None:
              "--block_size", str(args.block_size), "--num_train_epochs", str(args.starlight_epochs),
              "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.starlight_lr),
              "--max_eval_samples", str(args.max_eval_blocks), "--eval_num_points", str(args.eval_points),
-             "--bma_samples", "4", "--output_dir", os.path.join(out, "run"), "--overwrite_output_dir"]
+             "--bma_samples", "4", "--output_dir", run_dir, "--overwrite_output_dir", "--symmetry", symmetry]
     if args.max_train_blocks:
         flags += ["--max_train_samples", str(args.max_train_blocks)]
     started = time.time()
     if recipe.main(flags) != 0:
         raise SystemExit("the Starlight run failed")
     star_s = time.time() - started
-    with open(os.path.join(out, "run", "report.json")) as f:
+    with open(os.path.join(run_dir, "report.json")) as f:
         report = json.load(f)
-
-    def mean(xs):
-        return sum(xs) / len(xs)
-
     b = report["barriers"]
-    star_h = mean([r["test"]["loss_barrier"] for r in b["star_vs_held_out"]])
-    anchor_h = mean([r["test"]["loss_barrier"] for r in b["anchor_vs_held_out"]])
-    path_max = {g: mean([max(r["test"]["losses"]) for r in b[g]]) for g in ("star_vs_held_out", "anchor_vs_held_out")}
+    barrier = {g: _mean([r["test"]["loss_barrier"] for r in b[g]])
+               for g in ("star_vs_held_out", "anchor_vs_held_out", "star_vs_anchor")}
+    path_max = {g: _mean([max(r["test"]["losses"]) for r in b[g]]) for g in ("star_vs_held_out", "anchor_vs_held_out")}
     models = report["models"]
-    ppl = {role: mean([math.exp(m["test"]["nll"]) for m in models.values() if m["role"] == role])
+    ppl = {role: _mean([math.exp(m["test"]["nll"]) for m in models.values() if m["role"] == role])
            for role in ("star", "anchor", "held-out")}
-    first = {k: v[0] for k, v in curves.items()}
-    last = {k: v[-1] for k, v in curves.items()}
-    summary = {"args": vars(args), "train_s": train_s, "starlight_and_eval_s": star_s,
+    acc = {role: _mean([m["test"]["accuracy"] for m in models.values() if m["role"] == role])
+           for role in ("star", "anchor", "held-out")}
+    star_h, anchor_h = barrier["star_vs_held_out"], barrier["anchor_vs_held_out"]
+    summary = {"args": vars(args), "symmetry": symmetry, "train_s": train_s, "starlight_and_eval_s": star_s,
                "star_vs_held_out_barrier": star_h, "anchor_vs_held_out_barrier": anchor_h,
-               "ratio": star_h / anchor_h if anchor_h > 0 else None, "perplexity": ppl,
+               "star_vs_anchor_barrier": barrier["star_vs_anchor"],
+               "ratio": star_h / anchor_h if anchor_h > 0 else None, "perplexity": ppl, "token_accuracy": acc,
                "path_max_perplexity": {g: math.exp(v) for g, v in path_max.items()},
-               "members_final_ce": last, "report_summary": report.get("summary")}
+               "alignment_s_per_pair": alignment_seconds(members, args.anchors, symmetry),
+               "members_final_ce": {k: v[-1] for k, v in curves.items()}, "report_summary": report.get("summary")}
     de = report["ensembles"].get("deep_ensemble", {}).get("test")
     if de:
         summary["deep_ensemble_perplexity"] = math.exp(de["nll"])
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    print()
-    print(f"population: {args.anchors} anchors + {args.held_out} held-out GPT-NeoX (hidden {args.hidden}, "
-          f"{args.layers} layers), {args.epochs} epochs each ({train_s:.0f} s); Starlight {args.starlight_epochs} "
-          f"epochs + evaluation ({star_s:.0f} s)")
-    for k in curves:
-        print(f"  {k}: train CE {first[k]['train']:.3f} -> {last[k]['train']:.3f}   test CE {first[k]['test']:.3f} -> "
-              f"{last[k]['test']:.3f}   (last epoch's test CE change {curves[k][-1]['test'] - curves[k][-2]['test']:+.4f})"
-              if len(curves[k]) > 1 else f"  {k}: {last[k]}")
-    print(f"test per-token CE barrier  star<->held-out {star_h:.4f}   anchor<->held-out {anchor_h:.4f}   "
-          f"ratio {summary['ratio'] if summary['ratio'] is not None else float('nan'):.3f}")
-    print(f"test perplexity            star {ppl['star']:.2f}   anchors {ppl['anchor']:.2f}   "
-          f"held-out {ppl['held-out']:.2f}")
-    print(f"highest perplexity on path star<->held-out {summary['path_max_perplexity']['star_vs_held_out']:.2f}   "
-          f"anchor<->held-out {summary['path_max_perplexity']['anchor_vs_held_out']:.2f}")
-    if de:
-        print(f"deep ensemble perplexity   {summary['deep_ensemble_perplexity']:.2f}")
+    return summary
+
+
+def print_table(results: dict) -> None:
+    """The side-by-side table (one column per symmetry) of what each run measured."""
+    names = list(results)
+    rows = [("test CE barrier star<->held-out", "star_vs_held_out_barrier", "{:.4f}"),
+            ("test CE barrier anchor<->held-out", "anchor_vs_held_out_barrier", "{:.4f}"),
+            ("ratio star / anchor (<->held-out)", "ratio", "{:.3f}"),
+            ("test CE barrier star<->anchor", "star_vs_anchor_barrier", "{:.4f}")]
+    print("\n| | " + " | ".join(names) + " |\n| --- |" + " --- |" * len(names))
+    for label, key, fmt in rows:
+        print(f"| {label} | " + " | ".join(fmt.format(results[s][key] or float("nan")) for s in names) + " |")
+    for role in ("star", "anchor", "held-out"):
+        print(f"| test perplexity {role} | " + " | ".join(f"{results[s]['perplexity'][role]:.2f}" for s in names) + " |")
+        print(f"| test token accuracy {role} | "
+              + " | ".join(f"{100 * results[s]['token_accuracy'][role]:.2f} %" for s in names) + " |")
+    print("| highest test perplexity on path star<->held-out | "
+          + " | ".join(f"{results[s]['path_max_perplexity']['star_vs_held_out']:.2f}" for s in names) + " |")
+    print("| alignment time per anchor<->held-out pair | "
+          + " | ".join(f"{results[s]['alignment_s_per_pair']:.2f} s" for s in names) + " |")
+    print("| Starlight + evaluation time | " + " | ".join(f"{results[s]['starlight_and_eval_s']:.0f} s" for s in names)
+          + " |")
 
 
 if __name__ == "__main__":

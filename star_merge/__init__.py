@@ -42,6 +42,10 @@ __all__ = [
     "evaluate_run",
     "push_run",
     "task_for",
+    "fold_model",
+    "fold_state_dict",
+    "is_folded",
+    "metric_path",
 ]
 
 # Lazily imported public names -> the module that defines them (they pull in data / Hub / Accelerate machinery).
@@ -58,6 +62,10 @@ _LAZY = {
     "export_bma": "bma",
     "push_run": "hub",
     "task_for": "tasks",
+    "fold_model": "adapters.folding",
+    "fold_state_dict": "adapters.folding",
+    "is_folded": "adapters.folding",
+    "metric_path": "metrics",
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from transformers import HfArgumentParser
 
-from .errors import UserError
+from .errors import UserError, flag_hint
 
 __all__ = ["ArgumentsParser", "ConfigError", "add_command", "parse_dataclasses_with_config", "positional"]
 
@@ -48,6 +48,11 @@ class ArgumentsParser(HfArgumentParser):
         if "help" in meta:  # argparse formats help with %; a literal % in a help string must not break --help
             field = _with_metadata(field, {**field.metadata, "help": meta["help"].replace("%", "%%")})
         HfArgumentParser._parse_dataclass_field(parser, field)
+
+    def error(self, message: str):
+        """A usage error is a :class:`ConfigError` (one line, exit 2 through the error handler), never argparse's
+        usage dump; a misspelled flag names the closest one."""
+        raise ConfigError(f"{message}{flag_hint(message, self._option_string_actions)}; see {self.prog} --help")
 
     def _known_fields(self) -> set[str]:
         return {f.name for t in self.dataclass_types for f in dataclasses.fields(t)}

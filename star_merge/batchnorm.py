@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .tasks import task_of
+from .tasks import as_batch, task_of
 from .errors import UserError
 
 __all__ = ["BN_TYPES", "has_batchnorm", "reset_bn_stats", "to_device"]
@@ -51,7 +51,7 @@ def reset_bn_stats(model: nn.Module, dataloader: Iterable, max_batches: int | No
     for i, batch in enumerate(dataloader):
         if max_batches is not None and i >= max_batches:
             break
-        model(**to_device(task.model_inputs(model, batch), device))
+        model(**to_device(task.model_inputs(model, as_batch(batch, model)), device))
         seen += 1
     for bn, mom in zip(bns, momenta):
         bn.momentum = mom

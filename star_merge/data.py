@@ -228,12 +228,35 @@ def task_and_processor(args: DataArguments, model_path: str | None):
     return task, tokenizer
 
 
+def saved_to_disk(path: str) -> bool:
+    """Whether ``path`` is a folder written by ``Dataset(Dict).save_to_disk`` (read with ``load_from_disk``)."""
+    import os
+
+    return os.path.isfile(os.path.join(path, "dataset_dict.json")) or (
+        os.path.isfile(os.path.join(path, "state.json")) and os.path.isfile(os.path.join(path, "dataset_info.json")))
+
+
+def _load_raw(name: str, config_name: str | None):
+    """A dataset by Hub name, data folder or ``save_to_disk`` folder. A ``save_to_disk`` folder is read with
+    ``load_from_disk``: ``load_dataset`` would also read the ``cache-*.arrow`` files a ``.map()`` on the loaded
+    copy leaves in it (the split silently doubled, or a ``CastError`` when they hold other columns)."""
+    from datasets import DatasetDict, load_dataset, load_from_disk
+
+    try:
+        if saved_to_disk(name):
+            raw = load_from_disk(name)
+            return raw if isinstance(raw, DatasetDict) else DatasetDict(train=raw)
+        return load_dataset(name, config_name)
+    except Exception as e:  # noqa: BLE001 - datasets raises many types; re-raise one line
+        raise DatasetError(f"could not load dataset {name!r}: {str(e).splitlines()[0]}") from None
+
+
 def load_task_dataset(args: DataArguments, model_input_name: str | None = None, task=None, processor=None):
     """Load ``args.dataset_name`` as a DatasetDict(train, test) with columns (model input, ``labels``).
 
     A ``task`` that reads raw text (language models) gets the raw splits and ``processor`` (the tokenizer) and
     returns them tokenised (:meth:`~star_merge.tasks.Task.prepare`); ``max_*_samples`` then count its blocks."""
-    from datasets import DatasetDict, load_dataset
+    from datasets import DatasetDict
 
     text = getattr(task, "data_kind", None) == "text"
     if text and args.dataset_name in BUILTIN_DATASETS:
@@ -244,10 +267,7 @@ def load_task_dataset(args: DataArguments, model_input_name: str | None = None, 
     elif args.dataset_name == "digits":
         ds = load_digits_dataset(args.dataset_seed)
     else:
-        try:
-            raw = load_dataset(args.dataset_name, args.dataset_config_name)
-        except Exception as e:  # noqa: BLE001 - datasets raises many types; re-raise one line
-            raise DatasetError(f"could not load dataset {args.dataset_name!r}: {str(e).splitlines()[0]}") from None
+        raw = _load_raw(args.dataset_name, args.dataset_config_name)
         for split in (args.train_split, args.test_split):
             if split not in raw:
                 raise DatasetError(

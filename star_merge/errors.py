@@ -16,7 +16,8 @@ import os
 import sys
 from typing import Callable
 
-__all__ = ["UserError", "QuietUserError", "USER_ERRORS", "user_error_message", "user_error_line", "report_user_error",
+__all__ = ["UserError", "QuietUserError", "USER_ERRORS", "flag_hint", "user_error_message", "user_error_line",
+           "report_user_error",
            "run_reporting_user_errors"]
 
 
@@ -51,6 +52,23 @@ def user_error_line(e: BaseException) -> str | None:
     if isinstance(e, USER_ERRORS) or getattr(type(e), "user_error", False) is True:
         return user_error_message(e)
     return None
+
+
+def flag_hint(message: str, options) -> str:
+    """``" (did you mean --num_train_epochs?)"`` for argparse's ``unrecognized arguments: ...`` ``message``: the
+    closest of ``options`` (flag strings) to its first unknown flag; ``""`` when none is close."""
+    import difflib
+
+    prefix = "unrecognized arguments: "
+    if not message.startswith(prefix):
+        return ""
+    known = [o for o in options if o.startswith("--")]
+    for token in message[len(prefix):].split():
+        if token.startswith("-"):
+            match = difflib.get_close_matches(token.split("=", 1)[0], known, n=1, cutoff=0.6)
+            if match:
+                return f" (did you mean {match[0]}?)"
+    return ""
 
 
 def report_user_error(line: str, prefix: str = "error: ") -> None:

@@ -2,7 +2,8 @@
 with the project's error contract.
 
 - A user error in the script (one line on stderr, exit 2) ends the launch with that line and exit 2:
-  Accelerate's ``CalledProcessError`` / ``ChildFailedError`` traceback that would follow it is dropped.
+  Accelerate's ``CalledProcessError`` / ``ChildFailedError`` traceback that would follow it is dropped. A flag
+  that ``accelerate launch`` itself does not know is one line too, with the closest flag suggested.
 - Killing the launcher (SIGINT, SIGTERM, SIGHUP, or even SIGKILL) ends the training processes too: the
   launcher forwards signals to its process group, and every process it starts asks the kernel to be
   sent SIGTERM when its parent dies (``die_with_parent``, which the recipes also call under
@@ -45,11 +46,35 @@ def under_launcher() -> bool:
     return any(k in os.environ for k in keys)
 
 
+def launcher_flag_error(argv) -> str | None:
+    """The one-line message for a flag ``accelerate launch`` itself does not know (before the script), or None."""
+    from accelerate.commands.launch import launch_command_parser
+
+    from .errors import flag_hint
+
+    parser = launch_command_parser()
+
+    def error(message):
+        raise ValueError(f"accelerate launch: {message}{flag_hint(message, parser._option_string_actions)}; "
+                         "see accelerate launch --help")
+
+    parser.error = error
+    try:
+        parser.parse_args(argv)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2
+    bad = launcher_flag_error(argv)
+    if bad is not None:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
     fd, err_file = tempfile.mkstemp(prefix="star-merge-error-")
     os.close(fd)
     env = dict(os.environ, STAR_MERGE_ERROR_FILE=err_file)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .data import DataArguments, load_task_dataset, prepare_dataset, raw_kind, task_and_processor
+from .data import BUILTIN_DATASETS, DataArguments, load_task_dataset, prepare_dataset, raw_kind, task_and_processor
 from .tasks import DatasetError
 
 __all__ = ["PopulationData", "check_input_column", "load_population_data"]
@@ -33,8 +33,9 @@ class PopulationData:
     collate_fn: Callable | None
 
 
-def check_input_column(dataset, model_config, dataset_name: str) -> None:
-    """The dataset must have the column the model reads (e.g. star-mlp reads input_values)."""
+def check_input_column(dataset, model_config, dataset_name: str, given: bool = False) -> None:
+    """The dataset must have the column the model reads (e.g. star-mlp reads input_values). ``given``: the models
+    are the user's own (not the built-in population), so a built-in dataset is only ever the demo's default."""
     from .modeling import model_class_for
 
     try:
@@ -42,9 +43,15 @@ def check_input_column(dataset, model_config, dataset_name: str) -> None:
     except ValueError:
         return
     columns = dataset["train"].column_names
-    if isinstance(wanted, str) and wanted not in columns:
-        raise DatasetError(f"{model_config.model_type} models read {wanted!r} but dataset {dataset_name!r} has "
-                           f"{[c for c in columns if c != 'labels']}; pick a matching --model_type or --dataset_name")
+    if not isinstance(wanted, str) or wanted in columns:
+        return
+    has = [c for c in columns if c != "labels"]
+    if given and dataset_name in BUILTIN_DATASETS:  # a demo dataset (mnist1d: --dataset_name's default) never fits silently
+        raise DatasetError(f"no built-in dataset fits these {model_config.model_type} models (they read {wanted!r}; "
+                           f"the built-in {dataset_name!r} holds {has}); name their data with --dataset_name "
+                           "(and --text_column / --input_column)")
+    raise DatasetError(f"{model_config.model_type} models read {wanted!r} but dataset {dataset_name!r} has "
+                       f"{has}; pick a matching --model_type or --dataset_name")
 
 
 def load_population_data(
@@ -73,14 +80,18 @@ def load_population_data(
         data_args = dataclasses.replace(data_args, augment=False)
     model_config = load_config(member_paths[0])
     task, tokenizer = task_and_processor(data_args, member_paths[0])
+    if getattr(task, "data_kind", None) == "text":  # language models: blocks fit the members' position table
+        from .tasks.lm_data import cap_block_size
+
+        data_args = cap_block_size(data_args, model_config)
     if processor is not _UNSET and processor is not None and tokenizer is not None:
         tokenizer = processor  # the caller's processor tokenises too (a run's saved tokenizer)
     with context():
         dataset = load_task_dataset(data_args, model_input_name, task=task, processor=tokenizer)
     raw = raw_kind(dataset)
-    task.check_dataset(dataset, model_config)
     if raw is None:  # raw text / images become the model's inputs in prepare_dataset below
-        check_input_column(dataset, model_config, data_args.dataset_name)
+        check_input_column(dataset, model_config, data_args.dataset_name, given=True)
+    task.check_dataset(dataset, model_config)
     source = None
     if processor is _UNSET:
         processor, source = population_processor(list(member_paths), data_args.processor_name_or_path,

@@ -213,7 +213,16 @@ class RunDirectory(RunPaths):
 
         from .adapters import spec_for
 
-        return spec_for(AutoConfig.from_pretrained(self.star_path))
+        return spec_for(AutoConfig.from_pretrained(self.star_path), symmetry=self.symmetry)
+
+    @cached_property
+    def symmetry(self) -> str:
+        """``orthogonal`` when the run's stored maps hold an orthogonal one (the star was trained in folded form
+        with ``StarlightConfig.symmetry="orthogonal"``), else ``permutation``."""
+        if not self.has_permutations():
+            return "permutation"
+        maps = self.anchor_permutations()
+        return "orthogonal" if any(v.is_floating_point() for perm in maps.values() for v in perm.values()) else "permutation"
 
     def has_permutations(self) -> bool:
         return os.path.isfile(self.permutations_path)
@@ -223,13 +232,18 @@ class RunDirectory(RunPaths):
         return load_permutations(self.permutations_path)
 
     def aligned_anchor_state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Anchor state dicts permuted into the star's frame, in manifest order."""
+        """Anchor state dicts permuted into the star's frame, in manifest order (folded first in a run of
+        symmetry ``orthogonal``, whose star is in folded form)."""
+        from .adapters.folding import fold_state_dict
         from .spec import apply_permutation
 
         perms = self.anchor_permutations()
         out = {}
         for m in self.anchors:
-            sd = load_checkpoint(m.path).state_dict()
+            model = load_checkpoint(m.path)
+            sd = model.state_dict()
+            if self.symmetry == "orthogonal":
+                sd = fold_state_dict(model.config, sd)[0]
             out[m.name] = apply_permutation(self.spec.subset(sd), perms[m.name], sd)
         return out
 
@@ -305,6 +319,7 @@ def save_permutations(path: str, perms: dict[str, dict[str, torch.Tensor]]) -> N
     """Atomically write member -> permutation dicts as one safetensors file."""
     from safetensors.torch import save_file
 
-    flat = {f"{member}::{p}": v.contiguous().to(torch.int64).cpu() for member, perm in perms.items() for p, v in perm.items()}
+    flat = {f"{member}::{p}": v.contiguous().to(torch.float64 if v.is_floating_point() else torch.int64).cpu()
+            for member, perm in perms.items() for p, v in perm.items()}
     with atomic_file(path, suffix=".safetensors") as tmp:
         save_file(flat, tmp, metadata={"format": "star-merge-permutations"})

@@ -24,7 +24,8 @@ from typing import Mapping, Union
 
 import torch
 
-from .errors import UserError
+from . import groups
+from .groups import GROUP_KINDS, PERMUTATION, SpecError, expand_index
 
 __all__ = [
     "AxisPerm",
@@ -36,11 +37,8 @@ __all__ = [
     "inverse_permutation",
     "compose_permutations",
     "expand_index",
+    "group_kind",
 ]
-
-
-class SpecError(UserError):
-    """A permutation spec does not fit a state dict (missing tensor, unknown name, size mismatch)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +76,8 @@ class PermutationSpec:
     axes_to_perm: dict[str, tuple[AxisPerm | None, ...]]
     shapes: dict[str, tuple[int, ...]]
     perm_sizes: dict[str, int] = field(default_factory=dict)
+    #: name -> group kind (``star_merge.groups``); a name not listed is a permutation.
+    group_kinds: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         self.axes_to_perm = {k: tuple(_as_axis(a) for a in v) for k, v in self.axes_to_perm.items()}
@@ -111,6 +111,10 @@ class PermutationSpec:
                 sizes[ap.perm] = n
                 where.setdefault(ap.perm, f"from {name!r} axis {axis}")
         self.perm_sizes = sizes
+        for p, kind in self.group_kinds.items():
+            if kind not in GROUP_KINDS or p not in sizes:
+                raise SpecError(f"group {p!r}: kind {kind!r} (known: {', '.join(GROUP_KINDS)}) of a name the spec does not use")
+        self.group_kinds = {p: k for p, k in self.group_kinds.items() if k != PERMUTATION}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -118,6 +122,7 @@ class PermutationSpec:
         cls,
         axes_to_perm: Mapping[str, tuple[AxisEntry, ...]],
         shapes_or_state_dict: Mapping[str, torch.Tensor | tuple[int, ...]],
+        group_kinds: Mapping[str, str] | None = None,
     ) -> "PermutationSpec":
         shapes = {
             k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v)
@@ -126,7 +131,7 @@ class PermutationSpec:
         unknown = [k for k in axes_to_perm if k not in shapes]
         if unknown:
             raise SpecError(f"spec names tensor {unknown[0]!r}, which the model does not have")
-        return cls(dict(axes_to_perm), {k: shapes[k] for k in axes_to_perm})
+        return cls(dict(axes_to_perm), {k: shapes[k] for k in axes_to_perm}, {}, dict(group_kinds or {}))
 
     # ------------------------------------------------------------------ views
     @property
@@ -149,11 +154,14 @@ class PermutationSpec:
     def subset(self, names) -> "PermutationSpec":
         """The spec restricted to ``names`` (e.g. a checkpoint that stores a tied weight once)."""
         names = set(names)
-        return PermutationSpec(
-            {k: v for k, v in self.axes_to_perm.items() if k in names},
-            {k: v for k, v in self.shapes.items() if k in names},
-            {},
-        )
+        axes = {k: v for k, v in self.axes_to_perm.items() if k in names}
+        used = {a.perm for v in axes.values() for a in v if a is not None}
+        return PermutationSpec(axes, {k: v for k, v in self.shapes.items() if k in names}, {},
+                               {p: k for p, k in self.group_kinds.items() if p in used})
+
+    def with_kinds(self, group_kinds: Mapping[str, str]) -> "PermutationSpec":
+        """The same axes with these group kinds (e.g. a negative control: a kind the architecture does not allow)."""
+        return PermutationSpec(dict(self.axes_to_perm), dict(self.shapes), {}, dict(group_kinds))
 
     def __repr__(self) -> str:
         return (
@@ -182,42 +190,37 @@ class PermutationSpec:
                 raise SpecError(f"tensor {k!r} contains NaN or inf values")
 
     def check_permutation(self, perm: Mapping[str, torch.Tensor]) -> None:
+        """Raise unless ``perm`` holds one element of its group for every name of the spec."""
         for p, n in self.perm_sizes.items():
             if p not in perm:
                 raise SpecError(f"permutation {p!r} is missing")
-            v = perm[p]
-            if v.ndim != 1 or v.numel() != n or not torch.equal(torch.sort(v.cpu()).values, torch.arange(n)):
-                raise SpecError(f"permutation {p!r} is not a permutation of range({n})")
+            groups.check_map(p, group_kind(self, p), n, perm[p])
         extra = set(perm) - set(self.perm_sizes)
         if extra:
             raise SpecError(f"unknown permutation name(s): {sorted(extra)}")
 
 
 # ---------------------------------------------------------------------- operations
-def expand_index(perm: torch.Tensor, ap: AxisPerm) -> torch.Tensor:
-    """Element index along an axis of size ``repeat * len(perm) * block`` for a permutation of blocks."""
-    n = perm.numel()
-    idx = perm
-    if ap.block > 1:
-        idx = (perm[:, None] * ap.block + torch.arange(ap.block, device=perm.device)[None, :]).reshape(-1)
-    if ap.repeat > 1:
-        stride = n * ap.block
-        idx = (torch.arange(ap.repeat, device=perm.device)[:, None] * stride + idx[None, :]).reshape(-1)
-    return idx
+def group_kind(spec: PermutationSpec, name: str) -> str:
+    """The kind of group ``name`` of ``spec`` ranges over: ``permutation`` unless the spec says otherwise."""
+    return getattr(spec, "group_kinds", {}).get(name, PERMUTATION)
 
 
 def identity_permutation(spec: PermutationSpec) -> dict[str, torch.Tensor]:
-    return {p: torch.arange(n) for p, n in spec.perm_sizes.items()}
+    """The identity of every group of ``spec`` (``arange`` for a permutation, the identity matrix otherwise)."""
+    return {p: groups.identity_map(group_kind(spec, p), n) for p, n in spec.perm_sizes.items()}
 
 
 def random_permutation(spec: PermutationSpec, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A uniformly random permutation for every permutation name of ``spec``, reproducible from ``seed``."""
+    """A uniformly random element of every group of ``spec`` (a permutation; for an orthogonal group a Haar
+    random orthogonal matrix, with Q·1 = 1 where the kind says so), reproducible from ``seed``."""
     g = torch.Generator().manual_seed(int(seed))
-    return {p: torch.randperm(n, generator=g) for p, n in sorted(spec.perm_sizes.items())}
+    return {p: groups.random_map(group_kind(spec, p), n, g) for p, n in sorted(spec.perm_sizes.items())}
 
 
 def inverse_permutation(perm: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {p: torch.argsort(v) for p, v in perm.items()}
+    """The inverse of every group element (``argsort`` of a permutation, the transpose of an orthogonal map)."""
+    return {p: groups.invert_map(v) for p, v in perm.items()}
 
 
 def compose_permutations(
@@ -229,7 +232,7 @@ def compose_permutations(
     """
     if set(outer) != set(inner):
         raise SpecError("cannot compose permutations with different names")
-    return {p: inner[p][outer[p].to(inner[p].device)] for p in outer}
+    return {p: groups.compose_map(outer[p], inner[p]) for p in outer}
 
 
 def permute_tensor(
@@ -241,7 +244,7 @@ def permute_tensor(
     for axis, ap in enumerate(axes):
         if ap is None or axis == except_axis:
             continue
-        w = torch.index_select(w, axis, expand_index(perm[ap.perm].to(w.device), ap))
+        w = groups.map_axis(w, axis, perm[ap.perm], ap)
     return w
 
 

@@ -301,3 +301,26 @@ def test_crash_leftovers_are_cleaned_or_restored(tmp_path):
     done = recover_atomic_leftovers(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == [".notes.txt", "bma", "report"] and len(done) == 4
     assert (tmp_path / "bma" / "config.json").read_text() == "{}"
+
+
+def test_overwrite_removes_a_larger_earlier_populations_extra_members(tmp_path):
+    """A 2-anchor + 1 held-out population overwritten by a 1-anchor one of another architecture: only the new
+    member is left (was: anchor-01 and held-out-00 of the old architecture stayed beside it); a folder that is not
+    a star-merge member is left alone."""
+    from star_merge.data import load_task_dataset
+    from star_merge.modeling import load_config
+    from star_merge.population import train_population
+
+    _, data_args, pop, _ = tiny_arguments(None, num_samples=200, population_epochs=1)
+    dataset = load_task_dataset(data_args)
+    folder = tmp_path / "pop"
+    train_population(pop.build_config(), dataset, str(folder), 2, 1, pop.train_args(), progress=False,
+                     data_settings=data_args.to_dict())
+    assert sorted(os.listdir(folder)) == ["anchor-00", "anchor-01", "held-out-00"]
+    (folder / "anchor-07").mkdir()  # not written by star-merge: never deleted
+    pop.model_type, pop.model_config = "star-cnn1d", '{"channels": [4, 4]}'
+    members = train_population(pop.build_config(), dataset, str(folder), 1, 0, pop.train_args(), progress=False,
+                               data_settings=data_args.to_dict(), retrain_stale=True)
+    assert [m.name for m in members] == ["anchor-00"]
+    assert sorted(os.listdir(folder)) == ["anchor-00", "anchor-07"]
+    assert load_config(str(folder / "anchor-00")).model_type == "star-cnn1d"

@@ -371,6 +371,22 @@ def _run_fresh(script: str, tmp_path, **constants) -> dict:
     return load_file(constants["OUT"])
 
 
+def test_a_bma_ships_only_the_member_code_it_needs(mlp_run, tmp_path):
+    """A BERT BMA holds the wrapper's code only (was: also star-merge's cnn1d.py / mlp.py / common.py); a star-mlp
+    BMA also the built-in model files and their entry module, named in auto_map (the three load paths below load
+    both with trust_remote_code)."""
+    wrapper = {"configuration_star_bma.py", "modeling_star_bma.py"}
+    builtin = {"builtin_members.py", "common.py", "mlp.py", "cnn1d.py"}
+    bert = _bert_bma(tmp_path)
+    assert {f for f in os.listdir(bert) if f.endswith(".py")} == wrapper
+    assert json.load(open(os.path.join(bert, "config.json")))["auto_map"]["AutoModelForSequenceClassification"] \
+        == "modeling_star_bma.StarBMAForSequenceClassification"
+    mlp = export_bma(mlp_run, str(tmp_path / "bma-mlp"), num_samples=2, seed=0)
+    assert {f for f in os.listdir(mlp) if f.endswith(".py")} == wrapper | builtin
+    assert json.load(open(os.path.join(mlp, "config.json")))["auto_map"]["AutoModelForSequenceClassification"] \
+        == "builtin_members.StarBMAForSequenceClassification"
+
+
 def test_three_load_paths_give_identical_predictions(mlp_run, cnn_run, test_inputs, tmp_path):
     from transformers import AutoProcessor
 

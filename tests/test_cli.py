@@ -85,3 +85,25 @@ def test_subcommand_arguments_are_typed_and_read_from_yaml(tmp_path, capsys):
     assert (args.run_dir, args.num_points, args.pairs, args.seed) == ("RUN", 5, 3, 7)
     assert main(["evaluate", "RUN", "--pairs", "zero"]) == 2
     assert "--pairs must be 'all' or a positive integer" in capsys.readouterr().err
+
+
+def test_barrier_on_text_models_without_data_flags_asks_for_them(tmp_path, capsys):
+    """BERT classifiers and no data flags: the built-in MNIST-1D (--dataset_name's default) fits no text model, so
+    the command asks for the members' data (was: evaluated on MNIST-1D and blamed the model's num_labels)."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from raw_populations import minilm_tokenizer_folder, tiny_bert_config
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_folder())
+    folders = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        folder = str(tmp_path / f"bert{seed}")
+        BertForSequenceClassification(tiny_bert_config(num_labels=4)).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        folders.append(folder)
+    assert main(["barrier", *folders, "--no_progress"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(lines) == 1 and "num_labels" not in lines[0], lines
+    err = lines[0]
+    assert "no built-in dataset fits these bert models" in err and "--dataset_name" in err and "'mnist1d'" in err

@@ -84,3 +84,39 @@ def test_convex_model_has_zero_loss_barrier(mnist1d):
     assert curve.loss_barrier == 0.0
     chord = [(1 - t) * curve.losses[0] + t * curve.losses[-1] for t in curve.ts]
     assert all(l <= c + 1e-6 for l, c in zip(curve.losses, chord))
+
+
+def test_interpolation_curve_reads_the_batches_a_user_has():
+    """(x, y) TensorDataset batches, dicts with ``label`` and dicts with ``labels`` give one curve, equal to a hand
+    computation of loss and accuracy at each t; a batch of another shape is one line naming what is needed
+    (was: ``'list' object has no attribute 'items'`` deep in evaluation/engine.py)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from star_merge.tasks import TaskError
+
+    cfg = StarCNN1dConfig(channels=[4, 8], num_labels=10)  # BatchNorm: the BN reset reads them too
+    torch.manual_seed(0)
+    a, b = (AutoModelForSequenceClassification.from_config(cfg) for _ in range(2))
+    x, y = torch.randn(48, 40), torch.randint(0, 10, (48,))
+    tuples = DataLoader(TensorDataset(x, y), batch_size=16)
+    label = [{"input_values": x[i:i + 16], "label": y[i:i + 16]} for i in range(0, 48, 16)]
+    labels = [{"input_values": x[i:i + 16], "labels": y[i:i + 16]} for i in range(0, 48, 16)]
+    sd_a, sd_b = ({k: v.clone() for k, v in m.state_dict().items()} for m in (a, b))  # a is the container
+    curves = [interpolation_curve(a, sd_a, sd_b, loader, num_points=3) for loader in (tuples, label, labels)]
+    for curve in curves[1:]:
+        assert curve.losses == pytest.approx(curves[0].losses, abs=1e-6)
+        assert curve.accuracies == pytest.approx(curves[0].accuracies, abs=1e-9)
+    mid = AutoModelForSequenceClassification.from_config(cfg)
+    mid.load_state_dict(interpolate_state_dicts(sd_a, sd_b, 0.5))
+    reset_bn_stats(mid, [{"input_values": x[i:i + 16]} for i in range(0, 48, 16)])
+    with torch.no_grad():
+        logits = mid(input_values=x).logits
+    assert curves[0].losses[1] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), abs=1e-5)
+    assert curves[0].accuracies[1] == pytest.approx((logits.argmax(-1) == y).float().mean().item())
+    a.load_state_dict(sd_a)  # the endpoint given as the container's own state_dict (aliased): the same curve
+    assert interpolation_curve(a, a.state_dict(), sd_b, tuples, num_points=3).losses == pytest.approx(
+        curves[0].losses, abs=1e-6)
+    with pytest.raises(TaskError, match=r"a list of 3; give batches as dicts .*`labels` \(or `label`\).*tuples"):
+        interpolation_curve(a, sd_a, sd_b, [[x, y, y]], num_points=2)
+    with pytest.raises(TaskError, match="the batch has no labels"):
+        interpolation_curve(a, sd_a, sd_b, [{"input_values": x}], num_points=2)

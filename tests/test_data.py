@@ -44,7 +44,7 @@ def test_local_dataset_column_mapping_and_errors(tmp_path):
     )
     path = str(tmp_path / "ds")
     raw.save_to_disk(path)
-    # datasets.load_dataset reads a saved DatasetDict folder via the "arrow" builder
+    # a save_to_disk folder is read with datasets.load_from_disk
     ds = load_task_dataset(DataArguments(dataset_name=path, input_column="signal", label_column="y"), "input_values")
     assert ds["train"].column_names == ["input_values", "labels"]
     with pytest.raises(DatasetError, match="no label column 'label'"):
@@ -98,3 +98,20 @@ def test_make_dataloader_keeps_row_formatting_for_ragged_or_text_columns():
         assert not isinstance(make_dataloader(ds, 2).dataset, TensorColumns)
     numeric = Dataset.from_dict({"input_values": [[0.0, 1.0]] * 3, "labels": [0, 1, 0]})
     assert not isinstance(make_dataloader(numeric, 2, collate_fn=lambda rows: rows).dataset, TensorColumns)
+
+
+def test_save_to_disk_folder_after_map_is_read_with_load_from_disk(tmp_path):
+    """A ``.map()`` on the ``load_from_disk`` copy leaves ``cache-*.arrow`` files in the saved folder; they are not
+    rows of the dataset (``load_dataset`` read them too: the split doubled, or a CastError for other columns)."""
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    path = str(tmp_path / "saved")
+    DatasetDict(train=Dataset.from_dict({"signal": [[float(i)] * 4 for i in range(9)], "label": [i % 3 for i in range(9)]}),
+                test=Dataset.from_dict({"signal": [[0.0] * 4] * 3, "label": [0, 1, 2]})).save_to_disk(path)
+    copy = load_from_disk(path)
+    copy["train"].map(lambda row: {"signal": [v + 1 for v in row["signal"]]})  # same columns: rows would double
+    copy["train"].map(lambda row: {"input_ids": [1, 2]}, remove_columns=["signal"])  # other columns: CastError
+    assert list((tmp_path / "saved" / "train").glob("cache-*.arrow"))
+    ds = load_task_dataset(DataArguments(dataset_name=path, input_column="signal"), "input_values")
+    assert len(ds["train"]) == 9 and len(ds["test"]) == 3
+    assert ds["train"]["labels"] == [i % 3 for i in range(9)]

@@ -300,3 +300,20 @@ def test_evaluate_run_writes_reports_and_plots(run_dir, trained, dataset, monkey
     pairs = [(r["a"], r["b"]) for r in again["barriers"]["anchor_vs_held_out"]]
     assert pairs == select_pairs(["anchor-00", "anchor-01", "anchor-02"], ["held-out-00", "held-out-01"], 2, 1)
     assert json.loads(Path(run_dir / "report.json").read_text())["config"] == {"lr": 0.001}
+
+
+def test_one_pair_has_no_spread_and_is_never_shown_as_plus_minus_zero():
+    """Statistics over one pair: the sample std (n-1) is undefined, shown as "(one pair)" (was: "± 0.0000")."""
+    from star_merge.evaluation.render import pm
+    from star_merge.evaluation.report import summarize_barriers
+    from star_merge.evaluation.summary import BarrierStats
+
+    row = {split: {"loss_barrier": 0.25, "accuracy_barrier": 0.02} for split in ("train", "test")}
+    one = summarize_barriers({"star_vs_held_out": [row], "anchor_vs_held_out": [row, dict(row, test={
+        "loss_barrier": 0.75, "accuracy_barrier": 0.04})]})
+    st = one["star_vs_held_out"]["test_loss_barrier"]
+    assert st == {"mean": 0.25, "std": None, "n": 1}
+    assert pm(BarrierStats.from_dict(st)) == "0.2500 (one pair)"
+    two = BarrierStats.from_dict(one["anchor_vs_held_out"]["test_loss_barrier"])
+    assert two.n == 2 and two.std == pytest.approx(np.std([0.25, 0.75], ddof=1))
+    assert pm(two) == f"0.5000 ± {np.std([0.25, 0.75], ddof=1):.4f}"

@@ -392,6 +392,9 @@ def test_model_card_metadata_and_model_index_match_the_report(run_dir):
     # anchors' 75% (allowed: 1 pt) and NLL 0.8125 <= 0.9, so the star is good
     assert text.index("train-loss barrier ratio (paper's metric) 0.075") < text.index("test-loss barrier ratio 0.075")
     assert "Verdict: star is a good solution" in text
+    # the verdict is the first line under the title (was: after the intro and head notes, line 70 of the file)
+    body = [line for line in text.splitlines() if line.strip() and not line.startswith("<!--")]
+    assert body[0].startswith("# ") and body[1].startswith("**Verdict: "), body[:3]
     assert "![barriers](barriers.png)" in text
     assert 'AutoModel.from_pretrained("me/star")' in text and "import star_merge" in text
     assert f"https://huggingface.co/org/mlp-b/tree/{fake_sha('b')}" in text
@@ -654,3 +657,60 @@ def test_pretraining_star_card_says_the_next_sentence_head_was_not_trained(run_d
     text = build_model_card(run_dir).text
     assert "Next-sentence head not trained" in text and "`cls.seq_relationship`" in text
     assert text.index("Next-sentence head not trained") < text.index("## Results")
+
+
+def test_push_says_when_it_leaves_the_bma_out(run_dir, fake_api, caplog):
+    """Without --bma-repo-id the run's bma/ is not pushed, and the push says so (was: without a word)."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        push_run(run_dir, "me/star", dry_run=True)
+    assert "the BMA wrapper" in caplog.text and "--bma-repo-id me/star-bma" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        push_run(run_dir, "me/star", bma_repo_id="me/star-bma", dry_run=True)
+    assert "not pushed" not in caplog.text
+
+
+def test_a_mistyped_relative_path_says_no_such_local_folder(tmp_path, checkpoints, monkeypatch):
+    """``pop/m9`` beside a ``pop/`` folder holding m0, m1: "no such local folder", what pop/ holds (was: treated as
+    a Hub id and told to pre-download it from the cache); an id whose first part is no local folder is unchanged."""
+    import shutil
+
+    for name in ("m0", "m1"):
+        shutil.copytree(checkpoints["mlp0"], tmp_path / "pop" / name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert resolve_members(["pop/m0"], progress=False)[0].path == str(tmp_path / "pop" / "m0")
+    with pytest.raises(PopulationError) as excinfo:
+        resolve_members(["pop/m0", "pop/m9"], progress=False)
+    _one_line_error(excinfo, "'pop/m9': no such local folder (pop/ holds m0, m1)", "./pop/m9")
+    assert "hf download" not in str(excinfo.value)
+    with pytest.raises(PopulationError, match="hf download org/m9"):
+        resolve_members(["org/m9"], progress=False, cache_dir=str(tmp_path / "empty-cache"))
+
+
+def test_a_staged_push_of_a_run_holds_cards_and_no_absolute_path(run_dir, fake_api, tmp_path):
+    """A unique temp path planted in every path-valued setting of the run (manifest config / data / members,
+    report.json, the star's training_info.json) never reaches either staged folder; both hold their card."""
+    import uuid
+
+    planted = str(tmp_path / f"planted-{uuid.uuid4().hex}")
+    manifest_path = os.path.join(run_dir, "starlight.json")
+    manifest = json.loads(open(manifest_path).read())
+    manifest["config"].update(output_dir=planted + "/out", init=planted + "/init", resume_from_checkpoint=planted)
+    manifest["data"].update(dataset_name=planted + "/data", processor_name_or_path=planted + "/tok")
+    manifest["members"][0].update(path=planted + "/a", source=planted + "/a")
+    open(manifest_path, "w").write(json.dumps(manifest))
+    report = dict(REPORT, config=manifest["config"], data=manifest["data"], members=manifest["members"])
+    open(os.path.join(run_dir, "report.json"), "w").write(json.dumps(report))
+    open(os.path.join(run_dir, "star", "training_info.json"), "w").write(json.dumps(
+        {"starlight": manifest["config"], "history": [], "data": planted + "/data"}))
+    push_run(run_dir, "me/star", bma_repo_id="me/star-bma")
+    uploads = [c for api in fake_api.instances for c in api.calls if c[0] == "upload_folder"]
+    assert [c[1] for c in uploads] == ["me/star", "me/star-bma"]
+    for _, repo, kwargs in uploads:
+        staged = kwargs["staged"]
+        assert staged["README.md"].strip(), repo
+        for name, content in staged.items():
+            assert planted.encode() not in content and str(tmp_path).encode() not in content, (repo, name)

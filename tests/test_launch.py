@@ -58,3 +58,36 @@ def test_killing_accelerate_launch_ends_the_training_process(tmp_path):
             launcher.kill()
         if worker is not None and _alive(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+def test_a_misspelled_flag_is_one_line_exit_2_with_the_closest_flag(tmp_path):
+    """Under python -m star_merge.launch: a script flag and a launcher flag, each misspelled (was: a ~60-line usage
+    dump, the error, Accelerate's CalledProcessError traceback and exit 1)."""
+    out = tmp_path / "out"
+    script = os.path.join(ROOT, "recipes", "star.py")
+    for argv, hint in (([*LAUNCH, script, "--num_train_epoch", "5", "--output_dir", str(out)], "--num_train_epochs"),
+                       (["--num_proceses", "1", script, "--output_dir", str(out)], "--num_processes")):
+        proc = subprocess.run([sys.executable, "-m", "star_merge.launch", *argv], capture_output=True, text=True,
+                              timeout=300, cwd=str(tmp_path))
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+        assert f"(did you mean {hint}?)" in lines[0]
+        assert "usage:" not in proc.stderr and "Traceback" not in proc.stderr
+        assert not out.exists()
+
+
+def test_parser_errors_are_user_errors_with_a_hint():
+    import pytest
+
+    from star_merge.argparsing import ArgumentsParser, ConfigError
+    from star_merge.errors import flag_hint
+    from star_merge.starlight import StarlightConfig
+
+    parser = ArgumentsParser([StarlightConfig], prog="recipes/star.py")
+    with pytest.raises(ConfigError, match=r"unrecognized arguments: --learning_rat 1 \(did you mean --learning_rate\?\)"):
+        parser.parse(["--learning_rat", "1"])
+    with pytest.raises(ConfigError, match="invalid int value"):
+        parser.parse(["--num_train_epochs", "many"])
+    assert flag_hint("unrecognized arguments: --zzzzqq", ["--num_train_epochs"]) == ""
+    assert flag_hint("unrecognized arguments: --seeds=3", ["--seed", "--num_train_epochs"]) == " (did you mean --seed?)"

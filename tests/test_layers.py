@@ -18,9 +18,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "star_merge"
 FLOORS = {
     # 1: leaves, importing nothing of star-merge but each other
     "errors": 1, "io": 1, "seeding": 1, "locking": 1, "finite": 1, "_faults": 1, "columns": 1,
-    "launch": 1, "discovery": 1, "version": 1,
+    "launch": 1, "discovery": 1, "version": 1, "metrics": 1,
     # 2: symmetry specs, built-in models, config -> class, processors, the argument system
-    "spec": 2, "models": 2, "modeling": 2, "processing": 2, "argparsing": 2,
+    "spec": 2, "groups": 2, "models": 2, "modeling": 2, "processing": 2, "argparsing": 2,
     # 3: one adapter module per family
     "adapters": 3,
     # 4: the task seam, datasets, the run directory, references and populations -> local folders
@@ -32,7 +32,7 @@ FLOORS = {
     # 7: training the star, the BMA wrapper, training members
     "starlight": 7, "bma": 7, "population": 7,
     # 8: the Hub, outwards: push, model cards
-    "hub": 8,
+    "hub": 8, "hub.publish": 7, "hub.sanitize": 7, "hub.trainer_push": 7,
     # 9: scoring and rendering a run
     "evaluation.report": 9, "evaluation.render": 9, "evaluation.__init__": 9,
     # 10: entry points: the end-to-end run, the commands, the public face of the package

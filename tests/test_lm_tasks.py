@@ -222,3 +222,34 @@ def test_one_text_column_and_one_tokenizer_loader_for_classification_and_lms(tmp
     assert task.name == "causal-lm" and loaded.get_vocab() == tok.get_vocab()
     tok.save_pretrained(model)
     assert task_and_processor(DataArguments(), str(model))[1].get_vocab() == tok.get_vocab()
+
+
+def test_block_size_capped_at_the_models_position_table(tmp_path, caplog):
+    """BERT MLM members with max_position_embeddings=64 and the default block_size 128: blocks of 64 tokens and a
+    message (a 128-token block failed inside the position embeddings: 'tensor a (128) ... tensor b (64)')."""
+    import logging
+
+    from lm_fixtures import write_corpus
+    from star_merge.data import DataArguments, make_dataloader
+    from star_merge.modeling import build_model
+    from star_merge.population import save_checkpoint
+    from star_merge.population_data import load_population_data
+
+    corpus = write_corpus(tmp_path / "corpus")
+    tok = build_tokenizer(300)
+    config = bert_config(len(tok))
+    assert config.max_position_embeddings == 64
+    members = [save_checkpoint(build_model(config, seed), str(tmp_path / f"m{seed}"), processor=tok) for seed in (0, 1)]
+    args = DataArguments(dataset_name=corpus, max_seq_length=32, max_train_samples=8, max_eval_samples=8)
+    assert args.block_size == 128
+    with caplog.at_level(logging.WARNING):
+        data = load_population_data(args, members, evaluation=True)
+    assert "block_size=128 is longer than the model's 64 positions; using block_size=64" in caplog.text
+    assert {len(ids) for ids in data.dataset["test"]["input_ids"]} == {64}
+    model = build_model(config, 0).eval()
+    batch = next(iter(make_dataloader(data.dataset["test"], 4, collate_fn=data.collate_fn)))
+    with torch.no_grad():
+        assert math.isfinite(data.task.loss(model, batch).item())
+    # a block_size that fits is kept as given
+    assert len(load_population_data(DataArguments(dataset_name=corpus, block_size=16, max_eval_samples=2), members,
+                                    evaluation=True).dataset["test"][0]["input_ids"]) == 16

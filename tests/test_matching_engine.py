@@ -96,8 +96,8 @@ def test_solve_group_permutations_and_unknown_kind():
         final = got.get(j, current[j])
         assert torch.equal(final, best[j]), j
     assert stats.skipped + stats.solved + stats.solvers.get("argmax", 0) == 5
-    with pytest.raises(ValueError, match="group kind 'orthogonal'"):
-        solve_group("orthogonal", {"p": costs}, {"p": current})
+    with pytest.raises(ValueError, match="group kind 'affine'"):
+        solve_group("affine", {"p": costs}, {"p": current})
 
 
 @dataclass(frozen=True)

@@ -182,3 +182,34 @@ def test_pretokenised_variable_length_data_is_padded_per_batch(tmp_path):
     batch0 = next(iter(make_dataloader(ds["train"], 4, collate_fn=collate)))
     assert torch.equal(batch0["attention_mask"], ref["attention_mask"]) and tok.pad_token_id == 0
     assert torch.equal(batch0["input_ids"], ref["input_ids"])
+
+
+def test_evaluate_evaluator_and_metric_modules_give_the_reports_numbers(text_population, text_run):
+    """`evaluate.evaluator("text-classification")` on the star and BMA exports equals the report's test accuracy;
+    star-merge's shipped NLL / ECE modules on the pipelines' probabilities equal the report's NLL / ECE to 1e-6.
+    The pipeline truncates at the run's --max_seq_length 64, as the run did."""
+    evaluate = pytest.importorskip("evaluate", reason="the `evaluate` dependency is not installed here")
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer, pipeline
+
+    import star_merge
+
+    report = json.loads((text_run / "report.json").read_text())
+    data = load_from_disk(text_population["data"])["test"]
+    accuracy = evaluate.load(star_merge.metric_path("accuracy"))
+    nll, ece = (evaluate.load(star_merge.metric_path(n)) for n in ("nll", "ece"))
+    for folder, scores in (("star", report["models"]["star"]), ("bma", report["ensembles"]["bma"])):
+        path = str(text_run / folder)
+        pipe = pipeline("text-classification", model=path,
+                        tokenizer=AutoTokenizer.from_pretrained(path, model_max_length=64))
+        got = evaluate.evaluator("text-classification").compute(
+            model_or_pipeline=pipe, data=data, metric=accuracy, input_column="text", label_column="label",
+            label_mapping=pipe.model.config.label2id)
+        assert got["accuracy"] == pytest.approx(scores["test"]["accuracy"], abs=1e-9), folder
+        rows = pipe(list(data["text"]), top_k=None, truncation=True)
+        probs = [[next(r["score"] for r in row if r["label"] == pipe.model.config.id2label[c])
+                  for c in range(len(row))] for row in rows]
+        assert nll.compute(predictions=probs, references=data["label"])["nll"] == pytest.approx(
+            scores["test"]["nll"], abs=1e-6), folder
+        assert ece.compute(predictions=probs, references=data["label"])["ece"] == pytest.approx(
+            scores["test"]["ece"], abs=1e-6), folder

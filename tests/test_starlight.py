@@ -284,3 +284,24 @@ def test_two_processes_train_one_star(tmp_path):
     a = torch.load(tmp_path / "rank0-of-2.pt", weights_only=True)
     b = torch.load(tmp_path / "rank1-of-2.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_own_population_does_not_inherit_the_demo_silently(capsys):
+    """``--anchors`` without --config: not the CNN demo's 60 epochs, lr 4e-3, star-cnn1d or output folder, and the
+    recipe says which defaults it takes; the demo (no --anchors) keeps its values; explicit flags are silent."""
+    import yaml
+
+    recipe = load_recipe()
+    demo = yaml.safe_load(open(recipe.DEFAULT_CONFIG))
+    config, data_args, pop, run_args = recipe.parse_arguments(["--anchors", "./m0", "./m1"])
+    note = capsys.readouterr().err
+    assert config.num_train_epochs != demo["num_train_epochs"] and config.learning_rate != demo["learning_rate"]
+    assert pop.model_type != demo["model_type"] and "mnist1d_cnn1d_demo" not in config.output_dir
+    assert (config.num_train_epochs, config.learning_rate) == (20, 1e-3)  # StarlightConfig's defaults ...
+    assert "--num_train_epochs and --learning_rate take the defaults (20 epochs, lr 1e-3)" in note  # ... said aloud
+    assert (config.init, config.star_ce_weight, config.t_sampling) == ("anchor", 0.2, "beta")  # the method's
+    recipe.parse_arguments(["--anchors", "./m0", "--num_train_epochs", "3", "--learning_rate", "0.01"])
+    assert capsys.readouterr().err == ""
+    config, _, pop, _ = recipe.parse_arguments([])
+    assert (config.num_train_epochs, config.learning_rate, pop.model_type) == (
+        demo["num_train_epochs"], demo["learning_rate"], demo["model_type"])

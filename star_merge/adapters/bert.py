@@ -17,11 +17,12 @@ the residual frame too (rows and columns by ``residual``). The decoder bias and 
 from __future__ import annotations
 
 from ..spec import PermutationSpec
+from .folding import register_folding
 from .heads import declare_heads
 from .layout import AxesCollector, find_prefix, heads_axis
 from .registry import register_adapter
 
-__all__ = ["build_bert_spec"]
+__all__ = ["build_bert_spec", "bert_folding"]
 
 
 def build_bert_spec(
@@ -83,8 +84,23 @@ def _mlm_head(axes: AxesCollector, head: str, res) -> None:
     axes.add(f"{head}.bias", None, absolute=True)
 
 
+def bert_folding(config, shapes):
+    """Post-LN: the residual stream is a LayerNorm's output carried on by the residual connections, so its norms
+    cannot be folded (and the stream keeps permutations under ``symmetry="orthogonal"``). The masked-LM
+    transform's LayerNorm is read by the decoder alone: it folds into the decoder's columns (untying it from the
+    word embeddings)."""
+    plan = []
+    for head in ("cls.predictions", "lm_head"):
+        transform = f"{head}.transform" if f"{head}.transform.dense.weight" in shapes else head
+        for norm in ("LayerNorm", "layer_norm"):
+            if f"{transform}.{norm}.weight" in shapes and f"{head}.decoder.weight" in shapes:
+                plan.append((f"{transform}.{norm}.weight", [(f"{head}.decoder.weight", 1)]))
+    return plan
+
+
 for _model_type in ("bert", "roberta"):
     register_adapter(_model_type, build_bert_spec)
+    register_folding(_model_type, bert_folding)
 _COMMON_HEADS = (
     "Model",
     "ForSequenceClassification",

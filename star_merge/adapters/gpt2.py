@@ -9,19 +9,22 @@ read the residual stream.
 from __future__ import annotations
 
 from ..spec import AxisPerm, PermutationSpec
+from .folding import pre_norm_plan, register_folding
 from .heads import declare_heads
-from .layout import AxesCollector, find_prefix
+from .layout import RESIDUAL_READERS, AxesCollector, find_prefix, stream_kind
 from .registry import register_adapter
 
-__all__ = ["build_gpt2_spec"]
+__all__ = ["build_gpt2_spec", "gpt2_folding"]
 
 @register_adapter("gpt2")
 def build_gpt2_spec(
-    config, shapes, *, permute_residual: bool = True, permute_heads: bool = True
+    config, shapes, *, permute_residual: bool = True, permute_heads: bool = True, symmetry: str = "permutation"
 ) -> PermutationSpec:
-    """Permutation spec of a GPT-2 base model, LM head model or classifier."""
+    """Symmetry spec of a GPT-2 base model, LM head model or classifier; ``symmetry="orthogonal"``: the residual
+    stream (LayerNorm, folded form) takes the orthogonal maps with Q·1 = 1."""
     axes = AxesCollector("gpt2", shapes, find_prefix(shapes, "wte.weight", "gpt2"))
     res = "residual" if permute_residual else None
+    axes.group(res, stream_kind(symmetry, "layer"))
     head_dim = config.n_embd // config.n_head
 
     axes.embedding("wte", res)
@@ -44,6 +47,14 @@ def build_gpt2_spec(
     return axes.build()
 
 
+def gpt2_folding(config, shapes):
+    """ln_1 -> c_attn, ln_2 -> c_fc (Conv1D: input rows, axis 0), ln_f -> the head (input columns)."""
+    heads = [(f"{h}.weight", 1) for h in RESIDUAL_READERS if f"{h}.weight" in shapes]
+    return pre_norm_plan(find_prefix(shapes, "wte.weight", "gpt2"), "h", config.n_layer,
+                         {"ln_1": [("attn.c_attn", 0)], "ln_2": [("mlp.c_fc", 0)]}, "ln_f", heads)
+
+
+register_folding("gpt2", gpt2_folding)
 declare_heads(
     "gpt2",
     "GPT2Model",

@@ -18,19 +18,22 @@ Permutations: ``residual``, ``layers.{i}.heads``, ``layers.{i}.mlp``.
 from __future__ import annotations
 
 from ..spec import PermutationSpec
+from .folding import pre_norm_plan, register_folding
 from .heads import declare_heads
-from .layout import AxesCollector, find_prefix, heads_axis
+from .layout import RESIDUAL_READERS, AxesCollector, find_prefix, heads_axis, stream_kind
 from .registry import register_adapter
 
-__all__ = ["build_gpt_neox_spec"]
+__all__ = ["build_gpt_neox_spec", "gpt_neox_folding"]
 
 @register_adapter("gpt_neox")
 def build_gpt_neox_spec(
-    config, shapes, *, permute_residual: bool = True, permute_heads: bool = True
+    config, shapes, *, permute_residual: bool = True, permute_heads: bool = True, symmetry: str = "permutation"
 ) -> PermutationSpec:
-    """Permutation spec of a GPT-NeoX base model, causal LM or classifier."""
+    """Symmetry spec of a GPT-NeoX base model, causal LM or classifier; ``symmetry="orthogonal"``: the residual
+    stream (LayerNorm, folded form) takes the orthogonal maps with Q·1 = 1."""
     axes = AxesCollector("gpt_neox", shapes, find_prefix(shapes, "embed_in.weight", "gpt_neox"))
     res = "residual" if permute_residual else None
+    axes.group(res, stream_kind(symmetry, "layer"))
     head_dim = config.hidden_size // config.num_attention_heads
 
     axes.embedding("embed_in", res)
@@ -50,6 +53,16 @@ def build_gpt_neox_spec(
     return axes.build()
 
 
+def gpt_neox_folding(config, shapes):
+    """Input norm -> query_key_value, post-attention norm -> dense_h_to_4h, final norm -> the head."""
+    heads = [(f"{h}.weight", 1) for h in RESIDUAL_READERS if f"{h}.weight" in shapes]
+    norms = {"input_layernorm": [("attention.query_key_value", 1)],
+             "post_attention_layernorm": [("mlp.dense_h_to_4h", 1)]}
+    return pre_norm_plan(find_prefix(shapes, "embed_in.weight", "gpt_neox"), "layers", config.num_hidden_layers,
+                         norms, "final_layer_norm", heads)
+
+
+register_folding("gpt_neox", gpt_neox_folding)
 declare_heads(
     "gpt_neox",
     "GPTNeoXModel",

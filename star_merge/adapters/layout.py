@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ..groups import ORTHOGONAL, ORTHOGONAL_MEAN_FREE, PERMUTATION, check_symmetry
 from ..spec import AxisEntry, AxisPerm, PermutationSpec, SpecError
 
-__all__ = ["RESIDUAL_READERS", "AxesCollector", "find_prefix", "heads_axis"]
+__all__ = ["RESIDUAL_READERS", "AxesCollector", "find_prefix", "heads_axis", "stream_kind"]
 
 #: Task heads of decoder-style models that read the final hidden state (language-model, sequence, token and span
 #: heads alike): ``lm_head``, ``score``, ``classifier``, ``qa_outputs``.
@@ -35,6 +36,14 @@ def find_prefix(shapes: Mapping[str, tuple[int, ...]], anchor: str, model_type: 
     return candidates[0]
 
 
+def stream_kind(symmetry: str, norm: str) -> str:
+    """The group of a residual stream under ``symmetry``: permutations, or (folded form) every orthogonal map for
+    an RMSNorm stream (``norm="rms"``), those with Q·1 = 1 for a LayerNorm stream (``norm="layer"``)."""
+    if check_symmetry(symmetry) == "permutation":
+        return PERMUTATION
+    return ORTHOGONAL if norm == "rms" else ORTHOGONAL_MEAN_FREE
+
+
 def heads_axis(name: str, head_dim: int, enabled: bool) -> AxisPerm | None:
     """An axis that holds ``head_dim``-wide attention heads permuted as whole heads (``None`` if disabled)."""
     return AxisPerm(name, block=head_dim) if enabled else None
@@ -48,6 +57,7 @@ class AxesCollector:
         self.shapes = {k: tuple(v) for k, v in shapes.items()}
         self.prefix = prefix
         self.axes: dict[str, tuple[AxisEntry, ...]] = {}
+        self.kinds: dict[str, str] = {}
 
     # ------------------------------------------------------------------ primitives
     def has(self, name: str, *, absolute: bool = False) -> bool:
@@ -79,6 +89,15 @@ class AxesCollector:
             return False
         self.add(name, *axes, absolute=absolute)
         return True
+
+    def group(self, name: str | None, kind: str) -> None:
+        """Declare the group kind of ``name`` (``None``: nothing; permutation is the default)."""
+        if name is not None and kind != PERMUTATION:
+            self.kinds[name] = kind
+
+    def _is_orthogonal(self, entry: AxisEntry) -> bool:
+        name = entry.perm if isinstance(entry, AxisPerm) else entry
+        return name in self.kinds
 
     # ------------------------------------------------------------------ layers
     def residual_readers(self, res: AxisEntry, heads=RESIDUAL_READERS) -> None:
@@ -117,8 +136,9 @@ class AxesCollector:
         self.add_if_present(f"{name}.bias", out)
 
     def norm(self, name: str, p: AxisEntry, *, absolute: bool = False) -> None:
-        """LayerNorm/RMSNorm over one axis: weight and optional bias ``[features]``."""
-        self.add(f"{name}.weight", p, absolute=absolute)
+        """LayerNorm/RMSNorm over one axis: weight and optional bias ``[features]``. On an orthogonal stream the
+        model is in folded form: the weight is 1 and no group acts on it (the bias rotates with the stream)."""
+        self.add(f"{name}.weight", None if self._is_orthogonal(p) else p, absolute=absolute)
         self.add_if_present(f"{name}.bias", p, absolute=absolute)
 
     def batchnorm(self, name: str, p: AxisEntry) -> None:
@@ -142,4 +162,4 @@ class AxesCollector:
                 "architecture variant is not supported. Write an adapter that covers it and register it with "
                 f"star_merge.register_adapter({self.model_type!r}, builder, overwrite=True) (see docs/adapters.md)"
             )
-        return PermutationSpec.from_axes(self.axes, self.shapes)
+        return PermutationSpec.from_axes(self.axes, self.shapes, self.kinds)

@@ -9,19 +9,22 @@ intermediate units). Rotary embeddings act inside each head, so heads are only e
 from __future__ import annotations
 
 from ..spec import AxisPerm, PermutationSpec, SpecError
+from .folding import pre_norm_plan, register_folding
 from .heads import declare_heads
-from .layout import AxesCollector, find_prefix
+from .layout import RESIDUAL_READERS, AxesCollector, find_prefix, stream_kind
 from .registry import register_adapter
 
-__all__ = ["build_llama_spec"]
+__all__ = ["build_llama_spec", "llama_folding"]
 
 def build_llama_spec(
-    config, shapes, *, permute_residual: bool = True, permute_heads: bool = True
+    config, shapes, *, permute_residual: bool = True, permute_heads: bool = True, symmetry: str = "permutation"
 ) -> PermutationSpec:
-    """Permutation spec of a Llama, Mistral or Qwen2 base model, causal LM or classifier."""
+    """Symmetry spec of a Llama, Mistral or Qwen2 base model, causal LM or classifier; ``symmetry="orthogonal"``:
+    the residual stream (RMSNorm, folded form) is O(d)."""
     model_type = config.model_type
     axes = AxesCollector(model_type, shapes, find_prefix(shapes, "embed_tokens.weight", model_type))
     res = "residual" if permute_residual else None
+    axes.group(res, stream_kind(symmetry, "rms"))
     n_heads = config.num_attention_heads
     n_kv = getattr(config, "num_key_value_heads", None) or n_heads
     if n_heads % n_kv:
@@ -50,6 +53,15 @@ def build_llama_spec(
     return axes.build()
 
 
+def llama_folding(config, shapes):
+    """Input norm -> q/k/v, post-attention norm -> gate/up, final norm -> the head (input columns)."""
+    heads = [(f"{h}.weight", 1) for h in RESIDUAL_READERS if f"{h}.weight" in shapes]
+    norms = {"input_layernorm": [(f"self_attn.{p}", 1) for p in ("q_proj", "k_proj", "v_proj")],
+             "post_attention_layernorm": [(f"mlp.{p}", 1) for p in ("gate_proj", "up_proj")]}
+    return pre_norm_plan(find_prefix(shapes, "embed_tokens.weight", config.model_type), "layers",
+                         config.num_hidden_layers, norms, "norm", heads)
+
+
 _HEADS = (
     "Model",
     "ForCausalLM",
@@ -59,4 +71,5 @@ _HEADS = (
 )
 for _model_type, _prefix in (("llama", "Llama"), ("mistral", "Mistral"), ("qwen2", "Qwen2")):
     register_adapter(_model_type, build_llama_spec)
+    register_folding(_model_type, llama_folding)
     declare_heads(_model_type, *(_prefix + head for head in _HEADS))

@@ -46,7 +46,7 @@ def supported_model_types() -> list[str]:
 
 
 # Modules of this package that are infrastructure, not adapters.
-_NOT_ADAPTERS = {"registry", "layout", "heads"}
+_NOT_ADAPTERS = {"registry", "layout", "heads", "folding"}
 
 
 def _load_builtin_adapters() -> None:
@@ -76,8 +76,13 @@ def spec_for(model_or_config, **options) -> PermutationSpec:
 
     ``options`` go to the adapter (e.g. ``permute_residual=False``, ``permute_heads=False`` for
     transformer families). With a config, the task head is taken from ``config.architectures``.
+    ``symmetry="orthogonal"``: orthogonal groups where the family declares them (the residual stream of a model in
+    folded form, ``adapters/folding.py``), permutations elsewhere; adapters without orthogonal groups ignore it.
     """
     _load_builtin_adapters()
+    from ..groups import check_symmetry
+
+    symmetry = check_symmetry(options.pop("symmetry", "permutation"))
     if isinstance(model_or_config, torch.nn.Module):
         config = getattr(model_or_config, "config", None)
         if config is None:
@@ -95,6 +100,10 @@ def spec_for(model_or_config, **options) -> PermutationSpec:
             f"no permutation adapter for model_type {model_type!r}; supported: {', '.join(sorted(_REGISTRY))}. "
             "Register one with star_merge.register_adapter(model_type, builder) (see docs/adapters.md)"
         )
+    import inspect
+
+    if symmetry == "orthogonal" and "symmetry" in inspect.signature(builder).parameters:
+        options["symmetry"] = symmetry
     shapes = model_shapes(model_or_config)
     spec = builder(config, shapes, **options)
     if not isinstance(spec, PermutationSpec):

@@ -8,20 +8,23 @@ A base model's pooler output is a model output and keeps its order.
 from __future__ import annotations
 
 from ..spec import PermutationSpec
+from .folding import pre_norm_plan, register_folding
 from .heads import declare_heads
-from .layout import AxesCollector, find_prefix, heads_axis
+from .layout import AxesCollector, find_prefix, heads_axis, stream_kind
 from .registry import register_adapter
 
-__all__ = ["build_vit_spec"]
+__all__ = ["build_vit_spec", "vit_folding"]
 
 
 @register_adapter("vit")
 def build_vit_spec(
-    config, shapes, *, permute_residual: bool = True, permute_heads: bool = True
+    config, shapes, *, permute_residual: bool = True, permute_heads: bool = True, symmetry: str = "permutation"
 ) -> PermutationSpec:
-    """Permutation spec of a ViT base model or image classifier."""
+    """Symmetry spec of a ViT base model or image classifier; ``symmetry="orthogonal"``: the residual stream
+    (LayerNorm, folded form) takes the orthogonal maps with Q·1 = 1."""
     axes = AxesCollector("vit", shapes, find_prefix(shapes, "embeddings.cls_token", "vit"))
     res = "residual" if permute_residual else None
+    axes.group(res, stream_kind(symmetry, "layer"))
     head_dim = config.hidden_size // config.num_attention_heads
 
     axes.add("embeddings.cls_token", None, None, res)
@@ -45,4 +48,14 @@ def build_vit_spec(
     return axes.build()
 
 
+def vit_folding(config, shapes):
+    """layernorm_before -> q/k/v, layernorm_after -> fc1, the final layernorm -> pooler and classifier."""
+    pre = find_prefix(shapes, "embeddings.cls_token", "vit")
+    heads = [(r, 1) for r in (f"{pre}pooler.dense.weight", "classifier.weight") if r in shapes]
+    norms = {"layernorm_before": [(f"attention.{p}", 1) for p in ("q_proj", "k_proj", "v_proj")],
+             "layernorm_after": [("mlp.fc1", 1)]}
+    return pre_norm_plan(pre, "layers", config.num_hidden_layers, norms, "layernorm", heads)
+
+
+register_folding("vit", vit_folding)
 declare_heads("vit", "ViTModel", "ViTForImageClassification")

@@ -17,19 +17,25 @@ from .configuration_star_bma import StarBMAConfig
 from .modeling_star_bma import HEAD_AUTO_SUFFIX, HEAD_CLASSES, StarBMAPreTrainedModel, head_of
 from ..errors import UserError
 
-__all__ = ["bma_predict_proba", "build_bma", "export_bma", "load_bma", "save_bma"]
+__all__ = ["BMA_CODE_FILES", "bma_predict_proba", "code_files", "build_bma", "export_bma", "load_bma", "save_bma"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-# Code saved beside the weights for trust_remote_code=True: the wrapper, and the built-in member models that
-# modeling_star_bma.py imports relatively (always shipped: transformers copies every relative import).
-_CODE_FILES = (
-    os.path.join(_HERE, "configuration_star_bma.py"),
-    os.path.join(_HERE, "modeling_star_bma.py"),
-    *(
-        os.path.join(os.path.dirname(os.path.abspath(_builtin_models.__file__)), f)
-        for f in ("common.py", "mlp.py", "cnn1d.py")
-    ),
-)
+_MODELS = os.path.dirname(os.path.abspath(_builtin_models.__file__))
+#: Code saved beside the weights for trust_remote_code=True: the wrapper always; for star-merge's built-in members
+#: also their model files and the entry module that registers them (``builtin_members.py``, named in auto_map).
+WRAPPER_CODE = (os.path.join(_HERE, "configuration_star_bma.py"), os.path.join(_HERE, "modeling_star_bma.py"))
+BUILTIN_MEMBER_CODE = (os.path.join(_HERE, "builtin_members.py"),
+                       *(os.path.join(_MODELS, f) for f in ("common.py", "mlp.py", "cnn1d.py")))
+#: Every code file an exported BMA may hold (what publishing accepts in bma/).
+BMA_CODE_FILES = tuple(os.path.basename(p) for p in WRAPPER_CODE + BUILTIN_MEMBER_CODE)
+BUILTIN_MEMBER_TYPES = ("star-mlp", "star-cnn1d")
+
+
+def code_files(member_model_type: str | None) -> tuple[str, ...]:
+    """The code files (paths) a BMA of ``member_model_type`` members ships."""
+    return WRAPPER_CODE + (BUILTIN_MEMBER_CODE if member_model_type in BUILTIN_MEMBER_TYPES else ())
+
+
 def build_bma(
     star: nn.Module,
     anchors: Mapping[str, Mapping[str, torch.Tensor]],
@@ -99,13 +105,15 @@ def save_bma(
     if os.path.exists(output_dir) and not overwrite:
         raise FileExistsError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it")
     with atomic_folder(output_dir) as tmp:
+        member_type = model.config.member_config.get("model_type")
+        entry = "builtin_members" if member_type in BUILTIN_MEMBER_TYPES else "modeling_star_bma"
         model.config.auto_map = {
             "AutoConfig": "configuration_star_bma.StarBMAConfig",
-            f"AutoModelFor{HEAD_AUTO_SUFFIX[model.head]}": f"modeling_star_bma.{type(model).__name__}",
+            f"AutoModelFor{HEAD_AUTO_SUFFIX[model.head]}": f"{entry}.{type(model).__name__}",
         }
         model.save_pretrained(tmp, safe_serialization=True)
         fault_point("export")  # tests: a kill here leaves a half-written .bma.tmp-* folder
-        for path in _CODE_FILES:
+        for path in code_files(member_type):
             shutil.copyfile(path, os.path.join(tmp, os.path.basename(path)))
         if processor is not None:
             processor.save_pretrained(tmp)

@@ -28,18 +28,11 @@ from transformers.utils import ModelOutput
 
 from .configuration_star_bma import StarBMAConfig
 
-try:  # in an exported folder star-merge's built-in member models are saved beside this file
-    from .cnn1d import StarCNN1dConfig, StarCNN1dForClassification
-    from .mlp import StarMLPConfig, StarMLPForClassification
-
-    SHIPPED_MEMBERS = {
-        StarMLPConfig.model_type: (StarMLPConfig, StarMLPForClassification),
-        StarCNN1dConfig.model_type: (StarCNN1dConfig, StarCNN1dForClassification),
-    }
-except ModuleNotFoundError as e:  # inside star_merge the built-in models are registered with the Auto classes
-    if not (e.name or "").startswith(f"{__package__}."):
-        raise
-    SHIPPED_MEMBERS = {}
+#: model_type -> (config class, model class) of the member models saved beside this file: filled by
+#: ``builtin_members.py``, the entry module (``auto_map``) of an exported BMA of star-merge's built-in star-mlp /
+#: star-cnn1d members, which ships their code too. Empty otherwise: inside star_merge the built-in models are
+#: registered with the Auto classes, and a BMA of transformers members ships no member code at all.
+SHIPPED_MEMBERS: dict = {}
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")

@@ -22,6 +22,8 @@ class AlignArguments:
                                                     "help": "weight matching, or activation matching over data"})
     dataset_name: str = field(default="mnist1d", metadata={"help": "activation matching data (built-in or datasets name)"})
     seed: int = field(default=0, metadata={"help": "seed of the matching"})
+    symmetry: str = field(default="permutation", metadata={"choices": ["permutation", "orthogonal"], "help": (
+        "permutation, or orthogonal maps where the family allows them (folded form: norm weights 1)")})
     overwrite: bool = field(default=False, metadata={"help": "replace a non-empty --output_dir"})
 
 
@@ -40,7 +42,7 @@ def run(args: AlignArguments) -> int:
         ds = load_task_dataset(DataArguments(dataset_name=args.dataset_name))
         dataset = make_dataloader(ds["train"], 256)
     res = align_checkpoints(args.checkpoint_a, args.checkpoint_b, args.output_dir, method=args.method,
-                            dataset=dataset, seed=args.seed, overwrite=args.overwrite)
+                            dataset=dataset, seed=args.seed, overwrite=args.overwrite, symmetry=args.symmetry)
     print(f"aligned {args.checkpoint_b} to {args.checkpoint_a}: objective {res.objective:.6g} after "
           f"{res.iterations} sweep(s); wrote {os.path.abspath(args.output_dir)}")
     return 0

@@ -24,6 +24,8 @@ class BarrierArguments:
     align: str = field(default="weight", metadata={"choices": list(ALIGN_METHODS), "help": "how B is aligned to A"})
     num_points: int = field(default=11, metadata={"help": "interpolation points, ends included"})
     seed: int = field(default=0, metadata={"help": "seed of weight matching"})
+    symmetry: str = field(default="permutation", metadata={"choices": ["permutation", "orthogonal"], "help": (
+        "permutation, or orthogonal maps where the family allows them (both models folded first)")})
     splits: list[str] = field(default_factory=lambda: ["train", "test"],
                               metadata={"choices": ["train", "test"], "help": "splits to evaluate"})
     batch_size: int = field(default=512, metadata={"help": "evaluation batch size"})
@@ -53,8 +55,8 @@ def run(args: BarrierArguments, data_args: DataArguments) -> int:
     _refuse_existing([args.plot, args.output_json], args.overwrite)
     result = barrier_between(args.checkpoint_a, args.checkpoint_b, data_args, align=args.align,
                              num_points=args.num_points, seed=args.seed, splits=args.splits,
-                             batch_size=args.batch_size, progress=not args.no_progress)
-    print(f"A = {args.checkpoint_a}\nB = {args.checkpoint_b} (aligned: {args.align})")
+                             batch_size=args.batch_size, progress=not args.no_progress, symmetry=args.symmetry)
+    print(f"A = {args.checkpoint_a}\nB = {args.checkpoint_b} (aligned: {args.align}, symmetry: {args.symmetry})")
     for split, curve in result.curves.items():
         print(
             f"{split:>5}: loss barrier {curve.loss_barrier:.4f}  accuracy barrier {100 * curve.accuracy_barrier:.2f} pts"

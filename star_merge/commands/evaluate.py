@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..argparsing import add_command, positional
-from ..evaluation.render import GROUPS, SPLITS, format_value
+from ..evaluation.render import GROUPS, SPLITS, format_value, pm
+from ..evaluation.summary import BarrierStats
 from ..evaluation.report import evaluate_run
 from ..evaluation.verdict import headline, judge_star
 from ..locking import lock_run_dir
@@ -23,6 +24,9 @@ class EvaluateArguments:
     pairs: str = field(default="all", metadata={"help": "anchor ↔ held-out pairs: 'all' or a seeded sample of N"})
     seed: int = field(default=0, metadata={"help": "seed of pair sampling and weight matching"})
     metrics: list[str] = field(default_factory=list, metadata={"help": "extra `evaluate` metric names (needs `evaluate`)"})
+    symmetry: str | None = field(default=None, metadata={"choices": ["permutation", "orthogonal"], "help": (
+        "barriers modulo permutations, or orthogonal maps where the family allows them (folded forms); "
+        "default: the run's")})
     num_points: int = field(default=11, metadata={"help": "interpolation points, ends included"})
     batch_size: int = field(default=512, metadata={"help": "evaluation batch size"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing evaluation in RUN_DIR"})
@@ -51,13 +55,13 @@ def run(args: EvaluateArguments) -> int:
     with lock_run_dir(args.run_dir):
         out = evaluate_run(args.run_dir, pairs=args.pairs, seed=args.seed, metrics=args.metrics,
                            overwrite=args.overwrite, num_points=args.num_points, batch_size=args.batch_size,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, symmetry=args.symmetry)
     s = out["summary"]
     for group, label in GROUPS.items():
         for split in SPLITS:
             st = s[group][f"{split}_loss_barrier"]
             if st["n"]:
-                print(f"{label:>18} {split:>5} loss barrier: {st['mean']:.4f} ± {st['std']:.4f} (n={st['n']})")
+                print(f"{label:>18} {split:>5} loss barrier: {pm(BarrierStats.from_dict(st))} (n={st['n']})")
     print(f"star / ordinary {headline(s)}")
     print(
         f"test accuracy: star {format_value(s['star_test_accuracy'], True)}%, "

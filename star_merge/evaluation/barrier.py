@@ -10,6 +10,7 @@ from torch import nn
 
 from ..batchnorm import has_batchnorm
 from ..matching.align import align as align_models
+from ..matching.align import in_symmetry_form
 from ..modeling import check_same_architecture
 from .connectivity import InterpolationCurve, interpolation_curves
 from .engine import EvalData
@@ -52,22 +53,26 @@ def measure_barrier(
     progress: bool = True,
     collate_fn=None,
     task=None,
+    symmetry: str = "permutation",
 ) -> BarrierResult:
     """Align B to A, then measure loss/accuracy along the line A -> B on ``splits`` of ``dataset``.
 
     ``dataset``: a DatasetDict with ``train`` (used for BN statistics and activation matching) and the
     ``splits``, columns = model input + ``labels``. ``model_a`` is used as the interpolation container
-    (its weights are restored afterwards).
+    (its weights are restored afterwards). ``symmetry="orthogonal"``: both models are folded first (the same
+    functions; the line runs between the folded forms) and B is aligned with orthogonal maps where allowed.
     """
     from accelerate import Accelerator
 
     check_same_architecture(model_a, model_b, names)
+    model_a, model_b = in_symmetry_form(model_a, symmetry), in_symmetry_form(model_b, symmetry)
     accelerator = accelerator or Accelerator()
     data = EvalData(dataset, accelerator, batch_size, splits, collate_fn=collate_fn)
     model_a.to(accelerator.device)
     model_b.to(accelerator.device)
     sd_a = {k: v.detach().cpu().clone() for k, v in model_a.state_dict().items()}
-    sd_b, record = align_models(None, model_a, model_b, align, seed=seed, data=data.bn_loader, progress=progress)
+    sd_b, record = align_models(None, model_a, model_b, align, seed=seed, data=data.bn_loader, progress=progress,
+                                symmetry=symmetry)
     try:
         curves = interpolation_curves(model_a, sd_a, sd_b, data, num_points, progress=progress, task=task)
     finally:

@@ -84,6 +84,16 @@ class InterpolationCurve:
         return {**asdict(self), "loss_barrier": self.loss_barrier, "accuracy_barrier": self.accuracy_barrier}
 
 
+def _snapshot(sd: Mapping[str, torch.Tensor], model: nn.Module) -> Mapping[str, torch.Tensor]:
+    """``sd`` with copies of the tensors that are ``model``'s own (``model.state_dict()`` shares them): the
+    container's weights are overwritten at every point, which would move such an endpoint with them."""
+    live = {t.data_ptr() for t in model.state_dict().values() if t.numel()}
+    if not any(isinstance(v, torch.Tensor) and v.numel() and v.data_ptr() in live for v in sd.values()):
+        return sd
+    return {k: v.detach().clone() if isinstance(v, torch.Tensor) and v.data_ptr() in live else v
+            for k, v in sd.items()}
+
+
 def interpolation_curves(
     model: nn.Module,
     sd_a: Mapping[str, torch.Tensor],
@@ -105,6 +115,7 @@ def interpolation_curves(
     """
     if num_points < 2:
         raise UserError(f"num_points must be >= 2, got {num_points}")
+    sd_a, sd_b = _snapshot(sd_a, model), _snapshot(sd_b, model)  # model.state_dict() itself may be passed
     if reset_bn is None:
         reset_bn = has_batchnorm(model)
     accelerator = data.accelerator

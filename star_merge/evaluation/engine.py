@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..batchnorm import to_device
 from ..data import make_dataloader
-from ..tasks import task_of
+from ..tasks import as_batch, task_of
 from ..errors import UserError
 
 __all__ = [
@@ -53,6 +53,7 @@ def forward_loader(
         show = progress
     model.eval()
     for batch in tqdm(dataloader, desc=desc or "predicting", disable=not show, leave=False):
+        batch = as_batch(batch, model)  # dicts with labels or label, (inputs, labels) tuples
         if accelerator is None:
             yield step(model, to_device(batch, device))
         else:

@@ -66,9 +66,12 @@ def format_value(value, pct: bool = False) -> str:
     return f"{100 * value:.2f}" if pct else f"{value:.4f}"
 
 
-def _pm(stats: BarrierStats, pct: bool = False) -> str:
+def pm(stats: BarrierStats, pct: bool = False) -> str:
+    """``mean ± std``; one pair has no spread: ``mean (one pair)``."""
     if stats.mean is None:
         return "–"
+    if stats.std is None:
+        return f"{format_value(stats.mean, pct)} (one pair)"
     return f"{format_value(stats.mean, pct)} ± {format_value(stats.std, pct)}"
 
 
@@ -104,8 +107,8 @@ def _summary_section(report: Mapping[str, Any], s: RunSummary, unit: str, words:
     for group, label in GROUPS.items():
         g = s.group(group)
         lines.append(
-            f"| {label} | {g.test_loss_barrier.n} | {_pm(g.train_loss_barrier)} | {_pm(g.test_loss_barrier)} "
-            f"| {_pm(g.train_accuracy_barrier, True)} | {_pm(g.test_accuracy_barrier, True)} |"
+            f"| {label} | {g.test_loss_barrier.n} | {pm(g.train_loss_barrier)} | {pm(g.test_loss_barrier)} "
+            f"| {pm(g.train_accuracy_barrier, True)} | {pm(g.test_accuracy_barrier, True)} |"
         )
     if unit == "token":
         lines.insert(3, f"Task: {task.get('name')}; losses are cross-entropy per target token (nats), accuracy is "

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from ..rundir import PLOT_NAMES, RunPaths
 from .render import GROUPS, SPLITS, render_markdown, write_outputs
 from ..errors import UserError
+from ..groups import check_symmetry
 
 __all__ = [
     "PLOT_NAMES",
@@ -68,7 +69,7 @@ def _stats(values: Sequence[float]) -> dict[str, Any]:
     values = [float(v) for v in values]
     if not values:
         return {"mean": None, "std": None, "n": 0}
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    std = statistics.stdev(values) if len(values) > 1 else None  # undefined for one pair, never "± 0"
     return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
 
 
@@ -203,21 +204,28 @@ def _measure_barriers(run: _Run, state_dicts, chosen_pairs, settings: dict[str, 
     """Every barrier of the run, B weight-matched to A (pair ``i`` with seed ``seed + i``; star ↔ anchor
     warm-started from the run's stored permutations)."""
     from ..adapters import spec_for
-    from ..matching.align import align
+    from ..adapters.folding import fold_state_dict
+    from ..matching.align import align, in_symmetry_form
     from .connectivity import interpolation_curves
 
-    rd = run.rd
+    rd, symmetry = run.rd, settings.get("symmetry", "permutation")
+    container = in_symmetry_form(run.star, symmetry)
+    if container is not run.star:  # orthogonal: every model in folded form, the line between folded forms
+        state_dicts = {k: fold_state_dict(run.star.config, sd)[0] for k, sd in state_dicts.items()}
     anchors, held_out = [m.name for m in rd.anchors], [m.name for m in rd.held_out]
     stored_perms = rd.anchor_permutations() if rd.has_permutations() else {}
     jobs = [("star_vs_held_out", "star", h) for h in held_out]
     jobs += [("anchor_vs_held_out", a, h) for a, h in chosen_pairs]
     jobs += [("star_vs_anchor", "star", a) for a in anchors]
-    spec = spec_for(run.star)
+    spec = spec_for(container, symmetry=symmetry)
     barriers: dict[str, Any] = {"settings": settings, **{group: [] for group in GROUPS}}
     for i, (group, a, b) in enumerate(tqdm(jobs, desc="barriers", disable=not run.progress)):
         init = stored_perms.get(b) if group == "star_vs_anchor" else None
-        sd_b, record = align(spec, state_dicts[a], state_dicts[b], "weight", seed=seed + i, init_perm=init)
-        curves = interpolation_curves(run.star, state_dicts[a], sd_b, run.data, num_points, progress=False,
+        if init is not None and any(init[p].ndim != (1 if p not in spec.group_kinds else 2) for p in init):
+            init = None  # the run's maps are of other kinds (trained with another symmetry)
+        sd_b, record = align(spec, state_dicts[a], state_dicts[b], "weight", seed=seed + i, init_perm=init,
+                             symmetry=symmetry)
+        curves = interpolation_curves(container, state_dicts[a], sd_b, run.data, num_points, progress=False,
                                       task=run.task)
         barriers[group].append({"a": a, "b": b, "alignment": record.to_dict(),
                                 **{s: c.to_dict() for s, c in curves.items()}})
@@ -251,6 +259,7 @@ def evaluate_run(
     batch_size: int = 512,
     accelerator=None,
     progress: bool = True,
+    symmetry: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run directory; writes report.json (trainer keys kept), report.md and PNGs, returns our keys.
 
@@ -258,6 +267,9 @@ def evaluate_run(
     as ensemble rows. When RUN_DIR/bma exists and no ``"bma"`` is given, it is scored too (see
     docs/evaluation.md for the hook). ``metrics``: extra ``evaluate`` metric names. Existing evaluation
     outputs are refused unless ``overwrite``. Weight matching of pair ``i`` uses seed ``seed + i``.
+    ``symmetry``: barriers modulo permutations, or (``orthogonal``) modulo orthogonal maps where the family allows
+    them, between the models' folded forms (the same functions; the scores of the models do not change);
+    default: the run's (``orthogonal`` when its star was trained so, ``RunDirectory.symmetry``).
     """
     from accelerate import Accelerator
 
@@ -292,7 +304,8 @@ def evaluate_run(
         models[name]["test"] = scores(test_stats[name])
     fault_point("evaluation")
     ensembles = _score_ensembles(run, anchors, extra_models, test_stats, scores)
-    settings = {"alignment": "weight matching", "num_points": num_points, "pairs": pairs, "seed": seed,
+    symmetry = rd.symmetry if symmetry is None else check_symmetry(symmetry)
+    settings = {"alignment": "weight matching", "symmetry": symmetry, "num_points": num_points, "pairs": pairs, "seed": seed,
                 "bn_reset": has_batchnorm(star), "splits": list(SPLITS),
                 "num_samples": {s: len(dataset[s]) for s in SPLITS}}
     barriers = _measure_barriers(run, state_dicts, chosen_pairs, settings, seed, num_points)

@@ -149,8 +149,6 @@ def _results_section(metrics: list, summary: RunSummary) -> list[str]:
     lines = [
         f"Star ↔ held-out / anchor ↔ held-out {headline(summary)} (lower is better).",
         "",
-        f"**Verdict: {judge_star(summary).text}.**",
-        "",
         "| metric | value |",
         "| --- | --- |",
     ]
@@ -203,9 +201,12 @@ def build_model_card(
     data_name = (manifest.get("data") or {}).get("dataset_name")
     base_models = _hub_base_models(manifest)
 
+    summary = RunSummary.from_report(report)
+    verdict = [f"**Verdict: {judge_star(summary).text}.**", ""] if metrics else []
     text = [
         f"# {name.split('/')[-1]}: a Starlight star model",
         "",
+        *verdict,  # first thing under the title
         f"A **star model** of {len(anchors)} independently trained `{model_type}` anchors"
         + (f" on `{data_name}`" if data_name else "")
         + ", learned with [Starlight](" + PAPER_URL + ") by [star-merge](https://pypi.org/project/star-merge/). "
@@ -217,7 +218,7 @@ def build_model_card(
         *_head_notes(star_config),
         "## Results",
         "",
-        *_results_section(metrics, RunSummary.from_report(report)),
+        *_results_section(metrics, summary),
         "",
     ]
     plots = _plots(run_dir)

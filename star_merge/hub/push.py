@@ -11,24 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from typing import NamedTuple
 
 from .model_card import run_cards
-from ..errors import UserError
 from ..finite import check_finite_checkpoint
 from ..rundir import RunPaths
-from .sanitize import is_publishable, publish_size, sanitize_json_text, sanitize_text
+from .publish import PushError, local_roots, publish_files
+from .sanitize import is_publishable, publish_size, sanitize_text
 from ..modeling import PICKLE_SUFFIXES
 
 __all__ = ["PlannedFile", "PushError", "human_size", "push_run", "upload_plan"]
 
 logger = logging.getLogger(__name__)
-
-
-class PushError(UserError, RuntimeError):
-    """Publishing a run failed or cannot start; the message says what to fix or how to retry."""
 
 
 class PlannedFile(NamedTuple):
@@ -147,24 +141,6 @@ def upload_plan(
     return _plan(run_dir, repo_id, bma_repo_id, license)[0]
 
 
-def _stage(files: list[PlannedFile], card: str, folder: str, run_dir: str) -> None:
-    for f in files:
-        target = os.path.join(folder, *f.path_in_repo.split("/"))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        if f.local_path is None:
-            with open(target, "w", encoding="utf-8") as out:
-                out.write(card)
-            continue
-        if f.local_path.endswith(".json"):  # report.json, training_info.json, config.json: no local paths
-            with open(f.local_path, encoding="utf-8") as src, open(target, "w", encoding="utf-8") as out:
-                out.write(sanitize_json_text(src.read(), run_dir))
-            continue
-        try:
-            os.symlink(os.path.abspath(f.local_path), target)
-        except OSError:  # no symlinks (some Windows setups): copy
-            shutil.copy2(f.local_path, target)
-
-
 def _retry_hint(run_dir: str, repo_id: str, bma_repo_id: str | None, private: bool) -> str:
     cmd = f"star-merge push {run_dir} --repo-id {repo_id}"
     if bma_repo_id:
@@ -196,29 +172,23 @@ def push_run(
     nothing is contacted and ``commits`` is empty.
     """
     plan, cards = _plan(run_dir, repo_id, bma_repo_id, license)
+    if bma_repo_id is None and os.path.isdir(RunPaths(run_dir).bma_path):
+        logger.warning("the BMA wrapper (%s) is not pushed; pass --bma-repo-id %s-bma to publish it too",
+                       RunPaths(run_dir).bma_path, repo_id)
     result = {"dry_run": dry_run, "files": plan, "commits": {}}
     if dry_run:
         return result
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
     run_name = os.path.basename(os.path.abspath(run_dir))
     retry = _retry_hint(run_dir, repo_id, bma_repo_id, private)
     for target in [repo_id] + ([bma_repo_id] if bma_repo_id else []):
         what = "star model" if target == repo_id else "BMA wrapper"
-        staging = tempfile.mkdtemp(prefix="star-merge-push-")
+        files = [(f.path_in_repo, f.local_path) for f in plan if f.repo_id == target]
         try:
-            _stage([f for f in plan if f.repo_id == target], cards[target], staging, os.path.abspath(run_dir))
-            api.create_repo(target, repo_type="model", private=True if private else None, exist_ok=True)
-            if revision is not None:
-                api.create_branch(target, branch=revision, repo_type="model", exist_ok=True)
-            info = api.upload_folder(
-                repo_id=target,
-                folder_path=staging,
-                repo_type="model",
-                revision=revision,
-                commit_message=commit_message or f"Upload {what} of star-merge run {run_name}",
-            )
+            url = publish_files(target, files, cards[target], os.path.abspath(run_dir), private=private, token=token,
+                                revision=revision, roots=local_roots(run_dir),
+                                commit_message=commit_message or f"Upload {what} of star-merge run {run_name}")
+        except PushError:
+            raise
         except Exception as e:
             done = "" if not result["commits"] else f" ({', '.join(result['commits'])} was pushed)"
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -226,9 +196,7 @@ def push_run(
                 f"upload of the {what} to {target} failed ({type(e).__name__}: {first}){done}; "
                 f"{run_dir} is unchanged, retry with `{retry}`"
             ) from e
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        result["commits"][target] = getattr(info, "commit_url", None) or str(info)
+        result["commits"][target] = url
         logger.info("pushed %s to %s", what, result["commits"][target])
     return result
 

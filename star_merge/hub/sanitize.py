@@ -14,6 +14,7 @@ import logging
 import os
 import re
 
+from ..bma.export import BMA_CODE_FILES
 from ..processing import is_processor_file
 from ..rundir import path_in_run
 
@@ -25,7 +26,6 @@ logger = logging.getLogger(__name__)
 #: (:func:`star_merge.processing.is_processor_file`); anything else is not published.
 STAR_FILES = ("config.json", "generation_config.json", "training_info.json", "model.safetensors.index.json")
 _WEIGHTS = re.compile(r"^model(-\d+-of-\d+)?\.safetensors$")
-_BMA_CODE = ("configuration_star_bma.py", "modeling_star_bma.py", "common.py", "mlp.py", "cnn1d.py")
 
 
 def is_publishable(path: str, rel: str, bma: bool) -> bool:
@@ -33,7 +33,7 @@ def is_publishable(path: str, rel: str, bma: bool) -> bool:
     if os.path.islink(path) or not os.path.isfile(path):
         logger.warning("not publishing %s: not a regular file (symlinks are never uploaded)", path)
         return False
-    if rel in STAR_FILES or ("/" not in rel and is_processor_file(rel)) or _WEIGHTS.match(rel) or (bma and rel in _BMA_CODE):
+    if rel in STAR_FILES or ("/" not in rel and is_processor_file(rel)) or _WEIGHTS.match(rel) or (bma and rel in BMA_CODE_FILES):
         return True
     logger.warning("not publishing %s: not a file star-merge writes there", path)
     return False

@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..spec import PermutationSpec, SpecError
-from .solvers import solve
+from ..spec import PermutationSpec, SpecError, group_kind, identity_permutation
+from .descent import DescentStats
+from .solvers import solve_group
 from .weight_matching import MatchingResult
 from ..errors import UserError
 
@@ -34,6 +35,10 @@ class _Stats:
         self.sbb += (b * b).sum(0)
         self.sab += a.T @ b
 
+    def covariance(self) -> torch.Tensor:
+        """E[(a - μa)(b - μb)ᵀ]: the cross-covariance, whose polar factor is the best orthogonal map."""
+        return self.sab / self.n - (self.sa / self.n)[:, None] * (self.sb / self.n)[None, :]
+
     def correlation(self) -> torch.Tensor:
         n = self.n
         ma, mb = self.sa / n, self.sb / n
@@ -48,6 +53,13 @@ def _units_last(x: torch.Tensor) -> torch.Tensor:
     if x.ndim == 2:
         return x
     return torch.movedim(x, 1, -1).reshape(-1, x.shape[1])
+
+
+def spec_matrix(m: torch.Tensor) -> torch.Tensor:
+    """A group element as a matrix (a permutation's ``P[i, perm[i]] = 1``), float64."""
+    if m.is_floating_point():
+        return m.to(torch.float64)
+    return torch.eye(m.numel(), dtype=torch.float64)[m]
 
 
 @torch.no_grad()
@@ -65,7 +77,9 @@ def activation_matching(
     ``sites`` maps permutation name -> module name whose output carries those units (defaults to
     ``model.activation_sites()``, which the built-in models provide). Valid for networks in which
     every permutation is observed at one site (plain MLP/CNN chains). The objective reported is the
-    summed correlation of matched units.
+    summed correlation of matched units. Each group is solved by ``solve_group``: linear assignment on the
+    correlation matrix for a permutation, orthogonal Procrustes (the polar factor; with Q·1 = 1 where the kind
+    says so) on the cross-covariance for an orthogonal group (objective ⟨cov, Q⟩).
     """
     sites = dict(sites if sites is not None else model_a.activation_sites())
     if set(sites) != set(spec.perm_sizes):
@@ -99,13 +113,15 @@ def activation_matching(
             h.remove()
         model_a.train(was_training[0])
         model_b.train(was_training[1])
-    perm, objective = {}, 0.0
+    perm, objective, start = {}, 0.0, identity_permutation(spec)
     for p in sorted(sites):
         if stats[p].n == 0:
             raise UserError("the dataloader yielded no batches; activation matching needs data")
-        corr = stats[p].correlation().cpu().numpy()
-        corr = np.nan_to_num(corr)
-        col = solve(corr, "scipy")
-        perm[p] = torch.as_tensor(col, dtype=torch.long)
-        objective += float(corr[np.arange(len(col)), col].sum())
+        kind = group_kind(spec, p)  # orthogonal maps: the cross-covariance (a rotation does not keep unit scales)
+        corr = stats[p].correlation() if kind == "permutation" else stats[p].covariance()
+        corr = torch.as_tensor(np.nan_to_num(corr.cpu().numpy()))
+        found = solve_group(kind, {p: corr[None]}, {p: start[p][None]}, solver="scipy", tol=0.0,
+                            stats=DescentStats())
+        perm[p] = found[0][2].cpu() if found else start[p]  # not improved: the identity is optimal
+        objective += float((corr * spec_matrix(perm[p])).sum())
     return MatchingResult(perm=perm, objective=objective, iterations=1, history=[objective])

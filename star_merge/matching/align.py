@@ -11,11 +11,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..groups import check_symmetry
 from ..spec import PermutationSpec, apply_permutation
 from .activation_matching import activation_matching
 from .weight_matching import MatchingResult, weight_matching
 
-__all__ = ["ALIGN_METHODS", "AlignmentError", "AlignmentRecord", "align", "align_population"]
+__all__ = ["ALIGN_METHODS", "AlignmentError", "AlignmentRecord", "align", "align_population", "in_symmetry_form"]
 
 #: How B can be aligned to A: weight matching, activation matching over data, or not at all.
 ALIGN_METHODS = ("weight", "activation", "none")
@@ -31,11 +32,35 @@ class AlignmentRecord:
 
     method: str
     result: MatchingResult | None = None
+    symmetry: str = "permutation"
 
     def to_dict(self) -> dict[str, Any]:
         if self.result is None:
-            return {"method": self.method}
-        return {"method": self.method, "objective": self.result.objective, "iterations": self.result.iterations}
+            return {"method": self.method, "symmetry": self.symmetry}
+        return {"method": self.method, "symmetry": self.symmetry, "objective": self.result.objective,
+                "iterations": self.result.iterations}
+
+
+def in_symmetry_form(model, symmetry: str):
+    """``model`` in the form ``symmetry`` aligns: itself for permutations; for ``orthogonal`` a folded copy
+    (norm weights 1, ``adapters/folding.py``; a new model even when it is folded already) when its family has a
+    folded form, else itself."""
+    if check_symmetry(symmetry) == "permutation" or not isinstance(model, torch.nn.Module):
+        return model
+    from ..adapters.folding import can_fold, fold_model
+
+    config = getattr(model, "config", None)
+    return model if config is None or not can_fold(config) else fold_model(model)
+
+
+def _check_folded(a) -> None:
+    from ..adapters.folding import can_fold, is_folded
+
+    config = getattr(a, "config", None)
+    if isinstance(a, torch.nn.Module) and config is not None and can_fold(config) and not is_folded(
+            config, a.state_dict()):
+        raise AlignmentError("symmetry 'orthogonal' aligns models in folded form, and A is not: pass "
+                             "star_merge.fold_model(A) (align_checkpoints, barrier and evaluate fold for you)")
 
 
 def _cpu_state_dict(model_or_sd, clone: bool) -> dict[str, torch.Tensor]:
@@ -76,23 +101,29 @@ def align(
     seed: int = 0,
     init_perm: Mapping[str, torch.Tensor] | None = None,
     progress: bool = False,
+    symmetry: str = "permutation",
 ) -> tuple[dict[str, torch.Tensor], AlignmentRecord]:
     """B's state dict permuted into A's frame (on the CPU), and the record of how.
 
     ``a``, ``b``: models, or state dicts for weight matching. ``spec``: ``None`` takes A's (:func:`spec_for`).
     ``method``: ``weight`` (weight matching with ``seed``, warm-started from ``init_perm``), ``activation``
     (activation matching over ``data``, batches of model inputs or a dataset; models with
-    ``activation_sites()``) or ``none`` (B as it is).
+    ``activation_sites()``) or ``none`` (B as it is). ``symmetry``: ``permutation``, or ``orthogonal``
+    (orthogonal maps where the family declares them, permutations elsewhere): A must then be in folded form
+    (``fold_model``), B is folded here when it is a model that is not, and the result is B folded, in A's frame.
     """
     if method not in ALIGN_METHODS:
         raise AlignmentError(f"unknown alignment method {method!r}; use one of {', '.join(ALIGN_METHODS)}")
+    if check_symmetry(symmetry) == "orthogonal":
+        _check_folded(a)
+        b = in_symmetry_form(b, symmetry)
     sd_b = _cpu_state_dict(b, clone=True)
     if method == "none":
-        return sd_b, AlignmentRecord("none")
+        return sd_b, AlignmentRecord("none", symmetry=symmetry)
     if spec is None:
         from ..adapters import spec_for
 
-        spec = spec_for(a)
+        spec = spec_for(a, symmetry=symmetry)
     if method == "weight":
         result = weight_matching(spec, _cpu_state_dict(a, clone=False), sd_b, seed=seed, init_perm=init_perm)
     else:
@@ -100,7 +131,7 @@ def align(
         if data is None:
             raise AlignmentError("method 'activation' needs data: pass data= (batches of model inputs or a dataset)")
         result = activation_matching(spec, a, b, _as_batches(data), sites=sites, progress=progress)
-    return apply_permutation(spec, result.perm, sd_b), AlignmentRecord(method, result)
+    return apply_permutation(spec, result.perm, sd_b), AlignmentRecord(method, result, symmetry)
 
 
 def align_population(

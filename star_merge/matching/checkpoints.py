@@ -11,17 +11,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..groups import save_maps
 from ..references import load_reference, resolve_reference
 from ..io import atomic_folder
 from ..modeling import check_same_architecture
 from ..processing import copy_processor_files
-from .align import AlignmentError, align
+from .align import AlignmentError, align, in_symmetry_form
 from .weight_matching import MatchingResult
 
 __all__ = ["ALIGNMENT_FILE", "align_checkpoints"]
 
 #: Written next to the weights: what B was aligned to and how.
 ALIGNMENT_FILE = "star_merge_alignment.json"
+#: Written next to the weights: the group elements (permutations, orthogonal maps) that took B to A's frame.
+MAPS_FILE = "star_merge_maps.safetensors"
 
 
 def _check_output_dir(output_dir: Path, overwrite: bool, *inputs: Path) -> None:
@@ -45,6 +48,7 @@ def align_checkpoints(
     dataset=None,
     seed: int = 0,
     overwrite: bool = False,
+    symmetry: str = "permutation",
 ) -> MatchingResult:
     """Align checkpoint ``b`` to checkpoint ``a`` and save the aligned copy of ``b`` in ``output_dir``.
 
@@ -52,7 +56,10 @@ def align_checkpoints(
     ``method``: ``"weight"`` (weight matching, any model with an adapter) or ``"activation"`` (models
     with ``activation_sites()``; ``dataset`` then yields input batches). ``output_dir`` must be new or
     empty unless ``overwrite``; it is replaced in one rename once the copy is complete. Returns the
-    matching result (``perm`` maps B to A's frame).
+    matching result (``perm`` maps B to A's frame; also saved as ``star_merge_maps.safetensors``).
+    ``symmetry="orthogonal"``: A and B are folded (norm weights 1, a tied head untied) and B is aligned with
+    orthogonal maps where the family allows them; the output is B folded, in the frame of A's folded form
+    (interpolate it with ``fold_model(A)``), an ordinary checkpoint of B's class.
     """
     if method not in ("weight", "activation"):
         raise AlignmentError(f"unknown alignment method {method!r}; use 'weight' or 'activation'")
@@ -62,14 +69,16 @@ def align_checkpoints(
     model_a, _ = load_reference(path_a, name=f"A ({a})")
     model_b, _ = load_reference(path_b, name=f"B ({b})")  # NaN would be copied into the aligned output
     check_same_architecture(model_a, model_b)
-    aligned, record = align(None, model_a, model_b, method, data=dataset, seed=seed)
+    model_a, model_b = in_symmetry_form(model_a, symmetry), in_symmetry_form(model_b, symmetry)
+    aligned, record = align(None, model_a, model_b, method, data=dataset, seed=seed, symmetry=symmetry)
     model_b.load_state_dict(aligned)
 
     with atomic_folder(str(out)) as tmp_dir:
         tmp = Path(tmp_dir)
         model_b.save_pretrained(tmp)
         copy_processor_files(path_b, tmp)
-        entry = {"reference": a, "source": b, "method": method, "seed": seed,
+        entry = {"reference": a, "source": b, "method": method, "seed": seed, "symmetry": symmetry,
                  "objective": record.result.objective, "iterations": record.result.iterations}
         (tmp / ALIGNMENT_FILE).write_text(json.dumps(entry, indent=2) + "\n")
+        save_maps(str(tmp / MAPS_FILE), record.result.perm)
     return record.result

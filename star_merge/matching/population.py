@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from ..spec import PermutationSpec, SpecError
+from ..spec import PermutationSpec, SpecError, identity_permutation
 from .descent import DescentOptions, DescentStats, MatchingProblem, check_order, descend
 from .solvers import available_solvers, check_solver
 from .weight_matching import weight_matching
@@ -132,7 +132,7 @@ def _align_batched(spec, A, rows, views, names, indices, seeds, options, out, to
         problem = MatchingProblem.build(spec, A, B, cache_elements=chunk_elements if cache_elements is None
                                         else cache_elements, a_blocks=a_blocks)
         a_blocks = problem.a_blocks
-        perms = {p: torch.arange(n, device=device).repeat(len(idx), 1) for p, n in spec.perm_sizes.items()}
+        perms = {p: v.to(device).repeat(len(idx), *([1] * v.ndim)) for p, v in identity_permutation(spec).items()}
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds[start:start + per_chunk]]
         out.sweeps += descend(problem, perms, gens, options, out)
         out.perms += [{p: v[j].cpu() for p, v in perms.items()} for j in range(len(idx))]

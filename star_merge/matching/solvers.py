@@ -28,13 +28,13 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from ..errors import UserError
+from ..groups import GROUP_KINDS, PERMUTATION, best_orthogonal, is_orthogonal_kind
 
 __all__ = ["SOLVERS", "GROUP_KINDS", "available_solvers", "check_solver", "solve", "solve_batch", "solve_batches",
            "pick_solver", "pad_problems", "is_permutation", "solve_group"]
 
 SOLVERS = ("auto", "scipy", "lapjv", "cuda")
-# The kinds of group a matching coordinate may range over, each solved by :func:`solve_group`.
-GROUP_KINDS = ("permutation",)
+# The kinds of group a matching coordinate may range over (``star_merge.groups``), each solved by :func:`solve_group`.
 # Share of rows whose maximum is already at the current assignment above which ``auto`` takes lapjv.
 NEAR_ALIGNED = 0.5
 # Up to this size lapjv beat scipy on every structure measured (Gaussian and Starlight cost matrices,
@@ -220,10 +220,14 @@ def solve_group(kind: str, costs: dict, currents: dict, solver: str = "auto", to
     map beats its current one by more than ``tol`` (relative); the others keep theirs. ``stats`` (a
     ``DescentStats``) receives the problems solved / skipped / per backend and the seconds of the phases
     (``started``: when building the cost matrices began). The descent reaches solving only through here:
-    a new kind of group (issue 25: orthogonal maps) adds its branch.
+    a new kind of group adds its branch. Permutations: linear assignment; orthogonal maps ([m, n, n]): orthogonal
+    Procrustes, the polar factor of the same cost matrix (one SVD each, batched; with Q·1 = 1 in the basis of the
+    mean-free subspace), see ``groups.best_orthogonal``.
     """
-    if kind == "permutation":
+    if kind == PERMUTATION:
         return _assign_round(costs, currents, solver, tol, on_device, stats, started)
+    if is_orthogonal_kind(kind):
+        return _procrustes_round(kind, costs, currents, tol, stats, started)
     raise UserError(f"no solver for group kind {kind!r}; known kinds: {', '.join(GROUP_KINDS)}")
 
 
@@ -298,5 +302,29 @@ def _assign_round(costs, currents, solver, tol, on_device, stats, started):
     for p, t in todo.items():
         changed += [(p, j, cols[p][r]) for r, j in enumerate(t) if better[at + r]]
         at += len(t)
+    stats.seconds["solve"] = stats.seconds.get("solve", 0.0) + time.perf_counter() - start
+    return changed
+
+
+def _procrustes_round(kind, costs, currents, tol, stats, started):
+    """:func:`solve_group` for orthogonal maps: the best map of each problem by SVD, taken when it beats the
+    current one's ⟨C, Q⟩ by more than ``tol`` (relative); one sync for the round."""
+    start = time.perf_counter()
+    stats.seconds["costs"] = stats.seconds.get("costs", 0.0) + start - (start if started is None else started)
+    found, gains = {}, []
+    for p, cost in costs.items():
+        c = cost.double()
+        best = best_orthogonal(kind, c)
+        cur = currents[p].to(c.device, torch.float64)
+        old_val, new_val = (c * cur).sum(dim=(1, 2)), (c * best).sum(dim=(1, 2))
+        found[p] = best.to(currents[p].dtype)
+        gains.append(new_val > old_val + tol * old_val.abs().clamp_min(1.0))
+    better = torch.cat(gains).tolist()
+    changed, at = [], 0
+    for p, cost in costs.items():
+        changed += [(p, j, found[p][j]) for j in range(cost.shape[0]) if better[at + j]]
+        at += cost.shape[0]
+    stats.solved += at
+    stats.solvers["procrustes"] = stats.solvers.get("procrustes", 0) + at
     stats.seconds["solve"] = stats.seconds.get("solve", 0.0) + time.perf_counter() - start
     return changed

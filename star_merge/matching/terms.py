@@ -30,7 +30,8 @@ from typing import Mapping
 
 import torch
 
-from ..spec import AxisPerm, PermutationSpec, expand_index
+from ..groups import PERMUTATION, map_axis
+from ..spec import AxisPerm, PermutationSpec, group_kind
 
 __all__ = ["CACHE_MIN_ROW", "RANK_UPDATE_SHARE", "TermCache", "to_blocks", "blocks_batched", "expand_batched",
            "index_batched", "apply_maps", "segment", "group_kind", "neighbours"]
@@ -40,11 +41,6 @@ __all__ = ["CACHE_MIN_ROW", "RANK_UPDATE_SHARE", "TermCache", "to_blocks", "bloc
 CACHE_MIN_ROW = 16
 # A cached term is updated by a rank-|S| product when at most size // RANK_UPDATE_SHARE units moved.
 RANK_UPDATE_SHARE = 4
-
-
-def group_kind(spec: PermutationSpec, name: str) -> str:
-    """The kind of group ``name`` of ``spec`` ranges over: ``permutation`` unless the spec says otherwise."""
-    return getattr(spec, "group_kinds", {}).get(name, "permutation")
 
 
 def segment(w: torch.Tensor, axis: int, entry) -> torch.Tensor:
@@ -96,18 +92,19 @@ def index_batched(w: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
 def apply_maps(w: torch.Tensor, axes, maps: Mapping[str, torch.Tensor], skip=(), batched: bool = False) -> torch.Tensor:
     """``w`` with every mapped axis but those in ``skip`` taken through its group's current map.
 
-    Unbatched, ``maps[p]`` is one map ([n] for a permutation); batched, ``w`` and every ``maps[p]`` carry a
-    leading batch dimension (axis i of the tensor is dimension i + 1). The one place a tensor's axis meets a
-    group element: a new group kind adds its branch here.
+    Unbatched, ``maps[p]`` is one map ([n] for a permutation, [n, n] for an orthogonal map); batched, ``w``
+    and every ``maps[p]`` carry a leading batch dimension (axis i of the tensor is dimension i + 1). The one
+    place a tensor's axis meets a group element (through ``groups.map_axis``: index selection for a
+    permutation, a matrix product for an orthogonal map).
     """
     for i, a in enumerate(axes):
         if a is None or i in skip:
             continue
         m = maps[a.perm].to(w.device)
-        if batched:
+        if batched and not m.is_floating_point():
             w = index_batched(w, i + 1, expand_batched(m, a))
         else:
-            w = torch.index_select(w, i, expand_index(m, a))
+            w = map_axis(w, i + 1 if batched else i, m, a, batched=batched)
     return w
 
 
@@ -183,11 +180,17 @@ class TermCache:
         self.budget -= self.g * n * n
         spec = self.spec
         others = [i for i, a in enumerate(spec.axes_to_perm[k]) if a is not None and i != ax]
-        sizes = {i: spec.perm_sizes[spec.axes_to_perm[k][i].perm] for i in others}
         entry = [torch.zeros((self.g, n, n), device=device, dtype=self.A[k].dtype), [None] * self.g,
-                 {i: torch.zeros((self.g, sizes[i]), dtype=torch.long, device=device) for i in others}, others]
+                 {i: self._snapshot(spec.axes_to_perm[k][i].perm, device) for i in others}, others]
         self.entries[(k, ax)] = entry
         return entry
+
+    def _snapshot(self, p, device):
+        """Room for every model's map of group p (what a cached term was built with)."""
+        n = self.spec.perm_sizes[p]
+        if group_kind(self.spec, p) == PERMUTATION:
+            return torch.zeros((self.g, n), dtype=torch.long, device=device)
+        return torch.zeros((self.g, n, n), dtype=torch.float64, device=device)
 
     def _refresh(self, k, ax, ap, n, perms, entry, stale) -> None:
         """Bring the stale models' cached terms up to date: a rank-|S| update where one other axis moved few
@@ -226,7 +229,7 @@ class TermCache:
             keys[b] = now
 
     def _updatable(self, a) -> bool:
-        return group_kind(self.spec, a.perm) == "permutation" and getattr(a, "offset", None) is None
+        return group_kind(self.spec, a.perm) == PERMUTATION and getattr(a, "offset", None) is None
 
     def term(self, k, ax, ap, n, perms, members, sel):
         """The term of (k, ax) for the models ``members`` ([m, n, n], ``sel`` their indices as a tensor)."""

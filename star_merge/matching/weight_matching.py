@@ -34,7 +34,8 @@ from typing import Mapping
 import torch
 
 from ..errors import UserError
-from ..spec import PermutationSpec, SpecError, identity_permutation, permute_tensor
+from ..groups import MAP_DTYPE, PERMUTATION, random_map
+from ..spec import PermutationSpec, SpecError, group_kind, identity_permutation, permute_tensor
 from .descent import ORDERS, DescentOptions, DescentStats, MatchingProblem, check_order, colour_classes, descend
 from .solvers import check_solver, is_permutation, pick_solver, solve
 from .terms import to_blocks
@@ -112,6 +113,9 @@ def sorted_rows_start(spec, perm_to_axes, A, B, solver: str = "scipy") -> dict[s
     out = {}
     for p, axes in perm_to_axes.items():
         n = spec.perm_sizes[p]
+        if group_kind(spec, p) != PERMUTATION:  # sorting does not remove an orthogonal map: start at the identity
+            out[p] = identity_permutation(spec.subset([k for k, _, _ in axes]))[p].to(next(iter(A.values())).device)
+            continue
         cost = sum(
             torch.sort(to_blocks(A[k], ax, ap, n), dim=1).values @ torch.sort(to_blocks(B[k], ax, ap, n), dim=1).values.T
             for k, ax, ap in axes
@@ -162,6 +166,8 @@ def _prepare(spec, sd_a, sd_b, init_perm, cache_elements):
     perm = {p: v.clone().to(device) for p, v in (init_perm or identity_permutation(spec)).items()}
     if set(perm) != set(spec.perm_sizes):
         raise SpecError("init_perm must name exactly the spec's permutations")
+    for p in spec.group_kinds:  # orthogonal maps: float64 (the descent's snapshots and solves)
+        perm[p] = perm[p].to(MAP_DTYPE)
     problem = MatchingProblem.build(spec, A, B, perm_to_axes, cache_elements)
     return names, problem, perm
 
@@ -182,7 +188,7 @@ def _restarts(run: _Run, best, best_obj, seed, restarts, restart_similarity, sol
             start = {p: v.clone() for p, v in best.items()}
             names_ = sorted(start)
             q = names_[int(torch.randint(len(names_), (1,), generator=restart_gen))]
-            start[q] = torch.randperm(problem.spec.perm_sizes[q], generator=restart_gen).to(problem.device)
+            start[q] = random_map(group_kind(problem.spec, q), problem.spec.perm_sizes[q], restart_gen).to(problem.device)
         done += 1
         found, h, it = run.descend(start, torch.Generator().manual_seed(int(seed) + 1000003 * done))
         history += h

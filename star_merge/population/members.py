@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import shutil
 
 from tqdm.auto import tqdm
 
@@ -16,10 +19,32 @@ from ..errors import UserError
 __all__ = ["train_population", "HELD_OUT_SEED_OFFSET", "member_is_complete"]
 
 HELD_OUT_SEED_OFFSET = 1000
+MEMBER_NAME = re.compile(r"(anchor|held-out)-\d{2,}")
+
+logger = logging.getLogger(__name__)
 
 
 def member_is_complete(path: str) -> bool:
     return all(os.path.isfile(os.path.join(path, f)) for f in ("config.json", "model.safetensors", "training_info.json"))
+
+
+def remove_extra_members(population_dir: str, keep: set[str]) -> list[str]:
+    """Delete the members of an earlier, larger population (``anchor-XX`` / ``held-out-XX`` folders star-merge
+    wrote, not in ``keep``) so that ``population_dir`` describes one population; returns their names."""
+    removed = []
+    if not os.path.isdir(population_dir):
+        return removed
+    for name in sorted(os.listdir(population_dir)):
+        path = os.path.join(population_dir, name)
+        ours = os.path.isfile(os.path.join(path, "training_info.json")) or member_is_complete(path)
+        if name in keep or not MEMBER_NAME.fullmatch(name) or os.path.islink(path) or not ours:
+            continue
+        shutil.rmtree(path)
+        removed.append(name)
+    if removed:
+        logger.warning("--overwrite_output_dir: removed %s of the earlier population from %s", ", ".join(removed),
+                       population_dir)
+    return removed
 
 
 def train_population(
@@ -40,7 +65,8 @@ def train_population(
     Members already complete on disk are reused, so an interrupted run resumes, but only when every setting
     that determines them (architecture and config, training recipe, ``data_settings``, seed; see
     population_manifest.py) is the one asked for: otherwise a ValueError names the first difference, or,
-    with ``retrain_stale``, the member is retrained. Each member is written atomically (temp folder + rename).
+    with ``retrain_stale``, the member is retrained and the members of an earlier, larger population are removed.
+    Each member is written atomically (temp folder + rename).
     """
     if num_anchors < 1:
         raise UserError("the population needs at least one anchor (num_anchors >= 1)")
@@ -48,6 +74,8 @@ def train_population(
         raise UserError("num_held_out must be >= 0")
     plan = [(f"anchor-{i:02d}", "anchor", seed + i) for i in range(num_anchors)]
     plan += [(f"held-out-{j:02d}", "held-out", seed + HELD_OUT_SEED_OFFSET + j) for j in range(num_held_out)]
+    if retrain_stale:  # --overwrite_output_dir: the folder holds this population only
+        remove_extra_members(population_dir, {name for name, _, _ in plan})
     members = []
     for name, role, member_seed in tqdm(plan, desc="population", disable=not progress):
         path = os.path.join(population_dir, name)

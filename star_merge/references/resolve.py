@@ -29,6 +29,7 @@ from .sources import (
     check_weight_files,
     expand_sources,
     first_line,
+    local_folder_hint,
     offline_hint,
     parallel_map,
     parse_source,
@@ -79,6 +80,8 @@ def _pin_online(src: Source, token, cache_dir) -> bool:
     except RevisionNotFoundError:
         raise PopulationError(f"{src.repo_id} has no revision {src.revision!r}; check the branch, tag or commit sha") from None
     except RepositoryNotFoundError:
+        if local_folder_hint(src.source):
+            raise PopulationError(local_folder_hint(src.source)) from None
         raise PopulationError(
             f"Hub model {src.repo_id!r} not found (or private without access); check the id, or log in "
             "(`hf auth login` or HF_TOKEN) if it is private"
@@ -102,6 +105,9 @@ def _pin_from_cache(src: Source, cache_dir, offline: bool) -> None:
     root = cache_root(cache_dir)
     storage = os.path.join(root, repo_folder_name(repo_id=src.repo_id, repo_type="model"))
     if not os.path.isdir(storage):
+        mistyped = local_folder_hint(src.source)
+        if mistyped:
+            raise PopulationError(mistyped)
         raise PopulationError(f"{src.repo_id} is not in the Hugging Face cache ({root}) and {why}; {offline_hint(src.repo_id)}")
     revision = src.revision or "main"
     snapshots = os.path.join(storage, "snapshots")

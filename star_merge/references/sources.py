@@ -223,6 +223,19 @@ def check_weight_files(label: str, files: Iterable[str]) -> None:
     raise PopulationError(f"{label} has no *.safetensors weights; give a transformers checkpoint saved with save_pretrained")
 
 
+def local_folder_hint(source: str) -> str | None:
+    """For an ``org/name`` source whose ``org`` is a local folder (``pop/m9`` beside ``pop/``): the one line saying
+    there is no such local folder, what that folder holds, and how to name a Hub id instead; else None."""
+    first, _, rest = source.partition("@")[0].partition("/")
+    if not rest or not os.path.isdir(first):
+        return None
+    held = sorted(n for n in os.listdir(first) if os.path.isdir(os.path.join(first, n)))
+    shown = ", ".join(held[:6]) + (", ..." if len(held) > 6 else "")
+    return (f"population member {source!r}: no such local folder ({first}/ holds {shown or 'no folders'}); "
+            f"give an existing checkpoint folder (./{source} for a path), or a Hub id org/name that is not a "
+            "local folder's name")
+
+
 def offline_hint(repo_id: str) -> str:
     return (
         f"check the id, run once with network access (unset HF_HUB_OFFLINE), or pre-download it with "

@@ -16,6 +16,7 @@ import torch
 
 from ..matching.population import BackgroundAlignment
 from ..spec import compose_permutations
+from .distributed import is_identity
 
 __all__ = ["AnchorAlignment"]
 
@@ -45,7 +46,7 @@ class AnchorAlignment:
             if self.store.owns(i):
                 self.store.permute(i, delta, self.match_spec, self.layout)
             state.perms[name] = compose_permutations(delta, state.perms[name]) if name in state.perms else delta
-            changed.append((i, any(not torch.equal(v, torch.arange(v.numel())) for v in delta.values())))
+            changed.append((i, not all(is_identity(v) for v in delta.values())))
         return changed
 
     def permute_row(self, i: int, perm: dict[str, torch.Tensor]) -> None:

@@ -17,7 +17,8 @@ import torch
 
 from ..errors import UserError
 
-__all__ = ["AnchorSource", "anchors_config", "normalize_anchors", "population_dtype"]
+__all__ = ["AnchorSource", "anchors_config", "normalize_anchors", "population_dtype", "in_star_form",
+           "folded_norm_positions"]
 
 
 @dataclass
@@ -89,3 +90,28 @@ def population_dtype(state_dict, names) -> torch.dtype:
     """bf16 / fp16 when every floating tensor of ``names`` has that dtype, else float32."""
     dtypes = {state_dict[n].dtype for n in names if n in state_dict and state_dict[n].is_floating_point()}
     return dtypes.pop() if len(dtypes) == 1 and dtypes <= {torch.bfloat16, torch.float16} else torch.float32
+
+
+def in_star_form(unfolded: torch.nn.Module, star: torch.nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An anchor's state dict in the star's form: as it is, or folded when the star is in folded form (through
+    the unfolded model, so that a tied head a checkpoint stores once is folded as a tensor of its own)."""
+    if star is unfolded:
+        return sd
+    from ..adapters.folding import fold_state_dict
+
+    unfolded.load_state_dict(sd, strict=False)
+    return fold_state_dict(unfolded.config, unfolded.state_dict())[0]
+
+
+def folded_norm_positions(unfolded: torch.nn.Module, star: torch.nn.Module, layout) -> torch.Tensor:
+    """Positions in the flat star of the norm weights that folding set to 1 (empty unless the star is folded):
+    the trainer keeps them at 1 after every step (the reading layers absorb any scale; nothing is lost)."""
+    if star is unfolded:
+        return torch.zeros(0, dtype=torch.long)
+    from ..adapters.folding import folding_plan
+
+    at = dict(zip(layout.names, layout.offsets))
+    sizes = dict(zip(layout.names, layout.numels))
+    plan = folding_plan(star.config, {k: tuple(v.shape) for k, v in star.state_dict().items()})
+    spans = [torch.arange(at[norm], at[norm] + sizes[norm]) for norm, readers in plan if readers and norm in at]
+    return torch.cat(spans) if spans else torch.zeros(0, dtype=torch.long)

@@ -50,6 +50,11 @@ class StarlightConfig:
     anchor_device: str = field(
         default="cpu", metadata={"help": "cpu (only the sampled anchor moves) | accelerator (all on the device)."}
     )
+    symmetry: str = field(
+        default="permutation",
+        metadata={"help": "permutation | orthogonal: the star is trained in folded form (norm weights 1) and anchors "
+                          "re-aligned with orthogonal maps where the family allows them (docs/concepts.md)."},
+    )
     matching_max_iter: int = field(default=100, metadata={"help": "Weight matching sweep limit."})
     matching_solver: str = field(
         default="auto", metadata={"help": "auto | scipy | lapjv | cuda: assignment solver of the re-alignment (all exact)."}
@@ -93,6 +98,7 @@ class StarlightConfig:
             "report_to": ("none", "tensorboard", "wandb", "all"),
             "t_sampling": ("uniform", "beta", "constant"),
             "anchor_device": ("cpu", "accelerator"),
+            "symmetry": ("permutation", "orthogonal"),
             "matching_solver": ("auto", "scipy", "lapjv", "cuda"),
             "matching_order": ("auto", "random", "colored"),
             "align_schedule": ("fixed", "adaptive"),

@@ -25,7 +25,12 @@ from ..matching.population import align_rows
 from ..spec import apply_permutation
 from .anchors import population_dtype
 
-__all__ = ["AnchorStore", "load_anchor_store", "sharding_enabled", "agree_on_error"]
+__all__ = ["AnchorStore", "load_anchor_store", "sharding_enabled", "agree_on_error", "is_identity"]
+
+
+def is_identity(v: torch.Tensor) -> bool:
+    """Whether a permutation (index vector) is the identity; an orthogonal map (a matrix) never counts as one."""
+    return v.ndim == 1 and torch.equal(v, torch.arange(v.numel()))
 
 
 def sharding_enabled(setting: str, world: int) -> bool:
@@ -92,7 +97,7 @@ class AnchorStore:
     @torch.no_grad()
     def permute(self, i: int, perm: dict[str, torch.Tensor], spec, layout) -> None:
         """Permute the row of anchor ``i`` (owned) in place, where it lives (through one transient copy)."""
-        if all(torch.equal(v, torch.arange(v.numel())) for v in perm.values()):
+        if all(is_identity(v) for v in perm.values()):
             return
         row = self.row(i)
         row.copy_(layout.flatten(apply_permutation(spec, perm, layout.views(row)), device=row.device))
@@ -128,13 +133,13 @@ def agree_on_error(error: BaseException | None, world: int, extra=None) -> list:
     return [x for _, x in gathered]
 
 
-def _load_rows(sources, owned, layout, spec, device) -> tuple[torch.Tensor, list]:
+def _load_rows(sources, owned, layout, spec, device, transform) -> tuple[torch.Tensor, list]:
     """The owned anchors in one ``[len(owned), P]`` matrix on ``device`` (pinned host memory when the
     training device is a GPU and the rows stay on the host), one state dict at a time."""
     rows = None
     for j, i in enumerate(owned):
         src = sources[i]
-        sd = src.load()  # loaded on demand, one at a time
+        sd = transform(src.load())  # loaded on demand, one at a time
         try:
             spec.subset(sd.keys()).validate(sd)
         except ValueError as e:
@@ -152,16 +157,17 @@ def _load_rows(sources, owned, layout, spec, device) -> tuple[torch.Tensor, list
 
 
 def load_anchor_store(sources, layout, spec, device, anchor_device: str, rank: int, world: int,
-                      sharded: bool) -> AnchorStore:
+                      sharded: bool, transform=None) -> AnchorStore:
     """Load this process's anchors (all, or its share) into an :class:`AnchorStore` of one dtype: the
-    population's bf16 / fp16 when every anchor of every process has it, else float32."""
+    population's bf16 / fp16 when every anchor of every process has it, else float32. ``transform``: applied
+    to each loaded state dict (the star's form: folded with ``symmetry=orthogonal``)."""
     device = torch.device(device)
     on_device = device.type != "cpu" and anchor_device == "accelerator"
     where = {"device": device if on_device else "cpu", "pin_memory": device.type == "cuda" and not on_device}
     owned = list(range(rank, len(sources), world)) if sharded else list(range(len(sources)))
     rows, dtypes, error = None, [], None
     try:
-        rows, dtypes = _load_rows(sources, owned, layout, spec, where)
+        rows, dtypes = _load_rows(sources, owned, layout, spec, where, transform or (lambda sd: sd))
     except UserError as e:
         error = e
     if sharded:  # one error for all processes, and one dtype (a share may hold none: world > N)

@@ -34,8 +34,9 @@ from ..rundir import RunPaths
 from ..seeding import beta_from_uniform, mix_seed
 from ..population.training import make_optimizer, make_scheduler
 from .accelerator import make_accelerator
+from ..matching.align import in_symmetry_form
 from .alignment import AnchorAlignment
-from .anchors import anchors_config, normalize_anchors
+from .anchors import anchors_config, folded_norm_positions, in_star_form, normalize_anchors
 from .checkpoint import StarlightState
 from .config import StarlightConfig
 from .distributed import AnchorStore, load_anchor_store, sharding_enabled
@@ -97,31 +98,29 @@ class StarlightTrainer(AnchorAlignment):
             raise UserError("StarlightTrainer needs a train_dataset (model inputs + labels)")
         self.args = args
         self.anchor_names = [s.name for s in sources]
-        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
-        self.processing_class = processing_class
+        self.train_dataset, self.eval_dataset, self.processing_class = train_dataset, eval_dataset, processing_class
         self.accelerator = accelerator if accelerator is not None else self.make_accelerator(args)
-        self.model = self._star_model(model, sources)
+        self._unfolded = self._star_model(model, sources)  # symmetry "orthogonal": star and anchors folded
+        self.model = in_symmetry_form(self._unfolded, args.symmetry)
         self.task = task if task is not None else task_for(self.model)
         self.data_collator = data_collator if data_collator is not None else self.task.collator
-        self.spec = spec_for(self.model)
+        self.spec = spec_for(self.model, symmetry=args.symmetry)
         self.layout = FlatLayout.of(self.model)
-        # Matching uses the parameters only (BN running statistics are recomputed, not matched).
-        self.match_spec = self.spec.subset(set(self.layout.names))
+        self.match_spec = self.spec.subset(set(self.layout.names))  # parameters only (BN statistics: recomputed)
         acc = self.accelerator
         self.store: AnchorStore = load_anchor_store(
             sources, self.layout, self.spec, acc.device, args.anchor_device, acc.process_index, acc.num_processes,
-            sharding_enabled(args.anchor_sharding, acc.num_processes))
+            sharding_enabled(args.anchor_sharding, acc.num_processes), self._in_star_form)
         self._init_star(sources)
         # Run state, filled by _setup() (nothing is created later, so every method sees the same attributes).
         self.state, self._pending = StarlightState(), None
         self.schedule = AlignSchedule(args.align_schedule, len(sources), args.align_every)
         self.reducer: GradientReducer | None = None
         self._stop, self._epoch_align = StopRequest(), {}
-        self.flat_star: FlatStar | None = None
-        self.bound: FlatBoundModel | None = None
+        self.flat_star, self.bound = None, None  # FlatStar, FlatBoundModel
         self.optimizer = self.scheduler = self.train_loader = self.bn_loader = None
-        self.steps_per_epoch = 0
-        self.has_bn = has_batchnorm(self.model)
+        self.steps_per_epoch, self.has_bn = 0, has_batchnorm(self.model)
+        self._ones = folded_norm_positions(self._unfolded, self.model, self.layout)  # stay 1 in folded form
         self.result: StarlightResult | None = None
 
     # ------------------------------------------------------------------ construction
@@ -140,6 +139,9 @@ class StarlightTrainer(AnchorAlignment):
             )
         return build_model(config, seed=self.args.seed)
 
+    def _in_star_form(self, sd):
+        return in_star_form(self._unfolded, self.model, sd)
+
     @property
     def anchors(self) -> torch.Tensor:
         """The anchor rows this process holds (``[N, P]``; sharded: its share, anchor ``rank + j·world`` in row j)."""
@@ -153,8 +155,8 @@ class StarlightTrainer(AnchorAlignment):
             k = int(init.split(":", 1)[1]) if ":" in init else 0
             if not 0 <= k < len(sources):
                 raise UserError(f"init={init!r}: there are only {len(sources)} anchors")
-            row = self.store.row(k) if self.store.owns(k) else self.layout.flatten(sources[k].load(),
-                                                                                    dtype=self.anchors.dtype)
+            row = self.store.row(k) if self.store.owns(k) else self.layout.flatten(
+                self._in_star_form(sources[k].load()), dtype=self.anchors.dtype)
             self.model.load_state_dict(self.layout.views(row.cpu()), strict=False)
             return
         from ..modeling import load_checkpoint
@@ -288,6 +290,7 @@ class StarlightTrainer(AnchorAlignment):
             if sync:
                 self.reducer.reduce(theta.grad)
             self.optimizer.step()
+            theta.data.index_fill_(0, self._ones.to(theta.device), 1.0)  # folded form: norm weights stay 1
             if sync:
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -349,16 +352,11 @@ class StarlightTrainer(AnchorAlignment):
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token=None,
                     commit_message: str = "Upload Starlight star model") -> str:
-        """Upload the trained star (as :meth:`save_model` writes it) to ``repo_id``; returns the commit url."""
-        import tempfile
+        """Upload the trained star (as :meth:`save_model` writes it) with its model card to ``repo_id`` through the
+        one publishing path (``star_merge.hub.publish``: sanitised, a card, no local path); the commit url."""
+        from ..hub.trainer_push import push_trainer_star
 
-        from huggingface_hub import HfApi
-
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = self.save_model(os.path.join(tmp, "star"))
-            api = HfApi(token=token)
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            return str(api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message))
+        return push_trainer_star(self, repo_id, private=private, token=token, commit_message=commit_message)
 
     # ------------------------------------------------------------------ helpers
     @torch.no_grad()

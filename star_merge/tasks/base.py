@@ -17,7 +17,7 @@ from ..discovery import import_submodules
 from ..errors import UserError
 from .labels import LABEL_KEYS, check_labels
 
-__all__ = ["Task", "TaskError", "register_task", "register_pipeline_tag", "pipeline_tag_for", "task_for",
+__all__ = ["BATCH_CONTRACT", "Task", "TaskError", "as_batch", "register_task", "register_pipeline_tag", "pipeline_tag_for", "task_for",
            "available_tasks", "task_of", "LABEL_KEYS", "STANDARD_INPUTS"]
 
 
@@ -70,6 +70,8 @@ class Task:
         return {k: v for k, v in batch.items() if k in accepted and k not in LABEL_KEYS}
 
     def targets(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        if "labels" not in batch:
+            raise TaskError(f"the batch has no labels (keys: {sorted(batch)}); {BATCH_CONTRACT}")
         return batch["labels"]
 
     def loss(self, model, batch: Mapping[str, Any]) -> torch.Tensor:  # pragma: no cover - abstract
@@ -101,6 +103,44 @@ def _accepted_inputs(cls) -> frozenset[str]:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         named |= STANDARD_INPUTS
     return named
+
+
+#: What the Python API reads from a dataloader (the one line said when a batch is none of these).
+BATCH_CONTRACT = ("give batches as dicts of the model's inputs with `labels` (or `label`), or as (inputs, labels) "
+                  "tuples, e.g. a TensorDataset(x, y)")
+
+
+def _first_input(model) -> str:
+    """The name a bare input tensor goes by: ``main_input_name``, else ``forward``'s first parameter."""
+    name = getattr(model, "main_input_name", None)
+    if isinstance(name, str):
+        return name
+    try:
+        params = [p for p in inspect.signature(type(model).forward).parameters if p != "self"]
+    except (AttributeError, TypeError, ValueError):
+        params = []
+    return params[0] if params else "input_ids"
+
+
+def as_batch(batch, model) -> Mapping[str, Any]:
+    """``batch`` as every task reads it: a mapping of model inputs and ``labels``. Accepted: such a mapping, one
+    with ``label`` / ``label_ids`` instead of ``labels``, and ``(inputs, labels)`` where ``inputs`` is a tensor (the
+    model's main input) or a mapping of inputs. Anything else is a one-line :class:`TaskError`."""
+    if isinstance(batch, Mapping):
+        if "labels" in batch:
+            return batch
+        key = next((k for k in LABEL_KEYS if k in batch), None)
+        if key is None:
+            return batch  # a causal LM's targets are its inputs; a classifier says what it misses (targets)
+        return {**{k: v for k, v in batch.items() if k != key}, "labels": batch[key]}
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        inputs, labels = batch
+        if isinstance(inputs, Mapping):
+            return {**inputs, "labels": labels}
+        if isinstance(inputs, torch.Tensor):
+            return {_first_input(model): inputs, "labels": labels}
+    what = f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list)) else type(batch).__name__
+    raise TaskError(f"cannot read a batch that is {what}; {BATCH_CONTRACT}")
 
 
 def register_task(task: Task, suffixes: tuple[str, ...] = (), architectures: tuple[str, ...] = ()) -> Task:

@@ -12,6 +12,8 @@ fixed masking (``epoch = EVAL_EPOCH``), so every model is scored on the same pos
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import zlib
 from dataclasses import dataclass
 
@@ -20,10 +22,27 @@ import torch
 
 from .labels import DatasetError
 
-__all__ = ["EVAL_EPOCH", "Masking", "MaskingCollator", "check_token_ids", "group_texts", "mask_tokens",
-           "prepare_lm_dataset"]
+__all__ = ["EVAL_EPOCH", "Masking", "MaskingCollator", "cap_block_size", "check_token_ids", "group_texts",
+           "mask_tokens", "prepare_lm_dataset"]
 
 EVAL_EPOCH = -1  # the epoch index of the fixed evaluation masking
+
+logger = logging.getLogger(__name__)
+
+#: Config fields naming the longest sequence a model's position table holds (BERT / NeoX / Llama, GPT-2).
+MAX_POSITION_FIELDS = ("max_position_embeddings", "n_positions")
+
+
+def cap_block_size(data_args, config):
+    """``data_args`` with ``block_size`` at most the model's position table, saying so when it was larger (as
+    run_clm.py / run_mlm.py do): a block longer than the table fails inside the model's position embeddings."""
+    limit = next((int(v) for v in (getattr(config, f, None) for f in MAX_POSITION_FIELDS) if v), None)
+    block_size = int(getattr(data_args, "block_size", 128))
+    if limit is None or block_size <= limit:
+        return data_args
+    logger.warning("block_size=%d is longer than the model's %d positions; using block_size=%d "
+                   "(set --block_size to choose a shorter one)", block_size, limit, limit)
+    return dataclasses.replace(data_args, block_size=limit)
 
 
 @dataclass(frozen=True)
