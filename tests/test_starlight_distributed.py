@@ -174,30 +174,25 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_exactly(aligned_runs):
 
 
 @pytest.mark.slow
-def test_overlapped_reduction_gives_the_star_of_one_all_reduce(tmp_path):
-    """Buckets of ≈ 500 numbers all-reduced during the backward (star + CE: two backwards per micro-batch;
-    accumulation over 2 micro-batches) give the star of one all-reduce after it (2 processes: a + b either way)."""
+def test_overlapped_reduction_and_align_overlap_on_two_processes(tmp_path):
+    """One launch, four runs in the same two processes (each change on top of the previous):
+    1. the gradient all-reduced in buckets of ≈ 500 numbers during the backward (star + CE: two backwards per
+       micro-batch; accumulation over 2 micro-batches) gives the star of one all-reduce after it, bit for bit
+       (2 processes: a + b either way);
+    2. with ``align_overlap`` (each process aligns its own anchors in a background thread, applied at the next
+       epoch), sharded and unsharded give the same star and the same permutations."""
     from safetensors.torch import load_file
 
-    out, proc = launch(tmp_path, "run", 2, 3, 29641, align_every=0, star_ce_weight=0.5, gradient_accumulation_steps=2,
-                       variants=[{"reduce_overlap": True, "reduce_bucket_mb": 0.002}])
+    out, proc = launch(tmp_path, "run", 2, 5, 29641, align_every=1, num_train_epochs=3, star_ce_weight=0.5,
+                       gradient_accumulation_steps=2,
+                       variants=[{"reduce_overlap": True, "reduce_bucket_mb": 0.002}, {"align_overlap": True},
+                                 {"anchor_sharding": "off"}])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = star_of(out), load_file(out / "star-0.safetensors")
-    assert all(torch.equal(a[n], b[n]) for n in a)
-
-
-@pytest.mark.slow
-def test_align_overlap_with_two_processes_sharded_equals_unsharded(tmp_path):
-    """align_overlap on two processes (each aligns its own anchors in a background thread, applied at the next
-    epoch): sharded and unsharded give the same star and the same permutations."""
-    from safetensors.torch import load_file
-
-    out, proc = launch(tmp_path, "run", 2, 5, 29643, align_every=1, num_train_epochs=3,
-                       variants=[{"align_overlap": True}, {"anchor_sharding": "off"}])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sharded, unsharded = load_file(out / "star-0.safetensors"), load_file(out / "star-1.safetensors")
+    one, bucketed = star_of(out), load_file(out / "star-0.safetensors")
+    assert all(torch.equal(one[n], bucketed[n]) for n in one)
+    sharded, unsharded = load_file(out / "star-1.safetensors"), load_file(out / "star-2.safetensors")
     for n in sharded:
         torch.testing.assert_close(sharded[n], unsharded[n], rtol=1e-5, atol=1e-6, msg=lambda m: f"{n}: {m}")
-    pa, pb = load_file(out / "perms-0.safetensors"), load_file(out / "perms-1.safetensors")
+    pa, pb = load_file(out / "perms-1.safetensors"), load_file(out / "perms-2.safetensors")
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
     assert any(not torch.equal(v, torch.arange(v.numel())) for v in pa.values())
