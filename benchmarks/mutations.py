@@ -56,9 +56,9 @@ class Mutation:
 MUTATIONS = [
     Mutation(
         "interpolation ends swapped (forward at t*theta + (1-t)*anchor, gradient still x (1-t))",
-        TRAINER,
-        "torch.lerp(theta, anchor, t, out=bound.weights)",
-        "torch.lerp(theta, anchor, 1.0 - t, out=bound.weights)",
+        "star_merge/starlight/flat.py",
+        "torch.lerp(theta, anchor, t, out=self.weights)",
+        "torch.lerp(theta, anchor, 1.0 - t, out=self.weights)",
         (f"{REF}::test_one_step_matches_the_autograd_reference", END_TO_END),
     ),
     Mutation(
@@ -78,7 +78,7 @@ MUTATIONS = [
     Mutation(
         "gradient accumulation ignored (accumulate a no-op)",
         TRAINER,
-        "with acc.accumulate(self.flat_star):",
+        "with acc.accumulate():",
         "with __import__('contextlib').nullcontext():",
         (f"{REF}::test_accumulation_of_k_batches_equals_one_batch_k_times_larger",),
     ),
@@ -146,6 +146,21 @@ MUTATIONS = [
         "            self.optimizer.step()\n",
         "",
         (f"{REF}::test_one_step_matches_the_autograd_reference", END_TO_END),
+    ),
+    # ---- issue 26: FSDP2 mode (star_merge/starlight/fsdp.py)
+    Mutation(
+        "FSDP2: each process draws its own (anchor, t) (the shards of one model interpolated at different points)",
+        TRAINER,
+        "0 if self.fsdp else acc.process_index",
+        "acc.process_index",
+        ("tests/test_starlight_fsdp.py::test_two_fsdp_processes_equal_one_process_with_the_same_draws",),
+    ),
+    Mutation(
+        "FSDP2: the optimizer state is not restored on resume (AdamW restarts from zero moments)",
+        "star_merge/starlight/fsdp.py",
+        "raw.load_state_dict({",
+        "(lambda d: None)({",
+        ("tests/test_starlight_fsdp.py::test_fsdp_resume_after_a_kill_is_exact",),
     ),
     # ---- beyond issue 17's table
     Mutation(

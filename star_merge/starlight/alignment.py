@@ -38,16 +38,28 @@ class AnchorAlignment:
         [(anchor, whether its permutation changed)]."""
         from accelerate.utils import gather_object
 
-        mine = found if found is not None else self._align_rows(theta, anchors)
-        gathered = gather_object(mine) if self.accelerator.num_processes > 1 else mine
+        a = self.args
+        if self.fsdp:  # owners gather, align and re-shard their anchors (rows permuted there; all anchors)
+            gathered = self.bound.align(theta, self.anchors, self.match_spec, a.seed, a.matching_max_iter,
+                                        a.matching_solver, a.matching_order)
+        else:
+            mine = found if found is not None else self._align_rows(theta, anchors)
+            gathered = gather_object(mine) if self.accelerator.num_processes > 1 else mine
         changed = []
         for i, delta in sorted(gathered, key=lambda x: x[0]):
             name = self.anchor_names[i]
-            if self.store.owns(i):
+            if self.store.owns(i) and not self.fsdp:
                 self.store.permute(i, delta, self.match_spec, self.layout)
             state.perms[name] = compose_permutations(delta, state.perms[name]) if name in state.perms else delta
             changed.append((i, not all(is_identity(v) for v in delta.values())))
         return changed
+
+    def permute_rows(self, perms: dict[int, dict[str, torch.Tensor]]) -> None:
+        """Permute anchor rows in place (FSDP2: each gathered on one process, permuted and re-sharded)."""
+        if self.fsdp:
+            return self.bound.permute_rows(self.anchors, perms, self.match_spec)
+        for i, perm in perms.items():
+            self.permute_row(i, perm)
 
     def permute_row(self, i: int, perm: dict[str, torch.Tensor]) -> None:
         """Permute anchor ``i``'s row in place, where it lives (this process must hold it)."""

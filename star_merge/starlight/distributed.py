@@ -9,8 +9,9 @@ nothing). Every process computes every process's draw, the owner of ``n_k`` send
 it received. Alignment: each process aligns the anchors it owns; the permutations (small) are exchanged so
 every process keeps every anchor's permutation (checkpoints, the result).
 
-:class:`AnchorStore` is the seam the trainer uses (``rows_for``, ``lerp_into``, ``permute``, ``align``):
-another storage of the same anchors (FSDP2's per-shard rows) provides the same four methods.
+:class:`AnchorStore` is the seam the trainer uses (``rows_for``, ``permute``, ``align``, ``owns``). Under FSDP2
+(``fsdp.py``) it holds every anchor, as this process's shards of θ's layout (no anchor sharding), and the
+alignment goes through the sharded star instead.
 Errors while loading a share are agreed on: every process raises the first one, process 0 prints it.
 """
 
@@ -90,11 +91,6 @@ class AnchorStore:
         return row.to(self.device, non_blocking=True)
 
     @torch.no_grad()
-    def lerp_into(self, out: torch.Tensor, theta: torch.Tensor, draws: Sequence[int], t: float) -> None:
-        """``out = (1-t)·θ + t·row(draws[rank])``, in θ's dtype (the training precision)."""
-        torch.lerp(theta, self.rows_for(draws).to(theta.dtype), t, out=out)
-
-    @torch.no_grad()
     def permute(self, i: int, perm: dict[str, torch.Tensor], spec, layout) -> None:
         """Permute the row of anchor ``i`` (owned) in place, where it lives (through one transient copy)."""
         if all(is_identity(v) for v in perm.values()):
@@ -133,7 +129,7 @@ def agree_on_error(error: BaseException | None, world: int, extra=None) -> list:
     return [x for _, x in gathered]
 
 
-def _load_rows(sources, owned, layout, spec, device, transform) -> tuple[torch.Tensor, list]:
+def _load_rows(sources, owned, layout, spec, device, transform, flat) -> tuple[torch.Tensor, list]:
     """The owned anchors in one ``[len(owned), P]`` matrix on ``device`` (pinned host memory when the
     training device is a GPU and the rows stay on the host), one state dict at a time."""
     rows = None
@@ -149,25 +145,27 @@ def _load_rows(sources, owned, layout, spec, device, transform) -> tuple[torch.T
             raise UserError(f"anchor {src.name} lacks parameter {sorted(missing)[0]!r}; is it the same architecture?")
         dtype = population_dtype(sd, layout.names)
         if rows is None:
-            rows = torch.empty(len(owned), layout.total, dtype=dtype, **device)
+            rows = torch.empty(len(owned), flat.total, dtype=dtype, **device)
         elif dtype != rows.dtype:  # mixed dtypes: float32
             rows = rows.float()
-        rows[j].copy_(layout.flatten(sd, dtype=rows.dtype))
+        rows[j].copy_(flat.flatten(sd, dtype=rows.dtype))
     return rows, [] if rows is None else [rows.dtype]
 
 
 def load_anchor_store(sources, layout, spec, device, anchor_device: str, rank: int, world: int,
-                      sharded: bool, transform=None) -> AnchorStore:
+                      sharded: bool, transform=None, flat=None) -> AnchorStore:
     """Load this process's anchors (all, or its share) into an :class:`AnchorStore` of one dtype: the
     population's bf16 / fp16 when every anchor of every process has it, else float32. ``transform``: applied
-    to each loaded state dict (the star's form: folded with ``symmetry=orthogonal``)."""
+    to each loaded state dict (the star's form: folded with ``symmetry=orthogonal``); ``flat``: the layout of a
+    row (default ``layout``; FSDP2: this process's shards)."""
+    flat = flat or layout
     device = torch.device(device)
     on_device = device.type != "cpu" and anchor_device == "accelerator"
     where = {"device": device if on_device else "cpu", "pin_memory": device.type == "cuda" and not on_device}
     owned = list(range(rank, len(sources), world)) if sharded else list(range(len(sources)))
     rows, dtypes, error = None, [], None
     try:
-        rows, dtypes = _load_rows(sources, owned, layout, spec, where, transform or (lambda sd: sd))
+        rows, dtypes = _load_rows(sources, owned, layout, spec, where, transform or (lambda sd: sd), flat)
     except UserError as e:
         error = e
     if sharded:  # one error for all processes, and one dtype (a share may hold none: world > N)
@@ -177,7 +175,7 @@ def load_anchor_store(sources, layout, spec, device, anchor_device: str, rank: i
         raise error
     dtype = dtypes[0] if len(set(dtypes)) == 1 else torch.float32
     if rows is None:
-        rows = torch.empty(0, layout.total, dtype=dtype, **where)
+        rows = torch.empty(0, flat.total, dtype=dtype, **where)
     elif rows.dtype != dtype:
         rows = rows.to(dtype)
     return AnchorStore(rows, owned, len(sources), rank, world, sharded, device)

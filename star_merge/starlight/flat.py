@@ -67,7 +67,18 @@ class FlatBoundModel:
                 p.data = w
                 p.grad = g
 
-    def release(self) -> nn.Module:
+    @torch.no_grad()
+    def load(self, theta: torch.Tensor, anchor: torch.Tensor | None = None, t: float = 0.0) -> None:
+        """Weights := θ, or ``(1-t)·θ + t·anchor`` (one fused ``lerp``)."""
+        if anchor is None:
+            self.weights.copy_(theta)
+        else:
+            torch.lerp(theta, anchor, t, out=self.weights)
+
+    def zero_grad(self) -> None:
+        self.grads.zero_()
+
+    def release(self, theta: torch.Tensor | None = None) -> nn.Module:
         with torch.no_grad():
             for p in self.model.parameters():
                 p.data = p.data.clone()

@@ -43,6 +43,8 @@ from .distributed import AnchorStore, load_anchor_store, sharding_enabled
 from .reduction import GradientReducer, Preempted, StopRequest
 from .schedule import AlignSchedule
 from .flat import FlatBoundModel, FlatLayout, FlatStar
+from .fsdp import ShardedStar, ShardLayout, check_fsdp_run, fsdp_requested, unprepared_optimizer
+from .outputs import StarOutputs
 from .rotation import resume_with_fallback, save_checkpoint_state
 
 logger = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ class StarlightResult:
     history: list[dict] = field(default_factory=list)
 
 
-class StarlightTrainer(AnchorAlignment):
+class StarlightTrainer(AnchorAlignment, StarOutputs):
     """Learn a star model linearly connected to every anchor (Trainer-shaped: ``train()``, ``save_model()``,
     ``push_to_hub()``).
 
@@ -100,17 +102,21 @@ class StarlightTrainer(AnchorAlignment):
         self.anchor_names = [s.name for s in sources]
         self.train_dataset, self.eval_dataset, self.processing_class = train_dataset, eval_dataset, processing_class
         self.accelerator = accelerator if accelerator is not None else self.make_accelerator(args)
+        self.fsdp = fsdp_requested(self.accelerator)  # FSDP2 mode (fsdp.py): θ, anchors, optimizer sharded
         self._unfolded = self._star_model(model, sources)  # symmetry "orthogonal": star and anchors folded
         self.model = in_symmetry_form(self._unfolded, args.symmetry)
         self.task = task if task is not None else task_for(self.model)
         self.data_collator = data_collator if data_collator is not None else self.task.collator
         self.spec = spec_for(self.model, symmetry=args.symmetry)
         self.layout = FlatLayout.of(self.model)
+        acc = self.accelerator  # rows: the layout of θ and of the anchor rows (FSDP2: this process's shards)
+        self.rows = ShardLayout(self.layout, acc.process_index, acc.num_processes, acc.device) if self.fsdp else self.layout
+        check_fsdp_run(self.fsdp, args, self.model)
         self.match_spec = self.spec.subset(set(self.layout.names))  # parameters only (BN statistics: recomputed)
-        acc = self.accelerator
+        # anchor sharding (distributed.py) is data parallelism's; FSDP2 shards every anchor like θ instead
         self.store: AnchorStore = load_anchor_store(
             sources, self.layout, self.spec, acc.device, args.anchor_device, acc.process_index, acc.num_processes,
-            sharding_enabled(args.anchor_sharding, acc.num_processes), self._in_star_form)
+            not self.fsdp and sharding_enabled(args.anchor_sharding, acc.num_processes), self._in_star_form, self.rows)
         self._init_star(sources)
         # Run state, filled by _setup() (nothing is created later, so every method sees the same attributes).
         self.state, self._pending = StarlightState(), None
@@ -157,6 +163,7 @@ class StarlightTrainer(AnchorAlignment):
                 raise UserError(f"init={init!r}: there are only {len(sources)} anchors")
             row = self.store.row(k) if self.store.owns(k) else self.layout.flatten(
                 self._in_star_form(sources[k].load()), dtype=self.anchors.dtype)
+            row = self.rows.gather(row) if self.fsdp else row
             self.model.load_state_dict(self.layout.views(row.cpu()), strict=False)
             return
         from ..modeling import load_checkpoint
@@ -198,15 +205,20 @@ class StarlightTrainer(AnchorAlignment):
     def _setup(self) -> None:
         c, acc = self.args, self.accelerator
         device = acc.device
-        self.model.to(device)
-        self.flat_star = FlatStar(self.layout.flatten(self.model.state_dict()).to(device))
-        self.bound = FlatBoundModel(self.model, self.layout, device)
-        self.reducer = GradientReducer(self.model, self.layout, self.bound.grads, acc.num_processes, c.reduce_overlap,
-                                       bucket_numel=int(c.reduce_bucket_mb * 2**20) // 4)
+        self.flat_star = FlatStar(self.rows.flatten(self.model.state_dict()).to(device))
+        self.bound = (ShardedStar(self.model, self.rows, acc) if self.fsdp
+                      else FlatBoundModel(self.model.to(device), self.layout, device))
+        # FSDP2 reduce-scatters the gradient itself: nothing left to reduce here
+        self.reducer = GradientReducer(self.model, self.layout, None if self.fsdp else self.bound.grads,
+                                       1 if self.fsdp else acc.num_processes,
+                                       c.reduce_overlap, bucket_numel=int(c.reduce_bucket_mb * 2**20) // 4)
         optimizer = make_optimizer([self.flat_star.theta], c.optimizer, c.learning_rate, c.weight_decay)
         train_loader = make_dataloader(self.train_dataset, c.per_device_train_batch_size, shuffle=True, seed=c.seed,
                                        collate_fn=self.data_collator)
-        self.optimizer, self.train_loader = acc.prepare(optimizer, train_loader)
+        if self.fsdp:  # θ is no model parameter: the optimizer is wrapped, not prepared (fsdp.py saves its state)
+            self.optimizer, self.train_loader = unprepared_optimizer(optimizer), acc.prepare(train_loader)
+        else:
+            self.optimizer, self.train_loader = acc.prepare(optimizer, train_loader)
         self.steps_per_epoch = math.ceil(len(self.train_loader) / c.gradient_accumulation_steps)
         raw_opt = getattr(self.optimizer, "optimizer", self.optimizer)
         self.scheduler = make_scheduler(raw_opt, c.lr_scheduler_type, self.steps_per_epoch * c.num_train_epochs)
@@ -222,9 +234,13 @@ class StarlightTrainer(AnchorAlignment):
         if not c.resume_from_checkpoint:
             return
         def load(path):  # noqa: E306
-            self.state.check_processes(path, acc.num_processes)  # before anything is loaded
+            if not self.fsdp:  # FSDP2 checkpoints hold full vectors: any number of processes resumes them
+                self.state.check_processes(path, acc.num_processes)  # before anything is loaded
             acc.load_state(path)
-            self.state.load(path, self.scheduler, self.flat_star.theta)
+            if self.fsdp:  # the checkpoint holds full vectors: this process takes its shards
+                self.bound.load_checkpoint(path, self.state, self.scheduler, self.flat_star.theta, self.optimizer)
+            else:
+                self.state.load(path, self.scheduler, self.flat_star.theta)
             self.schedule.load_state_dict(self.state.schedule)
         # rotation.py: torn checkpoints set aside, a corrupt one falls back to the previous one, `latest`
         # with no checkpoint yet starts from the beginning (where that run was).
@@ -235,9 +251,9 @@ class StarlightTrainer(AnchorAlignment):
         acc.print(f"resumed from {path} at epoch {self.state.epoch}, step {self.state.global_step}")
         if self.has_bn:
             self._load_theta_into_model()
-        for i, name in enumerate(self.anchor_names):  # rows (held here) are in the original frames until now
-            if name in self.state.perms and self.store.owns(i):
-                self.permute_row(i, self.state.perms[name])
+        # rows (held here) are in the original frames until now
+        self.permute_rows({i: self.state.perms[n] for i, n in enumerate(self.anchor_names)
+                           if n in self.state.perms and self.store.owns(i)})
 
     def _train_epoch(self, epoch: int, bar) -> tuple[float, int]:
         """Align (when due), then one pass over the training data; returns (summed loss, micro-batches).
@@ -274,18 +290,20 @@ class StarlightTrainer(AnchorAlignment):
 
     def _step(self, epoch: int, batch) -> torch.Tensor:
         """One micro-batch: loss at ``(1-t)·θ + t·π_n(θ_n)``, θ's gradient (1-t)·∇, optimizer step when due.
-        Every process's (n, t) is drawn here (the owners of sharded anchors send the rows drawn)."""
+        Every process's (n, t) is drawn here (the owners of sharded anchors send the rows drawn); FSDP2: one
+        (n, t) for all processes (rank 0's draw), each with its own data."""
         c, acc = self.args, self.accelerator
         theta, bound, task = self.flat_star.theta, self.bound, self.task
-        draws = [self.sample_anchor_and_t(epoch, self.state.batches_in_epoch, k) for k in range(acc.num_processes)]
+        draws = [self.sample_anchor_and_t(epoch, self.state.batches_in_epoch, 0 if self.fsdp else k)
+                 for k in range(acc.num_processes)]
         t = draws[acc.process_index][1]
-        with acc.accumulate(self.flat_star):
+        with acc.accumulate():
             sync, last = acc.sync_gradients, c.star_ce_weight <= 0
-            self.store.lerp_into(bound.weights, theta, [n for n, _ in draws], t)  # (1-t)·θ + t·π_n(θ_n)
+            anchor = self.store.rows_for([n for n, _ in draws]).to(theta.dtype)  # training precision
+            bound.load(theta, anchor, t)  # weights := (1-t)·θ + t·π_n(θ_n)
             loss = self._backward(lambda: task.loss(self.model, batch), 1.0 - t, sync and last)  # through the lerp
             if not last:  # "star + CE": μ·CE(f(θ))
-                with torch.no_grad():
-                    bound.weights.copy_(theta)
+                bound.load(theta)
                 loss = loss + self._backward(lambda: c.star_ce_weight * task.loss(self.model, batch), 1.0, sync)
             if sync:
                 self.reducer.reduce(theta.grad)
@@ -301,7 +319,7 @@ class StarlightTrainer(AnchorAlignment):
         theta, bound, acc = self.flat_star.theta, self.bound, self.accelerator
         if theta.grad is None:
             theta.grad = torch.zeros_like(theta)
-        bound.grads.zero_()
+        bound.zero_grad()
         overlapped = self.reducer.overlapping(reduce_now)
         if overlapped:
             self.reducer.arm(theta.grad, scale, theta.grad)
@@ -333,43 +351,22 @@ class StarlightTrainer(AnchorAlignment):
             reset_bn_stats(self.model, self.bn_loader, self.args.bn_reset_batches, acc.device, task=self.task)
         if self.args.report_to != "none":
             acc.end_training()
-        star = self.bound.release().to("cpu").eval()
+        star = self.bound.release(self.flat_star.theta).to("cpu").eval()
         return StarlightResult(model=star, perms={k: dict(v) for k, v in self.state.perms.items()},
                                history=self.state.history)
 
-    # ------------------------------------------------------------------ outputs
-    def save_model(self, output_dir: str, overwrite: bool = False) -> str:
-        """Write the trained star as an HF checkpoint folder (atomically; with ``processing_class`` if given)."""
-        from ..population.training import save_checkpoint
-
-        if self.result is None:
-            raise RuntimeError("nothing to save yet: call train() first")
-        out = save_checkpoint(self.result.model, output_dir, overwrite=overwrite,
-                              extra_json={"history": self.result.history, "starlight": self.args.to_dict()})
-        if self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
-            self.processing_class.save_pretrained(out)
-        return out
-
-    def push_to_hub(self, repo_id: str, *, private: bool = False, token=None,
-                    commit_message: str = "Upload Starlight star model") -> str:
-        """Upload the trained star (as :meth:`save_model` writes it) with its model card to ``repo_id`` through the
-        one publishing path (``star_merge.hub.publish``: sanitised, a card, no local path); the commit url."""
-        from ..hub.trainer_push import push_trainer_star
-
-        return push_trainer_star(self, repo_id, private=private, token=token, commit_message=commit_message)
-
     # ------------------------------------------------------------------ helpers
-    @torch.no_grad()
     def _load_theta_into_model(self) -> None:
-        theta = self.flat_star.theta.detach()
-        params = dict(self.model.named_parameters())
-        for name, view in self.layout.views(theta).items():
-            params[name].copy_(view)
+        self.bound.load(self.flat_star.theta.detach())
 
     def _save_state(self) -> None:
         if self.args.output_dir is None:
             return
+        theta, write = self.flat_star.theta, None
+        if self.fsdp:  # gathered on process 0 (a collective): checkpoints hold full vectors
+            theta, write = self.bound.checkpoint_writer(theta, self.optimizer)
+        world, schedule = self.accelerator.num_processes, self.schedule.state_dict()
         save_checkpoint_state(self.accelerator, RunPaths(self.args.output_dir).checkpoints_path,
                               self.args.checkpoints_total_limit,
-                              lambda folder: self.state.save(folder, self.scheduler, self.flat_star.theta,
-                                                             self.accelerator.num_processes, self.schedule.state_dict()))
+                              lambda folder: (self.state.save(folder, self.scheduler, theta, world, schedule),
+                                              write and write(folder)))
