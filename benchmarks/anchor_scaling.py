@@ -17,6 +17,14 @@ Starlight steps; it reports its peak resident set (``VmHWM`` of /proc/self/statu
 before the anchors existed, and ``torch.cuda.max_memory_allocated`` on CUDA. The slope between the
 smallest and largest N, divided by the model's size, is the number of model copies each anchor costs.
 
+``--processes 1,2,4`` (anchor sharding): for each process count P, one ``accelerate launch`` of P CPU processes
+(gloo); each builds a real sharded StarlightTrainer over the population (``--lm pythia-160m``: 9 bf16 members
+of 162 M parameters; default: ``--anchors`` star-mlp members) and reports the anchor rows it holds, its host
+peak above its baseline (``VmHWM``; trainer built, then ``--dist-steps`` steps) and device peak, and the
+median step time with one all-reduce after the backward and with ``reduce_overlap`` (bucketed, during it),
+steps interleaved (``--dist-steps 0``: memory after building the trainer only, no steps). ``--count-only``: the bytes per process counted from the shapes, nothing run (for
+populations too big to hold here).
+
 Step time: in one process, one anchor stack per N (built by the trainer), steps timed in interleaved
 rounds; ratios are to the smallest N. On a CPU-only machine anchor_device=cpu and =accelerator are the
 same thing (the anchors stay where the model is), so only cpu is measured there.
@@ -173,6 +181,131 @@ def lm_main(args) -> None:
     print(f"bf16 / float32 host peak: {rows[1]['host_peak_mb'] / rows[0]['host_peak_mb']:.3f}")
 
 
+def _training_bytes(params: int, world: int, n: int, anchor_bytes: int) -> dict:
+    """Bytes one process holds for the star and its share of the anchors (float32 training state, AdamW)."""
+    share = -(-n // world)  # the largest share
+    # the model's own parameters (rebound to the weight buffer), θ, the gradient buffer, θ's gradient, 2 AdamW states
+    return {"anchor_rows_bytes": share * params * anchor_bytes, "star_state_bytes": 5 * params * 4}
+
+
+def dist_worker(args) -> None:
+    """One process of a ``--processes`` run: memory and step times; process 0 prints one JSON line for all."""
+    import time
+
+    import torch
+    from accelerate.utils import gather_object
+    from datasets import Dataset
+
+    import accelerate  # noqa: F401
+    import transformers  # noqa: F401  (imports done before the baseline)
+    from star_merge.modeling import build_model
+    from star_merge.starlight import StarlightConfig, StarlightTrainer
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    if args.lm:
+        cfg, dtype, n = pythia_160m_config(), torch.bfloat16, args.anchors[0]
+        data = Dataset.from_dict({"input_ids": [[i % 50000 for i in range(args.lm_block)]] * 64})
+    else:
+        from starlight_step import model_setup
+
+        cfg, batch, input_name, shape = model_setup(args.model, args.batch_size)
+        dtype, n = torch.float32, args.anchors[0]
+        data = Dataset.from_dict({input_name: torch.randn(batch * 64, *shape).numpy(),
+                                  "labels": [i % 10 for i in range(batch * 64)]})
+    base = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in build_model(cfg, seed=1).state_dict().items()}
+
+    def load(i):
+        return {k: (v.to(dtype) if v.is_floating_point() else v).clone() for k, v in base.items()}
+
+    base_kib = _status_kib("VmRSS")
+    config = StarlightConfig(num_train_epochs=1, align_every=0, anchor_sharding="auto", reduce_bucket_mb=args.bucket_mb,
+                             per_device_train_batch_size=1 if args.lm else batch)
+    trainer = StarlightTrainer(model=cfg, args=config, anchors=[(f"a{i}", functools.partial(load, i)) for i in range(n)],
+                               train_dataset=data)
+    built_kib = _status_kib("VmHWM") - base_kib
+    acc = trainer.accelerator
+    if args.dist_steps == 0:  # memory of the anchors and the star model only
+        rows = gather_object([{"rank": acc.process_index, "anchors_held": trainer.store.rows.shape[0],
+                               "anchor_rows_mb": trainer.store.nbytes / 2**20, "host_after_build_mb": built_kib / 1024,
+                               "host_peak_mb": built_kib / 1024, "device_peak_mb": float("nan"),
+                               "ms_step": float("nan"), "ms_step_overlap": float("nan")}])
+        if acc.is_main_process:
+            print("RESULT " + json.dumps({"processes": acc.num_processes, "rows": rows}))
+        return
+    trainer._setup()
+    batches = [b for _, b in zip(range(4), trainer.train_loader)]
+    times = {False: [], True: []}
+    reducers = {}
+    for overlap in (False, True):
+        trainer.args.reduce_overlap = overlap
+        reducers[overlap] = type(trainer.reducer)(trainer.model, trainer.layout, trainer.bound.grads,
+                                                  acc.num_processes, overlap,
+                                                  int(trainer.args.reduce_bucket_mb * 2**20) // 4)
+    for step in range(args.dist_steps):
+        for overlap in (False, True):  # interleaved
+            trainer.reducer = reducers[overlap]
+            trainer.state.batches_in_epoch = step
+            acc.wait_for_everyone()
+            started = time.perf_counter()
+            trainer._step(0, batches[step % len(batches)])
+            times[overlap].append(time.perf_counter() - started)
+    row = {"rank": acc.process_index, "anchors_held": trainer.store.rows.shape[0],
+           "anchor_rows_mb": trainer.store.nbytes / 2**20, "host_after_build_mb": built_kib / 1024,
+           "host_peak_mb": (_status_kib("VmHWM") - base_kib) / 1024,
+           "device_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan"),
+           "ms_step": 1e3 * statistics.median(times[False][1:] or times[False]),
+           "ms_step_overlap": 1e3 * statistics.median(times[True][1:] or times[True]),
+           "params_m": trainer.layout.total / 1e6}
+    rows = gather_object([row])
+    if acc.is_main_process:
+        print("RESULT " + json.dumps({"processes": acc.num_processes, "rows": rows}))
+
+
+def processes_main(args) -> None:
+    counts = [int(p) for p in args.processes.split(",")]
+    n = args.anchors[0]
+    label = f"{args.lm}-sized, {n} bf16 members" if args.lm else f"star-{args.model}, {n} float32 members"
+    print(f"anchor sharding, {label}; one accelerate launch per process count (CPU processes, gloo)")
+    if args.count_only:
+        import torch
+        from starlight_step import model_setup
+
+        from star_merge.modeling import model_class_for
+
+        cfg = pythia_160m_config() if args.lm else model_setup(args.model)[0]
+        with torch.device("meta"):  # shapes only
+            params = sum(p.numel() for p in model_class_for(cfg)(cfg).parameters())
+        print(f"{params / 1e6:.1f} M parameters per member; MB = 10^6 bytes")
+        print(f"{'P':>2} {'anchor rows, largest share':>27} {'star state / process':>21} {'node: sharded':>14} "
+              f"{'node: unsharded':>16}")
+        width = 2 if args.lm else 4
+        for p in counts:
+            b = _training_bytes(params, p, n, width)
+            sharded = n * params * width + p * b["star_state_bytes"]
+            unsharded = p * (n * params * width + b["star_state_bytes"])
+            print(f"{p:>2} {b['anchor_rows_bytes'] / 1e6:>27.1f} {b['star_state_bytes'] / 1e6:>21.1f} "
+                  f"{sharded / 1e6:>14.1f} {unsharded / 1e6:>16.1f}")
+        return
+    print(f"{'P':>2} {'rank':>4} {'anchors':>7} {'rows MiB':>9} {'host built MiB':>14} {'host peak MiB':>13} "
+          f"{'device MiB':>10} {'ms/step':>8} {'overlap':>8}")
+    for p in counts:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(p), "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", *(["--multi_gpu"] if p > 1 else []),
+               "--main_process_port", str(29700 + p), os.path.abspath(__file__), "--dist-worker",
+               "--anchors", str(n), "--model", args.model, "--threads", str(args.threads),
+               "--lm-block", str(args.lm_block), "--dist-steps", str(args.dist_steps), "--bucket-mb", str(args.bucket_mb)]
+        cmd += ["--lm", args.lm] if args.lm else []
+        cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            raise SystemExit(f"{p} processes failed:\n{proc.stderr[-3000:]}")
+        for r in json.loads(lines[-1][len("RESULT "):])["rows"]:
+            print(f"{p:>2} {r['rank']:>4} {r['anchors_held']:>7} {r['anchor_rows_mb']:>9.1f} "
+                  f"{r['host_after_build_mb']:>14.1f} {r['host_peak_mb']:>13.1f} {r['device_peak_mb']:>10.1f} "
+                  f"{r['ms_step']:>8.2f} {r['ms_step_overlap']:>8.2f}", flush=True)
+
+
 def run_worker(n: int, anchor_device: str, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(n), "--anchor-device", anchor_device,
            "--model", args.model, "--device", args.device, "--threads", str(args.threads)]
@@ -201,9 +334,18 @@ def main(argv=None) -> None:
     parser.add_argument("--lm-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--lm-dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--lm-block", type=int, default=512, help="tokens per block of the two LM steps")
+    parser.add_argument("--processes", default=None, help="anchor sharding over these process counts, e.g. 1,2,4")
+    parser.add_argument("--count-only", action="store_true", help="--processes: count bytes, run nothing")
+    parser.add_argument("--dist-steps", type=int, default=20, help="--processes: timed steps per variant")
+    parser.add_argument("--bucket-mb", type=float, default=25.0, help="--processes: reduce_bucket_mb of the overlap")
+    parser.add_argument("--dist-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
         return worker(args)
+    if args.processes or args.dist_worker:
+        if args.anchors == [5, 20, 50]:
+            args.anchors = [9]
+        return dist_worker(args) if args.dist_worker else processes_main(args)
     if args.lm:
         if args.anchors == [5, 20, 50]:
             args.anchors = [9]

@@ -16,12 +16,19 @@ import os
 import sys
 from typing import Callable
 
-__all__ = ["UserError", "USER_ERRORS", "flag_hint", "user_error_message", "user_error_line", "report_user_error",
+__all__ = ["UserError", "QuietUserError", "USER_ERRORS", "flag_hint", "user_error_message", "user_error_line",
+           "report_user_error",
            "run_reporting_user_errors"]
 
 
 class UserError(ValueError):
     """Base of star-merge's own errors about bad input (arguments, files, data)."""
+
+
+class QuietUserError(UserError):
+    """A user error another process of the same run reports (exit 2 here, nothing printed: one line per run)."""
+
+    quiet = True
 
 
 #: The errors printed as one line: star-merge's own, and the OS errors that name a path the user gave.
@@ -84,8 +91,41 @@ def run_reporting_user_errors(fn: Callable[[], int | None], prog: str | None = N
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001  (expected failures: one line; bugs are re-raised with their traceback)
+        if getattr(e, "quiet", False):
+            return 2
+        if lost_peer(e):
+            return _report_lost_peer()
         line = user_error_line(e)
         if line is None:
             raise
         report_user_error(line, prefix=f"{prog + ': ' if prog else ''}error: ")
         return 2
+
+
+LOST_PEER = ("lost contact with another process of this run (it failed or was killed); fix its error, then "
+             "rerun with --resume_from_checkpoint latest")
+
+
+def lost_peer(e: BaseException) -> bool:
+    """Whether ``e`` is a collective failing because another process of a multi-process run went away."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
+        return False
+    text = str(e)
+    return isinstance(e, getattr(dist, "DistError", ())) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "ECONNRESET"))
+
+
+def _report_lost_peer(wait_s: float = 5.0) -> int:
+    """Exit status after losing a peer: 2, silently, if another process reported a user error (under
+    star_merge.launch, within ``wait_s``); else 1 with :data:`LOST_PEER`."""
+    import time
+
+    path = os.environ.get("STAR_MERGE_ERROR_FILE")
+    deadline = time.time() + wait_s
+    while path and time.time() < deadline:
+        if os.path.isfile(path) and os.path.getsize(path) > 0:
+            return 2
+        time.sleep(0.1)
+    print(f"error: {LOST_PEER}", file=sys.stderr, flush=True)
+    return 1

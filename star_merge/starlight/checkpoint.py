@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from .rotation import STATE_FILE, find_latest_checkpoint
+from .rotation import STATE_FILE, CheckpointMismatch, find_latest_checkpoint
 from ..errors import UserError
 
 __all__ = ["StarlightState", "find_latest_checkpoint"]
@@ -35,8 +35,10 @@ class StarlightState:
         self.aligned_epoch = -1  # the epoch whose start alignment is in ``perms``
         self.perms: dict[str, dict[str, torch.Tensor]] = {}
         self.history: list[dict] = []
+        self.schedule: dict | None = None  # the re-alignment schedule's state (schedule.py)
 
-    def save(self, folder: str, scheduler, theta: torch.Tensor) -> None:
+    def save(self, folder: str, scheduler, theta: torch.Tensor, num_processes: int = 1,
+             schedule: dict | None = None) -> None:
         from safetensors.torch import save_file
 
         from ..io import atomic_write_json
@@ -48,7 +50,21 @@ class StarlightState:
         atomic_write_json(os.path.join(folder, self.JSON_NAME), {
             "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch, "global_step": self.global_step,
             "aligned_epoch": self.aligned_epoch, "history": self.history, "scheduler": sched,
+            "num_processes": num_processes, "schedule": schedule,
         })
+
+    @classmethod
+    def check_processes(cls, folder: str, num_processes: int) -> None:
+        """A checkpoint resumes at the number of processes that wrote it (each holds its own anchors, data
+        position and RNG state): another number is a one-line error, not a fallback to an older checkpoint."""
+        path = os.path.join(folder, cls.JSON_NAME)
+        if not os.path.isfile(path):
+            return
+        with open(path) as f:
+            saved = json.load(f).get("num_processes", num_processes)
+        if saved != num_processes:
+            raise CheckpointMismatch(f"{folder} was written by {saved} process(es), this run has {num_processes}; "
+                                     f"resume with the same number (accelerate launch --num_processes {saved})")
 
     def load(self, folder: str, scheduler, theta: torch.Tensor) -> None:
         from safetensors.torch import load_file
@@ -63,6 +79,7 @@ class StarlightState:
         self.epoch, self.batches_in_epoch = int(d["epoch"]), int(d["batches_in_epoch"])
         self.global_step, self.aligned_epoch = int(d["global_step"]), int(d["aligned_epoch"])
         self.history = list(d["history"])
+        self.schedule = d.get("schedule")
         perms_path = os.path.join(folder, self.PERMS_NAME)
         self.perms = load_permutations(perms_path) if os.path.isfile(perms_path) else {}
         scheduler.load_state_dict({**scheduler.state_dict(), **d["scheduler"]})

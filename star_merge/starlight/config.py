@@ -78,9 +78,25 @@ class StarlightConfig:
     )
     align_overlap: bool = field(
         default=False,
-        metadata={"help": "Re-align in a background thread while the epoch trains (single process): a schedule "
+        metadata={"help": "Re-align in a background thread while the epoch trains (each process its own anchors): a schedule "
                           "change, epoch e trains with anchors aligned to the star of epoch e-1."},
     )
+    align_schedule: str = field(
+        default="fixed",
+        metadata={"help": "fixed (every anchor at every align_every-th epoch) | adaptive (an anchor whose "
+                          "permutation did not change at its last re-alignment waits twice as long, up to 8x)."},
+    )
+    anchor_sharding: str = field(
+        default="auto",
+        metadata={"help": "auto (on when processes > 1) | on | off: each process holds, aligns and samples only "
+                          "its share of the anchors (anchor i on process i mod processes)."},
+    )
+    reduce_overlap: bool = field(
+        default=False,
+        metadata={"help": "All-reduce θ's gradient in buckets during the backward (as DDP) instead of one call "
+                          "after it (several processes)."},
+    )
+    reduce_bucket_mb: float = field(default=25.0, metadata={"help": "Bucket size of reduce_overlap, in MiB of float32."})
     bn_reset_batches: int | None = field(
         default=None, metadata={"help": "Batches used to recompute BatchNorm statistics (default: all)."}
     )
@@ -96,6 +112,8 @@ class StarlightConfig:
             "matching_solver": ("auto", "scipy", "lapjv", "cuda"),
             "matching_order": ("auto", "random", "colored"),
             "matching_presolve": ("never", "first", "always"),
+            "align_schedule": ("fixed", "adaptive"),
+            "anchor_sharding": ("auto", "on", "off"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -105,6 +123,8 @@ class StarlightConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.reduce_bucket_mb <= 0:
+            raise UserError(f"reduce_bucket_mb must be > 0, got {self.reduce_bucket_mb}")
         if self.align_every < 0:
             raise UserError("align_every must be >= 0 (0 = never re-align)")
         if self.learning_rate <= 0:

@@ -204,7 +204,7 @@ class ShardedStar:
 
     # ------------------------------------------------------------------ alignment
     def align(self, theta: torch.Tensor, anchors: torch.Tensor, spec, seed: int, max_iter: int, solver: str,
-              order: str) -> list[tuple[int, dict[str, torch.Tensor]]]:
+              order: str, presolve: bool | str = False) -> list[tuple[int, dict[str, torch.Tensor]]]:
         """Weight-match every anchor to θ on full tensors (anchor i on process ``i % world``), permute it and
         re-shard it in place; returns every (row, permutation), on every process."""
         from ..matching.population import align_rows
@@ -213,7 +213,8 @@ class ShardedStar:
         layout = self.shards.layout
 
         def match(i, full):
-            found = align_rows(spec, layout, full_theta, full[None], [0], [seed + i], max_iter, solver, order=order)
+            found = align_rows(spec, layout, full_theta, full[None], [0], [seed + i], max_iter, solver, order=order,
+                               presolve=presolve)
             return found.perms[0]
 
         return self._round_trip(anchors, range(anchors.shape[0]), spec, match)

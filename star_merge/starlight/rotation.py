@@ -21,10 +21,14 @@ import re
 import shutil
 from ..errors import UserError
 
-__all__ = ["STATE_FILE", "complete_checkpoints", "find_latest_checkpoint", "set_aside_torn", "save_checkpoint_state", "resume_with_fallback",
+__all__ = ["STATE_FILE", "CheckpointMismatch", "complete_checkpoints", "find_latest_checkpoint", "set_aside_torn", "save_checkpoint_state", "resume_with_fallback",
            "set_aside"]
 
 logger = logging.getLogger(__name__)
+
+class CheckpointMismatch(UserError):
+    """A complete checkpoint this run cannot continue (another number of processes): reported, never set aside."""
+
 
 STATE_FILE = "starlight_state.json"  # written last: its presence marks a complete checkpoint
 _NUMBERED = re.compile(r"^(?:(?:torn|corrupt)-)?checkpoint_(\d+)$")
@@ -131,6 +135,8 @@ def resume_with_fallback(accelerator, folder: str, requested: str, load, reset) 
         try:
             load(path)
             return path
+        except CheckpointMismatch:
+            raise
         except Exception as e:  # noqa: BLE001  (any unreadable file: fall back to the previous checkpoint)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if requested != "latest":

@@ -5,13 +5,17 @@ only (through the interpolation, factor 1-t). Anchors are re-aligned to θ by we
 start of every ``align_every``-th epoch (epoch 0 included; ``matching_presolve``: which are presolved). BatchNorm
 runs in train mode during steps; the star's running statistics are recomputed over the training data each epoch.
 
-θ lives in one flat parameter (:class:`FlatStar`); the architecture's parameters are views of one flat weight buffer
-(:class:`FlatBoundModel`), so the interpolation is one fused ``lerp`` into that buffer, the model runs as it is, and its
-whole gradient lands in one flat buffer: dL/dθ = (1-t)·grad, all-reduced across processes at each optimizer step.
+θ lives in one flat parameter (:class:`FlatStar`); the architecture's parameters are views of one flat
+weight buffer (:class:`FlatBoundModel`), so the interpolation is one fused ``lerp`` into that buffer, the
+model runs as it is, and its whole gradient lands in one flat buffer: dL/dθ = (1-t)·grad. Processes
+all-reduce θ's gradient at each optimizer step (the only gradient there is), at once or overlapped with the
+backward (:mod:`.reduction`); with several processes each holds only its share of the anchors (:mod:`.distributed`).
+``matching_presolve`` picks which re-alignments are presolved.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import logging
 import math
 import time
@@ -27,18 +31,20 @@ from ..adapters import spec_for
 from ..data import make_dataloader, set_data_epoch, without_augmentation
 from ..batchnorm import has_batchnorm, reset_bn_stats
 from ..errors import UserError
-from ..matching.population import BackgroundAlignment, align_slice
 from ..modeling import build_model
 from ..rundir import RunPaths
 from ..seeding import beta_from_uniform, mix_seed
-from ..spec import apply_permutation, compose_permutations
 from .initial import initial_state
 from ..population.training import make_optimizer, make_scheduler
 from .accelerator import make_accelerator
 from ..matching.align import in_symmetry_form
-from .anchors import anchors_config, folded_norm_positions, in_star_form, normalize_anchors, population_dtype
+from .alignment import AnchorAlignment
+from .anchors import anchors_config, folded_norm_positions, in_star_form, normalize_anchors
 from .checkpoint import StarlightState
 from .config import StarlightConfig
+from .distributed import AnchorStore, load_anchor_store, sharding_enabled
+from .reduction import GradientReducer, Preempted, StopRequest
+from .schedule import AlignSchedule
 from .flat import FlatBoundModel, FlatLayout, FlatStar
 from .fsdp import ShardedStar, ShardLayout, check_fsdp_run, fsdp_requested, unprepared_optimizer
 from .outputs import StarOutputs
@@ -58,7 +64,7 @@ class StarlightResult:
     history: list[dict] = field(default_factory=list)
 
 
-class StarlightTrainer(StarOutputs):
+class StarlightTrainer(AnchorAlignment, StarOutputs):
     """Learn a star model linearly connected to every anchor (Trainer-shaped: ``train()``, ``save_model()``,
     ``push_to_hub()``).
 
@@ -109,12 +115,17 @@ class StarlightTrainer(StarOutputs):
         acc = self.accelerator  # rows: the layout of θ and of the anchor rows (FSDP2: this process's shards)
         self.rows = ShardLayout(self.layout, acc.process_index, acc.num_processes, acc.device) if self.fsdp else self.layout
         check_fsdp_run(self.fsdp, args, self.model)
-        # Matching uses the parameters only (BN running statistics are recomputed, not matched).
-        self.match_spec = self.spec.subset(set(self.layout.names))
-        self.anchors = self._anchor_matrix(sources)
-        self._init_star()
+        self.match_spec = self.spec.subset(set(self.layout.names))  # parameters only (BN statistics: recomputed)
+        # anchor sharding (distributed.py) is data parallelism's; FSDP2 shards every anchor like θ instead
+        self.store: AnchorStore = load_anchor_store(
+            sources, self.layout, self.spec, acc.device, args.anchor_device, acc.process_index, acc.num_processes,
+            not self.fsdp and sharding_enabled(args.anchor_sharding, acc.num_processes), self._in_star_form, self.rows)
+        self._init_star(sources)
         # Run state, filled by _setup() (nothing is created later, so every method sees the same attributes).
         self.state, self._pending = StarlightState(), None
+        self.schedule = AlignSchedule(args.align_schedule, len(sources), args.align_every)
+        self.reducer: GradientReducer | None = None
+        self._stop, self._epoch_align = StopRequest(), {}
         self.flat_star, self.bound = None, None  # FlatStar, FlatBoundModel
         self.optimizer = self.scheduler = self.train_loader = self.bn_loader = None
         self.steps_per_epoch, self.has_bn = 0, has_batchnorm(self.model)
@@ -137,31 +148,16 @@ class StarlightTrainer(StarOutputs):
             )
         return build_model(config, seed=self.args.seed)
 
-    def _anchor_matrix(self, sources) -> torch.Tensor:
-        """The anchors in ONE [N, P] matrix of the population's dtype (bf16/fp16 kept, mixed: float32), in the star's
-        current frame; re-alignment permutes rows in place (``state.perms``): one copy per anchor in host memory."""
-        device = self.accelerator.device
-        on_device = device.type != "cpu" and self.args.anchor_device == "accelerator"
-        first = sources[0].load() if sources else {}
-        matrix = torch.empty(len(sources), self.rows.total, device=device if on_device else "cpu",
-                             dtype=population_dtype(first, self.layout.names),
-                             pin_memory=device.type == "cuda" and not on_device)
-        for i, src in enumerate(sources):
-            sd = in_star_form(self._unfolded, self.model, first if i == 0 else src.load())  # one at a time
-            matrix = matrix if population_dtype(sd, self.layout.names) == matrix.dtype else matrix.float()  # mixed
-            try:
-                self.spec.subset(sd.keys()).validate(sd)
-            except ValueError as e:
-                raise UserError(f"anchor {src.name}: {e}") from None
-            missing = set(self.layout.names) - set(sd)
-            if missing:
-                raise UserError(f"anchor {src.name} lacks parameter {sorted(missing)[0]!r}; is it the same architecture?")
-            matrix[i].copy_(self.rows.flatten(sd, dtype=matrix.dtype))
-        return matrix
+    def _in_star_form(self, sd):
+        return in_star_form(self._unfolded, self.model, sd)
 
-    def _init_star(self) -> None:
-        rows = lambda: [self.layout.views((self.rows.gather(a) if self.fsdp else a).cpu()) for a in self.anchors]  # noqa: E731
-        sd = initial_state(self.args.init, rows, self.match_spec, self.args.seed)
+    @property
+    def anchors(self) -> torch.Tensor:
+        """The anchor rows this process holds (``[N, P]``; sharded: its share, anchor ``rank + j·world`` in row j)."""
+        return self.store.rows
+
+    def _init_star(self, sources) -> None:
+        sd = initial_state(self.args.init, lambda: _StarFrameAnchors(self, sources), self.match_spec, self.args.seed)
         if sd is not None:  # anchors and merges hold the flat layout's tensors; a checkpoint folder holds all
             self.model.load_state_dict(sd, strict=not self.args.init.startswith(("anchor", "merge")))
 
@@ -169,7 +165,7 @@ class StarlightTrainer(StarOutputs):
     def sample_anchor_and_t(self, epoch: int, batch: int, rank: int) -> tuple[int, float]:
         """One anchor index and one t per minibatch, a pure function of (seed, epoch, batch, rank)."""
         g = torch.Generator().manual_seed(mix_seed(self.args.seed, epoch, batch, rank))
-        n = int(torch.randint(len(self.anchors), (1,), generator=g))
+        n = int(torch.randint(self.store.num_anchors, (1,), generator=g))
         c = self.args
         if c.t_sampling == "uniform":
             t = float(torch.rand((), generator=g))
@@ -180,46 +176,6 @@ class StarlightTrainer(StarOutputs):
             t = c.t_constant
         return n, t
 
-    def _align_rows(self, theta: torch.Tensor):  # [(row, permutation)] of this process's slice, where θ lives
-        a, acc = self.args, self.accelerator
-        return align_slice(self.match_spec, self.layout, theta.detach(), self.anchors, acc.process_index,
-                           acc.num_processes, a.seed, a.matching_max_iter, a.matching_solver, a.matching_order,
-                           presolve=a.presolve_at(first=not self.state.perms))  # first: rows in their own frames
-
-    def align_anchors(self, theta: torch.Tensor, state: StarlightState, progress: bool, found=None) -> None:
-        """Weight-match every anchor to θ (a slice per process, exchanged); apply, compose into ``state.perms``.
-        Rows are in the last alignment's frame (a warm start); ``found``: an ``_align_rows`` result (overlap)."""
-        from accelerate.utils import gather_object
-
-        a, acc = self.args, self.accelerator
-        if self.fsdp:  # owners gather, align and re-shard their anchors (rows permuted there)
-            gathered = self.bound.align(theta, self.anchors, self.match_spec, a.seed, a.matching_max_iter,
-                                        a.matching_solver, a.matching_order)
-        else:
-            mine = found if found is not None else self._align_rows(theta)
-            gathered = gather_object(mine) if acc.num_processes > 1 else mine
-        for i, delta in gathered:
-            name = self.anchor_names[i]
-            if not self.fsdp:
-                self.permute_row(i, delta)
-            state.perms[name] = compose_permutations(delta, state.perms[name]) if name in state.perms else delta
-
-    def permute_rows(self, perms: dict[int, dict[str, torch.Tensor]]) -> None:
-        """Permute anchor rows in place (FSDP2: each gathered on one process, permuted and re-sharded)."""
-        if self.fsdp:
-            return self.bound.permute_rows(self.anchors, perms, self.match_spec)
-        for i, perm in perms.items():
-            self.permute_row(i, perm)
-
-    @torch.no_grad()
-    def permute_row(self, i: int, perm: dict[str, torch.Tensor]) -> None:
-        """Permute anchor row ``i`` in place, where it lives (through one transient copy of the row)."""
-        if all(v.ndim == 1 and torch.equal(v, torch.arange(v.numel())) for v in perm.values()):
-            return
-        row = self.anchors[i]
-        permuted = apply_permutation(self.match_spec, perm, self.layout.views(row))
-        row.copy_(self.layout.flatten(permuted, device=row.device))
-
     # ------------------------------------------------------------------ the loop
     def train(self) -> StarlightResult:
         """Train the star; returns (and keeps in ``self.result``) the star and the anchors' final permutations."""
@@ -227,9 +183,10 @@ class StarlightTrainer(StarOutputs):
         self._resume()
         bar = tqdm(total=self.steps_per_epoch * self.args.num_train_epochs, initial=self.state.global_step,
                    desc="starlight", disable=not self.accelerator.is_local_main_process)
-        for epoch in range(self.state.epoch, self.args.num_train_epochs):
-            running, count = self._train_epoch(epoch, bar)
-            self._end_of_epoch(epoch, running, count)
+        with self._stop:  # SIGTERM: checkpoint, exit 143
+            for epoch in range(self.state.epoch, self.args.num_train_epochs):
+                running, count = self._train_epoch(epoch, bar)
+                self._end_of_epoch(epoch, running, count)
         bar.close()
         self.result = self._finish()
         return self.result
@@ -240,6 +197,10 @@ class StarlightTrainer(StarOutputs):
         self.flat_star = FlatStar(self.rows.flatten(self.model.state_dict()).to(device))
         self.bound = (ShardedStar(self.model, self.rows, acc) if self.fsdp
                       else FlatBoundModel(self.model.to(device), self.layout, device))
+        # FSDP2 reduce-scatters the gradient itself: nothing left to reduce here
+        self.reducer = GradientReducer(self.model, self.layout, None if self.fsdp else self.bound.grads,
+                                       1 if self.fsdp else acc.num_processes,
+                                       c.reduce_overlap, bucket_numel=int(c.reduce_bucket_mb * 2**20) // 4)
         optimizer = make_optimizer([self.flat_star.theta], c.optimizer, c.learning_rate, c.weight_decay)
         train_loader = make_dataloader(self.train_dataset, c.per_device_train_batch_size, shuffle=True, seed=c.seed,
                                        collate_fn=self.data_collator)
@@ -262,11 +223,14 @@ class StarlightTrainer(StarOutputs):
         if not c.resume_from_checkpoint:
             return
         def load(path):  # noqa: E306
+            if not self.fsdp:  # FSDP2 checkpoints hold full vectors: any number of processes resumes them
+                self.state.check_processes(path, acc.num_processes)  # before anything is loaded
             acc.load_state(path)
             if self.fsdp:  # the checkpoint holds full vectors: this process takes its shards
                 self.bound.load_checkpoint(path, self.state, self.scheduler, self.flat_star.theta, self.optimizer)
             else:
                 self.state.load(path, self.scheduler, self.flat_star.theta)
+            self.schedule.load_state_dict(self.state.schedule)
         # rotation.py: torn checkpoints set aside, a corrupt one falls back to the previous one, `latest`
         # with no checkpoint yet starts from the beginning (where that run was).
         path = resume_with_fallback(acc, RunPaths(c.output_dir).checkpoints_path, c.resume_from_checkpoint, load,
@@ -276,24 +240,16 @@ class StarlightTrainer(StarOutputs):
         acc.print(f"resumed from {path} at epoch {self.state.epoch}, step {self.state.global_step}")
         if self.has_bn:
             self._load_theta_into_model()
-        # rows are in the original frames until now
-        self.permute_rows({i: self.state.perms[n] for i, n in enumerate(self.anchor_names) if n in self.state.perms})
+        # rows (held here) are in the original frames until now
+        self.permute_rows({i: self.state.perms[n] for i, n in enumerate(self.anchor_names)
+                           if n in self.state.perms and self.store.owns(i)})
 
     def _train_epoch(self, epoch: int, bar) -> tuple[float, int]:
-        """Align (when due), then one pass over the training data; returns (summed loss, micro-batches)."""
+        """Align (when due), then one pass over the training data; returns (summed loss, micro-batches).
+        After a SIGTERM (any process): a checkpoint at the next optimizer step, then exit 143."""
         c, acc, state = self.args, self.accelerator, self.state
-        align_due = c.align_every > 0 and epoch % c.align_every == 0
-        started = time.perf_counter()
-        if state.batches_in_epoch == 0 and align_due and state.aligned_epoch != epoch:
-            overlap = c.align_overlap and acc.num_processes == 1 and state.aligned_epoch >= 0
-            if self._pending is not None:  # align_overlap: apply the alignment to the previous epoch's θ
-                self.align_anchors(self.flat_star.theta, state, False, found=self._pending.result())
-            later = overlap and epoch + c.align_every < c.num_train_epochs  # a later epoch would apply it
-            self._pending = BackgroundAlignment(self._align_rows, self.flat_star.theta) if later else None
-            if not overlap:
-                self.align_anchors(self.flat_star.theta, state, acc.is_local_main_process)
-            state.aligned_epoch = epoch
-        self.align_seconds = time.perf_counter() - started  # logged per epoch (trackers), never in the history
+        if state.batches_in_epoch == 0 and self.schedule.epoch_due(epoch) and state.aligned_epoch != epoch:
+            self._align_at_epoch_start(epoch)
         self.train_loader.set_epoch(epoch)
         set_data_epoch(self.train_dataset, epoch, self.data_collator)  # seeded augmentation, MLM masking
         loader = (acc.skip_first_batches(self.train_loader, state.batches_in_epoch) if state.batches_in_epoch
@@ -313,52 +269,69 @@ class StarlightTrainer(StarOutputs):
                     acc.log({"train/loss": running / count, "train/lr": self.scheduler.get_last_lr()[0],
                              "train/epoch": epoch}, step=state.global_step)
                     bar.set_postfix(loss=f"{running / count:.4f}", epoch=epoch)
-                if c.checkpointing_steps and state.global_step % c.checkpointing_steps == 0:
+                stop = self._stop.requested(acc.num_processes, acc.device)
+                if stop or (c.checkpointing_steps and state.global_step % c.checkpointing_steps == 0):
                     self._save_state()
+                if stop:
+                    acc.print(f"SIGTERM: checkpoint saved at epoch {epoch}, step {state.global_step}; exiting (143)")
+                    raise Preempted()
         return running, count
 
     def _step(self, epoch: int, batch) -> torch.Tensor:
-        """One micro-batch: loss at ``(1-t)·θ + t·π_n(θ_n)``, θ's gradient (1-t)·∇, optimizer step when due."""
+        """One micro-batch: loss at ``(1-t)·θ + t·π_n(θ_n)``, θ's gradient (1-t)·∇, optimizer step when due.
+        Every process's (n, t) is drawn here (the owners of sharded anchors send the rows drawn); FSDP2: one
+        (n, t) for all processes (rank 0's draw), each with its own data."""
         c, acc = self.args, self.accelerator
         theta, bound, task = self.flat_star.theta, self.bound, self.task
-        # FSDP2: one (n, t) for all processes (rank 0's draw), each with its own data
-        n, t = self.sample_anchor_and_t(epoch, self.state.batches_in_epoch, 0 if self.fsdp else acc.process_index)
+        draws = [self.sample_anchor_and_t(epoch, self.state.batches_in_epoch, 0 if self.fsdp else k)
+                 for k in range(acc.num_processes)]
+        t = draws[acc.process_index][1]
         with acc.accumulate():
-            anchor = self.anchors[n].to(acc.device, non_blocking=True).to(theta.dtype)  # training precision
+            sync, last = acc.sync_gradients, c.star_ce_weight <= 0
+            anchor = self.store.rows_for([n for n, _ in draws]).to(theta.dtype)  # training precision
             bound.load(theta, anchor, t)  # weights := (1-t)·θ + t·π_n(θ_n)
-            bound.zero_grad()
-            with acc.autocast():
-                loss = task.loss(self.model, batch)
-            acc.backward(loss)
-            grad = bound.grads.mul(1.0 - t)  # through the interpolation
-            if c.star_ce_weight > 0:  # "star + CE": μ·CE(f(θ))
+            loss = self._backward(lambda: task.loss(self.model, batch), 1.0 - t, sync and last)  # through the lerp
+            if not last:  # "star + CE": μ·CE(f(θ))
                 bound.load(theta)
-                bound.zero_grad()
-                with acc.autocast():
-                    star_loss = c.star_ce_weight * task.loss(self.model, batch)
-                acc.backward(star_loss)
-                grad += bound.grads
-                loss = loss + star_loss
-            theta.grad = grad if theta.grad is None else theta.grad.add_(grad)
-            if acc.sync_gradients and acc.num_processes > 1 and not self.fsdp:  # FSDP2 reduce-scattered it
-                torch.distributed.all_reduce(theta.grad)
-                theta.grad.div_(acc.num_processes)
+                loss = loss + self._backward(lambda: c.star_ce_weight * task.loss(self.model, batch), 1.0, sync)
+            if sync:
+                self.reducer.reduce(theta.grad)
             self.optimizer.step()
             theta.data.index_fill_(0, self._ones.to(theta.device), 1.0)  # folded form: norm weights stay 1
-            if acc.sync_gradients:
+            if sync:
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def _backward(self, loss_fn, scale: float, reduce_now: bool) -> torch.Tensor:
+        """θ.grad += scale·∇ of ``loss_fn()`` at the bound weights (``reduce_now``: the reducer's overlapped pass)."""
+        theta, bound, acc = self.flat_star.theta, self.bound, self.accelerator
+        if theta.grad is None:
+            theta.grad = torch.zeros_like(theta)
+        bound.zero_grad()
+        overlapped = self.reducer.overlapping(reduce_now)
+        if overlapped:
+            self.reducer.arm(theta.grad, scale, theta.grad)
+        with acc.autocast():
+            loss = loss_fn()
+        acc.backward(loss)
+        if not overlapped:
+            theta.grad.add_(bound.grads, alpha=scale)
         return loss
 
     def _end_of_epoch(self, epoch: int, running: float, count: int) -> None:
         """The star's own BatchNorm statistics, recomputed over the training data; history; checkpoint."""
         if self.has_bn:
             self._load_theta_into_model()
-            reset_bn_stats(self.model, self.bn_loader, self.args.bn_reset_batches, self.accelerator.device, task=self.task)
-        self.state.history.append({"epoch": epoch, "train_loss": running / max(count, 1)})
-        self.accelerator.log({"epoch/train_loss": running / max(count, 1), "epoch/align_seconds": self.align_seconds,
+            reset_bn_stats(self.model, self.bn_loader, self.args.bn_reset_batches, self.accelerator.device,
+                           task=self.task)
+        self.state.history.append({"epoch": epoch, "train_loss": running / max(count, 1), **self._epoch_align})
+        self.accelerator.log({"epoch/train_loss": running / max(count, 1),
+                              "epoch/align_seconds": self._epoch_align.get("align_seconds", 0.0),
                               "epoch/epoch": epoch}, step=self.state.global_step)
-        self.state.epoch, self.state.batches_in_epoch = epoch + 1, 0
+        self._epoch_align = {}
+        self.state.epoch = epoch + 1
+        self.state.batches_in_epoch = 0
         self._save_state()
 
     def _finish(self) -> StarlightResult:
@@ -384,6 +357,30 @@ class StarlightTrainer(StarOutputs):
         theta, write = self.flat_star.theta, None
         if self.fsdp:  # gathered on process 0 (a collective): checkpoints hold full vectors
             theta, write = self.bound.checkpoint_writer(theta, self.optimizer)
+        world, schedule = self.accelerator.num_processes, self.schedule.state_dict()
         save_checkpoint_state(self.accelerator, RunPaths(self.args.output_dir).checkpoints_path,
                               self.args.checkpoints_total_limit,
-                              lambda folder: (self.state.save(folder, self.scheduler, theta), write and write(folder)))
+                              lambda folder: (self.state.save(folder, self.scheduler, theta, world, schedule),
+                                              write and write(folder)))
+
+
+class _StarFrameAnchors(collections.abc.Sequence):
+    """Every anchor's weights in the star's frame, read when indexed: the rows this process holds (FSDP2: gathered,
+    the same order on every process), the others (anchor sharding) loaded from their source."""
+
+    def __init__(self, trainer: StarlightTrainer, sources):
+        self.trainer, self.sources = trainer, sources
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        if not 0 <= k < len(self.sources):
+            raise IndexError(k)
+        t = self.trainer
+        if t.store.owns(k):
+            row = t.store.row(k)
+            row = t.rows.gather(row) if t.fsdp else row
+        else:
+            row = t.layout.flatten(t._in_star_form(self.sources[k].load()), dtype=t.anchors.dtype)
+        return t.layout.views(row.cpu())
