@@ -247,7 +247,11 @@ def run_starlight(args, corpus, members, run_dir, symmetry, curves, train_s) -> 
     started = time.time()
     if recipe.main(flags) != 0:
         raise SystemExit("the Starlight run failed")
-    star_s = time.time() - started
+    return summarize_run(args, members, run_dir, symmetry, curves, train_s, time.time() - started)
+
+
+def summarize_run(args, members, run_dir, symmetry, curves, train_s, star_s) -> dict:
+    """The numbers of one run's report.json (and the alignment time of its symmetry)."""
     with open(os.path.join(run_dir, "report.json")) as f:
         report = json.load(f)
     b = report["barriers"]
