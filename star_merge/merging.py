@@ -20,7 +20,7 @@ from .batchnorm import has_batchnorm, reset_bn_stats
 from .errors import UserError
 from .io import atomic_folder
 from .matching.checkpoints import check_output_dir
-from .matching.merge import merge_models
+from .matching.merge import check_merge_method, merge_models
 from .modeling import check_same_architecture
 from .processing import copy_processor_files
 from .references import load_reference, resolve_members
@@ -78,15 +78,20 @@ def merge_checkpoints(
     data_args=None,
     overwrite: bool = False,
     progress: bool = True,
+    symmetry: str = "permutation",
 ) -> MergedCheckpoint:
     """Merge the checkpoints ``sources`` with ``method`` and save the merge in ``output_dir`` (module docstring).
 
     ``repair``: measure statistics over ``data_args`` (default MNIST-1D) and repair the merge. ``output_dir`` must
-    be new or empty unless ``overwrite``; it appears in one rename once complete.
+    be new or empty unless ``overwrite``; it appears in one rename once complete. ``symmetry="orthogonal"``: the
+    members are folded and merged with orthogonal maps (:func:`~star_merge.matching.merge.merge_models`); the
+    output is the folded merge, an ordinary checkpoint of the members' class (norm weights 1).
     """
     from .data import DataArguments
+    from .matching.align import in_symmetry_form
     from .spec import apply_permutation
 
+    check_merge_method(method, symmetry)  # before any download or load
     out = Path(output_dir).expanduser()
     expanded = expand_run_dirs(sources)
     members = resolve_members(expanded, progress=progress)
@@ -95,14 +100,16 @@ def merge_checkpoints(
     for i, m in enumerate(models[1:], 1):
         check_same_architecture(models[0], m, (members[0].display, members[i].display))
     start = time.perf_counter()
-    merged_sd, record = merge_models(models, method=method, weights=weights, seed=seed, progress=progress)
+    models = [in_symmetry_form(m, symmetry) for m in models]  # folded for orthogonal (the container too)
+    merged_sd, record = merge_models(models, method=method, weights=weights, seed=seed, progress=progress,
+                                     symmetry=symmetry)
     model = models[0]
     model.load_state_dict(merged_sd)
     repaired = None
     if repair:
         from .adapters import spec_for
 
-        spec = spec_for(model)
+        spec = spec_for(model, symmetry=symmetry)
         aligned = [apply_permutation(spec, p, m.state_dict()) for p, m in zip(record.perms, models)]
         repaired = repair_merged(model, aligned, record.weights, data_args or DataArguments(),
                                  [m.path for m in members], progress)

@@ -52,6 +52,11 @@ class RunArguments:
     hub_bma_model_id: str | None = field(default=None, metadata={"help": "Repo id for the BMA (default <id>-bma)."})
     hub_private: bool = field(default=False, metadata={"help": "Create private repos."})
     license: str = field(default="apache-2.0", metadata={"help": "License in the model card."})
+    merge_methods: str = field(default="", metadata={"help": "Free merges of the anchors written as RUN/merged-<method>"
+                               "[-repair]/ and evaluated beside the star: comma-separated mergemany, cycle, reference "
+                               "(default none)."})
+    merge_repair: bool = field(default=False, metadata={"help": "Repair the --merge_methods merges over the train "
+                                                                "split (BatchNorm reset, or REPAIR)."})
 
     def __post_init__(self):
         if self.push_to_hub and not self.hub_model_id:
@@ -60,9 +65,24 @@ class RunArguments:
             raise RunError(f"bma_samples must be >= 1, got {self.bma_samples}")
         if self.eval_num_points < 2:
             raise RunError(f"eval_num_points must be >= 2 (the two ends of each path), got {self.eval_num_points}")
+        from .matching.merge import MERGE_METHODS
+
+        bad = [m for m in self.methods() if m not in MERGE_METHODS]
+        if bad:
+            raise RunError(f"unknown --merge_methods {bad[0]!r}; use a comma-separated list of {', '.join(MERGE_METHODS)}")
+        if self.merge_repair and not self.methods():
+            raise RunError("--merge_repair needs --merge_methods (e.g. --merge_methods mergemany)")
         pairs = str(self.eval_pairs)
         if pairs != "all" and not (pairs.isdigit() and int(pairs) >= 1):
             raise RunError(f"eval_pairs must be 'all' or a number >= 1, got {self.eval_pairs!r}")
+
+    def methods(self) -> list[str]:
+        """The --merge_methods, in order, without repeats."""
+        return list(dict.fromkeys(m.strip() for m in str(self.merge_methods or "").split(",") if m.strip()))
+
+    def merged_names(self) -> list[str]:
+        """The run's merged-<method>[-repair] folders these arguments write."""
+        return [f"merged-{m}{'-repair' if self.merge_repair else ''}" for m in self.methods()]
 
 
 def prepare_output_dir(config: StarlightConfig) -> None:
@@ -95,6 +115,30 @@ def prepare_output_dir(config: StarlightConfig) -> None:
             f"output_dir {out} already holds a run ({results[0]}); pass --overwrite_output_dir to replace it "
             "or --resume_from_checkpoint latest to continue it"
         )
+
+
+def _check_merged_dirs(config: StarlightConfig, run_args: RunArguments) -> None:
+    """The merges the run writes replace existing ones only with --overwrite_output_dir (or when resuming)."""
+    if config.overwrite_output_dir or config.resume_from_checkpoint:
+        return
+    for name in run_args.merged_names():
+        if os.path.lexists(os.path.join(config.output_dir, name)):
+            raise RunError(f"output_dir {config.output_dir} already holds {name}; pass --overwrite_output_dir to "
+                           "replace it or choose another --output_dir")
+
+
+def write_run_merges(run_dir: str, run_args: RunArguments, seed: int = 0, progress: bool = True) -> list:
+    """The --merge_methods merges of the run's anchors into RUN/merged-<method>[-repair]/ (``merge_checkpoints``,
+    what ``star-merge merge`` runs); replaces the run's earlier ones (checked before the run started)."""
+    from .merging import merge_checkpoints
+
+    from .rundir import RunDirectory
+
+    paths = RunPaths(run_dir)
+    data_args = RunDirectory(run_dir).data_args if run_args.merge_repair else None
+    return [merge_checkpoints([run_dir], paths.join(name), method=method, seed=seed, repair=run_args.merge_repair,
+                              data_args=data_args, overwrite=True, progress=progress)
+            for method, name in zip(run_args.methods(), run_args.merged_names())]
 
 
 def _clear_results(out: str) -> None:
@@ -139,6 +183,7 @@ def run_starlight_pipeline(
     if pop.held_out and not pop.anchors:
         raise RunError("--held_out without --anchors: give both, or neither to train the built-in population")
     prepare_output_dir(config)  # before any work or write
+    _check_merged_dirs(config, run_args)
     accelerator = accelerator or StarlightTrainer.make_accelerator(config)
     # One run per output_dir at a time (main process; a lock left by a dead process is free again).
     with lock_output_dir(config.output_dir) if accelerator.is_main_process else contextlib.nullcontext():
@@ -288,7 +333,7 @@ def _run_locked(config, data_args, pop, run_args, accelerator) -> dict:
 
 
 def finish_run(run_dir: str, run_args: RunArguments, seed: int = 0, accelerator=None) -> dict:
-    """Export the BMA, evaluate (all processes), write the model card and optionally push (main process)."""
+    """Export the BMA, write the --merge_methods merges, evaluate (all processes), write the model card and optionally push (main process)."""
     from accelerate import PartialState
 
     from .bma import export_bma
@@ -298,6 +343,8 @@ def finish_run(run_dir: str, run_args: RunArguments, seed: int = 0, accelerator=
     state = PartialState()
     if state.is_main_process and not run_args.skip_bma:
         export_bma(run_dir, num_samples=run_args.bma_samples, seed=seed, overwrite=True)
+    if state.is_main_process and run_args.methods():
+        write_run_merges(run_dir, run_args, seed=seed, progress=state.is_local_main_process)
     state.wait_for_everyone()
     pairs = int(run_args.eval_pairs) if str(run_args.eval_pairs).isdigit() else run_args.eval_pairs
     evaluate_run(run_dir, pairs=pairs, seed=seed, overwrite=True, num_points=run_args.eval_num_points,

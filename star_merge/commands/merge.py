@@ -25,6 +25,9 @@ class MergeArguments:
                                                        "help": "MergeMany, cycle-consistent (C2M3) or align-to-member-0"})
     weights: list[float] | None = field(default=None, metadata={"help": "one weight per member (default equal)"})
     repair: bool = field(default=False, metadata={"help": "repair statistics over the data: BatchNorm reset, or REPAIR"})
+    symmetry: str = field(default="permutation", metadata={"choices": ["permutation", "orthogonal"], "help": (
+        "orthogonal: members folded (norm weights 1) and matched with orthogonal maps on the residual stream where "
+        "the family allows (mergemany, reference); the merge is saved folded")})
     seed: int = field(default=0, metadata={"help": "seed of the matching"})
     overwrite: bool = field(default=False, metadata={"help": "replace a non-empty --output_dir"})
     no_progress: bool = field(default=False, metadata={"help": "hide progress bars"})
@@ -42,8 +45,8 @@ def run(args: MergeArguments, data_args: DataArguments) -> int:
 
     result = merge_checkpoints(args.members, args.output_dir, method=args.method, weights=args.weights, seed=args.seed,
                                repair=args.repair, data_args=data_args, overwrite=args.overwrite,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, symmetry=args.symmetry)
     info = result.info
-    print(f"merged {len(info['members'])} members ({args.method}, repair: {info['repair'] or 'none'}) in "
+    print(f"merged {len(info['members'])} members ({args.method}, {args.symmetry}, repair: {info['repair'] or 'none'}) in "
           f"{info['seconds']:.2f} s alignment, {info['iterations']} iteration(s); wrote {os.path.abspath(result.path)}")
     return 0

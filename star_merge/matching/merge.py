@@ -15,6 +15,11 @@ Every method gives member i one permutation ``perms[i]`` into the merged frame, 
 (:meth:`MergeRecord.pairwise`). Member weights (``weights``, default equal) weight the average and, for
 ``mergemany`` and ``cycle``, the objective (pair (i, j) counts ``w_i w_j``). Data-free: statistics repair
 (BatchNorm reset, REPAIR) is the evaluation floor's (:mod:`star_merge.evaluation.repair`).
+
+``symmetry="orthogonal"`` (``reference``, ``mergemany``): the members are folded (:func:`.align.in_symmetry_form`,
+the aligner's folding: norm weights 1; members already folded are used as they are), matched with orthogonal maps where the family declares them (the residual
+stream) by the same engine, and averaged in folded form; the merge is a folded checkpoint of the family's class.
+``cycle`` refuses it: its Frank-Wolfe runs over doubly stochastic relaxations of permutations.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..groups import check_symmetry
 from ..spec import PermutationSpec, apply_permutation, compose_permutations, identity_permutation, inverse_permutation
 from .weight_matching import check_state_dicts, unique_tensors, weight_matching
 
-__all__ = ["MERGE_METHODS", "MergeError", "MergeRecord", "merge_models", "average_state_dicts", "member_weights",
+__all__ = ["MERGE_METHODS", "MergeError", "check_merge_method", "MergeRecord", "merge_models", "average_state_dicts", "member_weights",
            "universe_objective"]
 
 #: The ways :func:`merge_models` aligns the members before averaging.
@@ -55,6 +61,7 @@ class MergeRecord:
     objective: float = float("nan")
     seconds: float = 0.0
     history: list[float] = field(default_factory=list)
+    symmetry: str = "permutation"
 
     def pairwise(self, i: int, j: int) -> dict[str, torch.Tensor]:
         """The map from member i's frame to member j's: ``apply_permutation(spec, it, θ_i)`` is θ_i in j's
@@ -62,8 +69,8 @@ class MergeRecord:
         return compose_permutations(inverse_permutation(self.perms[j]), self.perms[i])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "members": len(self.perms), "weights": self.weights,
-                "iterations": self.iterations, "objective": self.objective, "seconds": self.seconds}
+        return {"method": self.method, "symmetry": self.symmetry, "members": len(self.perms),
+                "weights": self.weights, "iterations": self.iterations, "objective": self.objective, "seconds": self.seconds}
 
 
 def member_weights(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -121,6 +128,37 @@ def _mean_of_others(aligned, weights, i) -> dict[str, torch.Tensor]:
     return average_state_dicts(aligned, [w / rest for w in others])
 
 
+def check_merge_method(method: str, symmetry: str = "permutation") -> None:
+    """Refuses an unknown method or symmetry, and ``cycle`` with orthogonal maps."""
+    if method not in MERGE_METHODS:
+        raise MergeError(f"unknown merge method {method!r}; use one of {', '.join(MERGE_METHODS)}")
+    if check_symmetry(symmetry) == "orthogonal" and method == "cycle":
+        raise MergeError("method 'cycle' merges modulo permutations only (Frank-Wolfe over permutation matrices); "
+                         "use --method mergemany or reference with --symmetry orthogonal")
+
+
+def _same_element(new: torch.Tensor, old: torch.Tensor) -> bool:
+    """A permutation unchanged exactly; an orthogonal map (float, re-solved each time) to 1e-6."""
+    if new.is_floating_point():
+        return bool(torch.allclose(new.double(), old.double(), rtol=0.0, atol=1e-6))
+    return torch.equal(new, old)
+
+
+def _members_in_form(members, symmetry: str) -> list:
+    """The members as ``symmetry`` merges them: themselves, or folded models for ``orthogonal``."""
+    if symmetry == "permutation":
+        return list(members)
+    from ..adapters.folding import can_fold, is_folded
+    from .align import in_symmetry_form
+
+    if not all(isinstance(m, torch.nn.Module) for m in members):
+        raise MergeError("symmetry 'orthogonal' merges models (they are folded first): pass the models, not state dicts")
+    config = getattr(members[0], "config", None)
+    if config is None or not can_fold(config):
+        return list(members)  # no folded form: the family's groups stay permutations
+    return [m if is_folded(config, m.state_dict()) else in_symmetry_form(m, symmetry) for m in members]
+
+
 def _reference(spec, sds, weights, seed, max_iter, progress):
     perms = [identity_permutation(spec)]
     for i in tqdm(range(1, len(sds)), desc="aligning to member 0", disable=not progress, leave=False):
@@ -142,7 +180,7 @@ def _mergemany(spec, sds, weights, seed, max_iter, progress):
             target = _mean_of_others(aligned, weights, i)
             res = weight_matching(spec, target, sds[i], seed=seed + 7919 * sweep + i, max_iter=max_iter,
                                   init_perm=perms[i], validate=False)
-            if any(not torch.equal(res.perm[p], perms[i][p]) for p in perms[i]):
+            if any(not _same_element(res.perm[p], perms[i][p]) for p in perms[i]):
                 changed = True
                 perms[i] = res.perm
                 aligned[i] = apply_permutation(spec, res.perm, sds[i])
@@ -162,6 +200,7 @@ def merge_models(
     spec: PermutationSpec | None = None,
     max_iter: int = 100,
     progress: bool = False,
+    symmetry: str = "permutation",
 ) -> tuple[dict[str, torch.Tensor], MergeRecord]:
     """Merge ``members`` (models or state dicts of one architecture, at least two) into one state dict.
 
@@ -171,20 +210,21 @@ def merge_models(
     0's for ``reference`` and ``cycle`` (its map is the identity); for ``mergemany`` it is wherever the sweeps
     lead. Same ``seed`` -> same result. The merged model carries the members' averaged BatchNorm statistics:
     reset them over data (``reset_bn_stats``) or repair it (``repair_model``) before judging it.
+    ``symmetry``: ``permutation``, or ``orthogonal`` (module docstring: the merge, and ``perms``, are in folded form).
     """
-    if method not in MERGE_METHODS:
-        raise MergeError(f"unknown merge method {method!r}; use one of {', '.join(MERGE_METHODS)}")
+    check_merge_method(method, symmetry)
     if len(members) < 2:
         raise MergeError(f"merging needs at least two members, got {len(members)}")
     if max_iter < 1:
         raise MergeError("max_iter must be >= 1")
     w = member_weights(weights, len(members))
+    members = _members_in_form(members, symmetry)
     if spec is None:
         from ..adapters import spec_for
 
         if not isinstance(members[0], torch.nn.Module):
             raise MergeError("pass spec= when merging state dicts (or pass the models themselves)")
-        spec = spec_for(members[0])
+        spec = spec_for(members[0], symmetry=symmetry)
     sds = [_state_dict(m) for m in members]
     check_state_dicts(spec, *sds, names=[f"member {i}" for i in range(len(sds))])
     start = time.perf_counter()
@@ -199,5 +239,5 @@ def merge_models(
     seconds = time.perf_counter() - start
     aligned = [apply_permutation(spec, p, sd) for p, sd in zip(perms, sds)]
     record = MergeRecord(method, [{p: v.cpu() for p, v in q.items()} for q in perms], w, iterations,
-                         universe_objective(spec, aligned, w), seconds, history)
+                         universe_objective(spec, aligned, w), seconds, history, symmetry)
     return average_state_dicts(aligned, w), record
