@@ -84,13 +84,13 @@ def test_align_overlap_aligns_to_the_previous_epochs_star():
     seen, applied = [], []
     real_rows, real_align = trainer._align_rows, trainer.align_anchors
 
-    def rows(theta):
+    def rows(theta, *args, **kwargs):
         seen.append(theta.detach().clone())
-        return real_rows(theta)
+        return real_rows(theta, *args, **kwargs)
 
-    def align(theta, state, progress, found=None):
+    def align(theta, state, progress, found=None, **kwargs):
         applied.append((state.epoch, found is not None, theta.detach().clone()))
-        return real_align(theta, state, progress, found=found)
+        return real_align(theta, state, progress, found=found, **kwargs)
 
     trainer._align_rows, trainer.align_anchors = rows, align
     result = trainer.train()

@@ -35,8 +35,9 @@ class AlignmentRecord:
     symmetry: str = "permutation"
 
     def to_dict(self) -> dict[str, Any]:
-        if self.result is None:
-            return {"method": self.method, "symmetry": self.symmetry}
+        if self.result is None:  # method "none": nothing was aligned, in no symmetry
+            return {"method": self.method} if self.method == "none" else {"method": self.method,
+                                                                            "symmetry": self.symmetry}
         return {"method": self.method, "symmetry": self.symmetry, "objective": self.result.objective,
                 "iterations": self.result.iterations}
 

@@ -106,20 +106,19 @@ def train_population(
     if retrain_stale and process_index == 0:  # --overwrite_output_dir: the folder holds this population only
         remove_extra_members(population_dir, {name for name, _, _ in plan})
     mine = [p for k, p in enumerate(plan) if k % num_processes == process_index]
-    bar = tqdm(total=len(mine), desc="population" + (f" (process {process_index})" if num_processes > 1 else ""),
-               disable=not progress)
-    for k, (name, role, member_seed) in enumerate(plan):
-        path = os.path.join(population_dir, name)
-        if k % num_processes == process_index:
-            wanted = member_settings(model_config, train_args, data_settings, member_seed)
-            if not _reusable(path, wanted, retrain_stale):
-                model = build_model(model_config, member_seed)
-                model, metrics = train_classifier(model, dataset, train_args, member_seed, device=device,
-                                                  progress=progress, desc=name, task=task, collate_fn=collate_fn)
-                save_checkpoint(model.to("cpu"), path, overwrite=os.path.exists(path), processor=processor,
-                                extra_json={**metrics, "train_args": train_args.__dict__, "population_settings": wanted})
-                fault_point("population")
-            bar.update(1)
-        members.append(Member(name=name, role=role, path=os.path.abspath(path), source=os.path.abspath(path)))
-    bar.close()
+    with tqdm(total=len(mine), desc="population" + (f" (process {process_index})" if num_processes > 1 else ""),
+              disable=not progress) as bar:  # closed (its line ended) before an error is printed
+        for k, (name, role, member_seed) in enumerate(plan):
+            path = os.path.join(population_dir, name)
+            if k % num_processes == process_index:
+                wanted = member_settings(model_config, train_args, data_settings, member_seed)
+                if not _reusable(path, wanted, retrain_stale):
+                    model = build_model(model_config, member_seed)
+                    model, metrics = train_classifier(model, dataset, train_args, member_seed, device=device,
+                                                      progress=progress, desc=name, task=task, collate_fn=collate_fn)
+                    save_checkpoint(model.to("cpu"), path, overwrite=os.path.exists(path), processor=processor,
+                                    extra_json={**metrics, "train_args": train_args.__dict__, "population_settings": wanted})
+                    fault_point("population")
+                bar.update(1)
+            members.append(Member(name=name, role=role, path=os.path.abspath(path), source=os.path.abspath(path)))
     return members
