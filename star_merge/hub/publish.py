@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Sequence
 
 from ..errors import UserError
-from .sanitize import sanitize_json_text
+from .sanitize import absolute_paths_in, sanitize_json_text
 
 __all__ = ["PushError", "check_staged", "local_roots", "publish_files", "stage_files"]
 
@@ -52,17 +52,6 @@ def local_roots(*extra: str | None) -> list[str]:
     return sorted((r for r in roots if r not in ("/", "")), key=len, reverse=True)
 
 
-def _json_paths(value, found: list) -> None:
-    if isinstance(value, dict):
-        for v in value.values():
-            _json_paths(v, found)
-    elif isinstance(value, list):
-        for v in value:
-            _json_paths(v, found)
-    elif isinstance(value, str) and os.path.isabs(value) and "\n" not in value and len(value) > 1:
-        found.append(value)
-
-
 def check_staged(folder: str, roots: Sequence[str]) -> None:
     """Refuse a staged folder without a non-empty ``README.md``, or with an absolute path in a JSON file or a
     local folder (``roots``) in any text file."""
@@ -76,10 +65,10 @@ def check_staged(folder: str, roots: Sequence[str]) -> None:
                 continue
             with open(path, encoding="utf-8", errors="replace") as f:
                 text = f.read()
-            found = []
+            in_json: set = set()
             if name.endswith(".json"):
-                _json_paths(json.loads(text), found)
-            found += [r for r in roots if r in text]
+                absolute_paths_in(json.loads(text), in_json)
+            found = sorted(in_json) + [r for r in roots if r in text]
             if found:
                 raise PushError(f"refusing to publish {os.path.relpath(path, folder)}: it holds the local path "
                                 f"{found[0]}; nothing was uploaded")

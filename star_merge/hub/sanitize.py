@@ -69,13 +69,14 @@ def publish_size(path: str, run_dir: str) -> int:
     return os.path.getsize(path)
 
 
-def _abs_paths(value, out: set) -> None:
+def absolute_paths_in(value, out: set) -> None:
+    """Add to ``out`` every absolute path held as a string anywhere in the JSON value ``value``."""
     if isinstance(value, dict):
         for v in value.values():
-            _abs_paths(v, out)
+            absolute_paths_in(v, out)
     elif isinstance(value, list):
         for v in value:
-            _abs_paths(v, out)
+            absolute_paths_in(v, out)
     elif isinstance(value, str) and os.path.isabs(value) and "\n" not in value and len(value) > 1:
         out.add(value)
 
@@ -88,7 +89,7 @@ def sanitize_text(text: str, run_dir: str, json_sources=()) -> str:
     for src in json_sources:
         try:
             with open(src) as f:
-                _abs_paths(json.load(f), paths)
+                absolute_paths_in(json.load(f), paths)
         except (OSError, ValueError):
             continue
     for p in sorted(paths, key=len, reverse=True):
