@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..spec import AxisPerm, PermutationSpec
 from .folding import pre_norm_plan, register_folding
 from .heads import declare_heads
-from .layout import RESIDUAL_READERS, AxesCollector, find_prefix, stream_kind
+from .layout import find_prefix, present_readers, stream_collector
 from .registry import register_adapter
 
 __all__ = ["build_gpt2_spec", "gpt2_folding"]
@@ -20,11 +20,13 @@ __all__ = ["build_gpt2_spec", "gpt2_folding"]
 def build_gpt2_spec(
     config, shapes, *, permute_residual: bool = True, permute_heads: bool = True, symmetry: str = "permutation"
 ) -> PermutationSpec:
-    """Symmetry spec of a GPT-2 base model, LM head model or classifier; ``symmetry="orthogonal"``: the residual
-    stream (LayerNorm, folded form) takes the orthogonal maps with Q·1 = 1."""
-    axes = AxesCollector("gpt2", shapes, find_prefix(shapes, "wte.weight", "gpt2"))
-    res = "residual" if permute_residual else None
-    axes.group(res, stream_kind(symmetry, "layer"))
+    """Symmetry spec of a GPT-2 base model, LM head model or classifier.
+
+    Every projection is a ``Conv1D`` (weights ``[in, out]``), so each one is declared transposed. With
+    ``symmetry="orthogonal"`` the residual stream (LayerNorm, folded form) takes the orthogonal maps with Q·1 = 1.
+    """
+    axes, res = stream_collector("gpt2", shapes, "wte.weight", symmetry=symmetry, norm="layer",
+                                 permute_residual=permute_residual)
     head_dim = config.n_embd // config.n_head
 
     axes.embedding("wte", res)
@@ -49,7 +51,7 @@ def build_gpt2_spec(
 
 def gpt2_folding(config, shapes):
     """ln_1 -> c_attn, ln_2 -> c_fc (Conv1D: input rows, axis 0), ln_f -> the head (input columns)."""
-    heads = [(f"{h}.weight", 1) for h in RESIDUAL_READERS if f"{h}.weight" in shapes]
+    heads = present_readers(shapes)
     return pre_norm_plan(find_prefix(shapes, "wte.weight", "gpt2"), "h", config.n_layer,
                          {"ln_1": [("attn.c_attn", 0)], "ln_2": [("mlp.c_fc", 0)]}, "ln_f", heads)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from ..spec import PermutationSpec
 from .folding import pre_norm_plan, register_folding
 from .heads import declare_heads
-from .layout import RESIDUAL_READERS, AxesCollector, find_prefix, heads_axis, stream_kind
+from .layout import find_prefix, heads_axis, present_readers, stream_collector
 from .registry import register_adapter
 
 __all__ = ["build_gpt_neox_spec", "gpt_neox_folding"]
@@ -31,9 +31,8 @@ def build_gpt_neox_spec(
 ) -> PermutationSpec:
     """Symmetry spec of a GPT-NeoX base model, causal LM or classifier; ``symmetry="orthogonal"``: the residual
     stream (LayerNorm, folded form) takes the orthogonal maps with Q·1 = 1."""
-    axes = AxesCollector("gpt_neox", shapes, find_prefix(shapes, "embed_in.weight", "gpt_neox"))
-    res = "residual" if permute_residual else None
-    axes.group(res, stream_kind(symmetry, "layer"))
+    axes, res = stream_collector("gpt_neox", shapes, "embed_in.weight", symmetry=symmetry, norm="layer",
+                                 permute_residual=permute_residual)
     head_dim = config.hidden_size // config.num_attention_heads
 
     axes.embedding("embed_in", res)
@@ -55,7 +54,7 @@ def build_gpt_neox_spec(
 
 def gpt_neox_folding(config, shapes):
     """Input norm -> query_key_value, post-attention norm -> dense_h_to_4h, final norm -> the head."""
-    heads = [(f"{h}.weight", 1) for h in RESIDUAL_READERS if f"{h}.weight" in shapes]
+    heads = present_readers(shapes)
     norms = {"input_layernorm": [("attention.query_key_value", 1)],
              "post_attention_layernorm": [("mlp.dense_h_to_4h", 1)]}
     return pre_norm_plan(find_prefix(shapes, "embed_in.weight", "gpt_neox"), "layers", config.num_hidden_layers,

@@ -13,7 +13,10 @@ from collections.abc import Mapping
 from ..groups import ORTHOGONAL, ORTHOGONAL_MEAN_FREE, PERMUTATION, check_symmetry
 from ..spec import AxisEntry, AxisPerm, PermutationSpec, SpecError
 
-__all__ = ["RESIDUAL_READERS", "AxesCollector", "find_prefix", "heads_axis", "stream_kind"]
+__all__ = [
+    "RESIDUAL_READERS", "AxesCollector", "find_prefix", "heads_axis", "present_readers", "stream_collector",
+    "stream_kind",
+]
 
 #: Task heads of decoder-style models that read the final hidden state (language-model, sequence, token and span
 #: heads alike): ``lm_head``, ``score``, ``classifier``, ``qa_outputs``.
@@ -42,6 +45,22 @@ def stream_kind(symmetry: str, norm: str) -> str:
     if check_symmetry(symmetry) == "permutation":
         return PERMUTATION
     return ORTHOGONAL if norm == "rms" else ORTHOGONAL_MEAN_FREE
+
+
+def present_readers(shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[str, int]]:
+    """The task heads present in ``shapes`` that read the residual stream, as ``(weight name, input axis)``."""
+    return [(f"{h}.weight", 1) for h in RESIDUAL_READERS if f"{h}.weight" in shapes]
+
+
+def stream_collector(
+    model_type: str, shapes, anchor: str, *, symmetry: str, norm: str, permute_residual: bool
+) -> tuple[AxesCollector, str | None]:
+    """An :class:`AxesCollector` rooted at the base model found from ``anchor``, and its residual stream's name
+    (``None`` when the stream is not permuted), declared with the group ``stream_kind(symmetry, norm)``."""
+    axes = AxesCollector(model_type, shapes, find_prefix(shapes, anchor, model_type))
+    res = "residual" if permute_residual else None
+    axes.group(res, stream_kind(symmetry, norm))
+    return axes, res
 
 
 def heads_axis(name: str, head_dim: int, enabled: bool) -> AxisPerm | None:

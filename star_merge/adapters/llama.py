@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..spec import AxisPerm, PermutationSpec, SpecError
 from .folding import pre_norm_plan, register_folding
 from .heads import declare_heads
-from .layout import RESIDUAL_READERS, AxesCollector, find_prefix, stream_kind
+from .layout import find_prefix, present_readers, stream_collector
 from .registry import register_adapter
 
 __all__ = ["build_llama_spec", "llama_folding"]
@@ -22,9 +22,8 @@ def build_llama_spec(
     """Symmetry spec of a Llama, Mistral or Qwen2 base model, causal LM or classifier; ``symmetry="orthogonal"``:
     the residual stream (RMSNorm, folded form) is O(d)."""
     model_type = config.model_type
-    axes = AxesCollector(model_type, shapes, find_prefix(shapes, "embed_tokens.weight", model_type))
-    res = "residual" if permute_residual else None
-    axes.group(res, stream_kind(symmetry, "rms"))
+    axes, res = stream_collector(model_type, shapes, "embed_tokens.weight", symmetry=symmetry, norm="rms",
+                                 permute_residual=permute_residual)
     n_heads = config.num_attention_heads
     n_kv = getattr(config, "num_key_value_heads", None) or n_heads
     if n_heads % n_kv:
@@ -55,7 +54,7 @@ def build_llama_spec(
 
 def llama_folding(config, shapes):
     """Input norm -> q/k/v, post-attention norm -> gate/up, final norm -> the head (input columns)."""
-    heads = [(f"{h}.weight", 1) for h in RESIDUAL_READERS if f"{h}.weight" in shapes]
+    heads = present_readers(shapes)
     norms = {"input_layernorm": [(f"self_attn.{p}", 1) for p in ("q_proj", "k_proj", "v_proj")],
              "post_attention_layernorm": [(f"mlp.{p}", 1) for p in ("gate_proj", "up_proj")]}
     return pre_norm_plan(find_prefix(shapes, "embed_tokens.weight", config.model_type), "layers",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..spec import PermutationSpec
 from .folding import pre_norm_plan, register_folding
 from .heads import declare_heads
-from .layout import AxesCollector, find_prefix, heads_axis, stream_kind
+from .layout import find_prefix, heads_axis, stream_collector
 from .registry import register_adapter
 
 __all__ = ["build_vit_spec", "vit_folding"]
@@ -22,9 +22,8 @@ def build_vit_spec(
 ) -> PermutationSpec:
     """Symmetry spec of a ViT base model or image classifier; ``symmetry="orthogonal"``: the residual stream
     (LayerNorm, folded form) takes the orthogonal maps with Q·1 = 1."""
-    axes = AxesCollector("vit", shapes, find_prefix(shapes, "embeddings.cls_token", "vit"))
-    res = "residual" if permute_residual else None
-    axes.group(res, stream_kind(symmetry, "layer"))
+    axes, res = stream_collector("vit", shapes, "embeddings.cls_token", symmetry=symmetry, norm="layer",
+                                 permute_residual=permute_residual)
     head_dim = config.hidden_size // config.num_attention_heads
 
     axes.add("embeddings.cls_token", None, None, res)
