@@ -43,7 +43,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
+    """A ``/proc/self/status`` field of this process in KiB (``VmRSS``: resident now, ``VmHWM``: peak)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -97,7 +98,7 @@ def worker(args) -> None:
 
     if torch.cuda.is_available() and args.device == "cuda":
         torch.cuda.init()
-    base_kib = _status_kib("VmRSS")
+    base_kib = status_kib("VmRSS")
     trainer, device = build_trainer(args.model, args.worker, args.device, args.anchor_device, args.batch_size)
     aligned = aligned_flats(trainer, device)
     bench = Bench(args.model, 0, args.device, args.batch_size, anchors=aligned)
@@ -106,7 +107,7 @@ def worker(args) -> None:
         step(i)
     out = {
         "N": args.worker, "anchor_device": args.anchor_device, "model_mb": model_bytes / 2**20,
-        "host_peak_mb": (_status_kib("VmHWM") - base_kib) / 1024, "host_now_mb": (_status_kib("VmRSS") - base_kib) / 1024,
+        "host_peak_mb": (status_kib("VmHWM") - base_kib) / 1024, "host_now_mb": (status_kib("VmRSS") - base_kib) / 1024,
         "device_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan"),
     }
     print("RESULT " + json.dumps(out))
@@ -142,7 +143,7 @@ def lm_worker(args) -> None:
         return {k: (v.to(dtype) if v.is_floating_point() else v).clone() for k, v in base.items()}
 
     anchors = [(f"anchor-{i}", functools.partial(load, i)) for i in range(args.anchors[0])]
-    base_kib = _status_kib("VmRSS")  # the one template model is not the trainer's
+    base_kib = status_kib("VmRSS")  # the one template model is not the trainer's
     data = Dataset.from_dict({"input_ids": [[i % 50000 for i in range(args.lm_block)]] * 2})
     config = StarlightConfig(num_train_epochs=1, per_device_train_batch_size=1, align_every=0,
                              anchor_device=args.anchor_device)
@@ -155,7 +156,7 @@ def lm_worker(args) -> None:
     device = trainer.accelerator.device
     out = {"dtype": args.lm_dtype, "N": args.anchors[0], "anchor_matrix_mb": anchor_mb,
            "params_m": trainer.layout.total / 1e6,
-           "host_peak_mb": (_status_kib("VmHWM") - base_kib) / 1024, "host_now_mb": (_status_kib("VmRSS") - base_kib) / 1024,
+           "host_peak_mb": (status_kib("VmHWM") - base_kib) / 1024, "host_now_mb": (status_kib("VmRSS") - base_kib) / 1024,
            "device_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")}
     print("RESULT " + json.dumps(out))
 
@@ -217,12 +218,12 @@ def dist_worker(args) -> None:
     def load(i):
         return {k: (v.to(dtype) if v.is_floating_point() else v).clone() for k, v in base.items()}
 
-    base_kib = _status_kib("VmRSS")
+    base_kib = status_kib("VmRSS")
     config = StarlightConfig(num_train_epochs=1, align_every=0, anchor_sharding="auto", reduce_bucket_mb=args.bucket_mb,
                              per_device_train_batch_size=1 if args.lm else batch)
     trainer = StarlightTrainer(model=cfg, args=config, anchors=[(f"a{i}", functools.partial(load, i)) for i in range(n)],
                                train_dataset=data)
-    built_kib = _status_kib("VmHWM") - base_kib
+    built_kib = status_kib("VmHWM") - base_kib
     acc = trainer.accelerator
     if args.dist_steps == 0:  # memory of the anchors and the star model only
         rows = gather_object([{"rank": acc.process_index, "anchors_held": trainer.store.rows.shape[0],
@@ -251,7 +252,7 @@ def dist_worker(args) -> None:
             times[overlap].append(time.perf_counter() - started)
     row = {"rank": acc.process_index, "anchors_held": trainer.store.rows.shape[0],
            "anchor_rows_mb": trainer.store.nbytes / 2**20, "host_after_build_mb": built_kib / 1024,
-           "host_peak_mb": (_status_kib("VmHWM") - base_kib) / 1024,
+           "host_peak_mb": (status_kib("VmHWM") - base_kib) / 1024,
            "device_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan"),
            "ms_step": 1e3 * statistics.median(times[False][1:] or times[False]),
            "ms_step_overlap": 1e3 * statistics.median(times[True][1:] or times[True]),

@@ -39,6 +39,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from anchor_scaling import status_kib  # noqa: E402  (benchmarks/ is the script's folder)
+
 GIB, MIB = 2**30, 2**20
 
 
@@ -113,7 +115,7 @@ def worker(args) -> None:
         return {k: (v.to(torch.bfloat16) if v.is_floating_point() else v).clone() for k, v in base.items()}
 
     anchors = [(f"anchor-{i}", functools.partial(load, i)) for i in range(args.anchors)]
-    base_kib = _status_kib("VmRSS")
+    base_kib = status_kib("VmRSS")
     data = Dataset.from_dict({"input_ids": [[(7 * i + j) % cfg.vocab_size for j in range(64)] for i in range(8)]})
     config = StarlightConfig(num_train_epochs=1, per_device_train_batch_size=1, align_every=0)
     trainer = StarlightTrainer(model=cfg, args=config, anchors=anchors, train_dataset=data)
@@ -123,17 +125,9 @@ def worker(args) -> None:
     acc = trainer.accelerator
     print("RESULT " + json.dumps({
         "rank": acc.process_index, "world": acc.num_processes, "fsdp": trainer.fsdp,
-        "host_peak": (_status_kib("VmHWM") - base_kib) * 1024, "host_now": (_status_kib("VmRSS") - base_kib) * 1024,
+        "host_peak": (status_kib("VmHWM") - base_kib) * 1024, "host_now": (status_kib("VmRSS") - base_kib) * 1024,
         "anchor_rows": trainer.anchors.numel() * trainer.anchors.element_size(),
         "device_peak": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None}), flush=True)
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def measured_main(args) -> None:

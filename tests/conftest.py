@@ -14,3 +14,15 @@ def mnist1d():
     from star_merge.data import DataArguments, load_task_dataset
 
     return load_task_dataset(DataArguments())
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test (tiny models: on a shared CPU extra threads only contend; measured
+    1000x on einsum), restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

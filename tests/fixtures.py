@@ -96,3 +96,19 @@ def recompute_bn_statistics(model, dataloader):
     for bn, m in zip(bns, saved):
         bn.momentum = m
     return model.eval()
+
+
+def permuted_copies(model, seeds):
+    """``model``'s spec and flat layout, its flat weights θ, and one row per seed: θ's copy under the seeded
+    random permutation (what the trainer's re-alignment sees when the anchors are permuted copies of the star)."""
+    import torch
+
+    import star_merge as sm
+    from star_merge.starlight.flat import FlatLayout
+
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    spec = sm.spec_for(model).subset(params)
+    layout = FlatLayout.of(model)
+    rows = torch.stack([layout.flatten(sm.apply_permutation(spec, sm.random_permutation(spec, s), params))
+                        for s in seeds])
+    return spec, layout, layout.flatten(params), rows, params

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from fixtures import build_model, save_checkpoint, tiny_arguments
-from mp_runs import ROOT, command
+from mp_runs import ROOT, alive, command
 
 
 @pytest.mark.slow
@@ -36,14 +36,6 @@ def test_a_bad_member_under_two_processes_is_one_line_and_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr and "Connection closed" not in proc.stderr, proc.stderr[-3000:]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.slow
 def test_a_killed_process_ends_the_other_within_60_s(tmp_path):
     """Process 1 is SIGKILLed after its 3rd step; process 0 notices at its next collective and exits with
@@ -58,13 +50,13 @@ def test_a_killed_process_ends_the_other_within_60_s(tmp_path):
             time.sleep(0.2)
         time.sleep(0.5)  # the files are written before they are complete
         pids = [int((out / f"pid{r}").read_text()) for r in (0, 1)]
-        while _alive(pids[1]):
+        while alive(pids[1]):
             assert time.time() < deadline, "process 1 was never killed"
             time.sleep(0.1)
         killed = time.time()
-        while _alive(pids[0]) and time.time() < killed + 60:
+        while alive(pids[0]) and time.time() < killed + 60:
             time.sleep(0.2)
-        assert not _alive(pids[0]), "process 0 outlived the killed process by 60 s"
+        assert not alive(pids[0]), "process 0 outlived the killed process by 60 s"
         _, stderr = launcher.communicate(timeout=120)
         assert launcher.returncode != 0
     finally:
@@ -72,6 +64,6 @@ def test_a_killed_process_ends_the_other_within_60_s(tmp_path):
             launcher.kill()
         for r in (0, 1):
             p = out / f"pid{r}"
-            if p.exists() and _alive(int(p.read_text() or 0)):
+            if p.exists() and alive(int(p.read_text() or 0)):
                 os.kill(int(p.read_text()), 9)
     assert not (out / "star.safetensors").exists()

@@ -7,7 +7,8 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from mp_runs import ROOT, alive
+
 LAUNCH = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
@@ -21,14 +22,6 @@ def test_user_error_under_the_launcher_is_one_line_and_exit_2(tmp_path):
     assert len(errors) == 1 and errors[0].startswith("error: num_anchors"), proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "CalledProcessError" not in proc.stderr
     assert not out.exists()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_killing_accelerate_launch_ends_the_training_process(tmp_path):
@@ -50,13 +43,13 @@ def test_killing_accelerate_launch_ends_the_training_process(tmp_path):
         launcher.send_signal(signal.SIGKILL)
         launcher.wait()
         deadline = time.time() + 60
-        while _alive(worker) and time.time() < deadline:
+        while alive(worker) and time.time() < deadline:
             time.sleep(0.5)
-        assert not _alive(worker), "the training process outlived its launcher"
+        assert not alive(worker), "the training process outlived its launcher"
     finally:
         if launcher.poll() is None:
             launcher.kill()
-        if worker is not None and _alive(worker):
+        if worker is not None and alive(worker):
             os.kill(worker, signal.SIGKILL)
 
 

@@ -13,7 +13,7 @@ from star_merge.matching.solvers import available_solvers, solve_batch
 from star_merge.matching.weight_matching import is_chain, is_permutation, presolve_option
 from star_merge.models import StarMLPConfig
 from star_merge.modeling import build_model
-from star_merge.starlight.flat import FlatLayout
+from fixtures import permuted_copies
 from test_population import tiny_models
 
 
@@ -55,12 +55,7 @@ def test_argmax_shortcut_recovers_a_permuted_copy_and_is_counted():
     """A permuted copy of A: after the first solves the rows' maxima are the true units, so the
     shortcut answers (counted as 'argmax') and the copy is recovered exactly, batched and not."""
     model = _mlp(0)
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    spec = sm.spec_for(model).subset(params)
-    layout = FlatLayout.of(model)
-    theta = layout.flatten(params)
-    rows = torch.stack([layout.flatten(sm.apply_permutation(spec, sm.random_permutation(spec, s), params))
-                        for s in (1, 2)])
+    spec, layout, theta, rows, params = permuted_copies(model, (1, 2))
     for batched in (False, True):
         res = align_rows(spec, layout, theta, rows, [0, 1], [5, 6], batched=batched)
         assert res.solvers.get("argmax", 0) > 0, (batched, res.solvers)
@@ -163,13 +158,8 @@ def test_cuda_population_alignment_equals_the_host_per_anchor_one(solver):
     """θ and the rows on the GPU, batched (and the cuda solver under auto when installed): the same
     permutations as weight_matching per anchor on the host, on noisy permuted copies."""
     model = _mlp(4, width=64)
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    spec = sm.spec_for(model).subset(params)
-    layout = FlatLayout.of(model)
-    theta = layout.flatten(params)
+    spec, layout, theta, rows, params = permuted_copies(model, range(4))
     g = torch.Generator().manual_seed(0)
-    rows = torch.stack([layout.flatten(sm.apply_permutation(spec, sm.random_permutation(spec, s), params))
-                        for s in range(4)])
     rows += 0.3 * rows.std() * torch.randn(rows.shape, generator=g)
     host = align_rows(spec, layout, theta, rows, list(range(4)), [7, 8, 9, 10], solver="scipy", batched=False)
     dev = align_rows(spec, layout, theta.cuda(), rows.cuda(), list(range(4)), [7, 8, 9, 10], solver=solver)

@@ -32,13 +32,7 @@ STREAM_KIND = {"llama": ORTHOGONAL, "mistral": ORTHOGONAL, "qwen2": ORTHOGONAL, 
                "gpt_neox": ORTHOGONAL_MEAN_FREE, "vit": ORTHOGONAL_MEAN_FREE, "bert": None, "roberta": None}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread (on a shared CPU extra threads only contend; measured 1000x on einsum)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.cache

@@ -24,13 +24,7 @@ from star_merge.spec import PermutationSpec
 BLOCK = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread (on a shared CPU extra threads only contend; measured 1000x on einsum)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _neox(seed: int, vocab: int = 64) -> T.GPTNeoXForCausalLM:

@@ -15,13 +15,14 @@ import pytest
 import torch
 import transformers as T
 from test_adapters import relative_error, run
-from test_orthogonal import _one_thread, folded  # noqa: F401  (the fixture: one intra-op thread)
+from test_orthogonal import folded
 
 from star_merge import apply_permutation, random_permutation
 from star_merge.adapters.folding import is_folded
 from star_merge.cli import main
 from star_merge.matching.merge import MergeError, merge_models
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 CASES = ("gpt_neox-causal-parallel", "llama-causal-gqa2-tied")
 
 

@@ -13,7 +13,7 @@ from star_merge.matching.population import align_rows
 from star_merge.models import StarCifarDenseNetConfig
 from star_merge.modeling import build_model
 from star_merge.spec import AxisPerm, PermutationSpec, Segments, SpecError
-from star_merge.starlight.flat import FlatLayout
+from fixtures import permuted_copies
 
 
 def test_apply_permutation_on_segments_matches_hand_indexing():
@@ -105,12 +105,7 @@ def test_weight_matching_with_segments_equals_the_split_network(cache):
 
 def test_batched_alignment_recovers_permuted_copies_through_segments():
     model = _densenet(3)
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    spec = sm.spec_for(model).subset(params)
-    layout = FlatLayout.of(model)
-    theta = layout.flatten(params)
-    rows = torch.stack([layout.flatten(sm.apply_permutation(spec, sm.random_permutation(spec, s), params))
-                        for s in (1, 2, 3)])
+    spec, layout, theta, rows, params = permuted_copies(model, (1, 2, 3))
     for batched in (False, True):
         res = align_rows(spec, layout, theta, rows, [0, 1, 2], [5, 6, 7], batched=batched)
         for i, perm in enumerate(res.perms):

@@ -141,7 +141,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(RANK_SCRIPT.format(tests=os.path.join(ROOT, "tests"), lr=LR, batch=50, out=str(out)))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--main_process_port", "29541", str(script)]
+           "--main_process_port", "29545", str(script)]
     proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
