@@ -326,18 +326,26 @@ def _run_locked(config, data_args, pop, run_args, accelerator) -> dict:
     manifest = _manifest(config, data_args, pop, run_args, population, trainer, accelerator)
     if accelerator.is_main_process:
         atomic_write_json(paths.manifest_path, manifest)
-    result = trainer.train()
-    if accelerator.is_main_process:
-        _save_results(paths, manifest, result, population.processor, config, time.time() - started, accelerator)
-    return finish_run(config.output_dir, run_args, seed=config.seed, accelerator=accelerator)
+    result = trainer.train(end_trackers=False)
+    try:
+        if accelerator.is_main_process:
+            _save_results(paths, manifest, result, population.processor, config, time.time() - started, accelerator)
+        return finish_run(config.output_dir, run_args, seed=config.seed, accelerator=accelerator,
+                          tracker_step=trainer.state.global_step)
+    finally:
+        if config.trackers():
+            accelerator.end_training()
 
 
-def finish_run(run_dir: str, run_args: RunArguments, seed: int = 0, accelerator=None) -> dict:
-    """Export the BMA, write the --merge_methods merges, evaluate (all processes), write the model card and optionally push (main process)."""
+def finish_run(run_dir: str, run_args: RunArguments, seed: int = 0, accelerator=None,
+               tracker_step: int | None = None) -> dict:
+    """Export the BMA, write the --merge_methods merges, evaluate (all processes), log the evaluation to the
+    accelerator's trackers (at ``tracker_step``), write the model card and optionally push (main process)."""
     from accelerate import PartialState
 
     from .bma import export_bma
     from .evaluation.report import evaluate_run
+    from .evaluation.tracking import log_evaluation
     from .hub.model_card import write_model_card
 
     state = PartialState()
@@ -347,8 +355,10 @@ def finish_run(run_dir: str, run_args: RunArguments, seed: int = 0, accelerator=
         write_run_merges(run_dir, run_args, seed=seed, progress=state.is_local_main_process)
     state.wait_for_everyone()
     pairs = int(run_args.eval_pairs) if str(run_args.eval_pairs).isdigit() else run_args.eval_pairs
-    evaluate_run(run_dir, pairs=pairs, seed=seed, overwrite=True, num_points=run_args.eval_num_points,
-                 accelerator=accelerator, progress=state.is_local_main_process)
+    report = evaluate_run(run_dir, pairs=pairs, seed=seed, overwrite=True, num_points=run_args.eval_num_points,
+                          accelerator=accelerator, progress=state.is_local_main_process)
+    if accelerator is not None:
+        log_evaluation(accelerator, report, run_dir, step=tracker_step)
     if state.is_main_process:
         write_model_card(run_dir, license=run_args.license)
         if run_args.push_to_hub:

@@ -177,8 +177,10 @@ class StarlightTrainer(AnchorAlignment, StarOutputs):
         return n, t
 
     # ------------------------------------------------------------------ the loop
-    def train(self) -> StarlightResult:
-        """Train the star; returns (and keeps in ``self.result``) the star and the anchors' final permutations."""
+    def train(self, *, end_trackers: bool = True) -> StarlightResult:
+        """Train the star; returns (and keeps in ``self.result``) the star and the anchors' final permutations.
+        ``end_trackers=False`` leaves the trackers open for the caller (the pipeline logs the evaluation, then
+        calls ``accelerator.end_training()``)."""
         self._setup()
         self._resume()
         bar = tqdm(total=self.steps_per_epoch * self.args.num_train_epochs, initial=self.state.global_step,
@@ -188,7 +190,7 @@ class StarlightTrainer(AnchorAlignment, StarOutputs):
                 running, count = self._train_epoch(epoch, bar)
                 self._end_of_epoch(epoch, running, count)
         bar.close()
-        self.result = self._finish()
+        self.result = self._finish(end_trackers)
         return self.result
 
     def _setup(self) -> None:
@@ -334,14 +336,14 @@ class StarlightTrainer(AnchorAlignment, StarOutputs):
         self.state.batches_in_epoch = 0
         self._save_state()
 
-    def _finish(self) -> StarlightResult:
+    def _finish(self, end_trackers: bool = True) -> StarlightResult:
         """Final alignment of every anchor to the trained star (for BMA export and evaluation)."""
         acc = self.accelerator
         self.align_anchors(self.flat_star.theta, self.state, acc.is_local_main_process)
         self._load_theta_into_model()
         if self.has_bn:
             reset_bn_stats(self.model, self.bn_loader, self.args.bn_reset_batches, acc.device, task=self.task)
-        if self.args.trackers():
+        if self.args.trackers() and end_trackers:
             acc.end_training()
         star = self.bound.release(self.flat_star.theta).to("cpu").eval()
         return StarlightResult(model=star, perms={k: dict(v) for k, v in self.state.perms.items()},
