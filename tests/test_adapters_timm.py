@@ -39,6 +39,9 @@ CASES = {
     "seresnet50": ("seresnet50", dict(layers=(1, 1, 1, 1), channels=(4, 6, 4, 5)), 32),
     # VGG-BN (the paper's VGG-11 / 19 in timm), with a narrow pre-logits MLP.
     "vgg11_bn": ("vgg11_bn", dict(mlp_ratio=1 / 256), 32),
+    # DenseNet-BC: concatenated inputs (Segments) through bottleneck layers and transitions; a deep stem.
+    "densenet121": ("densenet121", dict(growth_rate=4, block_config=(3, 2), bn_size=2), 32),
+    "densenet264d": ("densenet264d", dict(growth_rate=4, block_config=(2, 1, 2), bn_size=2), 32),
     # ViT / DeiT: plain, layer scale + q/k norm, distilled (two tokens, two heads).
     "vit_tiny": ("vit_tiny_patch16_224", dict(_VIT), 16),
     "vit_ls_qknorm": ("vit_tiny_patch16_224", dict(_VIT, init_values=0.5, qk_norm=True, qkv_bias=False), 16),
@@ -118,7 +121,21 @@ def test_timm_resnet_streams_follow_shortcuts():
     assert spec.axes_to_perm["timm_model.fc.weight"][0] is None
 
 
-@pytest.mark.parametrize("case_id", ["resnet18", "vit_tiny", "convnext_atto", "vgg11_bn"])
+def test_timm_densenet_layers_read_their_blocks_concatenation():
+    from star_merge.spec import Segments
+
+    _, spec, _, _, _ = prepared("densenet264d")
+    entry = lambda k, axis: spec.axes_to_perm[f"timm_model.features.{k}"][axis]  # noqa: E731
+    assert entry("conv0.weight", 0).perm == "stem.0" and entry("conv2.weight", 0).perm == "stem"  # deep stem
+    third = entry("denseblock1.denselayer2.conv1.weight", 1)  # stem (2k = 8) + layer 1 (k = 4) channels
+    assert isinstance(third, Segments)
+    assert [(p.perm, p.offset, p.span) for p in third.parts] == [("stem", 0, 8),
+                                                                 ("features.denseblock1.denselayer1", 8, 4)]
+    assert entry("transition1.conv.weight", 0).perm == "transition1"
+    assert spec.axes_to_perm["timm_model.classifier.weight"][0] is None
+
+
+@pytest.mark.parametrize("case_id", ["resnet18", "vit_tiny", "convnext_atto", "vgg11_bn", "densenet121"])
 def test_a_wrong_axis_breaks_invariance(case_id):
     """Negative control: the same check with one tensor's permutation dropped must fail."""
     model, spec, sd, inputs, reference = prepared(case_id)

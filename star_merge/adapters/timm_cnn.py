@@ -1,4 +1,5 @@
-"""timm convolutional families: ResNet (basic and bottleneck blocks, deep stems, wide variants, SE) and VGG-BN.
+"""timm convolutional families: ResNet (basic and bottleneck blocks, deep stems, wide variants, SE), VGG-BN and
+DenseNet.
 
 ResNet (``resnet18``, ``resnet50d``, ``wide_resnet50_2``, ``seresnet50`` …): the stem (one 7x7 convolution, or a
 deep stem of three 3x3 convolutions whose first two get their own permutations ``stem.0`` / ``stem.1``) opens the
@@ -7,17 +8,21 @@ residual stream ``stem``; every block with an identity shortcut shares its strea
 outputs of every convolution but the last get ``layer{s}.{j}.conv{k}``; a squeeze-excitation gate's hidden units
 ``layer{s}.{j}.se``. VGG (``vgg11_bn`` …): each feature convolution ``features.{i}`` and the two convolutions of
 the pre-logits MLP (``pre_logits.fc1`` / ``fc2``) get their own permutation; the classifier keeps its outputs.
-BatchNorm affine parameters and running statistics follow their channels.
+DenseNet (``densenet121`` … ``densenet264d``): the stem's output ``stem`` (a deep stem's first two convolutions
+``stem.0`` / ``stem.1``), each dense layer's bottleneck ``….denselayer{i}.bottleneck`` and its ``growth_rate`` new
+channels ``….denselayer{i}``, each transition's output ``transition{b}``; a layer reads the concatenation of its
+block's input and every earlier layer's output, declared as :class:`~star_merge.spec.Segments` (the blurred
+``densenetblur`` variants are not covered). BatchNorm affine parameters and running statistics follow their channels.
 """
 
 from __future__ import annotations
 
 import re
 
-from ..spec import SpecError
+from ..spec import Segments, SpecError
 from .timm_wrapper import check_ungrouped, register_timm_family
 
-__all__ = ["resnet_axes", "vgg_axes"]
+__all__ = ["densenet_axes", "resnet_axes", "vgg_axes"]
 
 
 def _conv_bn(axes, conv: str, bn: str, out, in_) -> int:
@@ -105,5 +110,51 @@ def vgg_axes(config, axes) -> None:
         axes.linear("head.fc", None, prev)
 
 
+def _densenet_stem(axes) -> tuple[str, int]:
+    if axes.has("features.conv1.weight"):  # deep stem: three 3x3 conv-bn-act
+        c = _conv_bn(axes, "features.conv0", "features.norm0", "stem.0", None)
+        check_ungrouped(axes, "features.conv1", c)
+        c = _conv_bn(axes, "features.conv1", "features.norm1", "stem.1", "stem.0")
+        check_ungrouped(axes, "features.conv2", c)
+        return "stem", _conv_bn(axes, "features.conv2", "features.norm2", "stem", "stem.1")
+    return "stem", _conv_bn(axes, "features.conv0", "features.norm0", "stem", None)
+
+
+def densenet_axes(config, axes) -> None:
+    """timm ``DenseNet``: stem, ``features.denseblock{b}`` of bottleneck dense layers, ``features.transition{b}``,
+    ``features.norm5``, ``classifier``; every layer reads its block's concatenated features."""
+    source, channels = _densenet_stem(axes)
+    blocks = sorted({int(m.group(1)) for k in axes.shapes
+                     for m in [re.match(rf"{re.escape(axes.prefix)}features\.denseblock(\d+)\.", k)] if m})
+    features = Segments((source, channels))
+    for b in blocks:
+        parts = [(source, channels)]
+        layers = sorted({int(m.group(1)) for k in axes.shapes
+                         for m in [re.match(rf"{re.escape(axes.prefix)}features\.denseblock{b}\.denselayer(\d+)\.", k)]
+                         if m})
+        for i in layers:
+            layer = f"features.denseblock{b}.denselayer{i}"
+            features = Segments(*parts)
+            check_ungrouped(axes, f"{layer}.conv1", sum(span for _, span in parts))
+            axes.batchnorm(f"{layer}.norm1", features)
+            width = _conv_bn(axes, f"{layer}.conv1", f"{layer}.norm2", f"{layer}.bottleneck", features)
+            check_ungrouped(axes, f"{layer}.conv2", width)
+            axes.conv(f"{layer}.conv2", layer, f"{layer}.bottleneck")
+            parts.append((layer, axes.shape(f"{layer}.conv2.weight")[0]))
+        features = Segments(*parts)
+        transition = f"features.transition{b}"
+        if axes.has(f"{transition}.conv.weight"):
+            if any(k.startswith(f"{axes.prefix}{transition}.pool.") for k in axes.shapes):
+                raise SpecError(f"{axes.prefix}{transition}.pool: an anti-aliased transition is not supported")
+            axes.batchnorm(f"{transition}.norm", features)
+            axes.conv(f"{transition}.conv", f"transition{b}", features)
+            source, channels = f"transition{b}", axes.shape(f"{transition}.conv.weight")[0]
+            features = Segments((source, channels))
+    axes.batchnorm("features.norm5", features)
+    if axes.has("classifier.weight"):
+        axes.linear("classifier", None, features)
+
+
 register_timm_family("resnet", r"(wide_|se)?res(net|next)\d+[a-z]?(_\w+)?", resnet_axes)
 register_timm_family("vgg", r"vgg\d+(_bn)?", vgg_axes)
+register_timm_family("densenet", r"densenet\d+d?", densenet_axes)
