@@ -25,6 +25,12 @@ from .timm_wrapper import check_ungrouped, register_timm_family
 __all__ = ["densenet_axes", "resnet_axes", "vgg_axes"]
 
 
+def _numbered(axes, head: str) -> list[int]:
+    """The sorted numbers ``n`` of the modules ``{head}{n}.…`` present (``layer`` -> ResNet's stages)."""
+    pattern = re.compile(rf"{re.escape(axes.prefix + head)}(\d+)\.")
+    return sorted({int(m.group(1)) for k in axes.shapes for m in [pattern.match(k)] if m})
+
+
 def _conv_bn(axes, conv: str, bn: str, out, in_) -> int:
     """A convolution and its BatchNorm; returns the number of output channels."""
     axes.conv(conv, out, in_)
@@ -80,11 +86,8 @@ def _resnet_block(axes, block: str, block_in, channels: int, stream_name) -> tup
 def resnet_axes(config, axes, *, permute_residual: bool = True) -> None:
     """timm ``ResNet``: stem, ``layer1``…``layer4`` of basic or bottleneck blocks, ``fc``."""
     current, channels = _resnet_stem(axes, "stem" if permute_residual else None)
-    stages = sorted({int(m.group(1)) for k in axes.shapes for m in [re.match(rf"{re.escape(axes.prefix)}layer(\d+)\.", k)] if m})
-    for s in stages:
-        blocks = sorted({int(m.group(1)) for k in axes.shapes
-                         for m in [re.match(rf"{re.escape(axes.prefix)}layer{s}\.(\d+)\.", k)] if m})
-        for j in blocks:
+    for s in _numbered(axes, "layer"):
+        for j in _numbered(axes, f"layer{s}."):
             block = f"layer{s}.{j}"
             residual = f"{block}.residual" if permute_residual else None
             current, channels = _resnet_block(axes, block, current, channels, residual)
@@ -124,15 +127,9 @@ def densenet_axes(config, axes) -> None:
     """timm ``DenseNet``: stem, ``features.denseblock{b}`` of bottleneck dense layers, ``features.transition{b}``,
     ``features.norm5``, ``classifier``; every layer reads its block's concatenated features."""
     source, channels = _densenet_stem(axes)
-    blocks = sorted({int(m.group(1)) for k in axes.shapes
-                     for m in [re.match(rf"{re.escape(axes.prefix)}features\.denseblock(\d+)\.", k)] if m})
-    features = Segments((source, channels))
-    for b in blocks:
+    for b in _numbered(axes, "features.denseblock"):
         parts = [(source, channels)]
-        layers = sorted({int(m.group(1)) for k in axes.shapes
-                         for m in [re.match(rf"{re.escape(axes.prefix)}features\.denseblock{b}\.denselayer(\d+)\.", k)]
-                         if m})
-        for i in layers:
+        for i in _numbered(axes, f"features.denseblock{b}.denselayer"):
             layer = f"features.denseblock{b}.denselayer{i}"
             features = Segments(*parts)
             check_ungrouped(axes, f"{layer}.conv1", sum(span for _, span in parts))
@@ -149,7 +146,6 @@ def densenet_axes(config, axes) -> None:
             axes.batchnorm(f"{transition}.norm", features)
             axes.conv(f"{transition}.conv", f"transition{b}", features)
             source, channels = f"transition{b}", axes.shape(f"{transition}.conv.weight")[0]
-            features = Segments((source, channels))
     axes.batchnorm("features.norm5", features)
     if axes.has("classifier.weight"):
         axes.linear("classifier", None, features)
