@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..argparsing import add_command, positional
 from ..matching.checkpoints import align_checkpoints
-from ..matching.weight_matching import PRESOLVE_FLAGS, PRESOLVE_HELP
+from .fields import presolve_field, symmetry_field
 
 __all__ = ["AlignArguments", "make_parser", "run"]
 
@@ -23,9 +23,9 @@ class AlignArguments:
                                                     "help": "weight matching, or activation matching over data"})
     dataset_name: str = field(default="mnist1d", metadata={"help": "activation matching data (built-in or datasets name)"})
     seed: int = field(default=0, metadata={"help": "seed of the matching"})
-    presolve: str = field(default="auto", metadata={"choices": list(PRESOLVE_FLAGS), "help": PRESOLVE_HELP})
-    symmetry: str = field(default="permutation", metadata={"choices": ["permutation", "orthogonal"], "help": (
-        "permutation, or orthogonal maps where the family allows them (folded form: norm weights 1)")})
+    presolve: str = presolve_field()
+    symmetry: str = symmetry_field("permutation, or orthogonal maps where the family allows them (folded form: norm "
+                                   "weights 1)")
     overwrite: bool = field(default=False, metadata={"help": "replace a non-empty --output_dir"})
 
 

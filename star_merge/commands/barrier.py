@@ -11,7 +11,7 @@ from ..data import DataArguments
 from ..evaluation.barrier import barrier_between
 from ..io import atomic_write_json
 from ..matching.align import ALIGN_METHODS
-from ..matching.weight_matching import PRESOLVE_FLAGS, PRESOLVE_HELP
+from .fields import presolve_field, symmetry_field
 
 __all__ = ["BarrierArguments", "make_parser", "run"]
 
@@ -26,9 +26,9 @@ class BarrierArguments:
     repair: bool = field(default=False, metadata={"help": "REPAIR every interpolated point (models without BatchNorm)"})
     num_points: int = field(default=11, metadata={"help": "interpolation points, ends included"})
     seed: int = field(default=0, metadata={"help": "seed of weight matching"})
-    presolve: str = field(default="auto", metadata={"choices": list(PRESOLVE_FLAGS), "help": PRESOLVE_HELP})
-    symmetry: str = field(default="permutation", metadata={"choices": ["permutation", "orthogonal"], "help": (
-        "permutation, or orthogonal maps where the family allows them (both models folded first)")})
+    presolve: str = presolve_field()
+    symmetry: str = symmetry_field("permutation, or orthogonal maps where the family allows them (both models folded "
+                                   "first)")
     splits: list[str] = field(default_factory=lambda: ["train", "test"],
                               metadata={"choices": ["train", "test"], "help": "splits to evaluate"})
     batch_size: int = field(default=512, metadata={"help": "evaluation batch size"})

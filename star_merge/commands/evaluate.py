@@ -10,7 +10,7 @@ from ..evaluation.summary import BarrierStats
 from ..evaluation.report import evaluate_run
 from ..evaluation.verdict import headline, judge_star
 from ..locking import lock_run_dir
-from ..matching.weight_matching import PRESOLVE_FLAGS, PRESOLVE_HELP
+from .fields import presolve_field, symmetry_field
 from ..rundir import RunPaths
 from ..errors import UserError
 
@@ -24,12 +24,10 @@ class EvaluateArguments:
     run_dir: str = positional("RUN_DIR", "a run directory written by recipes/star.py")
     pairs: str = field(default="all", metadata={"help": "anchor ↔ held-out pairs: 'all' or a seeded sample of N"})
     seed: int = field(default=0, metadata={"help": "seed of pair sampling and weight matching"})
-    presolve: str | None = field(default=None, metadata={"choices": list(PRESOLVE_FLAGS), "help": PRESOLVE_HELP
-                                                         + "; default: the run's own (its matching_presolve)"})
+    presolve: str | None = presolve_field(None, "; default: the run's own (its matching_presolve)")
     metrics: list[str] = field(default_factory=list, metadata={"help": "extra `evaluate` metric names (needs `evaluate`)"})
-    symmetry: str | None = field(default=None, metadata={"choices": ["permutation", "orthogonal"], "help": (
-        "barriers modulo permutations, or orthogonal maps where the family allows them (folded forms); "
-        "default: the run's")})
+    symmetry: str | None = symmetry_field("barriers modulo permutations, or orthogonal maps where the family allows "
+                                          "them (folded forms); default: the run's", default=None)
     num_points: int = field(default=11, metadata={"help": "interpolation points, ends included"})
     batch_size: int = field(default=512, metadata={"help": "evaluation batch size"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing evaluation in RUN_DIR"})

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ..argparsing import add_command
 from ..data import DataArguments
 from ..matching.merge import MERGE_METHODS
+from .fields import symmetry_field
 
 __all__ = ["MergeArguments", "make_parser", "run"]
 
@@ -25,9 +26,9 @@ class MergeArguments:
                                                        "help": "MergeMany, cycle-consistent (C2M3) or align-to-member-0"})
     weights: list[float] | None = field(default=None, metadata={"help": "one weight per member (default equal)"})
     repair: bool = field(default=False, metadata={"help": "repair statistics over the data: BatchNorm reset, or REPAIR"})
-    symmetry: str = field(default="permutation", metadata={"choices": ["permutation", "orthogonal"], "help": (
-        "orthogonal: members folded (norm weights 1) and matched with orthogonal maps on the residual stream where "
-        "the family allows (mergemany, reference); the merge is saved folded")})
+    symmetry: str = symmetry_field("orthogonal: members folded (norm weights 1) and matched with orthogonal maps on the "
+                                   "residual stream where the family allows (mergemany, reference); the merge is "
+                                   "saved folded")
     seed: int = field(default=0, metadata={"help": "seed of the matching"})
     overwrite: bool = field(default=False, metadata={"help": "replace a non-empty --output_dir"})
     no_progress: bool = field(default=False, metadata={"help": "hide progress bars"})
