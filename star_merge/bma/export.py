@@ -31,9 +31,8 @@ _MEMBER_CODE = {
                          ("builtin_vision_members", _builtin_models.VISION_CODE))
 }
 #: member model_type -> the entry module of its BMA (its code: ``_MEMBER_CODE[entry]``).
-MEMBER_ENTRY = {**{t: "builtin_members" for t in ("star-mlp", "star-cnn1d")},
+MEMBER_ENTRY = {**{t: "builtin_members" for t in _builtin_models.FEATURE_MODEL_TYPES},
                 **{t: "builtin_vision_members" for t in _builtin_models.VISION_MODEL_TYPES}}
-BUILTIN_MEMBER_TYPES = tuple(MEMBER_ENTRY)
 #: Every code file an exported BMA may hold (what publishing accepts in bma/).
 BMA_CODE_FILES = tuple(dict.fromkeys(os.path.basename(p) for p in WRAPPER_CODE + sum(_MEMBER_CODE.values(), ())))
 

@@ -6,7 +6,7 @@ import os
 
 from ..tasks import pipeline_tag_for
 from .cards import merge_card, new_or_existing
-from .model_card import BUILTIN_MODEL_TYPES
+from ..models import BUILTIN_MODEL_TYPES
 
 __all__ = ["build_merged_card", "METHOD_PAPERS"]
 

@@ -17,7 +17,7 @@ import os
 from typing import Any, Callable
 
 from ..data import BUILTIN_DATASETS
-from ..models import VISION_MODEL_TYPES
+from ..models import BUILTIN_MODEL_TYPES, FEATURE_MODEL_TYPES
 from ..evaluation.summary import RunSummary, finite_number
 from ..evaluation.verdict import headline, judge_star
 from ..io import atomic_write_text
@@ -27,8 +27,6 @@ from .bma_card import build_bma_card
 from .cards import PAPER_URL, TAGS, citation, member_rows, merge_card, new_or_existing, read_json
 
 __all__ = ["build_model_card", "card_metrics", "run_cards", "write_model_card"]
-
-BUILTIN_MODEL_TYPES = ("star-mlp", "star-cnn1d", *VISION_MODEL_TYPES)
 
 # ------------------------------------------------------------------------------------------- metrics
 STAR_BARRIER = "Test loss barrier, star ↔ held-out (mean)"
@@ -90,7 +88,7 @@ def _architecture(config: dict) -> str | None:
 
 def _pipeline_tag(config: dict) -> str | None:
     arch = _architecture(config) or ""
-    if config.get("model_type") in BUILTIN_MODEL_TYPES and config.get("model_type") not in VISION_MODEL_TYPES:
+    if config.get("model_type") in FEATURE_MODEL_TYPES:
         return None  # star-mlp / star-cnn1d read feature vectors, no pipeline serves them
     return pipeline_tag_for(arch)
 

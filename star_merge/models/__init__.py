@@ -17,6 +17,10 @@ VISION_MODELS = (
 )
 #: model_type of every built-in image classifier (their populations read raw images with ``image_processor_for``).
 VISION_MODEL_TYPES = tuple(cfg.model_type for cfg, _ in VISION_MODELS)
+#: model_type of the MNIST-1D models (they read feature vectors: no transformers pipeline serves them).
+FEATURE_MODEL_TYPES = (StarMLPConfig.model_type, StarCNN1dConfig.model_type)
+#: model_type of every built-in model (loaded with transformers after ``import star_merge``).
+BUILTIN_MODEL_TYPES = FEATURE_MODEL_TYPES + VISION_MODEL_TYPES
 
 #: The model files a BMA of CIFAR members ships beside its weights (``trust_remote_code``; each imports only torch,
 #: transformers and, relatively, the others).
@@ -72,6 +76,8 @@ __all__ = [
     "StarCifarDenseNetForImageClassification",
     "VISION_MODELS",
     "VISION_MODEL_TYPES",
+    "FEATURE_MODEL_TYPES",
+    "BUILTIN_MODEL_TYPES",
     "image_processor_for",
     "BUILTIN_CLASSES",
     "VISION_CODE",
