@@ -65,10 +65,9 @@ def timm_pretrained_cfg(folder: str) -> dict | None:
 
     transformers' ``TimmWrapperImageProcessor`` reads them from config.json of whatever folder it loads, so another
     model exported beside a timm population (the BMA) carries them in its own config to load with ``pipeline``."""
-    if not is_timm_checkpoint(folder):
+    config = _timm_config(folder)
+    if config is None:
         return None
-    with open(os.path.join(folder, "config.json")) as f:
-        config = json.load(f)
     return {"architecture": config["architecture"], "pretrained_cfg": config["pretrained_cfg"],
             "image_processor_type": "TimmWrapperImageProcessor"}
 
@@ -79,15 +78,21 @@ def is_tokenizer(processor: Any) -> bool:
     return isinstance(processor, PreTrainedTokenizerBase)
 
 
-def is_timm_checkpoint(folder: str) -> bool:
-    """A folder as timm (or transformers' TimmWrapper) saves it: its ``config.json`` names the ``architecture`` and
-    carries the ``pretrained_cfg`` from which ``AutoImageProcessor`` builds the image processor."""
+def _timm_config(folder: str) -> dict | None:
+    """``folder``'s config.json when it is a timm checkpoint's (see :func:`is_timm_checkpoint`), else None."""
     try:
         with open(os.path.join(folder, "config.json")) as f:
             config = json.load(f)
     except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and "architecture" in config and isinstance(config.get("pretrained_cfg"), dict)
+        return None
+    timm = isinstance(config, dict) and "architecture" in config and isinstance(config.get("pretrained_cfg"), dict)
+    return config if timm else None
+
+
+def is_timm_checkpoint(folder: str) -> bool:
+    """A folder as timm (or transformers' TimmWrapper) saves it: its ``config.json`` names the ``architecture`` and
+    carries the ``pretrained_cfg`` from which ``AutoImageProcessor`` builds the image processor."""
+    return _timm_config(folder) is not None
 
 
 def holds_processor(folder: str) -> bool:
@@ -102,7 +107,7 @@ def load_processor(name_or_path: str, revision: str | None = None):
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
     timm = os.path.isdir(name_or_path) and is_timm_checkpoint(name_or_path)
-    if os.path.isdir(name_or_path) and not holds_processor(name_or_path):
+    if os.path.isdir(name_or_path) and not (timm or has_processor_files(name_or_path)):
         return None
     kwargs = {"revision": revision} if revision and not os.path.isdir(name_or_path) else {}
     errors = []
