@@ -135,11 +135,7 @@ def _as_axis(entry: AxisEntry) -> AxisPerm | Segments | None:
 
 def axis_perms(entry) -> tuple[str, ...]:
     """The permutation names an axis entry uses (none for ``None``, one per permuted segment of Segments)."""
-    if entry is None:
-        return ()
-    if isinstance(entry, Segments):
-        return tuple(ap.perm for ap in entry.permuted)
-    return (entry.perm,)
+    return tuple(ap.perm for ap in _entry_units(entry))
 
 
 def _entry_units(entry) -> list[AxisPerm]:
