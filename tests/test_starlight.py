@@ -210,16 +210,6 @@ def test_at_t_equal_one_the_star_gets_no_gradient():
     assert all(torch.equal(star[k], init[k]) for k in init)
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """Accelerate's state is a per-process singleton fixed at first use; tests changing it start afresh."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 def test_options_tensorboard_bf16_accumulation_sgd_beta(tmp_path, fresh_accelerate_state):
     from star_merge.data import load_task_dataset
 

@@ -9,18 +9,10 @@ import os
 
 import matplotlib.image
 import pytest
-from accelerate.state import AcceleratorState
 from fixtures import tiny_arguments
 
 from star_merge.evaluation.tracking import mean_curves, report_scalars
 from star_merge.pipeline import run_starlight_pipeline
-
-
-@pytest.fixture
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _events(logs):
